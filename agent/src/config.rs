@@ -1,0 +1,557 @@
+//! The agent's TOML configuration: parsing, defaults and validation.
+//!
+//! Owns turning `agent.toml` into typed, validated settings: durations
+//! (`500ms`, `30s`, `5m`), sizes (`64MiB`), paths resolved against the config
+//! file's directory, allow-list entries, and check policies. Every error names
+//! the file and the key (and the line where the TOML parser knows it).
+//!
+//! Must never touch releases, the store or plugins: it only reads one file and
+//! returns values or an error. A config that fails validation changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `rollbackd` looks for its config when neither `--config` nor
+/// `ROLLBACK_AGENT_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rollback-agent/agent.toml";
+/// Default control socket path.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/rollback-agent/control.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rollback-agent";
+
+const DEFAULT_BAKE: Duration = Duration::from_secs(300);
+const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_FAIL_AFTER: u32 = 3;
+const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+const MAX_MEMORY_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+
+/// A config that could not be loaded: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has keys of the wrong type or unknown keys.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The TOML parsed but a value is not acceptable.
+    #[error("invalid config {path}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key path, e.g. `apps.shop.checks[0].fail_after`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (absolute).
+    pub path: PathBuf,
+    /// Agent-wide settings.
+    pub agent: AgentConfig,
+    /// Managed applications by name.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where the store, snapshots and plugin cache live.
+    pub state_dir: PathBuf,
+    /// The control socket path.
+    pub socket: PathBuf,
+}
+
+/// One `[apps.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The application's name (the table key).
+    pub name: String,
+    /// The application root holding `releases/` and `current`.
+    pub root: PathBuf,
+    /// How long a new release is watched before it is marked good.
+    pub bake: Duration,
+    /// Command run after every activation (argv, no shell).
+    pub restart: Option<Vec<String>>,
+    /// How long the restart command may take.
+    pub restart_timeout: Duration,
+    /// Health checks, in config order.
+    pub checks: Vec<CheckConfig>,
+}
+
+/// One `[[apps.NAME.checks]]` entry.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// Unique within the app.
+    pub name: String,
+    /// Path of the plugin component (absolute after loading).
+    pub plugin: PathBuf,
+    /// Time between two runs.
+    pub interval: Duration,
+    /// Consecutive failures that make the check unhealthy.
+    pub fail_after: u32,
+    /// Deadline of one run.
+    pub timeout: Duration,
+    /// Memory cap of one run, in bytes.
+    pub memory_limit: u64,
+    /// Hosts the plugin may reach over HTTP.
+    pub allow_hosts: Vec<HostRule>,
+    /// Plain values handed to the plugin.
+    pub config: BTreeMap<String, String>,
+}
+
+/// One `allow_hosts` entry: `host`, `host:port` or `*.domain[:port]`.
+///
+/// Without a port only the URL scheme's default port (80, 443) matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRule {
+    host: HostPattern,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` matches any subdomain of `example.com`, not itself.
+    Suffix(String),
+}
+
+impl HostRule {
+    /// Parses an allow-list entry.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err("empty entry".into());
+        }
+        if entry.contains("://") || entry.contains('/') {
+            return Err(format!("`{entry}` must be a host or host:port, not a URL"));
+        }
+        if entry.contains('@') {
+            return Err(format!("`{entry}` must not contain credentials"));
+        }
+        let probe = entry.strip_prefix("*.").unwrap_or(entry);
+        let (host, port) = split_host_port(probe).map_err(|m| format!("`{entry}`: {m}"))?;
+        let host = url::Host::parse(host)
+            .map_err(|e| format!("`{entry}` is not a valid host: {e}"))?
+            .to_string();
+        let host = if entry.starts_with("*.") {
+            HostPattern::Suffix(host)
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(HostRule { host, port })
+    }
+
+    /// Whether a parsed URL's host and port are allowed by this rule.
+    pub fn matches(&self, host: &str, port: u16, default_port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        let host_ok = match &self.host {
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() + 1 && host.ends_with(&format!(".{s}")),
+        };
+        host_ok && port == self.port.unwrap_or(default_port)
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if text.starts_with('[') {
+        let end = text.find(']').ok_or("unclosed `[`")?;
+        let rest = &text[end + 1..];
+        match rest.strip_prefix(':') {
+            Some(p) => (&text[..=end], Some(p)),
+            None if rest.is_empty() => (&text[..=end], None),
+            None => return Err("unexpected text after `]`".into()),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((_, p)) if p.contains(':') => return Err("IPv6 addresses need brackets, e.g. [::1]:8080".into()),
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(format!("`{p}` is not a port (1-65535)")),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok((host, port))
+}
+
+impl fmt::Display for HostRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::Exact(h) => write!(f, "{h}")?,
+            HostPattern::Suffix(s) => write!(f, "*.{s}")?,
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    root: PathBuf,
+    bake: Option<String>,
+    restart: Option<Vec<String>>,
+    restart_timeout: Option<String>,
+    #[serde(default)]
+    checks: Vec<RawCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    name: String,
+    plugin: PathBuf,
+    interval: Option<String>,
+    fail_after: Option<i64>,
+    timeout: Option<String>,
+    memory_limit: Option<String>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+}
+
+/// Whether `name` is acceptable as an app or check name: `[A-Za-z0-9._-]`,
+/// 1 to 64 characters, not starting with `.` or `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses a duration like `500ms`, `30s`, `5m`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 30s or 5m ({e})"))
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Config::parse(&text, &abs)
+    }
+
+    /// Parses and validates config text; `path` names the file in errors and
+    /// anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let v = Validator { path, base: &base };
+        v.config(raw)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(&self, key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        let Some(text) = text else { return Ok(default) };
+        let d = parse_duration(&text).map_err(|m| self.err(key, m))?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let agent = AgentConfig {
+            state_dir: self.resolve(raw.agent.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR))),
+            socket: self.resolve(raw.agent.socket.as_deref().unwrap_or(Path::new(DEFAULT_SOCKET_PATH))),
+        };
+        let mut apps = BTreeMap::new();
+        let mut roots = BTreeMap::<PathBuf, String>::new();
+        for (name, app) in raw.apps {
+            let app = self.app(&name, app)?;
+            if let Some(other) = roots.insert(app.root.clone(), name.clone()) {
+                return Err(self.err(
+                    format!("apps.{name}.root"),
+                    format!("{} is also the root of app `{other}`", app.root.display()),
+                ));
+            }
+            apps.insert(name, app);
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            agent,
+            apps,
+        })
+    }
+
+    fn app(&self, name: &str, raw: RawApp) -> Result<AppConfig, ConfigError> {
+        let key = format!("apps.{name}");
+        if !valid_name(name) {
+            return Err(self.err(&key, "app names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)"));
+        }
+        if raw.root.as_os_str().is_empty() {
+            return Err(self.err(format!("{key}.root"), "must not be empty"));
+        }
+        let restart = match raw.restart {
+            Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => {
+                return Err(self.err(format!("{key}.restart"), "must be a non-empty command, e.g. [\"systemctl\", \"restart\", \"shop.service\"]"));
+            }
+            other => other,
+        };
+        let mut checks = Vec::with_capacity(raw.checks.len());
+        let mut names = BTreeSet::new();
+        for (i, c) in raw.checks.into_iter().enumerate() {
+            let ckey = format!("{key}.checks[{i}]");
+            let check = self.check(&ckey, c)?;
+            if !names.insert(check.name.clone()) {
+                return Err(self.err(format!("{ckey}.name"), format!("duplicate check name `{}`", check.name)));
+            }
+            checks.push(check);
+        }
+        Ok(AppConfig {
+            name: name.to_string(),
+            root: self.resolve(&raw.root),
+            bake: self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE)?,
+            restart,
+            restart_timeout: self.duration(&format!("{key}.restart_timeout"), raw.restart_timeout, DEFAULT_RESTART_TIMEOUT)?,
+            checks,
+        })
+    }
+
+    fn check(&self, key: &str, raw: RawCheck) -> Result<CheckConfig, ConfigError> {
+        if !valid_name(&raw.name) {
+            return Err(self.err(format!("{key}.name"), "check names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)"));
+        }
+        if raw.plugin.as_os_str().is_empty() {
+            return Err(self.err(format!("{key}.plugin"), "must name a .wasm component"));
+        }
+        let fail_after = match raw.fail_after {
+            None => DEFAULT_FAIL_AFTER,
+            Some(n) if (1..=1000).contains(&n) => n as u32,
+            Some(n) => return Err(self.err(format!("{key}.fail_after"), format!("{n} is out of range 1..=1000"))),
+        };
+        let memory_limit = match raw.memory_limit {
+            None => DEFAULT_MEMORY_LIMIT,
+            Some(text) => {
+                let size: bytesize::ByteSize = text
+                    .parse()
+                    .map_err(|e| self.err(format!("{key}.memory_limit"), format!("`{text}` is not a size like 64MiB ({e})")))?;
+                if size.as_u64() < 1024 * 1024 || size.as_u64() > MAX_MEMORY_LIMIT {
+                    return Err(self.err(format!("{key}.memory_limit"), "must be between 1MiB and 4GiB"));
+                }
+                size.as_u64()
+            }
+        };
+        let mut allow_hosts = Vec::with_capacity(raw.allow_hosts.len());
+        for (i, entry) in raw.allow_hosts.iter().enumerate() {
+            allow_hosts.push(HostRule::parse(entry).map_err(|m| self.err(format!("{key}.allow_hosts[{i}]"), m))?);
+        }
+        let mut config = BTreeMap::new();
+        for (k, v) in raw.config {
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    return Err(self.err(format!("{key}.config.{k}"), "values must be strings, numbers or booleans"));
+                }
+            };
+            config.insert(k, value);
+        }
+        let interval = self.duration(&format!("{key}.interval"), raw.interval, DEFAULT_INTERVAL)?;
+        let timeout = self.duration(&format!("{key}.timeout"), raw.timeout, DEFAULT_TIMEOUT)?;
+        Ok(CheckConfig {
+            name: raw.name,
+            plugin: self.resolve(&raw.plugin),
+            interval,
+            fail_after,
+            timeout,
+            memory_limit,
+            allow_hosts,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[agent]
+state_dir = "/var/lib/rollback-agent"
+socket = "/run/rollback-agent/control.sock"
+
+[apps.shop]
+root = "/srv/shop"
+bake = "5m"
+restart = ["systemctl", "restart", "shop.service"]
+
+[[apps.shop.checks]]
+name = "health"
+plugin = "plugins/http-probe.wasm"
+interval = "10s"
+fail_after = 3
+timeout = "5s"
+allow_hosts = ["127.0.0.1:8080"]
+config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/rollback-agent/agent.toml"))
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.agent.socket, Path::new("/run/rollback-agent/control.sock"));
+        let shop = &c.apps["shop"];
+        assert_eq!(shop.bake, Duration::from_secs(300));
+        assert_eq!(shop.restart.as_deref().unwrap()[2], "shop.service");
+        let check = &shop.checks[0];
+        assert_eq!(check.plugin, Path::new("/etc/rollback-agent/plugins/http-probe.wasm"));
+        assert_eq!(check.interval, Duration::from_secs(10));
+        assert_eq!(check.fail_after, 3);
+        assert_eq!(check.config["expect_status"], "200");
+        assert!(check.allow_hosts[0].matches("127.0.0.1", 8080, 80));
+        assert!(!check.allow_hosts[0].matches("127.0.0.1", 8081, 80));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("[apps.a]\nroot = \"srv/a\"\n").unwrap();
+        assert_eq!(c.agent.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(c.apps["a"].root, Path::new("/etc/rollback-agent/srv/a"));
+        assert_eq!(c.apps["a"].bake, DEFAULT_BAKE);
+        assert!(c.apps["a"].restart.is_none());
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text).unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected a validation error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = "[apps.shop]\nroot = \"/srv/shop\"\n";
+        assert_eq!(invalid_key(&format!("{base}bake = \"soon\"\n")), "apps.shop.bake");
+        assert_eq!(invalid_key(&format!("{base}bake = \"0s\"\n")), "apps.shop.bake");
+        assert_eq!(invalid_key(&format!("{base}restart = []\n")), "apps.shop.restart");
+        let check = "[[apps.shop.checks]]\nname = \"h\"\nplugin = \"p.wasm\"\n";
+        assert_eq!(invalid_key(&format!("{base}{check}fail_after = 0\n")), "apps.shop.checks[0].fail_after");
+        assert_eq!(invalid_key(&format!("{base}{check}interval = \"-1s\"\n")), "apps.shop.checks[0].interval");
+        assert_eq!(invalid_key(&format!("{base}{check}memory_limit = \"lots\"\n")), "apps.shop.checks[0].memory_limit");
+        assert_eq!(
+            invalid_key(&format!("{base}{check}allow_hosts = [\"http://x/\"]\n")),
+            "apps.shop.checks[0].allow_hosts[0]"
+        );
+        assert_eq!(invalid_key(&format!("{base}{check}config = {{ a = [1] }}\n")), "apps.shop.checks[0].config.a");
+        assert_eq!(invalid_key(&format!("{base}{check}{check}")), "apps.shop.checks[1].name");
+        assert_eq!(invalid_key("[apps.\"a/b\"]\nroot = \"/x\"\n"), "apps.a/b");
+        assert_eq!(invalid_key("[apps.a]\nroot = \"/x\"\n[apps.b]\nroot = \"/x\"\n"), "apps.b.root");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_give_line_numbers() {
+        let err = parse("[apps.shop]\nroot = \"/srv\"\nbak = \"5m\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("bak"), "{err}");
+        let err = parse("[apps.shop\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn host_rules() {
+        let r = HostRule::parse("api.example.com").unwrap();
+        assert!(r.matches("API.example.com", 443, 443));
+        assert!(!r.matches("api.example.com", 8443, 443));
+        let r = HostRule::parse("*.example.com:8443").unwrap();
+        assert!(r.matches("a.b.example.com", 8443, 443));
+        assert!(!r.matches("example.com", 8443, 443));
+        assert!(!r.matches("evilexample.com", 8443, 443));
+        let r = HostRule::parse("[::1]:9000").unwrap();
+        assert!(r.matches("[::1]", 9000, 80));
+        let r = HostRule::parse("localhost:80").unwrap();
+        assert!(r.matches("localhost", 80, 80));
+        assert_eq!(r.to_string(), "localhost:80");
+        for bad in ["", "http://x", "a/b", "user@host", "host:99999", "host:abc"] {
+            assert!(HostRule::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

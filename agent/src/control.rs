@@ -1,0 +1,286 @@
+//! The control socket server.
+//!
+//! Owns the Unix socket: binding it (refusing to steal a live one, replacing
+//! a stale one), its mode, reading Varlink calls with a size cap, identifying
+//! the peer from SO_PEERCRED, and dispatching: read-only methods are served
+//! from the store, changes are sent as commands to the app's supervisor.
+//!
+//! Must never write releases or the store itself, and must never let one bad
+//! or slow client affect another (each connection is its own task; a bad
+//! message gets an error reply and closes only that connection).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::BufReader;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::protocol::{self, error, method, Call, RemoteError, Reply};
+use crate::release::{ReleaseError, Version};
+use crate::store::{Actor, Store};
+use crate::supervisor::{AppHandle, CommandError, DeployOutcome};
+
+/// What the control server needs: the store to read, the supervisors to command.
+pub struct Control {
+    store: Store,
+    apps: BTreeMap<String, AppHandle>,
+}
+
+/// Errors binding the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another agent is listening there.
+    #[error("another process is already listening on {0}")]
+    InUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot bind control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the control socket at `path` with mode 0660, replacing a stale socket
+/// file but never one that a live process still answers on.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    Ok(listener)
+}
+
+fn actor_of(stream: &UnixStream) -> Actor {
+    match stream.peer_cred() {
+        Ok(cred) => {
+            let uid = cred.uid();
+            let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| uid.to_string());
+            Actor { uid: Some(uid), name }
+        }
+        Err(_) => Actor {
+            uid: None,
+            name: "unknown".into(),
+        },
+    }
+}
+
+fn command_error(e: CommandError) -> RemoteError {
+    let name = match &e {
+        CommandError::Busy { .. } => error::BUSY,
+        CommandError::ReleaseExists { .. } => error::RELEASE_EXISTS,
+        CommandError::NoRollbackTarget { .. } | CommandError::AlreadyActive { .. } => error::NO_ROLLBACK_TARGET,
+        CommandError::Release(ReleaseError::NotFound { .. }) => error::NO_SUCH_RELEASE,
+        CommandError::Release(ReleaseError::InvalidVersion { .. }) => error::INVALID_PARAMETER,
+        CommandError::Release(ReleaseError::AlreadyExists { .. }) => error::RELEASE_EXISTS,
+        CommandError::Release(_) => error::DEPLOY_FAILED,
+        CommandError::Store(_) => error::INTERNAL,
+        CommandError::ShuttingDown => error::SHUTTING_DOWN,
+    };
+    RemoteError::new(name, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::new(error::INTERNAL, e.to_string())
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, RemoteError> {
+    serde_json::to_value(v).map_err(internal)
+}
+
+impl Control {
+    /// A server over these supervisors and this store.
+    pub fn new(store: Store, apps: BTreeMap<String, AppHandle>) -> Self {
+        Control { store, apps }
+    }
+
+    /// Accepts connections until the listener fails or the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::error!("control socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) {
+        let actor = actor_of(&stream);
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        loop {
+            let bytes = match protocol::read_message(&mut reader).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => {
+                    let err = RemoteError::new(error::INVALID_PARAMETER, format!("bad message: {e}"));
+                    let _ = protocol::write_message(&mut write, &err.to_reply()).await;
+                    return;
+                }
+            };
+            let call: Call = match serde_json::from_slice(&bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    let err = RemoteError::new(error::INVALID_PARAMETER, format!("bad message: not a Varlink call: {e}"));
+                    let _ = protocol::write_message(&mut write, &err.to_reply()).await;
+                    return;
+                }
+            };
+            let oneway = call.oneway;
+            let reply = match self.dispatch(&call, &actor).await {
+                Ok(parameters) => Reply { error: None, parameters },
+                Err(e) => e.to_reply(),
+            };
+            if !oneway && protocol::write_message(&mut write, &reply).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&self, app: &str) -> Result<&AppHandle, RemoteError> {
+        self.apps
+            .get(app)
+            .ok_or_else(|| RemoteError::new(error::NO_SUCH_APP, format!("no app named `{app}` in the agent's config")))
+    }
+
+    async fn dispatch(&self, call: &Call, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+        tracing::debug!(method = %call.method, user = %actor.name, "control call");
+        match call.method.as_str() {
+            method::STATUS => self.status(protocol::parameters(&call.parameters)?),
+            method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
+            method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
+            method::DEPLOY => self.deploy(protocol::parameters(&call.parameters)?, actor).await,
+            method::ROLLBACK => self.rollback(protocol::parameters(&call.parameters)?, actor).await,
+            other if other.starts_with(&format!("{}.", protocol::INTERFACE)) => Err(RemoteError::new(
+                error::METHOD_NOT_FOUND,
+                format!("unknown method `{other}`"),
+            )),
+            other => Err(RemoteError::new(
+                error::INTERFACE_NOT_FOUND,
+                format!("unknown interface in `{other}`"),
+            )),
+        }
+    }
+
+    fn status(&self, p: protocol::StatusParams) -> Result<serde_json::Value, RemoteError> {
+        let names: Vec<&String> = match &p.app {
+            Some(app) => {
+                self.handle(app)?;
+                vec![app]
+            }
+            None => self.apps.keys().collect(),
+        };
+        let mut apps = Vec::new();
+        for name in names {
+            let rec = self.store.app(name).map_err(internal)?.unwrap_or_else(|| crate::store::AppRecord::new(name));
+            apps.push(protocol::AppStatus {
+                app: rec.name,
+                state: rec.state.as_str().to_string(),
+                active: rec.active,
+                last_good: rec.last_good,
+                reason: rec.reason,
+                bake_until_ms: rec.bake_until_ms,
+                checks: rec.checks,
+            });
+        }
+        to_value(&protocol::StatusReply { apps })
+    }
+
+    fn releases(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {
+        self.handle(&p.app)?;
+        let active = self.store.app(&p.app).map_err(internal)?.and_then(|a| a.active);
+        let mut releases: Vec<protocol::ReleaseView> = self
+            .store
+            .releases(&p.app)
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| protocol::ReleaseView {
+                current: active.as_deref() == Some(r.version.as_str()),
+                state: r.state.as_str().to_string(),
+                version: r.version,
+                source: r.source,
+                created_at_ms: r.created_at_ms,
+                activated_at_ms: r.activated_at_ms,
+                decided_at_ms: r.decided_at_ms,
+                reason: r.reason,
+            })
+            .collect();
+        releases.sort_by(|a, b| (a.created_at_ms, &a.version).cmp(&(b.created_at_ms, &b.version)));
+        to_value(&protocol::ReleasesReply { app: p.app, releases })
+    }
+
+    fn history(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {
+        self.handle(&p.app)?;
+        let limit = p.limit.unwrap_or(50).clamp(1, 10_000) as usize;
+        let events = self.store.history(&p.app, limit).map_err(internal)?;
+        to_value(&protocol::HistoryReply { app: p.app, events })
+    }
+
+    async fn deploy(&self, p: protocol::DeployParams, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+        let handle = self.handle(&p.app)?;
+        let version = Version::parse(&p.version).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?;
+        let source = PathBuf::from(&p.source);
+        if !source.is_absolute() {
+            return Err(RemoteError::new(
+                error::INVALID_PARAMETER,
+                format!("source `{}` must be an absolute path", p.source),
+            ));
+        }
+        let outcome = handle
+            .deploy(source, version.clone(), actor.clone(), p.wait)
+            .await
+            .map_err(command_error)?;
+        let (name, active, reason) = match outcome {
+            DeployOutcome::Baking => ("baking", Some(version.to_string()), None),
+            DeployOutcome::Good => ("good", Some(version.to_string()), None),
+            DeployOutcome::RolledBack { to, reason } => ("rolled-back", Some(to), Some(reason)),
+            DeployOutcome::Degraded { reason } => ("degraded", None, Some(reason)),
+        };
+        to_value(&protocol::DeployReply {
+            app: p.app,
+            version: version.to_string(),
+            outcome: name.to_string(),
+            active,
+            reason,
+        })
+    }
+
+    async fn rollback(&self, p: protocol::RollbackParams, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+        let handle = self.handle(&p.app)?;
+        let to = match &p.to {
+            Some(v) => Some(Version::parse(v).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?),
+            None => None,
+        };
+        let done = handle.rollback(to, p.reason, actor.clone()).await.map_err(command_error)?;
+        to_value(&protocol::RollbackReply {
+            app: p.app,
+            from: done.from,
+            to: done.to,
+        })
+    }
+}

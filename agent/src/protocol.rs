@@ -1,0 +1,342 @@
+//! The control protocol: Varlink framing, method names, parameter and error types.
+//!
+//! Owns what travels over the control socket: one JSON object per message,
+//! terminated by a NUL byte; calls `{"method": "io.rollback.Agent.X",
+//! "parameters": {...}}`; replies `{"parameters": {...}}` or
+//! `{"error": "io.rollback.Agent.Y", "parameters": {"message": ...}}`. It is
+//! shared by the server (`control`) and the client (`ctl`).
+//!
+//! Must never perform actions or read state: types and framing only.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use crate::store::{CheckStatus, Event};
+
+/// The Varlink interface name.
+pub const INTERFACE: &str = "io.rollback.Agent";
+/// Largest message accepted, in bytes.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// Fully qualified method names.
+pub mod method {
+    /// Apps and their state.
+    pub const STATUS: &str = "io.rollback.Agent.Status";
+    /// Releases of one app.
+    pub const RELEASES: &str = "io.rollback.Agent.Releases";
+    /// Stage, activate and bake a release.
+    pub const DEPLOY: &str = "io.rollback.Agent.Deploy";
+    /// Swap back to a good release.
+    pub const ROLLBACK: &str = "io.rollback.Agent.Rollback";
+    /// The audit log of one app.
+    pub const HISTORY: &str = "io.rollback.Agent.History";
+}
+
+/// Fully qualified error names.
+pub mod error {
+    /// The app is not in the config.
+    pub const NO_SUCH_APP: &str = "io.rollback.Agent.NoSuchApp";
+    /// The app is busy with another change.
+    pub const BUSY: &str = "io.rollback.Agent.Busy";
+    /// The version already exists.
+    pub const RELEASE_EXISTS: &str = "io.rollback.Agent.ReleaseExists";
+    /// The release does not exist.
+    pub const NO_SUCH_RELEASE: &str = "io.rollback.Agent.NoSuchRelease";
+    /// Nothing to roll back to.
+    pub const NO_ROLLBACK_TARGET: &str = "io.rollback.Agent.NoRollbackTarget";
+    /// Staging, activation or restart failed.
+    pub const DEPLOY_FAILED: &str = "io.rollback.Agent.DeployFailed";
+    /// The agent failed internally (store, disk).
+    pub const INTERNAL: &str = "io.rollback.Agent.InternalError";
+    /// The agent is shutting down.
+    pub const SHUTTING_DOWN: &str = "io.rollback.Agent.ShuttingDown";
+    /// Standard Varlink: unknown method.
+    pub const METHOD_NOT_FOUND: &str = "org.varlink.service.MethodNotFound";
+    /// Standard Varlink: bad or missing parameter.
+    pub const INVALID_PARAMETER: &str = "org.varlink.service.InvalidParameter";
+    /// Standard Varlink: unknown interface.
+    pub const INTERFACE_NOT_FOUND: &str = "org.varlink.service.InterfaceNotFound";
+}
+
+/// A call as sent by a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Call {
+    /// `interface.Method`.
+    pub method: String,
+    /// The method's parameters (an object).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub parameters: serde_json::Value,
+    /// The client wants no reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oneway: bool,
+    /// The client accepts several replies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+/// A reply as sent by the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    /// Set for error replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The results (or the error's parameters).
+    #[serde(default)]
+    pub parameters: serde_json::Value,
+}
+
+/// An error reply: its Varlink name and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// E.g. `io.rollback.Agent.NoSuchApp`.
+    pub name: String,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error with a name and a message.
+    pub fn new(name: &str, message: impl Into<String>) -> Self {
+        RemoteError {
+            name: name.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The Varlink reply for this error.
+    pub fn to_reply(&self) -> Reply {
+        Reply {
+            error: Some(self.name.clone()),
+            parameters: serde_json::json!({ "message": self.message }),
+        }
+    }
+
+    /// Reads an error reply back.
+    pub fn from_reply(name: String, parameters: &serde_json::Value) -> Self {
+        let message = parameters
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{name} {parameters}"));
+        RemoteError { name, message }
+    }
+}
+
+/// Decodes a call's parameters into `T`, naming the bad parameter on failure.
+pub fn parameters<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, RemoteError> {
+    let value = if value.is_null() { serde_json::json!({}) } else { value.clone() };
+    serde_json::from_value(value).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, format!("invalid parameters: {e}")))
+}
+
+/// Reads one NUL-terminated message; `Ok(None)` at a clean end of stream.
+pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message not terminated by NUL"))
+            };
+        }
+        if let Some(pos) = chunk.iter().position(|b| *b == 0) {
+            buf.extend_from_slice(&chunk[..pos]);
+            reader.consume(pos + 1);
+            return Ok(Some(buf));
+        }
+        let n = chunk.len();
+        buf.extend_from_slice(chunk);
+        reader.consume(n);
+        if buf.len() > MAX_MESSAGE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("message larger than {MAX_MESSAGE} bytes"),
+            ));
+        }
+    }
+}
+
+/// Writes one message followed by its NUL terminator.
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(writer: &mut W, msg: &T) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    bytes.push(0);
+    writer.write_all(&bytes).await?;
+    writer.flush().await
+}
+
+/// `Status` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusParams {
+    /// One app, or all.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// One app in a `Status` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppStatus {
+    /// The app.
+    pub app: String,
+    /// `empty`, `deploying`, `baking`, `healthy`, `rolling-back`, `degraded`.
+    pub state: String,
+    /// The version `current` points at.
+    pub active: Option<String>,
+    /// The newest release that passed its bake.
+    pub last_good: Option<String>,
+    /// Why the app is in its state.
+    pub reason: Option<String>,
+    /// When the bake ends (while baking), ms since the epoch.
+    pub bake_until_ms: Option<u64>,
+    /// Last result per check.
+    pub checks: BTreeMap<String, CheckStatus>,
+}
+
+/// `Status` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The apps, by name.
+    pub apps: Vec<AppStatus>,
+}
+
+/// `Releases` and `History` take an app; `History` a limit too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppParams {
+    /// The app.
+    pub app: String,
+    /// At most this many entries (History only).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One release in a `Releases` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseView {
+    /// Its version.
+    pub version: String,
+    /// `staged`, `active`, `good` or `failed`.
+    pub state: String,
+    /// Whether `current` points at it.
+    pub current: bool,
+    /// Where it came from.
+    pub source: Option<String>,
+    /// When it was staged, ms since the epoch.
+    pub created_at_ms: u64,
+    /// When it was last activated.
+    pub activated_at_ms: Option<u64>,
+    /// When it became good or failed.
+    pub decided_at_ms: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// `Releases` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleasesReply {
+    /// The app.
+    pub app: String,
+    /// Its releases, oldest first.
+    pub releases: Vec<ReleaseView>,
+}
+
+/// `Deploy` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployParams {
+    /// The app.
+    pub app: String,
+    /// Absolute path of a directory or `.tar.gz` on the agent's host.
+    pub source: String,
+    /// The new version.
+    pub version: String,
+    /// Reply only once the bake is decided.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `Deploy` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployReply {
+    /// The app.
+    pub app: String,
+    /// The version deployed.
+    pub version: String,
+    /// `baking` (no wait), `good`, `rolled-back` or `degraded`.
+    pub outcome: String,
+    /// The release active after a rollback.
+    #[serde(default)]
+    pub active: Option<String>,
+    /// Why it was rolled back or degraded.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `Rollback` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackParams {
+    /// The app.
+    pub app: String,
+    /// The release to go back to (default: the last good one).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Why, recorded in the history.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `Rollback` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackReply {
+    /// The app.
+    pub app: String,
+    /// The release that was active.
+    pub from: Option<String>,
+    /// The release now active.
+    pub to: String,
+}
+
+/// `History` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryReply {
+    /// The app.
+    pub app: String,
+    /// Events, newest first.
+    pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_split_on_nul_and_reject_garbage() {
+        let data = b"{\"a\":1}\0{\"b\":2}\0{\"c\"".to_vec();
+        let mut r = tokio::io::BufReader::with_capacity(3, &data[..]);
+        assert_eq!(read_message(&mut r).await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(read_message(&mut r).await.unwrap().unwrap(), b"{\"b\":2}");
+        assert!(read_message(&mut r).await.is_err(), "unterminated message");
+        let mut empty = tokio::io::BufReader::new(&b""[..]);
+        assert!(read_message(&mut empty).await.unwrap().is_none());
+        let big = vec![b'x'; MAX_MESSAGE + 10];
+        let mut r = tokio::io::BufReader::new(&big[..]);
+        assert!(read_message(&mut r).await.is_err(), "oversized message");
+    }
+
+    #[test]
+    fn parameters_name_what_is_wrong() {
+        let e = parameters::<DeployParams>(&serde_json::json!({"app": "shop"})).unwrap_err();
+        assert_eq!(e.name, error::INVALID_PARAMETER);
+        assert!(e.message.contains("source"), "{}", e.message);
+        let e = parameters::<StatusParams>(&serde_json::json!({"bogus": 1})).unwrap_err();
+        assert!(e.message.contains("bogus"), "{}", e.message);
+        let p: StatusParams = parameters(&serde_json::Value::Null).unwrap();
+        assert!(p.app.is_none());
+    }
+}

@@ -1,0 +1,543 @@
+//! The agent's persistent state in sled: apps, releases and the audit log.
+//!
+//! Owns three trees: `apps` (one record per app: state, active version, last
+//! good version, the pending activation intent, last check results),
+//! `releases` (one record per app and version) and `events` (an append-only
+//! log, keyed by app and a monotonically increasing id, newest last).
+//! Records are JSON so that they stay readable and forward compatible.
+//!
+//! Must never know about plugins, policy, sockets or supervisors, and never
+//! decide anything: it stores what it is told. The `current` symlink, not this
+//! store, is the truth about what is active; callers reconcile.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption, lock held by another process).
+    #[error("state store: {0}")]
+    Db(#[from] sled::Error),
+    /// A record could not be encoded or decoded.
+    #[error("state store record {key}: {source}")]
+    Codec {
+        /// The record's key, printable.
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What an app is doing, as shown by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppState {
+    /// No release has been activated yet.
+    Empty,
+    /// A release is being staged, activated or restarted.
+    Deploying,
+    /// A new release is being watched during its bake window.
+    Baking,
+    /// The active release passed its bake (or was restored after a rollback).
+    Healthy,
+    /// Swapping back to the previous release.
+    RollingBack,
+    /// The agent stopped acting and waits for an operator.
+    Degraded,
+}
+
+impl AppState {
+    /// The kebab-case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Empty => "empty",
+            AppState::Deploying => "deploying",
+            AppState::Baking => "baking",
+            AppState::Healthy => "healthy",
+            AppState::RollingBack => "rolling-back",
+            AppState::Degraded => "degraded",
+        }
+    }
+}
+
+/// Where a release is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseState {
+    /// Unpacked and complete, never activated.
+    Staged,
+    /// Activated and under watch (baking), not yet proven.
+    Active,
+    /// Passed its bake at least once: a rollback target.
+    Good,
+    /// Rolled back or refused: never re-activated automatically.
+    Failed,
+}
+
+impl ReleaseState {
+    /// The kebab-case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Staged => "staged",
+            ReleaseState::Active => "active",
+            ReleaseState::Good => "good",
+            ReleaseState::Failed => "failed",
+        }
+    }
+}
+
+/// The last result of one check, kept for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// `pass`, `warn`, `fail` or `error`.
+    pub outcome: String,
+    /// The plugin's summary (or the error).
+    pub summary: String,
+    /// When it ran.
+    pub at_ms: u64,
+    /// How long the call took.
+    pub duration_ms: u64,
+    /// Failures (fail or error) in a row.
+    pub consecutive_failures: u32,
+    /// Metrics reported by the plugin.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// An activation about to happen, written before `current` is swapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The version active before, if any.
+    pub from: Option<String>,
+    /// The version being activated.
+    pub to: String,
+    /// Why (`deploy`, `rollback: ...`).
+    pub why: String,
+    /// When the intent was recorded.
+    pub at_ms: u64,
+}
+
+/// One app's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The app's name.
+    pub name: String,
+    /// What the app is doing.
+    pub state: AppState,
+    /// The version `current` points at.
+    pub active: Option<String>,
+    /// The newest release that passed its bake.
+    pub last_good: Option<String>,
+    /// Why the app is in its state (e.g. the rollback reason).
+    pub reason: Option<String>,
+    /// When the bake of the active release ends (while baking).
+    pub bake_until_ms: Option<u64>,
+    /// An activation in flight (recorded before, cleared after).
+    pub intent: Option<Intent>,
+    /// Last result per check name.
+    #[serde(default)]
+    pub checks: BTreeMap<String, CheckStatus>,
+    /// Last change of this record.
+    pub updated_at_ms: u64,
+}
+
+impl AppRecord {
+    /// A fresh record for an app never seen before.
+    pub fn new(name: &str) -> Self {
+        AppRecord {
+            name: name.to_string(),
+            state: AppState::Empty,
+            active: None,
+            last_good: None,
+            reason: None,
+            bake_until_ms: None,
+            intent: None,
+            checks: BTreeMap::new(),
+            updated_at_ms: now_ms(),
+        }
+    }
+}
+
+/// One release's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The app it belongs to.
+    pub app: String,
+    /// Its version.
+    pub version: String,
+    /// Where it is in its life.
+    pub state: ReleaseState,
+    /// Where it was staged from.
+    pub source: Option<String>,
+    /// When it was staged (or first seen on disk).
+    pub created_at_ms: u64,
+    /// When it was last activated.
+    pub activated_at_ms: Option<u64>,
+    /// When it became good or failed.
+    pub decided_at_ms: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The peer's uid, absent for the agent itself.
+    pub uid: Option<u32>,
+    /// The user name (or the uid as text), or `agent`.
+    pub name: String,
+}
+
+impl Actor {
+    /// The agent acting on its own.
+    pub fn agent() -> Self {
+        Actor {
+            uid: None,
+            name: "agent".into(),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The agent started (and reconciled with the disk).
+    AgentStarted,
+    /// A release was unpacked into `releases/`.
+    Staged,
+    /// A deploy was refused or failed before the bake.
+    DeployFailed,
+    /// `current` was swapped to a release.
+    Activated,
+    /// The restart command ran.
+    Restarted,
+    /// The restart command failed or timed out.
+    RestartFailed,
+    /// A check turned unhealthy (reached its failure rule).
+    CheckFailed,
+    /// A release passed its bake.
+    MarkedGood,
+    /// A release was rolled back.
+    RolledBack,
+    /// The agent stopped acting on an app.
+    Degraded,
+    /// The store was corrected to match the disk.
+    Reconciled,
+}
+
+impl EventKind {
+    /// The kebab-case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AgentStarted => "agent-started",
+            EventKind::Staged => "staged",
+            EventKind::DeployFailed => "deploy-failed",
+            EventKind::Activated => "activated",
+            EventKind::Restarted => "restarted",
+            EventKind::RestartFailed => "restart-failed",
+            EventKind::CheckFailed => "check-failed",
+            EventKind::MarkedGood => "marked-good",
+            EventKind::RolledBack => "rolled-back",
+            EventKind::Degraded => "degraded",
+            EventKind::Reconciled => "reconciled",
+        }
+    }
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic id (assigned by the store).
+    pub id: u64,
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The app.
+    pub app: String,
+    /// Who.
+    pub actor: Actor,
+    /// What.
+    pub kind: EventKind,
+    /// The release concerned.
+    pub version: Option<String>,
+    /// For swaps: the version before.
+    pub from: Option<String>,
+    /// For swaps: the version after.
+    pub to: Option<String>,
+    /// Why, in words.
+    pub reason: Option<String>,
+    /// The check concerned, if any.
+    pub check: Option<String>,
+}
+
+impl Event {
+    /// A new event for `app`, stamped now; fill the optional fields with the builders.
+    pub fn new(app: &str, actor: Actor, kind: EventKind) -> Self {
+        Event {
+            id: 0,
+            at_ms: now_ms(),
+            app: app.to_string(),
+            actor,
+            kind,
+            version: None,
+            from: None,
+            to: None,
+            reason: None,
+            check: None,
+        }
+    }
+
+    /// Sets the release concerned.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = Some(v.into());
+        self
+    }
+
+    /// Sets the swap's endpoints.
+    pub fn swap(mut self, from: Option<String>, to: impl Into<String>) -> Self {
+        self.from = from;
+        self.to = Some(to.into());
+        self
+    }
+
+    /// Sets the reason.
+    pub fn reason(mut self, r: impl Into<String>) -> Self {
+        self.reason = Some(r.into());
+        self
+    }
+
+    /// Sets the check concerned.
+    pub fn check(mut self, c: impl Into<String>) -> Self {
+        self.check = Some(c.into());
+        self
+    }
+}
+
+/// The sled database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    apps: sled::Tree,
+    releases: sled::Tree,
+    events: sled::Tree,
+}
+
+fn release_key(app: &str, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(app.len() + version.len() + 1);
+    k.extend_from_slice(app.as_bytes());
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+fn app_prefix(app: &str) -> Vec<u8> {
+    let mut k = app.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Codec {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Codec {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        Ok(Store {
+            apps: db.open_tree("apps")?,
+            releases: db.open_tree("releases")?,
+            events: db.open_tree("events")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The app's record, if it was ever written.
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+        self.apps
+            .get(name.as_bytes())?
+            .map(|v| decode(name.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every app record, by name.
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        self.apps.iter().map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        }).collect()
+    }
+
+    /// Writes the app's record durably.
+    pub fn put_app(&self, mut rec: AppRecord) -> Result<()> {
+        rec.updated_at_ms = now_ms();
+        let key = rec.name.as_bytes().to_vec();
+        self.apps.insert(&key, encode(&key, &rec)?)?;
+        self.flush()
+    }
+
+    /// Writes the app's record without waiting for the disk (for check results).
+    pub fn put_app_lazy(&self, rec: &AppRecord) -> Result<()> {
+        let key = rec.name.as_bytes();
+        self.apps.insert(key, encode(key, rec)?)?;
+        Ok(())
+    }
+
+    /// One release's record.
+    pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
+        let key = release_key(app, version);
+        self.releases.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// All release records of an app, by version name.
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
+        self.releases
+            .scan_prefix(app_prefix(app))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Writes a release record durably.
+    pub fn put_release(&self, rec: &ReleaseRecord) -> Result<()> {
+        let key = release_key(&rec.app, &rec.version);
+        self.releases.insert(&key, encode(&key, rec)?)?;
+        self.flush()
+    }
+
+    /// Removes a release record (its directory is gone).
+    pub fn delete_release(&self, app: &str, version: &str) -> Result<()> {
+        self.releases.remove(release_key(app, version))?;
+        self.flush()
+    }
+
+    /// Appends an event durably and returns it with its id.
+    pub fn record(&self, mut event: Event) -> Result<Event> {
+        event.id = self.db.generate_id()?;
+        let mut key = app_prefix(&event.app);
+        key.extend_from_slice(&event.id.to_be_bytes());
+        self.events.insert(&key, encode(&key, &event)?)?;
+        self.flush()?;
+        Ok(event)
+    }
+
+    /// The app's events, newest first, at most `limit`.
+    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Event>> {
+        self.events
+            .scan_prefix(app_prefix(app))
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn release(app: &str, v: &str, state: ReleaseState) -> ReleaseRecord {
+        ReleaseRecord {
+            app: app.into(),
+            version: v.into(),
+            state,
+            source: None,
+            created_at_ms: now_ms(),
+            activated_at_ms: None,
+            decided_at_ms: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut app = AppRecord::new("shop");
+            app.active = Some("1.0.0".into());
+            app.state = AppState::Healthy;
+            s.put_app(app).unwrap();
+            s.put_release(&release("shop", "1.0.0", ReleaseState::Good)).unwrap();
+            s.record(Event::new("shop", Actor::agent(), EventKind::MarkedGood).version("1.0.0")).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let app = s.app("shop").unwrap().unwrap();
+        assert_eq!(app.state, AppState::Healthy);
+        assert_eq!(app.active.as_deref(), Some("1.0.0"));
+        assert_eq!(s.release("shop", "1.0.0").unwrap().unwrap().state, ReleaseState::Good);
+        assert_eq!(s.history("shop", 10).unwrap()[0].kind, EventKind::MarkedGood);
+        assert!(s.app("other").unwrap().is_none());
+    }
+
+    #[test]
+    fn releases_and_history_are_scoped_per_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // "shop" is a prefix of "shop2": the NUL separator must keep them apart.
+        s.put_release(&release("shop", "1", ReleaseState::Good)).unwrap();
+        s.put_release(&release("shop2", "1", ReleaseState::Failed)).unwrap();
+        s.put_release(&release("shop", "2", ReleaseState::Staged)).unwrap();
+        let shop: Vec<_> = s.releases("shop").unwrap().into_iter().map(|r| r.version).collect();
+        assert_eq!(shop, ["1", "2"]);
+        assert_eq!(s.releases("shop2").unwrap().len(), 1);
+        s.delete_release("shop", "2").unwrap();
+        assert_eq!(s.releases("shop").unwrap().len(), 1);
+
+        for i in 0..5 {
+            s.record(Event::new("shop", Actor::agent(), EventKind::Activated).version(i.to_string())).unwrap();
+            s.record(Event::new("shop2", Actor::agent(), EventKind::Staged)).unwrap();
+        }
+        let h = s.history("shop", 3).unwrap();
+        let versions: Vec<_> = h.iter().map(|e| e.version.clone().unwrap()).collect();
+        assert_eq!(versions, ["4", "3", "2"], "newest first");
+        assert!(h.windows(2).all(|w| w[0].id > w[1].id));
+        assert!(h.iter().all(|e| e.app == "shop"));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.apps.insert("shop", &b"{not json"[..]).unwrap();
+        let err = s.app("shop").unwrap_err().to_string();
+        assert!(err.contains("shop"), "{err}");
+    }
+}

@@ -1,0 +1,828 @@
+//! One task per app: the deploy / bake / rollback state machine.
+//!
+//! Owns an app's lifecycle: on start it reconciles the store with the
+//! `current` symlink; on `deploy` it stages, activates (recording the intent
+//! first and the outcome after), restarts and bakes; it runs the app's checks
+//! on their intervals, feeds results to `policy`, and rolls back to the last
+//! good release when a check turns unhealthy during the bake. Every state
+//! change is written to the store and the audit log.
+//!
+//! It drives `release`, `plugin`, `policy`, `restart` and `store`; nothing
+//! drives it but the commands on its channel. It must never block its task on
+//! long work (staging, renames and fsyncs run on the blocking pool; plugin
+//! calls run in their own tasks) and never touch another app.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::AppConfig;
+use crate::plugin::{CallReport, CheckInput, Phase, Plugin, ReleaseInfo, Sandbox, Status};
+use crate::policy::{bake_verdict, BakeVerdict, CheckTracker, Health, Outcome};
+use crate::release::{AppDir, ReleaseError, StageLimits, Version};
+use crate::store::{
+    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, Intent, ReleaseRecord, ReleaseState, Store,
+    StoreError,
+};
+
+/// Why a command was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The app is in the middle of something that must finish first.
+    #[error("app `{app}` is {state}; wait for it to finish or roll back first")]
+    Busy {
+        /// The app.
+        app: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// A release with this version already exists.
+    #[error("release {version} of `{app}` already exists; deploy a new version")]
+    ReleaseExists {
+        /// The app.
+        app: String,
+        /// The version.
+        version: String,
+    },
+    /// No release to go back to.
+    #[error("app `{app}` has no good release to roll back to")]
+    NoRollbackTarget {
+        /// The app.
+        app: String,
+    },
+    /// `--to` names the release that is already active.
+    #[error("release {version} of `{app}` is already active")]
+    AlreadyActive {
+        /// The app.
+        app: String,
+        /// The version.
+        version: String,
+    },
+    /// Staging, activation or the disk failed.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The supervisor is gone (the agent is shutting down).
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// How a deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployOutcome {
+    /// Activated and baking (the caller did not wait).
+    Baking,
+    /// Passed its bake: marked good.
+    Good,
+    /// Failed and was rolled back to `to`.
+    RolledBack {
+        /// The release restored.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+    /// Failed and nothing could be restored; the app waits for an operator.
+    Degraded {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of a successful rollback command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackDone {
+    /// The release that was active.
+    pub from: Option<String>,
+    /// The release now active.
+    pub to: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// A request to a supervisor.
+pub enum Command {
+    /// Stage SOURCE as VERSION, activate it and bake it.
+    Deploy {
+        /// A directory or `.tar.gz`, absolute.
+        source: PathBuf,
+        /// The new version.
+        version: Version,
+        /// Who asked.
+        actor: Actor,
+        /// Reply only once the bake is decided.
+        wait: bool,
+        /// Where the outcome goes.
+        reply: Reply<DeployOutcome>,
+    },
+    /// Swap back to the last good release (or `to`).
+    Rollback {
+        /// Explicit target.
+        to: Option<Version>,
+        /// Why, in the operator's words.
+        reason: Option<String>,
+        /// Who asked.
+        actor: Actor,
+        /// Where the outcome goes.
+        reply: Reply<RollbackDone>,
+    },
+}
+
+/// A check entry ready to run: its config, compiled plugin and sandbox.
+pub struct LoadedCheck {
+    /// The check's name.
+    pub name: String,
+    /// Time between runs.
+    pub interval: Duration,
+    /// Consecutive failures that make it unhealthy.
+    pub fail_after: u32,
+    /// The compiled plugin.
+    pub plugin: Arc<Plugin>,
+    /// Its grants.
+    pub sandbox: Arc<Sandbox>,
+}
+
+/// The sending side of a supervisor's command channel.
+#[derive(Clone)]
+pub struct AppHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl AppHandle {
+    /// Sends a deploy and waits for its outcome (after the bake when `wait`).
+    pub async fn deploy(&self, source: PathBuf, version: Version, actor: Actor, wait: bool) -> Result<DeployOutcome, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Deploy { source, version, actor, wait, reply }, rx).await
+    }
+
+    /// Sends a rollback and waits for it to be done.
+    pub async fn rollback(&self, to: Option<Version>, reason: Option<String>, actor: Actor) -> Result<RollbackDone, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Rollback { to, reason, actor, reply }, rx).await
+    }
+
+    async fn send<T>(&self, cmd: Command, rx: oneshot::Receiver<Result<T, CommandError>>) -> Result<T, CommandError> {
+        self.tx.send(cmd).await.map_err(|_| CommandError::ShuttingDown)?;
+        rx.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+}
+
+/// The watch over the active release: its checks' trackers and timers.
+struct Watch {
+    version: String,
+    activated_at_ms: Option<u64>,
+    previous: Option<ReleaseInfo>,
+    phase: Phase,
+    bake_until: Option<Instant>,
+    trackers: Vec<CheckTracker>,
+    next_due: Vec<Instant>,
+    in_flight: Vec<bool>,
+    /// Whether the unhealthy state of a check was already recorded (steady phase).
+    reported: Vec<bool>,
+}
+
+struct CheckDone {
+    generation: u64,
+    index: usize,
+    report: CallReport,
+    at_ms: u64,
+}
+
+/// One app's supervisor.
+pub struct Supervisor {
+    cfg: AppConfig,
+    dir: AppDir,
+    store: Store,
+    checks: Vec<LoadedCheck>,
+    rec: AppRecord,
+    /// Bumped on every activation so that results of an older watch are dropped.
+    generation: u64,
+    watch: Option<Watch>,
+    waiters: Vec<Reply<DeployOutcome>>,
+    done_tx: mpsc::Sender<CheckDone>,
+    done_rx: mpsc::Receiver<CheckDone>,
+    limits: StageLimits,
+}
+
+fn info(app: &str, rec: Option<&ReleaseRecord>, version: &str) -> ReleaseInfo {
+    ReleaseInfo {
+        app: app.to_string(),
+        version: version.to_string(),
+        activated_at_ms: rec.and_then(|r| r.activated_at_ms),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ReleaseError> + Send + 'static) -> Result<T, ReleaseError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(ReleaseError::Io {
+            op: "run blocking task",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+impl Supervisor {
+    /// Reconciles the app's store records with its directory and spawns its
+    /// task. Returns the handle to send commands to it.
+    pub fn start(cfg: AppConfig, store: Store, checks: Vec<LoadedCheck>) -> Result<AppHandle, CommandError> {
+        let (tx, rx) = mpsc::channel(16);
+        let (done_tx, done_rx) = mpsc::channel(64);
+        let dir = AppDir::new(cfg.root.clone());
+        let rec = store.app(&cfg.name)?.unwrap_or_else(|| AppRecord::new(&cfg.name));
+        let mut sup = Supervisor {
+            dir,
+            store,
+            checks,
+            rec,
+            generation: 0,
+            watch: None,
+            waiters: Vec::new(),
+            done_tx,
+            done_rx,
+            limits: StageLimits::default(),
+            cfg,
+        };
+        sup.reconcile()?;
+        tokio::spawn(sup.run(rx));
+        Ok(AppHandle { tx })
+    }
+
+    fn app(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn event(&self, actor: Actor, kind: EventKind) -> Event {
+        Event::new(&self.cfg.name, actor, kind)
+    }
+
+    fn save(&mut self) -> Result<(), StoreError> {
+        self.store.put_app(self.rec.clone())
+    }
+
+    fn release_rec(&self, version: &str) -> Result<ReleaseRecord, StoreError> {
+        Ok(self.store.release(self.app(), version)?.unwrap_or_else(|| ReleaseRecord {
+            app: self.cfg.name.clone(),
+            version: version.to_string(),
+            state: ReleaseState::Staged,
+            source: None,
+            created_at_ms: now_ms(),
+            activated_at_ms: None,
+            decided_at_ms: None,
+            reason: None,
+        }))
+    }
+
+    fn set_release_state(&self, version: &str, state: ReleaseState, reason: Option<String>) -> Result<(), StoreError> {
+        let mut r = self.release_rec(version)?;
+        r.state = state;
+        r.decided_at_ms = Some(now_ms());
+        r.reason = reason;
+        self.store.put_release(&r)
+    }
+
+    /// Makes the store agree with the disk: `current` is the truth.
+    fn reconcile(&mut self) -> Result<(), CommandError> {
+        self.dir.ensure_layout()?;
+        for leftover in self.dir.clean_leftovers()? {
+            tracing::warn!(app = %self.app(), path = %leftover.display(), "removed leftover of interrupted work");
+        }
+        let current = self.dir.current()?.map(|v| v.to_string());
+        let known = self.store.releases(self.app())?;
+        for v in self.dir.list()? {
+            if !known.iter().any(|r| r.version == v.as_str()) {
+                let mut r = self.release_rec(v.as_str())?;
+                r.source = Some("found on disk".into());
+                // A release already active when the agent first sees it was running before us.
+                if current.as_deref() == Some(v.as_str()) {
+                    r.state = ReleaseState::Good;
+                    r.reason = Some("adopted: active before the agent managed it".into());
+                }
+                self.store.put_release(&r)?;
+            }
+        }
+        for r in &known {
+            if !self.dir.exists(&Version::parse(&r.version)?) {
+                self.store.delete_release(self.app(), &r.version)?;
+            }
+        }
+        let mut notes = Vec::new();
+        if let Some(intent) = self.rec.intent.take() {
+            notes.push(format!(
+                "interrupted activation of {} (from {}): current is {}",
+                intent.to,
+                intent.from.as_deref().unwrap_or("nothing"),
+                current.as_deref().unwrap_or("missing")
+            ));
+        }
+        if self.rec.active != current {
+            notes.push(format!(
+                "store said active {}, disk says {}",
+                self.rec.active.as_deref().unwrap_or("none"),
+                current.as_deref().unwrap_or("none")
+            ));
+            self.rec.active = current.clone();
+        }
+        if let Some(good) = &self.rec.last_good {
+            if !self.dir.exists(&Version::parse(good)?) {
+                self.rec.last_good = None;
+            }
+        }
+        if self.rec.last_good.is_none() {
+            self.rec.last_good = self
+                .store
+                .releases(self.app())?
+                .into_iter()
+                .filter(|r| r.state == ReleaseState::Good)
+                .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
+                .map(|r| r.version);
+        }
+        self.store.record(self.event(Actor::agent(), EventKind::AgentStarted).reason(format!("active: {}", current.as_deref().unwrap_or("none"))))?;
+        if !notes.is_empty() {
+            let ev = self.event(Actor::agent(), EventKind::Reconciled).reason(notes.join("; "));
+            self.store.record(ev)?;
+        }
+        match current {
+            None => {
+                self.rec.state = AppState::Empty;
+                self.rec.bake_until_ms = None;
+                self.save()?;
+            }
+            Some(v) => {
+                let r = self.release_rec(&v)?;
+                let previous = self.rec.last_good.clone().filter(|g| *g != v);
+                if r.state == ReleaseState::Active {
+                    // An interrupted bake resumes for what is left of its window.
+                    let left = self
+                        .rec
+                        .bake_until_ms
+                        .map(|until| Duration::from_millis(until.saturating_sub(now_ms())))
+                        .unwrap_or(self.cfg.bake);
+                    self.begin_watch(&v, previous, Phase::Bake, left)?;
+                    self.rec.state = AppState::Baking;
+                } else {
+                    self.begin_watch(&v, previous, Phase::Steady, Duration::ZERO)?;
+                    self.rec.state = if self.rec.state == AppState::Degraded {
+                        AppState::Degraded
+                    } else {
+                        AppState::Healthy
+                    };
+                    self.rec.bake_until_ms = None;
+                }
+                self.save()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_watch(&mut self, version: &str, previous: Option<String>, phase: Phase, bake: Duration) -> Result<(), StoreError> {
+        self.generation += 1;
+        let now = Instant::now();
+        let active = self.release_rec(version)?;
+        let previous = match previous {
+            Some(p) => Some(info(self.app(), self.store.release(self.app(), &p)?.as_ref(), &p)),
+            None => None,
+        };
+        let n = self.checks.len();
+        self.watch = Some(Watch {
+            version: version.to_string(),
+            activated_at_ms: active.activated_at_ms,
+            previous,
+            phase,
+            bake_until: (phase == Phase::Bake).then(|| now + bake),
+            trackers: self.checks.iter().map(|c| CheckTracker::new(c.fail_after)).collect(),
+            // The first run waits one interval: the app was just (re)started.
+            next_due: self.checks.iter().map(|c| now + c.interval).collect(),
+            in_flight: vec![false; n],
+            reported: vec![false; n],
+        });
+        self.rec.checks.clear();
+        self.rec.bake_until_ms = (phase == Phase::Bake).then(|| now_ms() + bake.as_millis() as u64);
+        Ok(())
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                Some(done) = self.done_rx.recv() => self.on_result(done).await,
+                _ = sleep_until_opt(wake) => self.on_timer().await,
+            }
+        }
+        tracing::info!(app = %self.app(), "supervisor stopped");
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let w = self.watch.as_ref()?;
+        let checks = w
+            .next_due
+            .iter()
+            .zip(&w.in_flight)
+            .filter(|(_, busy)| !**busy)
+            .map(|(due, _)| *due);
+        checks.chain(w.bake_until).min()
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        let generation = self.generation;
+        let app = self.cfg.name.clone();
+        let Some(w) = self.watch.as_mut() else { return };
+        for (i, check) in self.checks.iter().enumerate() {
+            if w.in_flight[i] || w.next_due[i] > now {
+                continue;
+            }
+            w.in_flight[i] = true;
+            w.next_due[i] = now + check.interval;
+            let input = CheckInput {
+                app: app.clone(),
+                check: check.name.clone(),
+                active: ReleaseInfo {
+                    app: app.clone(),
+                    version: w.version.clone(),
+                    activated_at_ms: w.activated_at_ms,
+                },
+                previous: w.previous.clone(),
+                phase: w.phase,
+                now_ms: now_ms(),
+            };
+            let plugin = check.plugin.clone();
+            let sandbox = check.sandbox.clone();
+            let tx = self.done_tx.clone();
+            tokio::spawn(async move {
+                let at_ms = now_ms();
+                let report = plugin.check(&sandbox, &input).await;
+                let _ = tx.send(CheckDone { generation, index: i, report, at_ms }).await;
+            });
+        }
+        self.evaluate_bake().await;
+    }
+
+    async fn on_result(&mut self, done: CheckDone) {
+        if done.generation != self.generation {
+            return;
+        }
+        let Some(w) = self.watch.as_mut() else { return };
+        let check = &self.checks[done.index];
+        w.in_flight[done.index] = false;
+        let (outcome, summary, metrics) = match &done.report.result {
+            Ok(r) => (
+                match r.status {
+                    Status::Pass => Outcome::Pass,
+                    Status::Warn => Outcome::Warn,
+                    Status::Fail => Outcome::Fail,
+                },
+                r.summary.clone(),
+                r.metrics.clone(),
+            ),
+            Err(e) => (Outcome::Error, e.to_string(), Default::default()),
+        };
+        let health = w.trackers[done.index].observe(outcome);
+        tracing::debug!(app = %self.cfg.name, check = %check.name, outcome = outcome.as_str(), %summary, "check result");
+        self.rec.checks.insert(
+            check.name.clone(),
+            CheckStatus {
+                outcome: outcome.as_str().to_string(),
+                summary: summary.clone(),
+                at_ms: done.at_ms,
+                duration_ms: done.report.elapsed.as_millis() as u64,
+                consecutive_failures: w.trackers[done.index].consecutive_failures(),
+                metrics,
+            },
+        );
+        if let Err(e) = self.store.put_app_lazy(&self.rec) {
+            tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
+        }
+        let mut steady_failure = None;
+        if health == Health::Unhealthy && w.phase == Phase::Steady && !w.reported[done.index] {
+            // After the bake a failing check is recorded once; acting on it is the bake's job.
+            w.reported[done.index] = true;
+            steady_failure = Some(
+                Event::new(&self.cfg.name, Actor::agent(), EventKind::CheckFailed)
+                    .version(w.version.clone())
+                    .check(check.name.clone())
+                    .reason(format!("after the bake: {summary}")),
+            );
+        } else if health != Health::Unhealthy {
+            w.reported[done.index] = false;
+        }
+        if let Some(ev) = steady_failure {
+            self.log_err(self.store.record(ev).map(drop));
+        }
+        self.evaluate_bake().await;
+    }
+
+    async fn evaluate_bake(&mut self) {
+        let Some(w) = self.watch.as_ref() else { return };
+        let Some(until) = w.bake_until else { return };
+        let health: Vec<Health> = w.trackers.iter().map(|t| t.health()).collect();
+        match bake_verdict(Instant::now(), until, &health) {
+            BakeVerdict::Pending => {}
+            BakeVerdict::Passed => {
+                let version = w.version.clone();
+                if let Err(e) = self.mark_good(&version) {
+                    tracing::error!(app = %self.app(), "cannot mark {version} good: {e}");
+                }
+            }
+            BakeVerdict::Failed(i) => {
+                let version = w.version.clone();
+                let name = self.checks[i].name.clone();
+                let rule = self.checks[i].fail_after;
+                let summary = self.rec.checks.get(&name).map(|c| c.summary.clone()).unwrap_or_default();
+                let reason = format!("check `{name}` failed {rule} time(s) in a row: {summary}");
+                let ev = self.event(Actor::agent(), EventKind::CheckFailed).version(version.clone()).check(name.clone()).reason(summary);
+                self.log_err(self.store.record(ev).map(drop));
+                self.auto_rollback(&version, reason).await;
+            }
+        }
+    }
+
+    fn log_err(&self, r: Result<(), StoreError>) {
+        if let Err(e) = r {
+            tracing::error!(app = %self.app(), "state store: {e}");
+        }
+    }
+
+    fn mark_good(&mut self, version: &str) -> Result<(), StoreError> {
+        self.set_release_state(version, ReleaseState::Good, None)?;
+        self.rec.last_good = Some(version.to_string());
+        self.rec.state = AppState::Healthy;
+        self.rec.reason = None;
+        self.rec.bake_until_ms = None;
+        if let Some(w) = self.watch.as_mut() {
+            w.phase = Phase::Steady;
+            w.bake_until = None;
+        }
+        self.save()?;
+        self.store.record(self.event(Actor::agent(), EventKind::MarkedGood).version(version).reason("passed its bake"))?;
+        tracing::info!(app = %self.app(), %version, "release passed its bake");
+        self.finish_waiters(DeployOutcome::Good);
+        Ok(())
+    }
+
+    fn finish_waiters(&mut self, outcome: DeployOutcome) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Ok(outcome.clone()));
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Deploy { source, version, actor, wait, reply } => match self.deploy(source, version, actor).await {
+                Ok(None) if wait => self.waiters.push(reply),
+                Ok(None) => {
+                    let _ = reply.send(Ok(DeployOutcome::Baking));
+                }
+                Ok(Some(outcome)) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Rollback { to, reason, actor, reply } => {
+                let r = self.manual_rollback(to, reason, actor).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn busy(&self) -> Result<(), CommandError> {
+        match self.rec.state {
+            AppState::Deploying | AppState::Baking | AppState::RollingBack => Err(CommandError::Busy {
+                app: self.cfg.name.clone(),
+                state: self.rec.state.as_str(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stages, activates and restarts; `Ok(None)` means the bake has begun.
+    async fn deploy(&mut self, source: PathBuf, version: Version, actor: Actor) -> Result<Option<DeployOutcome>, CommandError> {
+        self.busy()?;
+        if self.dir.exists(&version) || self.store.release(self.app(), version.as_str())?.is_some() {
+            return Err(CommandError::ReleaseExists {
+                app: self.cfg.name.clone(),
+                version: version.to_string(),
+            });
+        }
+        let prior_state = self.rec.state;
+        self.rec.state = AppState::Deploying;
+        self.save()?;
+        let staged = {
+            let (dir, src, v, limits) = (self.dir.clone(), source.clone(), version.clone(), self.limits.clone());
+            blocking(move || dir.stage(&src, &v, &limits)).await
+        };
+        if let Err(e) = staged {
+            self.rec.state = prior_state;
+            self.save()?;
+            let ev = self.event(actor, EventKind::DeployFailed).version(version.as_str()).reason(e.to_string());
+            self.store.record(ev)?;
+            return Err(e.into());
+        }
+        let mut r = self.release_rec(version.as_str())?;
+        r.source = Some(source.display().to_string());
+        self.store.put_release(&r)?;
+        let ev = self.event(actor.clone(), EventKind::Staged).version(version.as_str()).reason(format!("from {}", source.display()));
+        self.store.record(ev)?;
+
+        let from = self.rec.active.clone();
+        if let Err(e) = self.activate(&version, actor.clone(), "deploy").await {
+            self.rec.state = prior_state;
+            self.save()?;
+            return Err(e);
+        }
+        self.set_release_state(version.as_str(), ReleaseState::Active, None)?;
+        // Checks watch the new release from now on; the previous good one is the rollback target.
+        let previous = self.rec.last_good.clone().filter(|g| g != version.as_str()).or(from);
+        self.begin_watch(version.as_str(), previous, Phase::Bake, self.cfg.bake)?;
+        self.rec.state = AppState::Baking;
+        self.rec.reason = None;
+        self.save()?;
+        if let Err(reason) = self.restart(version.as_str()).await {
+            return Ok(Some(self.auto_rollback(version.as_str(), reason).await));
+        }
+        tracing::info!(app = %self.app(), %version, bake = %humantime::format_duration(self.cfg.bake), "baking");
+        Ok(None)
+    }
+
+    /// Points `current` at `version`: intent, swap, outcome.
+    async fn activate(&mut self, version: &Version, actor: Actor, why: &str) -> Result<(), CommandError> {
+        let from = self.rec.active.clone();
+        self.rec.intent = Some(Intent {
+            from: from.clone(),
+            to: version.to_string(),
+            why: why.to_string(),
+            at_ms: now_ms(),
+        });
+        self.save()?;
+        let swapped = {
+            let (dir, v) = (self.dir.clone(), version.clone());
+            blocking(move || dir.activate(&v)).await
+        };
+        self.rec.intent = None;
+        if let Err(e) = swapped {
+            self.save()?;
+            let ev = self.event(actor, EventKind::DeployFailed).version(version.as_str()).reason(format!("activation failed: {e}"));
+            self.store.record(ev)?;
+            return Err(e.into());
+        }
+        self.rec.active = Some(version.to_string());
+        self.save()?;
+        let mut r = self.release_rec(version.as_str())?;
+        r.activated_at_ms = Some(now_ms());
+        self.store.put_release(&r)?;
+        let ev = self.event(actor, EventKind::Activated).version(version.as_str()).swap(from, version.as_str()).reason(why);
+        self.store.record(ev)?;
+        Ok(())
+    }
+
+    /// Runs the restart command, recording the outcome; Err carries the reason.
+    async fn restart(&mut self, version: &str) -> Result<(), String> {
+        let Some(argv) = self.cfg.restart.clone() else { return Ok(()) };
+        let r = crate::restart::run(&argv, self.app(), version, &self.cfg.root, self.cfg.restart_timeout).await;
+        let (kind, reason) = match &r {
+            Ok(()) => (EventKind::Restarted, argv.join(" ")),
+            Err(e) => (EventKind::RestartFailed, e.to_string()),
+        };
+        let ev = self.event(Actor::agent(), kind).version(version).reason(reason.clone());
+        self.log_err(self.store.record(ev).map(drop));
+        r.map_err(|_| format!("restart failed: {reason}"))
+    }
+
+    /// The release to go back to: the last good one that is not `failed`.
+    fn rollback_target(&self, failed: &str) -> Result<Option<Version>, CommandError> {
+        let mut good: Vec<ReleaseRecord> = self
+            .store
+            .releases(self.app())?
+            .into_iter()
+            .filter(|r| r.state == ReleaseState::Good && r.version != failed)
+            .collect();
+        good.sort_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0));
+        let preferred = self.rec.last_good.clone().filter(|g| g != failed);
+        let pick = preferred.or_else(|| good.last().map(|r| r.version.clone()));
+        Ok(match pick {
+            Some(v) => Some(Version::parse(&v)?),
+            None => None,
+        })
+    }
+
+    /// Swaps back after `failed` was judged unhealthy (or failed to restart).
+    async fn auto_rollback(&mut self, failed: &str, reason: String) -> DeployOutcome {
+        match self.rollback_to(failed, None, reason.clone(), Actor::agent()).await {
+            Ok(done) => {
+                let outcome = DeployOutcome::RolledBack { to: done.to, reason };
+                self.finish_waiters(outcome.clone());
+                outcome
+            }
+            Err(e) => {
+                let reason = format!("{reason}; rollback impossible: {e}");
+                self.degrade(failed, &reason);
+                let outcome = DeployOutcome::Degraded { reason };
+                self.finish_waiters(outcome.clone());
+                outcome
+            }
+        }
+    }
+
+    fn degrade(&mut self, version: &str, reason: &str) {
+        tracing::error!(app = %self.app(), %version, "degraded: {reason}");
+        self.rec.state = AppState::Degraded;
+        self.rec.reason = Some(reason.to_string());
+        self.rec.bake_until_ms = None;
+        if let Some(w) = self.watch.as_mut() {
+            w.phase = Phase::Steady;
+            w.bake_until = None;
+        }
+        let r = self.save();
+        self.log_err(r);
+        let ev = self.event(Actor::agent(), EventKind::Degraded).version(version).reason(reason);
+        self.log_err(self.store.record(ev).map(drop));
+    }
+
+    async fn manual_rollback(&mut self, to: Option<Version>, reason: Option<String>, actor: Actor) -> Result<RollbackDone, CommandError> {
+        if matches!(self.rec.state, AppState::Deploying | AppState::RollingBack) {
+            return Err(CommandError::Busy {
+                app: self.cfg.name.clone(),
+                state: self.rec.state.as_str(),
+            });
+        }
+        let Some(active) = self.rec.active.clone() else {
+            return Err(CommandError::NoRollbackTarget { app: self.cfg.name.clone() });
+        };
+        let reason = reason.unwrap_or_else(|| format!("requested by {}", actor.name));
+        let done = self.rollback_to(&active, to, reason.clone(), actor).await?;
+        self.finish_waiters(DeployOutcome::RolledBack {
+            to: done.to.clone(),
+            reason,
+        });
+        Ok(done)
+    }
+
+    /// Marks `failed` failed and activates `to` (or the last good release).
+    async fn rollback_to(&mut self, failed: &str, to: Option<Version>, reason: String, actor: Actor) -> Result<RollbackDone, CommandError> {
+        let target = match to {
+            Some(v) if v.as_str() == failed => {
+                return Err(CommandError::AlreadyActive {
+                    app: self.cfg.name.clone(),
+                    version: v.to_string(),
+                })
+            }
+            Some(v) => {
+                if !self.dir.exists(&v) {
+                    return Err(ReleaseError::NotFound {
+                        path: self.dir.release_path(&v),
+                        version: v,
+                    }
+                    .into());
+                }
+                v
+            }
+            None => self.rollback_target(failed)?.ok_or_else(|| CommandError::NoRollbackTarget { app: self.cfg.name.clone() })?,
+        };
+        let prior_state = self.rec.state;
+        self.rec.state = AppState::RollingBack;
+        self.save()?;
+        let from = self.rec.active.clone();
+        if let Err(e) = self.activate(&target, actor.clone(), &format!("rollback: {reason}")).await {
+            self.rec.state = prior_state;
+            self.save()?;
+            return Err(e);
+        }
+        self.set_release_state(failed, ReleaseState::Failed, Some(reason.clone()))?;
+        let ev = self
+            .event(actor, EventKind::RolledBack)
+            .version(failed)
+            .swap(from, target.as_str())
+            .reason(reason.clone());
+        self.store.record(ev)?;
+        tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
+        self.begin_watch(target.as_str(), None, Phase::Steady, Duration::ZERO)?;
+        self.rec.state = AppState::Healthy;
+        self.rec.reason = Some(format!("rolled back from {failed}: {reason}"));
+        self.save()?;
+        if let Err(why) = self.restart(target.as_str()).await {
+            self.degrade(target.as_str(), &why);
+        }
+        Ok(RollbackDone {
+            from: Some(failed.to_string()),
+            to: target.to_string(),
+        })
+    }
+}
+
+async fn sleep_until_opt(when: Option<Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
