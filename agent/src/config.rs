@@ -92,7 +92,8 @@ pub struct AppConfig {
     pub root: PathBuf,
     /// How long a new release is watched before it is marked good.
     pub bake: Duration,
-    /// Command run after every activation (argv, no shell).
+    /// Command run after every activation (argv, no shell; a relative
+    /// program path containing `/` is resolved against the config file).
     pub restart: Option<Vec<String>>,
     /// How long the restart command may take.
     pub restart_timeout: Duration,
@@ -186,7 +187,9 @@ fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
         }
     } else {
         match text.split_once(':') {
-            Some((_, p)) if p.contains(':') => return Err("IPv6 addresses need brackets, e.g. [::1]:8080".into()),
+            Some((_, p)) if p.contains(':') => {
+                return Err("IPv6 addresses need brackets, e.g. [::1]:8080".into())
+            }
             Some((h, p)) => (h, Some(p)),
             None => (text, None),
         }
@@ -322,7 +325,12 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&self, key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         let Some(text) = text else { return Ok(default) };
         let d = parse_duration(&text).map_err(|m| self.err(key, m))?;
         if d.is_zero() {
@@ -333,8 +341,18 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let agent = AgentConfig {
-            state_dir: self.resolve(raw.agent.state_dir.as_deref().unwrap_or(Path::new(DEFAULT_STATE_DIR))),
-            socket: self.resolve(raw.agent.socket.as_deref().unwrap_or(Path::new(DEFAULT_SOCKET_PATH))),
+            state_dir: self.resolve(
+                raw.agent
+                    .state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+            ),
+            socket: self.resolve(
+                raw.agent
+                    .socket
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_SOCKET_PATH)),
+            ),
         };
         let mut apps = BTreeMap::new();
         let mut roots = BTreeMap::<PathBuf, String>::new();
@@ -358,7 +376,10 @@ impl Validator<'_> {
     fn app(&self, name: &str, raw: RawApp) -> Result<AppConfig, ConfigError> {
         let key = format!("apps.{name}");
         if !valid_name(name) {
-            return Err(self.err(&key, "app names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)"));
+            return Err(self.err(
+                &key,
+                "app names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)",
+            ));
         }
         if raw.root.as_os_str().is_empty() {
             return Err(self.err(format!("{key}.root"), "must not be empty"));
@@ -367,7 +388,14 @@ impl Validator<'_> {
             Some(argv) if argv.is_empty() || argv[0].trim().is_empty() => {
                 return Err(self.err(format!("{key}.restart"), "must be a non-empty command, e.g. [\"systemctl\", \"restart\", \"shop.service\"]"));
             }
-            other => other,
+            // A relative program path (`./restart.sh`, `bin/restart`) is relative to the config file.
+            Some(mut argv) => {
+                if argv[0].contains('/') {
+                    argv[0] = self.resolve(Path::new(&argv[0])).display().to_string();
+                }
+                Some(argv)
+            }
+            None => None,
         };
         let mut checks = Vec::with_capacity(raw.checks.len());
         let mut names = BTreeSet::new();
@@ -375,7 +403,10 @@ impl Validator<'_> {
             let ckey = format!("{key}.checks[{i}]");
             let check = self.check(&ckey, c)?;
             if !names.insert(check.name.clone()) {
-                return Err(self.err(format!("{ckey}.name"), format!("duplicate check name `{}`", check.name)));
+                return Err(self.err(
+                    format!("{ckey}.name"),
+                    format!("duplicate check name `{}`", check.name),
+                ));
             }
             checks.push(check);
         }
@@ -384,14 +415,21 @@ impl Validator<'_> {
             root: self.resolve(&raw.root),
             bake: self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE)?,
             restart,
-            restart_timeout: self.duration(&format!("{key}.restart_timeout"), raw.restart_timeout, DEFAULT_RESTART_TIMEOUT)?,
+            restart_timeout: self.duration(
+                &format!("{key}.restart_timeout"),
+                raw.restart_timeout,
+                DEFAULT_RESTART_TIMEOUT,
+            )?,
             checks,
         })
     }
 
     fn check(&self, key: &str, raw: RawCheck) -> Result<CheckConfig, ConfigError> {
         if !valid_name(&raw.name) {
-            return Err(self.err(format!("{key}.name"), "check names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)"));
+            return Err(self.err(
+                format!("{key}.name"),
+                "check names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)",
+            ));
         }
         if raw.plugin.as_os_str().is_empty() {
             return Err(self.err(format!("{key}.plugin"), "must name a .wasm component"));
@@ -399,23 +437,37 @@ impl Validator<'_> {
         let fail_after = match raw.fail_after {
             None => DEFAULT_FAIL_AFTER,
             Some(n) if (1..=1000).contains(&n) => n as u32,
-            Some(n) => return Err(self.err(format!("{key}.fail_after"), format!("{n} is out of range 1..=1000"))),
+            Some(n) => {
+                return Err(self.err(
+                    format!("{key}.fail_after"),
+                    format!("{n} is out of range 1..=1000"),
+                ))
+            }
         };
         let memory_limit = match raw.memory_limit {
             None => DEFAULT_MEMORY_LIMIT,
             Some(text) => {
-                let size: bytesize::ByteSize = text
-                    .parse()
-                    .map_err(|e| self.err(format!("{key}.memory_limit"), format!("`{text}` is not a size like 64MiB ({e})")))?;
+                let size: bytesize::ByteSize = text.parse().map_err(|e| {
+                    self.err(
+                        format!("{key}.memory_limit"),
+                        format!("`{text}` is not a size like 64MiB ({e})"),
+                    )
+                })?;
                 if size.as_u64() < 1024 * 1024 || size.as_u64() > MAX_MEMORY_LIMIT {
-                    return Err(self.err(format!("{key}.memory_limit"), "must be between 1MiB and 4GiB"));
+                    return Err(self.err(
+                        format!("{key}.memory_limit"),
+                        "must be between 1MiB and 4GiB",
+                    ));
                 }
                 size.as_u64()
             }
         };
         let mut allow_hosts = Vec::with_capacity(raw.allow_hosts.len());
         for (i, entry) in raw.allow_hosts.iter().enumerate() {
-            allow_hosts.push(HostRule::parse(entry).map_err(|m| self.err(format!("{key}.allow_hosts[{i}]"), m))?);
+            allow_hosts.push(
+                HostRule::parse(entry)
+                    .map_err(|m| self.err(format!("{key}.allow_hosts[{i}]"), m))?,
+            );
         }
         let mut config = BTreeMap::new();
         for (k, v) in raw.config {
@@ -426,7 +478,10 @@ impl Validator<'_> {
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Datetime(d) => d.to_string(),
                 toml::Value::Array(_) | toml::Value::Table(_) => {
-                    return Err(self.err(format!("{key}.config.{k}"), "values must be strings, numbers or booleans"));
+                    return Err(self.err(
+                        format!("{key}.config.{k}"),
+                        "values must be strings, numbers or booleans",
+                    ));
                 }
             };
             config.insert(k, value);
@@ -478,12 +533,18 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
     #[test]
     fn parses_the_documented_example() {
         let c = parse(FULL).unwrap();
-        assert_eq!(c.agent.socket, Path::new("/run/rollback-agent/control.sock"));
+        assert_eq!(
+            c.agent.socket,
+            Path::new("/run/rollback-agent/control.sock")
+        );
         let shop = &c.apps["shop"];
         assert_eq!(shop.bake, Duration::from_secs(300));
         assert_eq!(shop.restart.as_deref().unwrap()[2], "shop.service");
         let check = &shop.checks[0];
-        assert_eq!(check.plugin, Path::new("/etc/rollback-agent/plugins/http-probe.wasm"));
+        assert_eq!(
+            check.plugin,
+            Path::new("/etc/rollback-agent/plugins/http-probe.wasm")
+        );
         assert_eq!(check.interval, Duration::from_secs(10));
         assert_eq!(check.fail_after, 3);
         assert_eq!(check.config["expect_status"], "200");
@@ -510,26 +571,55 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
     #[test]
     fn bad_values_name_their_key() {
         let base = "[apps.shop]\nroot = \"/srv/shop\"\n";
-        assert_eq!(invalid_key(&format!("{base}bake = \"soon\"\n")), "apps.shop.bake");
-        assert_eq!(invalid_key(&format!("{base}bake = \"0s\"\n")), "apps.shop.bake");
-        assert_eq!(invalid_key(&format!("{base}restart = []\n")), "apps.shop.restart");
+        assert_eq!(
+            invalid_key(&format!("{base}bake = \"soon\"\n")),
+            "apps.shop.bake"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}bake = \"0s\"\n")),
+            "apps.shop.bake"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}restart = []\n")),
+            "apps.shop.restart"
+        );
         let check = "[[apps.shop.checks]]\nname = \"h\"\nplugin = \"p.wasm\"\n";
-        assert_eq!(invalid_key(&format!("{base}{check}fail_after = 0\n")), "apps.shop.checks[0].fail_after");
-        assert_eq!(invalid_key(&format!("{base}{check}interval = \"-1s\"\n")), "apps.shop.checks[0].interval");
-        assert_eq!(invalid_key(&format!("{base}{check}memory_limit = \"lots\"\n")), "apps.shop.checks[0].memory_limit");
+        assert_eq!(
+            invalid_key(&format!("{base}{check}fail_after = 0\n")),
+            "apps.shop.checks[0].fail_after"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}{check}interval = \"-1s\"\n")),
+            "apps.shop.checks[0].interval"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}{check}memory_limit = \"lots\"\n")),
+            "apps.shop.checks[0].memory_limit"
+        );
         assert_eq!(
             invalid_key(&format!("{base}{check}allow_hosts = [\"http://x/\"]\n")),
             "apps.shop.checks[0].allow_hosts[0]"
         );
-        assert_eq!(invalid_key(&format!("{base}{check}config = {{ a = [1] }}\n")), "apps.shop.checks[0].config.a");
-        assert_eq!(invalid_key(&format!("{base}{check}{check}")), "apps.shop.checks[1].name");
+        assert_eq!(
+            invalid_key(&format!("{base}{check}config = {{ a = [1] }}\n")),
+            "apps.shop.checks[0].config.a"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}{check}{check}")),
+            "apps.shop.checks[1].name"
+        );
         assert_eq!(invalid_key("[apps.\"a/b\"]\nroot = \"/x\"\n"), "apps.a/b");
-        assert_eq!(invalid_key("[apps.a]\nroot = \"/x\"\n[apps.b]\nroot = \"/x\"\n"), "apps.b.root");
+        assert_eq!(
+            invalid_key("[apps.a]\nroot = \"/x\"\n[apps.b]\nroot = \"/x\"\n"),
+            "apps.b.root"
+        );
     }
 
     #[test]
     fn unknown_keys_and_syntax_errors_give_line_numbers() {
-        let err = parse("[apps.shop]\nroot = \"/srv\"\nbak = \"5m\"\n").unwrap_err().to_string();
+        let err = parse("[apps.shop]\nroot = \"/srv\"\nbak = \"5m\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("bak"), "{err}");
         let err = parse("[apps.shop\n").unwrap_err().to_string();

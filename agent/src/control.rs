@@ -75,7 +75,10 @@ fn actor_of(stream: &UnixStream) -> Actor {
                 .flatten()
                 .map(|u| u.name)
                 .unwrap_or_else(|| uid.to_string());
-            Actor { uid: Some(uid), name }
+            Actor {
+                uid: Some(uid),
+                name,
+            }
         }
         Err(_) => Actor {
             uid: None,
@@ -88,7 +91,9 @@ fn command_error(e: CommandError) -> RemoteError {
     let name = match &e {
         CommandError::Busy { .. } => error::BUSY,
         CommandError::ReleaseExists { .. } => error::RELEASE_EXISTS,
-        CommandError::NoRollbackTarget { .. } | CommandError::AlreadyActive { .. } => error::NO_ROLLBACK_TARGET,
+        CommandError::NoRollbackTarget { .. } | CommandError::AlreadyActive { .. } => {
+            error::NO_ROLLBACK_TARGET
+        }
         CommandError::Release(ReleaseError::NotFound { .. }) => error::NO_SUCH_RELEASE,
         CommandError::Release(ReleaseError::InvalidVersion { .. }) => error::INVALID_PARAMETER,
         CommandError::Release(ReleaseError::AlreadyExists { .. }) => error::RELEASE_EXISTS,
@@ -138,7 +143,8 @@ impl Control {
                 Ok(Some(b)) => b,
                 Ok(None) => return,
                 Err(e) => {
-                    let err = RemoteError::new(error::INVALID_PARAMETER, format!("bad message: {e}"));
+                    let err =
+                        RemoteError::new(error::INVALID_PARAMETER, format!("bad message: {e}"));
                     let _ = protocol::write_message(&mut write, &err.to_reply()).await;
                     return;
                 }
@@ -146,14 +152,20 @@ impl Control {
             let call: Call = match serde_json::from_slice(&bytes) {
                 Ok(c) => c,
                 Err(e) => {
-                    let err = RemoteError::new(error::INVALID_PARAMETER, format!("bad message: not a Varlink call: {e}"));
+                    let err = RemoteError::new(
+                        error::INVALID_PARAMETER,
+                        format!("bad message: not a Varlink call: {e}"),
+                    );
                     let _ = protocol::write_message(&mut write, &err.to_reply()).await;
                     return;
                 }
             };
             let oneway = call.oneway;
             let reply = match self.dispatch(&call, &actor).await {
-                Ok(parameters) => Reply { error: None, parameters },
+                Ok(parameters) => Reply {
+                    error: None,
+                    parameters,
+                },
                 Err(e) => e.to_reply(),
             };
             if !oneway && protocol::write_message(&mut write, &reply).await.is_err() {
@@ -163,9 +175,12 @@ impl Control {
     }
 
     fn handle(&self, app: &str) -> Result<&AppHandle, RemoteError> {
-        self.apps
-            .get(app)
-            .ok_or_else(|| RemoteError::new(error::NO_SUCH_APP, format!("no app named `{app}` in the agent's config")))
+        self.apps.get(app).ok_or_else(|| {
+            RemoteError::new(
+                error::NO_SUCH_APP,
+                format!("no app named `{app}` in the agent's config"),
+            )
+        })
     }
 
     async fn dispatch(&self, call: &Call, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
@@ -174,12 +189,17 @@ impl Control {
             method::STATUS => self.status(protocol::parameters(&call.parameters)?),
             method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
             method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
-            method::DEPLOY => self.deploy(protocol::parameters(&call.parameters)?, actor).await,
-            method::ROLLBACK => self.rollback(protocol::parameters(&call.parameters)?, actor).await,
-            other if other.starts_with(&format!("{}.", protocol::INTERFACE)) => Err(RemoteError::new(
-                error::METHOD_NOT_FOUND,
-                format!("unknown method `{other}`"),
-            )),
+            method::DEPLOY => {
+                self.deploy(protocol::parameters(&call.parameters)?, actor)
+                    .await
+            }
+            method::ROLLBACK => {
+                self.rollback(protocol::parameters(&call.parameters)?, actor)
+                    .await
+            }
+            other if other.starts_with(&format!("{}.", protocol::INTERFACE)) => Err(
+                RemoteError::new(error::METHOD_NOT_FOUND, format!("unknown method `{other}`")),
+            ),
             other => Err(RemoteError::new(
                 error::INTERFACE_NOT_FOUND,
                 format!("unknown interface in `{other}`"),
@@ -197,7 +217,11 @@ impl Control {
         };
         let mut apps = Vec::new();
         for name in names {
-            let rec = self.store.app(name).map_err(internal)?.unwrap_or_else(|| crate::store::AppRecord::new(name));
+            let rec = self
+                .store
+                .app(name)
+                .map_err(internal)?
+                .unwrap_or_else(|| crate::store::AppRecord::new(name));
             apps.push(protocol::AppStatus {
                 app: rec.name,
                 state: rec.state.as_str().to_string(),
@@ -213,7 +237,11 @@ impl Control {
 
     fn releases(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {
         self.handle(&p.app)?;
-        let active = self.store.app(&p.app).map_err(internal)?.and_then(|a| a.active);
+        let active = self
+            .store
+            .app(&p.app)
+            .map_err(internal)?
+            .and_then(|a| a.active);
         let mut releases: Vec<protocol::ReleaseView> = self
             .store
             .releases(&p.app)
@@ -231,7 +259,10 @@ impl Control {
             })
             .collect();
         releases.sort_by(|a, b| (a.created_at_ms, &a.version).cmp(&(b.created_at_ms, &b.version)));
-        to_value(&protocol::ReleasesReply { app: p.app, releases })
+        to_value(&protocol::ReleasesReply {
+            app: p.app,
+            releases,
+        })
     }
 
     fn history(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {
@@ -241,9 +272,14 @@ impl Control {
         to_value(&protocol::HistoryReply { app: p.app, events })
     }
 
-    async fn deploy(&self, p: protocol::DeployParams, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+    async fn deploy(
+        &self,
+        p: protocol::DeployParams,
+        actor: &Actor,
+    ) -> Result<serde_json::Value, RemoteError> {
         let handle = self.handle(&p.app)?;
-        let version = Version::parse(&p.version).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?;
+        let version = Version::parse(&p.version)
+            .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?;
         let source = PathBuf::from(&p.source);
         if !source.is_absolute() {
             return Err(RemoteError::new(
@@ -270,13 +306,23 @@ impl Control {
         })
     }
 
-    async fn rollback(&self, p: protocol::RollbackParams, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+    async fn rollback(
+        &self,
+        p: protocol::RollbackParams,
+        actor: &Actor,
+    ) -> Result<serde_json::Value, RemoteError> {
         let handle = self.handle(&p.app)?;
         let to = match &p.to {
-            Some(v) => Some(Version::parse(v).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?),
+            Some(v) => Some(
+                Version::parse(v)
+                    .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?,
+            ),
             None => None,
         };
-        let done = handle.rollback(to, p.reason, actor.clone()).await.map_err(command_error)?;
+        let done = handle
+            .rollback(to, p.reason, actor.clone())
+            .await
+            .map_err(command_error)?;
         to_value(&protocol::RollbackReply {
             app: p.app,
             from: done.from,

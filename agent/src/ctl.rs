@@ -1,1 +1,426 @@
-//! ctl
+//! `rollbackctl`: the operator's client for the control socket.
+//!
+//! Owns the command line (clap), sending one Varlink call per command, and
+//! printing the reply as aligned tables or, with `--json`, as the reply's
+//! JSON parameters. Exit codes: 0 success, 1 error (message on stderr),
+//! 2 usage, 3 a deploy that was rolled back or left the app degraded.
+//!
+//! Must never touch the agent's files or store: everything goes through the
+//! socket, and it shares only `protocol` with the server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+
+use crate::config::DEFAULT_SOCKET_PATH;
+use crate::protocol::{self, method, Call, RemoteError, Reply};
+
+/// Exit code of a deploy that was rolled back (or left the app degraded).
+pub const EXIT_ROLLED_BACK: u8 = 3;
+
+/// Control the rollback agent.
+#[derive(Debug, Parser)]
+#[command(name = "rollbackctl", version, about, long_about = None)]
+pub struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "ROLLBACK_AGENT_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show each app's state, active release and last check results.
+    Status {
+        /// Only this app.
+        app: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an app's releases.
+    Releases {
+        /// The app.
+        app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stage a release from a directory or .tar.gz, activate it and bake it.
+    #[command(
+        after_help = "Exit status with --wait: 0 marked good, 3 rolled back (or degraded), 1 error."
+    )]
+    Deploy {
+        /// The app.
+        app: String,
+        /// A release directory or .tar.gz archive (on this host).
+        source: PathBuf,
+        /// The new release's version.
+        #[arg(long)]
+        version: String,
+        /// Wait until the bake decides: good (exit 0) or rolled back (exit 3).
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Swap back to the last good release (or --to VERSION) and mark the active one failed.
+    Rollback {
+        /// The app.
+        app: String,
+        /// The release to restore.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why, recorded in the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an app's events, newest first.
+    History {
+        /// The app.
+        app: String,
+        /// At most this many events.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A connection to the agent.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the control socket.
+    pub async fn connect(path: &Path) -> anyhow::Result<Client> {
+        let stream = UnixStream::connect(path).await.with_context(|| {
+            format!(
+                "cannot connect to the agent at {} (is rollbackd running?)",
+                path.display()
+            )
+        })?;
+        let (r, w) = stream.into_split();
+        Ok(Client {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Sends one call and reads its reply.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: serde_json::Value,
+    ) -> anyhow::Result<Result<(T, serde_json::Value), RemoteError>> {
+        let call = Call {
+            method: method.to_string(),
+            parameters,
+            oneway: false,
+            more: false,
+        };
+        protocol::write_message(&mut self.writer, &call)
+            .await
+            .context("cannot send to the agent")?;
+        let bytes = protocol::read_message(&mut self.reader)
+            .await
+            .context("cannot read the agent's reply")?
+            .context("the agent closed the connection without replying")?;
+        let reply: Reply =
+            serde_json::from_slice(&bytes).context("the agent sent an invalid reply")?;
+        if let Some(name) = reply.error {
+            return Ok(Err(RemoteError::from_reply(name, &reply.parameters)));
+        }
+        let typed = serde_json::from_value(reply.parameters.clone())
+            .context("the agent sent an unexpected reply")?;
+        Ok(Ok((typed, reply.parameters)))
+    }
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn opt(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("-")
+}
+
+/// Prints rows as columns separated by two spaces; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&cli.socket).await?;
+    let fail = |e: RemoteError| -> anyhow::Result<ExitCode> { bail!("{} ({})", e.message, e.name) };
+    match cli.command {
+        Command::Status { app, json } => {
+            let (r, raw): (protocol::StatusReply, _) = match client
+                .call(method::STATUS, serde_json::json!({ "app": app }))
+                .await?
+            {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            if json {
+                print_json(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![["APP", "STATE", "ACTIVE", "LAST GOOD", "REASON"]
+                .map(String::from)
+                .to_vec()];
+            for a in &r.apps {
+                rows.push(vec![
+                    a.app.clone(),
+                    a.state.clone(),
+                    opt(&a.active).into(),
+                    opt(&a.last_good).into(),
+                    opt(&a.reason).into(),
+                ]);
+            }
+            print!("{}", table(&rows));
+            for a in &r.apps {
+                if a.checks.is_empty() {
+                    continue;
+                }
+                println!("\n{} checks:", a.app);
+                let mut rows = vec![["CHECK", "RESULT", "FAILS", "AT", "SUMMARY"]
+                    .map(String::from)
+                    .to_vec()];
+                for (name, c) in &a.checks {
+                    rows.push(vec![
+                        name.clone(),
+                        c.outcome.clone(),
+                        c.consecutive_failures.to_string(),
+                        time(c.at_ms),
+                        c.summary.clone(),
+                    ]);
+                }
+                print!("{}", table(&rows));
+            }
+        }
+        Command::Releases { app, json } => {
+            let (r, raw): (protocol::ReleasesReply, _) = match client
+                .call(method::RELEASES, serde_json::json!({ "app": app }))
+                .await?
+            {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            if json {
+                print_json(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![[
+                "VERSION",
+                "STATE",
+                "CURRENT",
+                "CREATED",
+                "ACTIVATED",
+                "REASON",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for rel in &r.releases {
+                rows.push(vec![
+                    rel.version.clone(),
+                    rel.state.clone(),
+                    if rel.current {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
+                    time(rel.created_at_ms),
+                    rel.activated_at_ms.map(time).unwrap_or_else(|| "-".into()),
+                    opt(&rel.reason).into(),
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+        Command::Deploy {
+            app,
+            source,
+            version,
+            wait,
+            json,
+        } => {
+            let source = std::fs::canonicalize(&source)
+                .with_context(|| format!("source {}", source.display()))?;
+            let params = serde_json::json!({ "app": app, "source": source, "version": version, "wait": wait });
+            let (r, raw): (protocol::DeployReply, _) =
+                match client.call(method::DEPLOY, params).await? {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+            if json {
+                print_json(&raw)?;
+            } else {
+                match r.outcome.as_str() {
+                    "baking" => println!("{} {}: activated, baking", r.app, r.version),
+                    "good" => println!("{} {}: passed its bake, marked good", r.app, r.version),
+                    "rolled-back" => println!(
+                        "{} {}: rolled back to {}: {}",
+                        r.app,
+                        r.version,
+                        opt(&r.active),
+                        opt(&r.reason)
+                    ),
+                    other => println!("{} {}: {other}: {}", r.app, r.version, opt(&r.reason)),
+                }
+            }
+            return Ok(match r.outcome.as_str() {
+                "rolled-back" | "degraded" => ExitCode::from(EXIT_ROLLED_BACK),
+                _ => ExitCode::SUCCESS,
+            });
+        }
+        Command::Rollback {
+            app,
+            to,
+            reason,
+            json,
+        } => {
+            let params = serde_json::json!({ "app": app, "to": to, "reason": reason });
+            let (r, raw): (protocol::RollbackReply, _) =
+                match client.call(method::ROLLBACK, params).await? {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+            if json {
+                print_json(&raw)?;
+            } else {
+                println!("{}: rolled back from {} to {}", r.app, opt(&r.from), r.to);
+            }
+        }
+        Command::History { app, limit, json } => {
+            let params = serde_json::json!({ "app": app, "limit": limit });
+            let (r, raw): (protocol::HistoryReply, _) =
+                match client.call(method::HISTORY, params).await? {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+            if json {
+                print_json(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![[
+                "TIME", "ACTOR", "EVENT", "VERSION", "SWAP", "CHECK", "REASON",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for e in &r.events {
+                let swap = match (&e.from, &e.to) {
+                    (None, None) => "-".to_string(),
+                    (from, to) => format!("{} -> {}", opt(from), opt(to)),
+                };
+                rows.push(vec![
+                    time(e.at_ms),
+                    e.actor.name.clone(),
+                    e.kind.as_str().into(),
+                    opt(&e.version).into(),
+                    swap,
+                    opt(&e.check).into(),
+                    opt(&e.reason).into(),
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![
+            vec!["A".to_string(), "LONG HEADER".into(), "x".into()],
+            vec![
+                "wide cell".to_string(),
+                "b".into(),
+                "last column is free".into(),
+            ],
+        ];
+        let out = table(&rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "A          LONG HEADER  x");
+        assert_eq!(lines[1], "wide cell  b            last column is free");
+    }
+
+    #[test]
+    fn cli_parses_the_documented_commands() {
+        let cli = Cli::try_parse_from([
+            "rollbackctl",
+            "--socket",
+            "/tmp/s",
+            "deploy",
+            "shop",
+            "./r",
+            "--version",
+            "1.0.0",
+            "--wait",
+        ])
+        .map_err(|e| e.to_string());
+        assert!(
+            matches!(
+                cli,
+                Ok(Cli {
+                    command: Command::Deploy { wait: true, .. },
+                    ..
+                })
+            ),
+            "{cli:?}"
+        );
+        assert!(
+            Cli::try_parse_from(["rollbackctl", "deploy", "shop", "./r"]).is_err(),
+            "--version is required"
+        );
+        assert!(Cli::try_parse_from(["rollbackctl", "history", "shop", "--limit", "x"]).is_err());
+    }
+}

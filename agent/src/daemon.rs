@@ -20,7 +20,10 @@ use crate::store::Store;
 use crate::supervisor::{LoadedCheck, Supervisor};
 
 /// Compiles every check of every app; the first failure names app, check and file.
-fn load_checks(host: &PluginHost, config: &Config) -> anyhow::Result<BTreeMap<String, Vec<LoadedCheck>>> {
+fn load_checks(
+    host: &PluginHost,
+    config: &Config,
+) -> anyhow::Result<BTreeMap<String, Vec<LoadedCheck>>> {
     let mut cache: BTreeMap<std::path::PathBuf, Arc<crate::plugin::Plugin>> = BTreeMap::new();
     let mut all = BTreeMap::new();
     for (name, app) in &config.apps {
@@ -64,19 +67,26 @@ fn load_checks(host: &PluginHost, config: &Config) -> anyhow::Result<BTreeMap<St
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let db_dir = config.agent.state_dir.join("db");
-    std::fs::create_dir_all(&db_dir).with_context(|| format!("cannot create state directory {}", db_dir.display()))?;
-    let store = Store::open(&db_dir).with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
+    std::fs::create_dir_all(&db_dir)
+        .with_context(|| format!("cannot create state directory {}", db_dir.display()))?;
+    let store = Store::open(&db_dir)
+        .with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
 
     let host = PluginHost::new()?;
     let cfg = config.clone();
-    let (host, mut checks) = tokio::task::spawn_blocking(move || load_checks(&host, &cfg).map(|c| (host, c)))
-        .await
-        .context("plugin compilation panicked")??;
+    let (host, mut checks) =
+        tokio::task::spawn_blocking(move || load_checks(&host, &cfg).map(|c| (host, c)))
+            .await
+            .context("plugin compilation panicked")??;
 
     let mut apps = BTreeMap::new();
     for (name, app) in &config.apps {
-        let handle = Supervisor::start(app.clone(), store.clone(), checks.remove(name).unwrap_or_default())
-            .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
+        let handle = Supervisor::start(
+            app.clone(),
+            store.clone(),
+            checks.remove(name).unwrap_or_default(),
+        )
+        .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
         apps.insert(name.clone(), handle);
     }
 

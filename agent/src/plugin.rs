@@ -100,7 +100,9 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallError::Timeout(d) => write!(f, "timed out after {}", humantime::format_duration(*d)),
+            CallError::Timeout(d) => {
+                write!(f, "timed out after {}", humantime::format_duration(*d))
+            }
             CallError::Trap(m) => write!(f, "plugin trapped: {m}"),
             CallError::Plugin(m) => write!(f, "plugin error: {m}"),
             CallError::BadOutput(m) => write!(f, "invalid plugin output: {m}"),
@@ -219,7 +221,9 @@ pub struct Sandbox {
 fn url_allowed(rules: &[HostRule], url: &url::Url) -> Result<(), String> {
     let scheme = url.scheme();
     if scheme != "http" && scheme != "https" {
-        return Err(format!("scheme `{scheme}` is not allowed (http or https only)"));
+        return Err(format!(
+            "scheme `{scheme}` is not allowed (http or https only)"
+        ));
     }
     let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
     let port = url.port_or_known_default().unwrap_or(0);
@@ -379,10 +383,13 @@ impl http::Host for HostState {
             .map_err(|_| http::Error::InvalidRequest(format!("bad method `{}`", req.method)))?;
         let mut headers = reqwest::header::HeaderMap::new();
         for h in req.headers {
-            let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| http::Error::InvalidRequest(format!("bad header name `{}`", h.name)))?;
-            let value = reqwest::header::HeaderValue::from_str(&h.value)
-                .map_err(|_| http::Error::InvalidRequest(format!("bad value for header `{name}`")))?;
+            let name =
+                reqwest::header::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                    http::Error::InvalidRequest(format!("bad header name `{}`", h.name))
+                })?;
+            let value = reqwest::header::HeaderValue::from_str(&h.value).map_err(|_| {
+                http::Error::InvalidRequest(format!("bad value for header `{name}`"))
+            })?;
             headers.append(name, value);
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -393,7 +400,11 @@ impl http::Host for HostState {
         if timeout.is_zero() {
             return Err(http::Error::Timeout);
         }
-        let mut builder = self.client.request(method, url.clone()).headers(headers).timeout(timeout);
+        let mut builder = self
+            .client
+            .request(method, url.clone())
+            .headers(headers)
+            .timeout(timeout);
         if let Some(body) = req.body {
             builder = builder.body(body);
         }
@@ -481,7 +492,10 @@ pub struct Plugin {
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Plugin").field("path", &self.path).field("digest", &self.digest).finish()
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -493,7 +507,8 @@ impl PluginHost {
         cfg.epoch_interruption(true);
         let engine = Engine::new(&cfg).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::HealthCheck::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone())?;
@@ -545,10 +560,15 @@ fn from_wit_result(r: types::CheckResult) -> Result<CheckResult, CallError> {
     let mut metrics = BTreeMap::new();
     for m in r.metrics {
         if !m.value.is_finite() {
-            return Err(CallError::BadOutput(format!("metric `{}` is not a finite number", m.name)));
+            return Err(CallError::BadOutput(format!(
+                "metric `{}` is not a finite number",
+                m.name
+            )));
         }
         if m.name.is_empty() || m.name.len() > 64 {
-            return Err(CallError::BadOutput("metric names must be 1 to 64 bytes".into()));
+            return Err(CallError::BadOutput(
+                "metric names must be 1 to 64 bytes".into(),
+            ));
         }
         metrics.insert(m.name, m.value);
     }
@@ -571,7 +591,10 @@ fn describe_trap(e: &wasmtime::Error, timeout: Duration) -> CallError {
     }
     // The first line is wasmtime's summary; the rest is a wasm backtrace.
     let text = format!("{e:#}");
-    CallError::Trap(truncate(text.lines().next().unwrap_or("trap").to_string(), MAX_SUMMARY_BYTES))
+    CallError::Trap(truncate(
+        text.lines().next().unwrap_or("trap").to_string(),
+        MAX_SUMMARY_BYTES,
+    ))
 }
 
 impl Plugin {

@@ -157,11 +157,27 @@ mod tests {
         assert_eq!(run(3, &[Fail]), Health::Failing(1));
         assert_eq!(run(3, &[Fail, Error]), Health::Failing(2));
         assert_eq!(run(3, &[Fail, Fail, Fail]), Health::Unhealthy);
-        assert_eq!(run(3, &[Fail, Error, Fail]), Health::Unhealthy, "errors count as failures");
-        assert_eq!(run(3, &[Fail, Fail, Pass, Fail, Fail]), Health::Failing(2), "a pass resets");
-        assert_eq!(run(3, &[Fail, Fail, Warn, Fail, Fail]), Health::Failing(2), "a warning resets");
+        assert_eq!(
+            run(3, &[Fail, Error, Fail]),
+            Health::Unhealthy,
+            "errors count as failures"
+        );
+        assert_eq!(
+            run(3, &[Fail, Fail, Pass, Fail, Fail]),
+            Health::Failing(2),
+            "a pass resets"
+        );
+        assert_eq!(
+            run(3, &[Fail, Fail, Warn, Fail, Fail]),
+            Health::Failing(2),
+            "a warning resets"
+        );
         assert_eq!(run(1, &[Pass, Fail]), Health::Unhealthy);
-        assert_eq!(run(0, &[Fail]), Health::Unhealthy, "fail_after 0 behaves as 1");
+        assert_eq!(
+            run(0, &[Fail]),
+            Health::Unhealthy,
+            "fail_after 0 behaves as 1"
+        );
     }
 
     #[test]
@@ -170,8 +186,13 @@ mod tests {
         for fail_after in 1..=4u32 {
             for len in 0..=6u32 {
                 for code in 0..4usize.pow(len) {
-                    let seq: Vec<Outcome> = (0..len).map(|i| all[(code / 4usize.pow(i)) % 4]).collect();
-                    let trailing = seq.iter().rev().take_while(|o| matches!(o, Fail | Error)).count() as u32;
+                    let seq: Vec<Outcome> =
+                        (0..len).map(|i| all[(code / 4usize.pow(i)) % 4]).collect();
+                    let trailing = seq
+                        .iter()
+                        .rev()
+                        .take_while(|o| matches!(o, Fail | Error))
+                        .count() as u32;
                     let expected = if seq.is_empty() {
                         Health::NoData
                     } else if trailing >= fail_after {
@@ -193,14 +214,43 @@ mod tests {
         let end = t0 + Duration::from_secs(60);
         let after = end + Duration::from_secs(1);
         use Health::*;
-        assert_eq!(bake_verdict(t0, end, &[Healthy, Unhealthy]), BakeVerdict::Failed(1));
-        assert_eq!(bake_verdict(after, end, &[Unhealthy]), BakeVerdict::Failed(0));
-        assert_eq!(bake_verdict(t0, end, &[Healthy]), BakeVerdict::Pending, "window not over");
-        assert_eq!(bake_verdict(after, end, &[Healthy, Healthy]), BakeVerdict::Passed);
-        assert_eq!(bake_verdict(end, end, &[Healthy]), BakeVerdict::Passed, "the window's end is inclusive");
-        assert_eq!(bake_verdict(after, end, &[Healthy, NoData]), BakeVerdict::Pending, "no data is never healthy");
-        assert_eq!(bake_verdict(after, end, &[Failing(2)]), BakeVerdict::Pending, "a failing check must recover first");
-        assert_eq!(bake_verdict(after, end, &[]), BakeVerdict::Passed, "an app without checks passes on time");
+        assert_eq!(
+            bake_verdict(t0, end, &[Healthy, Unhealthy]),
+            BakeVerdict::Failed(1)
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[Unhealthy]),
+            BakeVerdict::Failed(0)
+        );
+        assert_eq!(
+            bake_verdict(t0, end, &[Healthy]),
+            BakeVerdict::Pending,
+            "window not over"
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[Healthy, Healthy]),
+            BakeVerdict::Passed
+        );
+        assert_eq!(
+            bake_verdict(end, end, &[Healthy]),
+            BakeVerdict::Passed,
+            "the window's end is inclusive"
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[Healthy, NoData]),
+            BakeVerdict::Pending,
+            "no data is never healthy"
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[Failing(2)]),
+            BakeVerdict::Pending,
+            "a failing check must recover first"
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[]),
+            BakeVerdict::Passed,
+            "an app without checks passes on time"
+        );
         assert_eq!(bake_verdict(t0, end, &[]), BakeVerdict::Pending);
     }
 }

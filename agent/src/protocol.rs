@@ -127,12 +127,19 @@ impl RemoteError {
 
 /// Decodes a call's parameters into `T`, naming the bad parameter on failure.
 pub fn parameters<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, RemoteError> {
-    let value = if value.is_null() { serde_json::json!({}) } else { value.clone() };
-    serde_json::from_value(value).map_err(|e| RemoteError::new(error::INVALID_PARAMETER, format!("invalid parameters: {e}")))
+    let value = if value.is_null() {
+        serde_json::json!({})
+    } else {
+        value.clone()
+    };
+    serde_json::from_value(value)
+        .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, format!("invalid parameters: {e}")))
 }
 
 /// Reads one NUL-terminated message; `Ok(None)` at a clean end of stream.
-pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+pub async fn read_message<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     loop {
         let chunk = reader.fill_buf().await?;
@@ -140,7 +147,10 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::R
             return if buf.is_empty() {
                 Ok(None)
             } else {
-                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message not terminated by NUL"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "message not terminated by NUL",
+                ))
             };
         }
         if let Some(pos) = chunk.iter().position(|b| *b == 0) {
@@ -161,7 +171,10 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::R
 }
 
 /// Writes one message followed by its NUL terminator.
-pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(writer: &mut W, msg: &T) -> std::io::Result<()> {
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    msg: &T,
+) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     bytes.push(0);
     writer.write_all(&bytes).await?;

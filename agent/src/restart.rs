@@ -61,12 +61,20 @@ fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
     let start = text.len().saturating_sub(OUTPUT_TAIL);
-    let start = (start..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+    let start = (start..=text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
     text[start..].replace('\n', " | ")
 }
 
 /// Runs `argv` for `app` at `version`; Ok when it exits 0 within `timeout`.
-pub async fn run(argv: &[String], app: &str, version: &str, root: &Path, timeout: Duration) -> Result<(), RestartError> {
+pub async fn run(
+    argv: &[String],
+    app: &str,
+    version: &str,
+    root: &Path,
+    timeout: Duration,
+) -> Result<(), RestartError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut child = tokio::process::Command::new(&program)
         .args(&argv[1..])
@@ -128,15 +136,43 @@ mod tests {
     async fn success_failure_and_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(10);
-        run(&argv(&["sh", "-c", "test \"$ROLLBACK_VERSION\" = 1.2.3 && test \"$ROLLBACK_APP\" = shop"]), "shop", "1.2.3", dir.path(), t)
-            .await
-            .unwrap();
-        let err = run(&argv(&["sh", "-c", "echo boom >&2; exit 4"]), "shop", "1", dir.path(), t).await.unwrap_err();
+        run(
+            &argv(&[
+                "sh",
+                "-c",
+                "test \"$ROLLBACK_VERSION\" = 1.2.3 && test \"$ROLLBACK_APP\" = shop",
+            ]),
+            "shop",
+            "1.2.3",
+            dir.path(),
+            t,
+        )
+        .await
+        .unwrap();
+        let err = run(
+            &argv(&["sh", "-c", "echo boom >&2; exit 4"]),
+            "shop",
+            "1",
+            dir.path(),
+            t,
+        )
+        .await
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("boom") && text.contains('4'), "{text}");
-        let err = run(&argv(&["sleep", "30"]), "shop", "1", dir.path(), Duration::from_millis(200)).await.unwrap_err();
+        let err = run(
+            &argv(&["sleep", "30"]),
+            "shop",
+            "1",
+            dir.path(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, RestartError::Timeout { .. }), "{err}");
-        let err = run(&argv(&["/nonexistent/restart"]), "shop", "1", dir.path(), t).await.unwrap_err();
+        let err = run(&argv(&["/nonexistent/restart"]), "shop", "1", dir.path(), t)
+            .await
+            .unwrap_err();
         assert!(matches!(err, RestartError::Spawn { .. }), "{err}");
     }
 }

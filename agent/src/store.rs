@@ -368,7 +368,10 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         Ok(Store {
             apps: db.open_tree("apps")?,
             releases: db.open_tree("releases")?,
@@ -393,10 +396,13 @@ impl Store {
 
     /// Every app record, by name.
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
-        self.apps.iter().map(|kv| {
-            let (k, v) = kv?;
-            decode(&k, &v)
-        }).collect()
+        self.apps
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     /// Writes the app's record durably.
@@ -417,7 +423,10 @@ impl Store {
     /// One release's record.
     pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
         let key = release_key(app, version);
-        self.releases.get(&key)?.map(|v| decode(&key, &v)).transpose()
+        self.releases
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
     }
 
     /// All release records of an app, by version name.
@@ -495,15 +504,23 @@ mod tests {
             app.active = Some("1.0.0".into());
             app.state = AppState::Healthy;
             s.put_app(app).unwrap();
-            s.put_release(&release("shop", "1.0.0", ReleaseState::Good)).unwrap();
-            s.record(Event::new("shop", Actor::agent(), EventKind::MarkedGood).version("1.0.0")).unwrap();
+            s.put_release(&release("shop", "1.0.0", ReleaseState::Good))
+                .unwrap();
+            s.record(Event::new("shop", Actor::agent(), EventKind::MarkedGood).version("1.0.0"))
+                .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let app = s.app("shop").unwrap().unwrap();
         assert_eq!(app.state, AppState::Healthy);
         assert_eq!(app.active.as_deref(), Some("1.0.0"));
-        assert_eq!(s.release("shop", "1.0.0").unwrap().unwrap().state, ReleaseState::Good);
-        assert_eq!(s.history("shop", 10).unwrap()[0].kind, EventKind::MarkedGood);
+        assert_eq!(
+            s.release("shop", "1.0.0").unwrap().unwrap().state,
+            ReleaseState::Good
+        );
+        assert_eq!(
+            s.history("shop", 10).unwrap()[0].kind,
+            EventKind::MarkedGood
+        );
         assert!(s.app("other").unwrap().is_none());
     }
 
@@ -512,18 +529,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         // "shop" is a prefix of "shop2": the NUL separator must keep them apart.
-        s.put_release(&release("shop", "1", ReleaseState::Good)).unwrap();
-        s.put_release(&release("shop2", "1", ReleaseState::Failed)).unwrap();
-        s.put_release(&release("shop", "2", ReleaseState::Staged)).unwrap();
-        let shop: Vec<_> = s.releases("shop").unwrap().into_iter().map(|r| r.version).collect();
+        s.put_release(&release("shop", "1", ReleaseState::Good))
+            .unwrap();
+        s.put_release(&release("shop2", "1", ReleaseState::Failed))
+            .unwrap();
+        s.put_release(&release("shop", "2", ReleaseState::Staged))
+            .unwrap();
+        let shop: Vec<_> = s
+            .releases("shop")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.version)
+            .collect();
         assert_eq!(shop, ["1", "2"]);
         assert_eq!(s.releases("shop2").unwrap().len(), 1);
         s.delete_release("shop", "2").unwrap();
         assert_eq!(s.releases("shop").unwrap().len(), 1);
 
         for i in 0..5 {
-            s.record(Event::new("shop", Actor::agent(), EventKind::Activated).version(i.to_string())).unwrap();
-            s.record(Event::new("shop2", Actor::agent(), EventKind::Staged)).unwrap();
+            s.record(
+                Event::new("shop", Actor::agent(), EventKind::Activated).version(i.to_string()),
+            )
+            .unwrap();
+            s.record(Event::new("shop2", Actor::agent(), EventKind::Staged))
+                .unwrap();
         }
         let h = s.history("shop", 3).unwrap();
         let versions: Vec<_> = h.iter().map(|e| e.version.clone().unwrap()).collect();

@@ -23,8 +23,8 @@ use crate::plugin::{CallReport, CheckInput, Phase, Plugin, ReleaseInfo, Sandbox,
 use crate::policy::{bake_verdict, BakeVerdict, CheckTracker, Health, Outcome};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::store::{
-    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, Intent, ReleaseRecord, ReleaseState, Store,
-    StoreError,
+    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, Intent, ReleaseRecord,
+    ReleaseState, Store, StoreError,
 };
 
 /// Why a command was refused or failed.
@@ -153,19 +153,56 @@ pub struct AppHandle {
 
 impl AppHandle {
     /// Sends a deploy and waits for its outcome (after the bake when `wait`).
-    pub async fn deploy(&self, source: PathBuf, version: Version, actor: Actor, wait: bool) -> Result<DeployOutcome, CommandError> {
+    pub async fn deploy(
+        &self,
+        source: PathBuf,
+        version: Version,
+        actor: Actor,
+        wait: bool,
+    ) -> Result<DeployOutcome, CommandError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Deploy { source, version, actor, wait, reply }, rx).await
+        self.send(
+            Command::Deploy {
+                source,
+                version,
+                actor,
+                wait,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// Sends a rollback and waits for it to be done.
-    pub async fn rollback(&self, to: Option<Version>, reason: Option<String>, actor: Actor) -> Result<RollbackDone, CommandError> {
+    pub async fn rollback(
+        &self,
+        to: Option<Version>,
+        reason: Option<String>,
+        actor: Actor,
+    ) -> Result<RollbackDone, CommandError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Rollback { to, reason, actor, reply }, rx).await
+        self.send(
+            Command::Rollback {
+                to,
+                reason,
+                actor,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
-    async fn send<T>(&self, cmd: Command, rx: oneshot::Receiver<Result<T, CommandError>>) -> Result<T, CommandError> {
-        self.tx.send(cmd).await.map_err(|_| CommandError::ShuttingDown)?;
+    async fn send<T>(
+        &self,
+        cmd: Command,
+        rx: oneshot::Receiver<Result<T, CommandError>>,
+    ) -> Result<T, CommandError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
         rx.await.map_err(|_| CommandError::ShuttingDown)?
     }
 }
@@ -215,7 +252,9 @@ fn info(app: &str, rec: Option<&ReleaseRecord>, version: &str) -> ReleaseInfo {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ReleaseError> + Send + 'static) -> Result<T, ReleaseError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReleaseError> + Send + 'static,
+) -> Result<T, ReleaseError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => Err(ReleaseError::Io {
@@ -229,11 +268,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ReleaseError>
 impl Supervisor {
     /// Reconciles the app's store records with its directory and spawns its
     /// task. Returns the handle to send commands to it.
-    pub fn start(cfg: AppConfig, store: Store, checks: Vec<LoadedCheck>) -> Result<AppHandle, CommandError> {
+    pub fn start(
+        cfg: AppConfig,
+        store: Store,
+        checks: Vec<LoadedCheck>,
+    ) -> Result<AppHandle, CommandError> {
         let (tx, rx) = mpsc::channel(16);
         let (done_tx, done_rx) = mpsc::channel(64);
         let dir = AppDir::new(cfg.root.clone());
-        let rec = store.app(&cfg.name)?.unwrap_or_else(|| AppRecord::new(&cfg.name));
+        let rec = store
+            .app(&cfg.name)?
+            .unwrap_or_else(|| AppRecord::new(&cfg.name));
         let mut sup = Supervisor {
             dir,
             store,
@@ -265,19 +310,27 @@ impl Supervisor {
     }
 
     fn release_rec(&self, version: &str) -> Result<ReleaseRecord, StoreError> {
-        Ok(self.store.release(self.app(), version)?.unwrap_or_else(|| ReleaseRecord {
-            app: self.cfg.name.clone(),
-            version: version.to_string(),
-            state: ReleaseState::Staged,
-            source: None,
-            created_at_ms: now_ms(),
-            activated_at_ms: None,
-            decided_at_ms: None,
-            reason: None,
-        }))
+        Ok(self
+            .store
+            .release(self.app(), version)?
+            .unwrap_or_else(|| ReleaseRecord {
+                app: self.cfg.name.clone(),
+                version: version.to_string(),
+                state: ReleaseState::Staged,
+                source: None,
+                created_at_ms: now_ms(),
+                activated_at_ms: None,
+                decided_at_ms: None,
+                reason: None,
+            }))
     }
 
-    fn set_release_state(&self, version: &str, state: ReleaseState, reason: Option<String>) -> Result<(), StoreError> {
+    fn set_release_state(
+        &self,
+        version: &str,
+        state: ReleaseState,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
         let mut r = self.release_rec(version)?;
         r.state = state;
         r.decided_at_ms = Some(now_ms());
@@ -341,9 +394,14 @@ impl Supervisor {
                 .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
                 .map(|r| r.version);
         }
-        self.store.record(self.event(Actor::agent(), EventKind::AgentStarted).reason(format!("active: {}", current.as_deref().unwrap_or("none"))))?;
+        self.store.record(
+            self.event(Actor::agent(), EventKind::AgentStarted)
+                .reason(format!("active: {}", current.as_deref().unwrap_or("none"))),
+        )?;
         if !notes.is_empty() {
-            let ev = self.event(Actor::agent(), EventKind::Reconciled).reason(notes.join("; "));
+            let ev = self
+                .event(Actor::agent(), EventKind::Reconciled)
+                .reason(notes.join("; "));
             self.store.record(ev)?;
         }
         match current {
@@ -379,12 +437,22 @@ impl Supervisor {
         Ok(())
     }
 
-    fn begin_watch(&mut self, version: &str, previous: Option<String>, phase: Phase, bake: Duration) -> Result<(), StoreError> {
+    fn begin_watch(
+        &mut self,
+        version: &str,
+        previous: Option<String>,
+        phase: Phase,
+        bake: Duration,
+    ) -> Result<(), StoreError> {
         self.generation += 1;
         let now = Instant::now();
         let active = self.release_rec(version)?;
         let previous = match previous {
-            Some(p) => Some(info(self.app(), self.store.release(self.app(), &p)?.as_ref(), &p)),
+            Some(p) => Some(info(
+                self.app(),
+                self.store.release(self.app(), &p)?.as_ref(),
+                &p,
+            )),
             None => None,
         };
         let n = self.checks.len();
@@ -394,7 +462,11 @@ impl Supervisor {
             previous,
             phase,
             bake_until: (phase == Phase::Bake).then(|| now + bake),
-            trackers: self.checks.iter().map(|c| CheckTracker::new(c.fail_after)).collect(),
+            trackers: self
+                .checks
+                .iter()
+                .map(|c| CheckTracker::new(c.fail_after))
+                .collect(),
             // The first run waits one interval: the app was just (re)started.
             next_due: self.checks.iter().map(|c| now + c.interval).collect(),
             in_flight: vec![false; n],
@@ -461,7 +533,14 @@ impl Supervisor {
             tokio::spawn(async move {
                 let at_ms = now_ms();
                 let report = plugin.check(&sandbox, &input).await;
-                let _ = tx.send(CheckDone { generation, index: i, report, at_ms }).await;
+                let _ = tx
+                    .send(CheckDone {
+                        generation,
+                        index: i,
+                        report,
+                        at_ms,
+                    })
+                    .await;
             });
         }
         self.evaluate_bake().await;
@@ -537,9 +616,18 @@ impl Supervisor {
                 let version = w.version.clone();
                 let name = self.checks[i].name.clone();
                 let rule = self.checks[i].fail_after;
-                let summary = self.rec.checks.get(&name).map(|c| c.summary.clone()).unwrap_or_default();
+                let summary = self
+                    .rec
+                    .checks
+                    .get(&name)
+                    .map(|c| c.summary.clone())
+                    .unwrap_or_default();
                 let reason = format!("check `{name}` failed {rule} time(s) in a row: {summary}");
-                let ev = self.event(Actor::agent(), EventKind::CheckFailed).version(version.clone()).check(name.clone()).reason(summary);
+                let ev = self
+                    .event(Actor::agent(), EventKind::CheckFailed)
+                    .version(version.clone())
+                    .check(name.clone())
+                    .reason(summary);
                 self.log_err(self.store.record(ev).map(drop));
                 self.auto_rollback(&version, reason).await;
             }
@@ -563,7 +651,11 @@ impl Supervisor {
             w.bake_until = None;
         }
         self.save()?;
-        self.store.record(self.event(Actor::agent(), EventKind::MarkedGood).version(version).reason("passed its bake"))?;
+        self.store.record(
+            self.event(Actor::agent(), EventKind::MarkedGood)
+                .version(version)
+                .reason("passed its bake"),
+        )?;
         tracing::info!(app = %self.app(), %version, "release passed its bake");
         self.finish_waiters(DeployOutcome::Good);
         Ok(())
@@ -577,7 +669,13 @@ impl Supervisor {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Deploy { source, version, actor, wait, reply } => match self.deploy(source, version, actor).await {
+            Command::Deploy {
+                source,
+                version,
+                actor,
+                wait,
+                reply,
+            } => match self.deploy(source, version, actor).await {
                 Ok(None) if wait => self.waiters.push(reply),
                 Ok(None) => {
                     let _ = reply.send(Ok(DeployOutcome::Baking));
@@ -589,7 +687,12 @@ impl Supervisor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Rollback { to, reason, actor, reply } => {
+            Command::Rollback {
+                to,
+                reason,
+                actor,
+                reply,
+            } => {
                 let r = self.manual_rollback(to, reason, actor).await;
                 let _ = reply.send(r);
             }
@@ -598,18 +701,26 @@ impl Supervisor {
 
     fn busy(&self) -> Result<(), CommandError> {
         match self.rec.state {
-            AppState::Deploying | AppState::Baking | AppState::RollingBack => Err(CommandError::Busy {
-                app: self.cfg.name.clone(),
-                state: self.rec.state.as_str(),
-            }),
+            AppState::Deploying | AppState::Baking | AppState::RollingBack => {
+                Err(CommandError::Busy {
+                    app: self.cfg.name.clone(),
+                    state: self.rec.state.as_str(),
+                })
+            }
             _ => Ok(()),
         }
     }
 
     /// Stages, activates and restarts; `Ok(None)` means the bake has begun.
-    async fn deploy(&mut self, source: PathBuf, version: Version, actor: Actor) -> Result<Option<DeployOutcome>, CommandError> {
+    async fn deploy(
+        &mut self,
+        source: PathBuf,
+        version: Version,
+        actor: Actor,
+    ) -> Result<Option<DeployOutcome>, CommandError> {
         self.busy()?;
-        if self.dir.exists(&version) || self.store.release(self.app(), version.as_str())?.is_some() {
+        if self.dir.exists(&version) || self.store.release(self.app(), version.as_str())?.is_some()
+        {
             return Err(CommandError::ReleaseExists {
                 app: self.cfg.name.clone(),
                 version: version.to_string(),
@@ -619,20 +730,31 @@ impl Supervisor {
         self.rec.state = AppState::Deploying;
         self.save()?;
         let staged = {
-            let (dir, src, v, limits) = (self.dir.clone(), source.clone(), version.clone(), self.limits.clone());
+            let (dir, src, v, limits) = (
+                self.dir.clone(),
+                source.clone(),
+                version.clone(),
+                self.limits.clone(),
+            );
             blocking(move || dir.stage(&src, &v, &limits)).await
         };
         if let Err(e) = staged {
             self.rec.state = prior_state;
             self.save()?;
-            let ev = self.event(actor, EventKind::DeployFailed).version(version.as_str()).reason(e.to_string());
+            let ev = self
+                .event(actor, EventKind::DeployFailed)
+                .version(version.as_str())
+                .reason(e.to_string());
             self.store.record(ev)?;
             return Err(e.into());
         }
         let mut r = self.release_rec(version.as_str())?;
         r.source = Some(source.display().to_string());
         self.store.put_release(&r)?;
-        let ev = self.event(actor.clone(), EventKind::Staged).version(version.as_str()).reason(format!("from {}", source.display()));
+        let ev = self
+            .event(actor.clone(), EventKind::Staged)
+            .version(version.as_str())
+            .reason(format!("from {}", source.display()));
         self.store.record(ev)?;
 
         let from = self.rec.active.clone();
@@ -643,7 +765,12 @@ impl Supervisor {
         }
         self.set_release_state(version.as_str(), ReleaseState::Active, None)?;
         // Checks watch the new release from now on; the previous good one is the rollback target.
-        let previous = self.rec.last_good.clone().filter(|g| g != version.as_str()).or(from);
+        let previous = self
+            .rec
+            .last_good
+            .clone()
+            .filter(|g| g != version.as_str())
+            .or(from);
         self.begin_watch(version.as_str(), previous, Phase::Bake, self.cfg.bake)?;
         self.rec.state = AppState::Baking;
         self.rec.reason = None;
@@ -656,7 +783,12 @@ impl Supervisor {
     }
 
     /// Points `current` at `version`: intent, swap, outcome.
-    async fn activate(&mut self, version: &Version, actor: Actor, why: &str) -> Result<(), CommandError> {
+    async fn activate(
+        &mut self,
+        version: &Version,
+        actor: Actor,
+        why: &str,
+    ) -> Result<(), CommandError> {
         let from = self.rec.active.clone();
         self.rec.intent = Some(Intent {
             from: from.clone(),
@@ -672,7 +804,10 @@ impl Supervisor {
         self.rec.intent = None;
         if let Err(e) = swapped {
             self.save()?;
-            let ev = self.event(actor, EventKind::DeployFailed).version(version.as_str()).reason(format!("activation failed: {e}"));
+            let ev = self
+                .event(actor, EventKind::DeployFailed)
+                .version(version.as_str())
+                .reason(format!("activation failed: {e}"));
             self.store.record(ev)?;
             return Err(e.into());
         }
@@ -681,20 +816,36 @@ impl Supervisor {
         let mut r = self.release_rec(version.as_str())?;
         r.activated_at_ms = Some(now_ms());
         self.store.put_release(&r)?;
-        let ev = self.event(actor, EventKind::Activated).version(version.as_str()).swap(from, version.as_str()).reason(why);
+        let ev = self
+            .event(actor, EventKind::Activated)
+            .version(version.as_str())
+            .swap(from, version.as_str())
+            .reason(why);
         self.store.record(ev)?;
         Ok(())
     }
 
     /// Runs the restart command, recording the outcome; Err carries the reason.
     async fn restart(&mut self, version: &str) -> Result<(), String> {
-        let Some(argv) = self.cfg.restart.clone() else { return Ok(()) };
-        let r = crate::restart::run(&argv, self.app(), version, &self.cfg.root, self.cfg.restart_timeout).await;
+        let Some(argv) = self.cfg.restart.clone() else {
+            return Ok(());
+        };
+        let r = crate::restart::run(
+            &argv,
+            self.app(),
+            version,
+            &self.cfg.root,
+            self.cfg.restart_timeout,
+        )
+        .await;
         let (kind, reason) = match &r {
             Ok(()) => (EventKind::Restarted, argv.join(" ")),
             Err(e) => (EventKind::RestartFailed, e.to_string()),
         };
-        let ev = self.event(Actor::agent(), kind).version(version).reason(reason.clone());
+        let ev = self
+            .event(Actor::agent(), kind)
+            .version(version)
+            .reason(reason.clone());
         self.log_err(self.store.record(ev).map(drop));
         r.map_err(|_| format!("restart failed: {reason}"))
     }
@@ -718,9 +869,15 @@ impl Supervisor {
 
     /// Swaps back after `failed` was judged unhealthy (or failed to restart).
     async fn auto_rollback(&mut self, failed: &str, reason: String) -> DeployOutcome {
-        match self.rollback_to(failed, None, reason.clone(), Actor::agent()).await {
+        match self
+            .rollback_to(failed, None, reason.clone(), Actor::agent())
+            .await
+        {
             Ok(done) => {
-                let outcome = DeployOutcome::RolledBack { to: done.to, reason };
+                let outcome = DeployOutcome::RolledBack {
+                    to: done.to,
+                    reason,
+                };
                 self.finish_waiters(outcome.clone());
                 outcome
             }
@@ -745,11 +902,19 @@ impl Supervisor {
         }
         let r = self.save();
         self.log_err(r);
-        let ev = self.event(Actor::agent(), EventKind::Degraded).version(version).reason(reason);
+        let ev = self
+            .event(Actor::agent(), EventKind::Degraded)
+            .version(version)
+            .reason(reason);
         self.log_err(self.store.record(ev).map(drop));
     }
 
-    async fn manual_rollback(&mut self, to: Option<Version>, reason: Option<String>, actor: Actor) -> Result<RollbackDone, CommandError> {
+    async fn manual_rollback(
+        &mut self,
+        to: Option<Version>,
+        reason: Option<String>,
+        actor: Actor,
+    ) -> Result<RollbackDone, CommandError> {
         if matches!(self.rec.state, AppState::Deploying | AppState::RollingBack) {
             return Err(CommandError::Busy {
                 app: self.cfg.name.clone(),
@@ -757,7 +922,9 @@ impl Supervisor {
             });
         }
         let Some(active) = self.rec.active.clone() else {
-            return Err(CommandError::NoRollbackTarget { app: self.cfg.name.clone() });
+            return Err(CommandError::NoRollbackTarget {
+                app: self.cfg.name.clone(),
+            });
         };
         let reason = reason.unwrap_or_else(|| format!("requested by {}", actor.name));
         let done = self.rollback_to(&active, to, reason.clone(), actor).await?;
@@ -769,7 +936,13 @@ impl Supervisor {
     }
 
     /// Marks `failed` failed and activates `to` (or the last good release).
-    async fn rollback_to(&mut self, failed: &str, to: Option<Version>, reason: String, actor: Actor) -> Result<RollbackDone, CommandError> {
+    async fn rollback_to(
+        &mut self,
+        failed: &str,
+        to: Option<Version>,
+        reason: String,
+        actor: Actor,
+    ) -> Result<RollbackDone, CommandError> {
         let target = match to {
             Some(v) if v.as_str() == failed => {
                 return Err(CommandError::AlreadyActive {
@@ -787,13 +960,21 @@ impl Supervisor {
                 }
                 v
             }
-            None => self.rollback_target(failed)?.ok_or_else(|| CommandError::NoRollbackTarget { app: self.cfg.name.clone() })?,
+            None => {
+                self.rollback_target(failed)?
+                    .ok_or_else(|| CommandError::NoRollbackTarget {
+                        app: self.cfg.name.clone(),
+                    })?
+            }
         };
         let prior_state = self.rec.state;
         self.rec.state = AppState::RollingBack;
         self.save()?;
         let from = self.rec.active.clone();
-        if let Err(e) = self.activate(&target, actor.clone(), &format!("rollback: {reason}")).await {
+        if let Err(e) = self
+            .activate(&target, actor.clone(), &format!("rollback: {reason}"))
+            .await
+        {
             self.rec.state = prior_state;
             self.save()?;
             return Err(e);

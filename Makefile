@@ -1,0 +1,34 @@
+# Developer entry points. Plugins (WebAssembly guests) live in their own
+# cargo workspace under plugins/ and are built by plugins/build.sh into
+# target/plugins/<name>.wasm.
+
+CARGO ?= cargo
+
+.PHONY: all build plugins test demo lint clean
+
+all: build plugins
+
+## Host: the agent and the componentize tool (root workspace).
+build:
+	$(CARGO) build --workspace
+
+## Guest plugins -> target/plugins/*.wasm (components).
+plugins:
+	plugins/build.sh
+
+## TODO(host): adjust once the agent's tests need more than the plugins.
+test: plugins
+	$(CARGO) test --workspace
+
+## The quickstart (examples/quickstart): deploy a good and a broken release
+## of a tiny Python app and watch the automatic rollback. No root needed.
+demo: build plugins
+	SKIP_BUILD=1 examples/quickstart/demo.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf plugins/target

@@ -1,0 +1,180 @@
+//! The control socket and the daemon's start-up: wire format and bad input.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn the_socket_speaks_varlink_and_survives_garbage() {
+    let agent = Agent::start("[apps.shop]\nroot = \"{dir}/shop\"\n");
+    let ok = raw_call(
+        &agent.socket,
+        b"{\"method\":\"io.rollback.Agent.Status\",\"parameters\":{}}\0",
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok).unwrap();
+    assert!(v.get("error").is_none(), "{ok}");
+    assert_eq!(v["parameters"]["apps"][0]["state"], "empty");
+
+    let cases: [(&[u8], &str); 5] = [
+        (b"this is not json\0", "org.varlink.service.InvalidParameter"),
+        (b"{\"method\":\"io.rollback.Agent.Nope\"}\0", "org.varlink.service.MethodNotFound"),
+        (b"{\"method\":\"com.example.Other\"}\0", "org.varlink.service.InterfaceNotFound"),
+        (b"{\"method\":\"io.rollback.Agent.Deploy\",\"parameters\":{\"app\":\"shop\"}}\0", "org.varlink.service.InvalidParameter"),
+        (
+            b"{\"method\":\"io.rollback.Agent.Deploy\",\"parameters\":{\"app\":\"shop\",\"source\":\"relative/dir\",\"version\":\"1\"}}\0",
+            "org.varlink.service.InvalidParameter",
+        ),
+    ];
+    for (input, error) in cases {
+        let reply = raw_call(&agent.socket, input);
+        let v: serde_json::Value =
+            serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        assert_eq!(v["error"], error, "{}", String::from_utf8_lossy(input));
+        assert!(v["parameters"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // An oversized message is refused without reading it all.
+    let mut big = vec![b' '; 2 * 1024 * 1024];
+    big.push(0);
+    let reply = raw_call(&agent.socket, &big);
+    assert!(reply.contains("InvalidParameter"), "{reply}");
+
+    // Two calls on one connection, the agent still serves others afterwards.
+    let two = raw_call(
+        &agent.socket,
+        b"{\"method\":\"io.rollback.Agent.Nope\"}\0{\"method\":\"io.rollback.Agent.Status\"}\0",
+    );
+    assert!(two.contains("MethodNotFound"), "{two}");
+    assert_eq!(agent.ctl(&["status"]).code, 0);
+    assert!(!agent.path().join("shop/current").exists());
+}
+
+#[test]
+fn a_second_agent_does_not_steal_the_socket() {
+    let agent = Agent::start("[apps.shop]\nroot = \"{dir}/shop\"\n");
+    let other_state = agent.path().join("other-state");
+    let config = agent.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{}\"\nsocket = \"{}\"\n",
+            other_state.display(),
+            agent.socket.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(ROLLBACKD)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already listening"),
+        "{out:?}"
+    );
+    assert_eq!(
+        agent.ctl(&["status"]).code,
+        0,
+        "the first agent still answers"
+    );
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    // A socket file nobody listens on, as left by a crash.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("control.sock")).unwrap());
+    let agent = Agent::start_in(dir, "[apps.shop]\nroot = \"{dir}/shop\"\n");
+    assert_eq!(agent.ctl(&["status"]).code, 0);
+}
+
+fn rollbackd_with(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n{config}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(ROLLBACKD)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configs_and_plugins_stop_the_daemon_with_a_clear_error() {
+    let (code, err) = rollbackd_with("[apps.shop]\nroot = \"/srv/shop\"\nbake = \"forever\"\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("apps.shop.bake") && err.contains("forever"),
+        "{err}"
+    );
+
+    let (code, err) = rollbackd_with("[apps.shop]\nroot = \"/srv/shop\"\nbakee = \"5m\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("line 6") && err.contains("bakee"), "{err}");
+
+    let check = "[apps.shop]\nroot = \"{root}\"\n[[apps.shop.checks]]\nname = \"h\"\nplugin = \"{plugin}\"\n";
+    let root = tempfile::tempdir().unwrap();
+    let missing = check
+        .replace("{root}", &root.path().display().to_string())
+        .replace("{plugin}", "/nonexistent/p.wasm");
+    let (code, err) = rollbackd_with(&missing);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("/nonexistent/p.wasm") && err.contains("check `h`"),
+        "{err}"
+    );
+
+    let junk = root.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm not really").unwrap();
+    let bad = check
+        .replace("{root}", &root.path().display().to_string())
+        .replace("{plugin}", &junk.display().to_string());
+    let (code, err) = rollbackd_with(&bad);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("invalid plugin") && err.contains("junk.wasm"),
+        "{err}"
+    );
+
+    let out = Command::new(ROLLBACKD)
+        .arg("--config")
+        .arg("/nonexistent/agent.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
+}
+
+#[test]
+fn rollbackctl_without_an_agent_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ctl_with(&dir.path().join("none.sock"), &["status"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("is rollbackd running"),
+        "{}",
+        out.stderr
+    );
+    let out = Command::new(ROLLBACKCTL)
+        .arg("status")
+        .env("ROLLBACK_AGENT_SOCKET", dir.path().join("env.sock"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("env.sock"),
+        "the socket comes from the environment"
+    );
+}

@@ -1,0 +1,410 @@
+//! Deploy, bake, automatic and manual rollback, end to end.
+
+use std::path::Path;
+
+use crate::support::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn events(agent: &Agent) -> Vec<serde_json::Value> {
+    agent.json(&["history", "shop", "--limit", "100"])["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let restarts = dir.path().join("restarts.log");
+    let restart = format!(
+        "restart = [\"sh\", \"-c\", \"echo $ROLLBACK_VERSION >> {}\"]",
+        restarts.display()
+    );
+    let agent = Agent::start_in(dir, &shop_config(app.port, "1500ms", &restart));
+
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.0.0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 0, "good deploy: {out:?}");
+    assert!(out.stdout.contains("marked good"), "{}", out.stdout);
+    assert_eq!(current(&root), "1.0.0");
+
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.1.0")),
+        "--version",
+        "1.1.0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 3, "bad deploy must report the rollback: {out:?}");
+    assert!(
+        out.stdout.contains("rolled back to 1.0.0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        current(&root),
+        "1.0.0",
+        "current must point at the good release again"
+    );
+    assert!(
+        root.join("current/release.json").exists(),
+        "current must resolve to a complete release"
+    );
+
+    let status = agent.json(&["status"]);
+    let shop = &status["apps"][0];
+    assert_eq!(shop["app"], "shop");
+    assert_eq!(shop["active"], "1.0.0");
+    assert_eq!(shop["state"], "healthy");
+    assert_eq!(shop["last_good"], "1.0.0");
+    assert!(shop["reason"].as_str().unwrap().contains("1.1.0"), "{shop}");
+
+    let releases = agent.json(&["releases", "shop"]);
+    let state_of = |v: &str| {
+        releases["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .unwrap_or_else(|| panic!("no release {v}: {releases}"))
+            .clone()
+    };
+    assert_eq!(state_of("1.0.0")["state"], "good");
+    assert_eq!(state_of("1.0.0")["current"], true);
+    assert_eq!(state_of("1.1.0")["state"], "failed");
+    assert!(state_of("1.1.0")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("health"));
+
+    let history = events(&agent);
+    let ids: Vec<u64> = history.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "history is newest first: {ids:?}"
+    );
+    let rollback = history
+        .iter()
+        .find(|e| e["kind"] == "rolled-back")
+        .expect("a rolled-back event");
+    assert_eq!(rollback["from"], "1.1.0");
+    assert_eq!(rollback["to"], "1.0.0");
+    assert_eq!(rollback["actor"]["name"], "agent");
+    let reason = rollback["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("`health`") && reason.contains("500"),
+        "reason names the check and its summary: {reason}"
+    );
+    let check_failed = history
+        .iter()
+        .find(|e| e["kind"] == "check-failed")
+        .expect("a check-failed event");
+    assert_eq!(check_failed["check"], "health");
+    let deploy = history
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "staged")
+        .unwrap();
+    assert_eq!(
+        deploy["actor"]["uid"],
+        nix::unistd::getuid().as_raw(),
+        "operator identity from the socket"
+    );
+    assert!(history
+        .iter()
+        .any(|e| e["kind"] == "marked-good" && e["version"] == "1.0.0"));
+
+    let text = agent.ctl(&["history", "shop"]);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.starts_with("TIME"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("rolled-back") && text.stdout.contains("1.1.0 -> 1.0.0"),
+        "{}",
+        text.stdout
+    );
+    let limited = agent.json(&["history", "shop", "--limit", "2"]);
+    assert_eq!(limited["events"].as_array().unwrap().len(), 2);
+
+    // The restart command ran for each activation, rollback included.
+    let ran = std::fs::read_to_string(&restarts).unwrap();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), ["1.0.0", "1.1.0", "1.0.0"]);
+
+    // The state survives a restart of the agent.
+    let mut agent = agent;
+    assert!(agent.stop().success(), "SIGTERM is a clean exit");
+    assert!(!agent.socket.exists(), "the socket is removed on shutdown");
+    agent.spawn();
+    let shop = &agent.json(&["status", "shop"])["apps"][0];
+    assert_eq!(shop["active"], "1.0.0");
+    assert_eq!(shop["state"], "healthy");
+    let after = events(&agent);
+    assert_eq!(after[0]["kind"], "agent-started");
+    assert!(after.len() > history.len());
+}
+
+#[test]
+fn archives_deploy_and_operators_roll_back_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    // Pack 1.0.0 as a .tar.gz with its files at the archive's root.
+    let archive = dir.path().join("shop-1.0.0.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&archive).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.append_dir_all(".", example_release("1.0.0")).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+    let agent = Agent::start_in(dir, &shop_config(app.port, "600ms", ""));
+
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&archive),
+        "--version",
+        "1.0.0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Without --wait the deploy returns once the release is active and baking.
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.0.1",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("baking"), "{}", out.stdout);
+    assert_eq!(current(&root), "1.0.1");
+    // A second deploy while baking is refused and changes nothing.
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.0.2",
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("baking"), "{}", out.stderr);
+    assert!(!root.join("releases/1.0.2").exists());
+
+    // The operator rolls back during the bake.
+    let out = agent.ctl(&[
+        "rollback",
+        "shop",
+        "--reason",
+        "customer reports wrong prices",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("from 1.0.1 to 1.0.0"), "{}", out.stdout);
+    assert_eq!(current(&root), "1.0.0");
+    let history = events(&agent);
+    let rb = history.iter().find(|e| e["kind"] == "rolled-back").unwrap();
+    assert_eq!(rb["reason"], "customer reports wrong prices");
+    assert_eq!(rb["actor"]["uid"], nix::unistd::getuid().as_raw());
+    let releases = agent.json(&["releases", "shop"]);
+    let failed: Vec<_> = releases["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["version"], "1.0.1");
+
+    // Explicit --to a release that exists; then to the active one (refused).
+    let out = agent.ctl(&["rollback", "shop", "--to", "1.0.1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(current(&root), "1.0.1");
+    let out = agent.ctl(&["rollback", "shop", "--to", "1.0.1"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("already active"), "{}", out.stderr);
+    let out = agent.ctl(&["rollback", "shop", "--to", "9.9.9"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("9.9.9"), "{}", out.stderr);
+    assert_eq!(current(&root), "1.0.1");
+}
+
+#[test]
+fn bad_deploys_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    // An archive that tries to escape the release directory.
+    let evil = dir.path().join("evil.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&evil).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        let name = b"../escaped";
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, &b"hi"[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let agent = Agent::start_in(dir, &shop_config(app.port, "400ms", ""));
+    let good = example_release("1.0.0");
+
+    // Nothing to roll back to yet.
+    let out = agent.ctl(&["rollback", "shop"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no good release") || out.stderr.contains("roll back"),
+        "{}",
+        out.stderr
+    );
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["deploy", "nope", s(&good), "--version", "1.0.0"],
+            "no app named `nope`",
+        ),
+        (
+            vec!["deploy", "shop", s(&good), "--version", "../1"],
+            "version",
+        ),
+        (
+            vec!["deploy", "shop", s(&good), "--version", ".hidden"],
+            "version",
+        ),
+        (
+            vec!["deploy", "shop", s(&good), "--version", "a b"],
+            "version",
+        ),
+        (
+            vec!["deploy", "shop", "/does/not/exist", "--version", "1.0.0"],
+            "/does/not/exist",
+        ),
+        (
+            vec!["deploy", "shop", s(&evil), "--version", "6.6.6"],
+            "escaped",
+        ),
+        (vec!["status", "nope"], "no app named `nope`"),
+        (vec!["history", "nope"], "no app named `nope`"),
+        (vec!["releases", "nope"], "no app named `nope`"),
+    ];
+    for (args, needle) in cases {
+        let out = agent.ctl(&args);
+        assert_eq!(out.code, 1, "{args:?} must fail: {out:?}");
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: stderr should mention {needle:?}: {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+    assert!(!root.join("current").exists(), "nothing was activated");
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no release or staging directory left: {leftovers:?}"
+    );
+    assert!(!agent.path().join("escaped").exists() && !root.join("escaped").exists());
+    let history = events(&agent);
+    assert!(history
+        .iter()
+        .any(|e| e["kind"] == "deploy-failed" && e["version"] == "6.6.6"));
+
+    // Usage errors are exit 2 (clap), before anything is sent.
+    let out = agent.ctl(&["deploy", "shop", s(&good)]);
+    assert_eq!(out.code, 2, "{out:?}");
+
+    // A version can be deployed once; the second time is refused.
+    assert_eq!(
+        agent
+            .ctl(&["deploy", "shop", s(&good), "--version", "1.0.0", "--wait"])
+            .code,
+        0
+    );
+    let out = agent.ctl(&["deploy", "shop", s(&good), "--version", "1.0.0"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert_eq!(current(&root), "1.0.0");
+}
+
+#[test]
+fn a_first_release_that_fails_leaves_the_app_degraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let agent = Agent::start_in(dir, &shop_config(app.port, "5s", ""));
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.1.0")),
+        "--version",
+        "1.1.0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("degraded"), "{}", out.stdout);
+    let shop = &agent.json(&["status"])["apps"][0];
+    assert_eq!(shop["state"], "degraded");
+    assert!(
+        shop["reason"].as_str().unwrap().contains("no good release"),
+        "{shop}"
+    );
+    assert_eq!(
+        current(&root),
+        "1.1.0",
+        "nothing to go back to: current stays"
+    );
+}
+
+#[test]
+fn a_restart_command_that_fails_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let restart = "restart = [\"sh\", \"-c\", \"test $ROLLBACK_VERSION != 2.0.0 || { echo cannot start 2.0.0 >&2; exit 7; }\"]";
+    let agent = Agent::start_in(dir, &shop_config(app.port, "400ms", restart));
+    assert_eq!(
+        agent
+            .ctl(&[
+                "deploy",
+                "shop",
+                s(&example_release("1.0.0")),
+                "--version",
+                "1.0.0",
+                "--wait"
+            ])
+            .code,
+        0
+    );
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "2.0.0",
+        "--wait",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains("cannot start 2.0.0"), "{}", out.stdout);
+    assert_eq!(current(&root), "1.0.0");
+    assert!(events(&agent)
+        .iter()
+        .any(|e| e["kind"] == "restart-failed" && e["version"] == "2.0.0"));
+}
