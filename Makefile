@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build plugins test demo lint clean
+.PHONY: all build plugins test demo lint bench clean
 
 all: build plugins
 
@@ -24,6 +24,10 @@ test: plugins
 ## of a tiny Python app and watch the automatic rollback. No root needed.
 demo: build plugins
 	SKIP_BUILD=1 examples/quickstart/demo.sh
+
+## Benchmarks (release build): ratios against baselines measured in the same run.
+bench: plugins
+	$(CARGO) bench -p rollback-agent --bench hot_paths
 
 lint:
 	$(CARGO) fmt --all --check

@@ -318,11 +318,16 @@ impl Validator<'_> {
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
+        let joined = if p.is_absolute() {
             p.to_path_buf()
         } else {
             self.base.join(p)
-        }
+        };
+        // Drop `.` components so paths read cleanly in logs and history.
+        joined
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
     }
 
     fn duration(
@@ -559,6 +564,13 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
         assert_eq!(c.apps["a"].root, Path::new("/etc/rollback-agent/srv/a"));
         assert_eq!(c.apps["a"].bake, DEFAULT_BAKE);
         assert!(c.apps["a"].restart.is_none());
+        let c =
+            parse("[apps.a]\nroot = \"./srv/a\"\nrestart = [\"./restart.sh\", \"now\"]\n").unwrap();
+        assert_eq!(c.apps["a"].root, Path::new("/etc/rollback-agent/srv/a"));
+        assert_eq!(
+            c.apps["a"].restart.as_deref().unwrap(),
+            ["/etc/rollback-agent/restart.sh", "now"]
+        );
     }
 
     fn invalid_key(text: &str) -> String {

@@ -123,6 +123,18 @@ impl Client {
         })
     }
 
+    /// Sends one call; an error reply becomes an error naming the Varlink error.
+    pub async fn request<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        parameters: serde_json::Value,
+    ) -> anyhow::Result<(T, serde_json::Value)> {
+        match self.call(method, parameters).await? {
+            Ok(reply) => Ok(reply),
+            Err(e) => bail!("{} ({})", e.message, e.name),
+        }
+    }
+
     /// Sends one call and reads its reply.
     pub async fn call<T: DeserializeOwned>(
         &mut self,
@@ -197,16 +209,11 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&cli.socket).await?;
-    let fail = |e: RemoteError| -> anyhow::Result<ExitCode> { bail!("{} ({})", e.message, e.name) };
     match cli.command {
         Command::Status { app, json } => {
-            let (r, raw): (protocol::StatusReply, _) = match client
-                .call(method::STATUS, serde_json::json!({ "app": app }))
-                .await?
-            {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
+            let (r, raw): (protocol::StatusReply, _) = client
+                .request(method::STATUS, serde_json::json!({ "app": app }))
+                .await?;
             if json {
                 print_json(&raw)?;
                 return Ok(ExitCode::SUCCESS);
@@ -245,13 +252,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Releases { app, json } => {
-            let (r, raw): (protocol::ReleasesReply, _) = match client
-                .call(method::RELEASES, serde_json::json!({ "app": app }))
-                .await?
-            {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
+            let (r, raw): (protocol::ReleasesReply, _) = client
+                .request(method::RELEASES, serde_json::json!({ "app": app }))
+                .await?;
             if json {
                 print_json(&raw)?;
                 return Ok(ExitCode::SUCCESS);
@@ -293,10 +296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("source {}", source.display()))?;
             let params = serde_json::json!({ "app": app, "source": source, "version": version, "wait": wait });
             let (r, raw): (protocol::DeployReply, _) =
-                match client.call(method::DEPLOY, params).await? {
-                    Ok(r) => r,
-                    Err(e) => return fail(e),
-                };
+                client.request(method::DEPLOY, params).await?;
             if json {
                 print_json(&raw)?;
             } else {
@@ -326,10 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let params = serde_json::json!({ "app": app, "to": to, "reason": reason });
             let (r, raw): (protocol::RollbackReply, _) =
-                match client.call(method::ROLLBACK, params).await? {
-                    Ok(r) => r,
-                    Err(e) => return fail(e),
-                };
+                client.request(method::ROLLBACK, params).await?;
             if json {
                 print_json(&raw)?;
             } else {
@@ -339,10 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { app, limit, json } => {
             let params = serde_json::json!({ "app": app, "limit": limit });
             let (r, raw): (protocol::HistoryReply, _) =
-                match client.call(method::HISTORY, params).await? {
-                    Ok(r) => r,
-                    Err(e) => return fail(e),
-                };
+                client.request(method::HISTORY, params).await?;
             if json {
                 print_json(&raw)?;
                 return Ok(ExitCode::SUCCESS);

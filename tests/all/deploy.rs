@@ -27,26 +27,12 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
     );
     let agent = Agent::start_in(dir, &shop_config(app.port, "1500ms", &restart));
 
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.0.0")),
-        "--version",
-        "1.0.0",
-        "--wait",
-    ]);
+    let out = agent.deploy(s(&example_release("1.0.0")), "1.0.0", true);
     assert_eq!(out.code, 0, "good deploy: {out:?}");
     assert!(out.stdout.contains("marked good"), "{}", out.stdout);
     assert_eq!(current(&root), "1.0.0");
 
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.1.0")),
-        "--version",
-        "1.1.0",
-        "--wait",
-    ]);
+    let out = agent.deploy(s(&example_release("1.1.0")), "1.1.0", true);
     assert_eq!(out.code, 3, "bad deploy must report the rollback: {out:?}");
     assert!(
         out.stdout.contains("rolled back to 1.0.0"),
@@ -170,34 +156,15 @@ fn archives_deploy_and_operators_roll_back_by_hand() {
     tar.into_inner().unwrap().finish().unwrap();
     let agent = Agent::start_in(dir, &shop_config(app.port, "600ms", ""));
 
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&archive),
-        "--version",
-        "1.0.0",
-        "--wait",
-    ]);
+    let out = agent.deploy(s(&archive), "1.0.0", true);
     assert_eq!(out.code, 0, "{out:?}");
     // Without --wait the deploy returns once the release is active and baking.
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.0.0")),
-        "--version",
-        "1.0.1",
-    ]);
+    let out = agent.deploy(s(&example_release("1.0.0")), "1.0.1", false);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("baking"), "{}", out.stdout);
     assert_eq!(current(&root), "1.0.1");
     // A second deploy while baking is refused and changes nothing.
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.0.0")),
-        "--version",
-        "1.0.2",
-    ]);
+    let out = agent.deploy(s(&example_release("1.0.0")), "1.0.2", false);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("baking"), "{}", out.stderr);
     assert!(!root.join("releases/1.0.2").exists());
@@ -332,13 +299,8 @@ fn bad_deploys_are_refused_and_change_nothing() {
     assert_eq!(out.code, 2, "{out:?}");
 
     // A version can be deployed once; the second time is refused.
-    assert_eq!(
-        agent
-            .ctl(&["deploy", "shop", s(&good), "--version", "1.0.0", "--wait"])
-            .code,
-        0
-    );
-    let out = agent.ctl(&["deploy", "shop", s(&good), "--version", "1.0.0"]);
+    assert_eq!(agent.deploy(s(&good), "1.0.0", true).code, 0);
+    let out = agent.deploy(s(&good), "1.0.0", false);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(current(&root), "1.0.0");
@@ -350,14 +312,7 @@ fn a_first_release_that_fails_leaves_the_app_degraded() {
     let root = dir.path().join("shop");
     let app = FakeApp::start(&root);
     let agent = Agent::start_in(dir, &shop_config(app.port, "5s", ""));
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.1.0")),
-        "--version",
-        "1.1.0",
-        "--wait",
-    ]);
+    let out = agent.deploy(s(&example_release("1.1.0")), "1.1.0", true);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stdout.contains("degraded"), "{}", out.stdout);
     let shop = &agent.json(&["status"])["apps"][0];
@@ -382,25 +337,11 @@ fn a_restart_command_that_fails_rolls_back() {
     let agent = Agent::start_in(dir, &shop_config(app.port, "400ms", restart));
     assert_eq!(
         agent
-            .ctl(&[
-                "deploy",
-                "shop",
-                s(&example_release("1.0.0")),
-                "--version",
-                "1.0.0",
-                "--wait"
-            ])
+            .deploy(s(&example_release("1.0.0")), "1.0.0", true)
             .code,
         0
     );
-    let out = agent.ctl(&[
-        "deploy",
-        "shop",
-        s(&example_release("1.0.0")),
-        "--version",
-        "2.0.0",
-        "--wait",
-    ]);
+    let out = agent.deploy(s(&example_release("1.0.0")), "2.0.0", true);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stdout.contains("cannot start 2.0.0"), "{}", out.stdout);
     assert_eq!(current(&root), "1.0.0");

@@ -194,6 +194,15 @@ impl Agent {
         ctl_with(&self.socket, args)
     }
 
+    /// `rollbackctl deploy shop SOURCE --version VERSION [--wait]`.
+    pub fn deploy(&self, source: &str, version: &str, wait: bool) -> Ctl {
+        let mut args = vec!["deploy", "shop", source, "--version", version];
+        if wait {
+            args.push("--wait");
+        }
+        self.ctl(&args)
+    }
+
     /// `rollbackctl ... --json` parsed.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
