@@ -16,9 +16,11 @@ build:
 plugins:
 	plugins/build.sh
 
-## TODO(host): adjust once the agent's tests need more than the plugins.
+## All tests: the agent's unit and end-to-end tests (they need the built
+## plugins) and the guest plugins' own unit tests (native target).
 test: plugins
 	$(CARGO) test --workspace
+	cd plugins && $(CARGO) test --workspace
 
 ## The quickstart (examples/quickstart): deploy a good and a broken release
 ## of a tiny Python app and watch the automatic rollback. No root needed.

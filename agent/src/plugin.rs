@@ -583,18 +583,23 @@ fn from_wit_result(r: types::CheckResult) -> Result<CheckResult, CallError> {
     })
 }
 
-fn describe_trap(e: &wasmtime::Error, timeout: Duration) -> CallError {
+fn describe_trap(e: &wasmtime::Error, timeout: Duration, memory_limit: u64) -> CallError {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         if *trap == wasmtime::Trap::Interrupt {
             return CallError::Timeout(timeout);
         }
     }
-    // The first line is wasmtime's summary; the rest is a wasm backtrace.
-    let text = format!("{e:#}");
-    CallError::Trap(truncate(
-        text.lines().next().unwrap_or("trap").to_string(),
-        MAX_SUMMARY_BYTES,
-    ))
+    // The outer contexts are wasm backtraces; the root cause says what happened.
+    let cause = e.root_cause().to_string();
+    let text = if cause.contains("growing memory") {
+        format!(
+            "memory limit of {} exceeded ({cause})",
+            bytesize::ByteSize::b(memory_limit)
+        )
+    } else {
+        cause
+    };
+    CallError::Trap(truncate(text, MAX_SUMMARY_BYTES))
 }
 
 impl Plugin {
@@ -661,7 +666,7 @@ impl Plugin {
         };
         let result = match tokio::time::timeout(timeout + DEADLINE_MARGIN, call).await {
             Err(_) => Err(CallError::Timeout(timeout)),
-            Ok(Err(e)) => Err(describe_trap(&e, timeout)),
+            Ok(Err(e)) => Err(describe_trap(&e, timeout, grants.memory_limit)),
             Ok(Ok(Err(message))) => Err(CallError::Plugin(truncate(message, MAX_SUMMARY_BYTES))),
             Ok(Ok(Ok(r))) => from_wit_result(r),
         };
