@@ -5,5 +5,6 @@
 
 mod control;
 mod deploy;
+mod http;
 mod sandbox;
 mod support;
