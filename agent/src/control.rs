@@ -253,7 +253,9 @@ impl Control {
                 version: r.version,
                 source: r.source,
                 created_at_ms: r.created_at_ms,
+                created_at: protocol::rfc3339(r.created_at_ms),
                 activated_at_ms: r.activated_at_ms,
+                activated_at: r.activated_at_ms.map(protocol::rfc3339),
                 decided_at_ms: r.decided_at_ms,
                 reason: r.reason,
             })
@@ -268,7 +270,16 @@ impl Control {
     fn history(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {
         self.handle(&p.app)?;
         let limit = p.limit.unwrap_or(50).clamp(1, 10_000) as usize;
-        let events = self.store.history(&p.app, limit).map_err(internal)?;
+        let events = self
+            .store
+            .history(&p.app, limit)
+            .map_err(internal)?
+            .into_iter()
+            .map(|event| protocol::EventView {
+                time: protocol::rfc3339(event.at_ms),
+                event,
+            })
+            .collect();
         to_value(&protocol::HistoryReply { app: p.app, events })
     }
 

@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -165,9 +164,7 @@ impl Client {
     }
 }
 
-fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+use protocol::rfc3339 as time;
 
 fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
@@ -215,7 +212,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .request(method::STATUS, serde_json::json!({ "app": app }))
                 .await?;
             if json {
-                print_json(&raw)?;
+                // One app: its object; all apps: `{"apps": [...]}`.
+                print_json(if app.is_some() { &raw["apps"][0] } else { &raw })?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut rows = vec![["APP", "STATE", "ACTIVE", "LAST GOOD", "REASON"]
@@ -346,13 +344,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ]
             .map(String::from)
             .to_vec()];
-            for e in &r.events {
+            for view in &r.events {
+                let e = &view.event;
                 let swap = match (&e.from, &e.to) {
                     (None, None) => "-".to_string(),
                     (from, to) => format!("{} -> {}", opt(from), opt(to)),
                 };
                 rows.push(vec![
-                    time(e.at_ms),
+                    view.time.clone(),
                     e.actor.name.clone(),
                     e.kind.as_str().into(),
                     opt(&e.version).into(),

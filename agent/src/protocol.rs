@@ -240,8 +240,12 @@ pub struct ReleaseView {
     pub source: Option<String>,
     /// When it was staged, ms since the epoch.
     pub created_at_ms: u64,
+    /// The same as RFC 3339 text.
+    pub created_at: String,
     /// When it was last activated.
     pub activated_at_ms: Option<u64>,
+    /// The same as RFC 3339 text.
+    pub activated_at: Option<String>,
     /// When it became good or failed.
     pub decided_at_ms: Option<u64>,
     /// Why it failed.
@@ -314,13 +318,29 @@ pub struct RollbackReply {
     pub to: String,
 }
 
+/// One event in a `History` reply: the stored event plus its time as text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+    /// `at_ms` as RFC 3339 (UTC, seconds).
+    pub time: String,
+}
+
 /// `History` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryReply {
     /// The app.
     pub app: String,
     /// Events, newest first.
-    pub events: Vec<Event>,
+    pub events: Vec<EventView>,
+}
+
+/// Milliseconds since the epoch as RFC 3339 text (UTC, seconds).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
     };
     assert_eq!(state_of("1.0.0")["state"], "good");
     assert_eq!(state_of("1.0.0")["current"], true);
+    assert!(
+        state_of("1.1.0")["activated_at"].as_str().is_some(),
+        "times as text too"
+    );
     assert_eq!(state_of("1.1.0")["state"], "failed");
     assert!(state_of("1.1.0")["reason"]
         .as_str()
@@ -81,6 +85,9 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
         ids.windows(2).all(|w| w[0] > w[1]),
         "history is newest first: {ids:?}"
     );
+    assert!(history
+        .iter()
+        .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
     let rollback = history
         .iter()
         .find(|e| e["kind"] == "rolled-back")
@@ -132,7 +139,7 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
     assert!(agent.stop().success(), "SIGTERM is a clean exit");
     assert!(!agent.socket.exists(), "the socket is removed on shutdown");
     agent.spawn();
-    let shop = &agent.json(&["status", "shop"])["apps"][0];
+    let shop = &agent.json(&["status", "shop"]);
     assert_eq!(shop["active"], "1.0.0");
     assert_eq!(shop["state"], "healthy");
     let after = events(&agent);
