@@ -124,7 +124,7 @@ async fn hosts_off_the_allow_list_are_refused_before_any_request() {
     ] {
         let r = probe(
             &format!("http://127.0.0.1:{port}/health"),
-            &[allow.clone()],
+            std::slice::from_ref(&allow),
             T,
         )
         .await;
