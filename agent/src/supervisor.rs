@@ -477,6 +477,12 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Stops watching (results of calls in flight are dropped).
+    fn stop_watch(&mut self) {
+        self.generation += 1;
+        self.watch = None;
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
         loop {
@@ -764,7 +770,12 @@ impl Supervisor {
             return Err(e);
         }
         self.set_release_state(version.as_str(), ReleaseState::Active, None)?;
-        // Checks watch the new release from now on; the previous good one is the rollback target.
+        // No check runs against a release that is still starting: watch after the restart.
+        self.stop_watch();
+        if let Err(reason) = self.restart(version.as_str()).await {
+            return Ok(Some(self.auto_rollback(version.as_str(), reason).await));
+        }
+        // The previous good release is the rollback target the checks are told about.
         let previous = self
             .rec
             .last_good
@@ -775,9 +786,6 @@ impl Supervisor {
         self.rec.state = AppState::Baking;
         self.rec.reason = None;
         self.save()?;
-        if let Err(reason) = self.restart(version.as_str()).await {
-            return Ok(Some(self.auto_rollback(version.as_str(), reason).await));
-        }
         tracing::info!(app = %self.app(), %version, bake = %humantime::format_duration(self.cfg.bake), "baking");
         Ok(None)
     }
@@ -987,11 +995,13 @@ impl Supervisor {
             .reason(reason.clone());
         self.store.record(ev)?;
         tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
+        self.stop_watch();
+        let restarted = self.restart(target.as_str()).await;
         self.begin_watch(target.as_str(), None, Phase::Steady, Duration::ZERO)?;
         self.rec.state = AppState::Healthy;
         self.rec.reason = Some(format!("rolled back from {failed}: {reason}"));
         self.save()?;
-        if let Err(why) = self.restart(target.as_str()).await {
+        if let Err(why) = restarted {
             self.degrade(target.as_str(), &why);
         }
         Ok(RollbackDone {
