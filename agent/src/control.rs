@@ -95,7 +95,9 @@ fn command_error(e: CommandError) -> RemoteError {
             error::NO_ROLLBACK_TARGET
         }
         CommandError::Release(ReleaseError::NotFound { .. }) => error::NO_SUCH_RELEASE,
-        CommandError::Release(ReleaseError::InvalidVersion { .. }) => error::INVALID_PARAMETER,
+        CommandError::Release(ReleaseError::InvalidVersion { .. }) => {
+            return RemoteError::invalid_parameter("version", e.to_string())
+        }
         CommandError::Release(ReleaseError::AlreadyExists { .. }) => error::RELEASE_EXISTS,
         CommandError::Release(_) => error::DEPLOY_FAILED,
         CommandError::Store(_) => error::INTERNAL,
@@ -144,7 +146,7 @@ impl Control {
                 Ok(None) => return,
                 Err(e) => {
                     let err =
-                        RemoteError::new(error::INVALID_PARAMETER, format!("bad message: {e}"));
+                        RemoteError::invalid_parameter("message", format!("bad message: {e}"));
                     let _ = protocol::write_message(&mut write, &err.to_reply()).await;
                     return;
                 }
@@ -152,8 +154,8 @@ impl Control {
             let call: Call = match serde_json::from_slice(&bytes) {
                 Ok(c) => c,
                 Err(e) => {
-                    let err = RemoteError::new(
-                        error::INVALID_PARAMETER,
+                    let err = RemoteError::invalid_parameter(
+                        "message",
                         format!("bad message: not a Varlink call: {e}"),
                     );
                     let _ = protocol::write_message(&mut write, &err.to_reply()).await;
@@ -290,11 +292,11 @@ impl Control {
     ) -> Result<serde_json::Value, RemoteError> {
         let handle = self.handle(&p.app)?;
         let version = Version::parse(&p.version)
-            .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?;
+            .map_err(|e| RemoteError::invalid_parameter("version", e.to_string()))?;
         let source = PathBuf::from(&p.source);
         if !source.is_absolute() {
-            return Err(RemoteError::new(
-                error::INVALID_PARAMETER,
+            return Err(RemoteError::invalid_parameter(
+                "source",
                 format!("source `{}` must be an absolute path", p.source),
             ));
         }
@@ -326,7 +328,7 @@ impl Control {
         let to = match &p.to {
             Some(v) => Some(
                 Version::parse(v)
-                    .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, e.to_string()))?,
+                    .map_err(|e| RemoteError::invalid_parameter("to", e.to_string()))?,
             ),
             None => None,
         };

@@ -198,8 +198,14 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Writes to stdout; a closed pipe (`| head`) surfaces as an io error.
+fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::io::stdout().lock().write_all(text.as_bytes())
+}
+
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out(&format!("{}\n", serde_json::to_string_pretty(v)?))?;
     Ok(())
 }
 
@@ -228,12 +234,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     opt(&a.reason).into(),
                 ]);
             }
-            print!("{}", table(&rows));
+            out(&table(&rows))?;
             for a in &r.apps {
                 if a.checks.is_empty() {
                     continue;
                 }
-                println!("\n{} checks:", a.app);
+                out(&format!("\n{} checks:\n", a.app))?;
                 let mut rows = vec![["CHECK", "RESULT", "FAILS", "AT", "SUMMARY"]
                     .map(String::from)
                     .to_vec()];
@@ -246,7 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         c.summary.clone(),
                     ]);
                 }
-                print!("{}", table(&rows));
+                out(&table(&rows))?;
             }
         }
         Command::Releases { app, json } => {
@@ -281,7 +287,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     opt(&rel.reason).into(),
                 ]);
             }
-            print!("{}", table(&rows));
+            out(&table(&rows))?;
         }
         Command::Deploy {
             app,
@@ -299,16 +305,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&raw)?;
             } else {
                 match r.outcome.as_str() {
-                    "baking" => println!("{} {}: activated, baking", r.app, r.version),
-                    "good" => println!("{} {}: passed its bake, marked good", r.app, r.version),
-                    "rolled-back" => println!(
-                        "{} {}: rolled back to {}: {}",
+                    "baking" => out(&format!("{} {}: activated, baking\n", r.app, r.version))?,
+                    "good" => out(&format!(
+                        "{} {}: passed its bake, marked good\n",
+                        r.app, r.version
+                    ))?,
+                    "rolled-back" => out(&format!(
+                        "{} {}: rolled back to {}: {}\n",
                         r.app,
                         r.version,
                         opt(&r.active),
                         opt(&r.reason)
-                    ),
-                    other => println!("{} {}: {other}: {}", r.app, r.version, opt(&r.reason)),
+                    ))?,
+                    other => out(&format!(
+                        "{} {}: {other}: {}\n",
+                        r.app,
+                        r.version,
+                        opt(&r.reason)
+                    ))?,
                 }
             }
             return Ok(match r.outcome.as_str() {
@@ -328,7 +342,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&raw)?;
             } else {
-                println!("{}: rolled back from {} to {}", r.app, opt(&r.from), r.to);
+                out(&format!(
+                    "{}: rolled back from {} to {}\n",
+                    r.app,
+                    opt(&r.from),
+                    r.to
+                ))?;
             }
         }
         Command::History { app, limit, json } => {
@@ -360,7 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     opt(&e.reason).into(),
                 ]);
             }
-            print!("{}", table(&rows));
+            out(&table(&rows))?;
         }
     }
     Ok(ExitCode::SUCCESS)

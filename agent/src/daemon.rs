@@ -66,18 +66,19 @@ fn load_checks(
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let db_dir = config.agent.state_dir.join("db");
-    std::fs::create_dir_all(&db_dir)
-        .with_context(|| format!("cannot create state directory {}", db_dir.display()))?;
-    let store = Store::open(&db_dir)
-        .with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
-
+    // Plugins first: a bad plugin must refuse to start before anything is written.
     let host = PluginHost::new()?;
     let cfg = config.clone();
     let (host, mut checks) =
         tokio::task::spawn_blocking(move || load_checks(&host, &cfg).map(|c| (host, c)))
             .await
             .context("plugin compilation panicked")??;
+
+    let db_dir = config.agent.state_dir.join("db");
+    std::fs::create_dir_all(&db_dir)
+        .with_context(|| format!("cannot create state directory {}", db_dir.display()))?;
+    let store = Store::open(&db_dir)
+        .with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
 
     let mut apps = BTreeMap::new();
     for (name, app) in &config.apps {

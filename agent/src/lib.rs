@@ -18,3 +18,22 @@ pub mod restart;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+
+/// One line for an error and its sources, skipping a source whose text the
+/// line already contains (many messages embed their cause).
+pub fn error_text<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut text = String::new();
+    for e in chain {
+        let part = e.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}

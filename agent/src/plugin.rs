@@ -359,18 +359,8 @@ impl clock::Host for HostState {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::error_text(std::iter::successors(Some(e), |e| e.source()))
 }
 
 impl http::Host for HostState {
@@ -565,10 +555,16 @@ fn from_wit_result(r: types::CheckResult) -> Result<CheckResult, CallError> {
                 m.name
             )));
         }
-        if m.name.is_empty() || m.name.len() > 64 {
-            return Err(CallError::BadOutput(
-                "metric names must be 1 to 64 bytes".into(),
-            ));
+        let name_ok = !m.name.is_empty()
+            && m.name.len() <= 64
+            && m.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(CallError::BadOutput(format!(
+                "metric name `{}` must be 1 to 64 characters of a-z, 0-9 and _",
+                truncate(m.name, 80)
+            )));
         }
         metrics.insert(m.name, m.value);
     }

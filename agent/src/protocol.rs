@@ -95,6 +95,8 @@ pub struct RemoteError {
     pub name: String,
     /// What went wrong, for humans.
     pub message: String,
+    /// For `org.varlink.service.InvalidParameter`: which parameter.
+    pub parameter: Option<String>,
 }
 
 impl RemoteError {
@@ -103,6 +105,16 @@ impl RemoteError {
         RemoteError {
             name: name.to_string(),
             message: message.into(),
+            parameter: None,
+        }
+    }
+
+    /// The standard Varlink error for a bad or missing parameter.
+    pub fn invalid_parameter(parameter: impl Into<String>, message: impl Into<String>) -> Self {
+        RemoteError {
+            name: error::INVALID_PARAMETER.to_string(),
+            message: message.into(),
+            parameter: Some(parameter.into()),
         }
     }
 
@@ -110,7 +122,10 @@ impl RemoteError {
     pub fn to_reply(&self) -> Reply {
         Reply {
             error: Some(self.name.clone()),
-            parameters: serde_json::json!({ "message": self.message }),
+            parameters: match &self.parameter {
+                Some(p) => serde_json::json!({ "parameter": p, "message": self.message }),
+                None => serde_json::json!({ "message": self.message }),
+            },
         }
     }
 
@@ -121,7 +136,15 @@ impl RemoteError {
             .and_then(|m| m.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| format!("{name} {parameters}"));
-        RemoteError { name, message }
+        let parameter = parameters
+            .get("parameter")
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        RemoteError {
+            name,
+            message,
+            parameter,
+        }
     }
 }
 
@@ -132,8 +155,12 @@ pub fn parameters<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, R
     } else {
         value.clone()
     };
-    serde_json::from_value(value)
-        .map_err(|e| RemoteError::new(error::INVALID_PARAMETER, format!("invalid parameters: {e}")))
+    serde_json::from_value(value).map_err(|e| {
+        let text = e.to_string();
+        // serde names the field between backticks ("missing field `source`").
+        let parameter = text.split('`').nth(1).unwrap_or("parameters").to_string();
+        RemoteError::invalid_parameter(parameter, format!("invalid parameters: {text}"))
+    })
 }
 
 /// Reads one NUL-terminated message; `Ok(None)` at a clean end of stream.

@@ -333,7 +333,9 @@ impl Supervisor {
     ) -> Result<(), StoreError> {
         let mut r = self.release_rec(version)?;
         r.state = state;
-        r.decided_at_ms = Some(now_ms());
+        if matches!(state, ReleaseState::Good | ReleaseState::Failed) {
+            r.decided_at_ms = Some(now_ms());
+        }
         r.reason = reason;
         self.store.put_release(&r)
     }
@@ -380,20 +382,7 @@ impl Supervisor {
             ));
             self.rec.active = current.clone();
         }
-        if let Some(good) = &self.rec.last_good {
-            if !self.dir.exists(&Version::parse(good)?) {
-                self.rec.last_good = None;
-            }
-        }
-        if self.rec.last_good.is_none() {
-            self.rec.last_good = self
-                .store
-                .releases(self.app())?
-                .into_iter()
-                .filter(|r| r.state == ReleaseState::Good)
-                .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
-                .map(|r| r.version);
-        }
+        self.rec.last_good = self.newest_good(None)?;
         self.store.record(
             self.event(Actor::agent(), EventKind::AgentStarted)
                 .reason(format!("active: {}", current.as_deref().unwrap_or("none"))),
@@ -413,7 +402,13 @@ impl Supervisor {
             Some(v) => {
                 let r = self.release_rec(&v)?;
                 let previous = self.rec.last_good.clone().filter(|g| *g != v);
-                if r.state == ReleaseState::Active {
+                // A staged release under `current` was swapped in just before a
+                // crash, before it was marked active: it has not been baked.
+                if matches!(r.state, ReleaseState::Active | ReleaseState::Staged) {
+                    if r.state == ReleaseState::Staged {
+                        self.set_release_state(&v, ReleaseState::Active, None)?;
+                        self.rec.bake_until_ms = None;
+                    }
                     // An interrupted bake resumes for what is left of its window.
                     let left = self
                         .rec
@@ -858,21 +853,23 @@ impl Supervisor {
         r.map_err(|_| format!("restart failed: {reason}"))
     }
 
-    /// The release to go back to: the last good one that is not `failed`.
-    fn rollback_target(&self, failed: &str) -> Result<Option<Version>, CommandError> {
-        let mut good: Vec<ReleaseRecord> = self
+    /// The most recently activated good release other than `except`: the
+    /// rollback target, and what `last_good` shows.
+    fn newest_good(&self, except: Option<&str>) -> Result<Option<String>, StoreError> {
+        Ok(self
             .store
             .releases(self.app())?
             .into_iter()
-            .filter(|r| r.state == ReleaseState::Good && r.version != failed)
-            .collect();
-        good.sort_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0));
-        let preferred = self.rec.last_good.clone().filter(|g| g != failed);
-        let pick = preferred.or_else(|| good.last().map(|r| r.version.clone()));
-        Ok(match pick {
-            Some(v) => Some(Version::parse(&v)?),
-            None => None,
-        })
+            .filter(|r| r.state == ReleaseState::Good && Some(r.version.as_str()) != except)
+            .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
+            .map(|r| r.version))
+    }
+
+    /// Marks `version` failed; it is never chosen automatically again.
+    fn mark_failed(&mut self, version: &str, reason: &str) -> Result<(), StoreError> {
+        self.set_release_state(version, ReleaseState::Failed, Some(reason.to_string()))?;
+        self.rec.last_good = self.newest_good(None)?;
+        Ok(())
     }
 
     /// Swaps back after `failed` was judged unhealthy (or failed to restart).
@@ -891,6 +888,8 @@ impl Supervisor {
             }
             Err(e) => {
                 let reason = format!("{reason}; rollback impossible: {e}");
+                let marked = self.mark_failed(failed, &reason);
+                self.log_err(marked);
                 self.degrade(failed, &reason);
                 let outcome = DeployOutcome::Degraded { reason };
                 self.finish_waiters(outcome.clone());
@@ -968,12 +967,14 @@ impl Supervisor {
                 }
                 v
             }
-            None => {
-                self.rollback_target(failed)?
-                    .ok_or_else(|| CommandError::NoRollbackTarget {
+            None => match self.newest_good(Some(failed))? {
+                Some(v) => Version::parse(&v)?,
+                None => {
+                    return Err(CommandError::NoRollbackTarget {
                         app: self.cfg.name.clone(),
-                    })?
-            }
+                    })
+                }
+            },
         };
         let prior_state = self.rec.state;
         self.rec.state = AppState::RollingBack;
@@ -987,7 +988,7 @@ impl Supervisor {
             self.save()?;
             return Err(e);
         }
-        self.set_release_state(failed, ReleaseState::Failed, Some(reason.clone()))?;
+        self.mark_failed(failed, &reason)?;
         let ev = self
             .event(actor, EventKind::RolledBack)
             .version(failed)

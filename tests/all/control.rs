@@ -33,7 +33,17 @@ fn the_socket_speaks_varlink_and_survives_garbage() {
         assert!(v["parameters"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty()));
+        if error == "org.varlink.service.InvalidParameter" {
+            assert!(v["parameters"]["parameter"].is_string(), "{reply}");
+        }
     }
+    let reply = raw_call(
+        &agent.socket,
+        b"{\"method\":\"io.rollback.Agent.Deploy\",\"parameters\":{\"app\":\"shop\"}}\0",
+    );
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["parameters"]["parameter"], "source", "{reply}");
+
     // An oversized message is refused without reading it all.
     let mut big = vec![b' '; 2 * 1024 * 1024];
     big.push(0);
@@ -177,4 +187,25 @@ fn rollbackctl_without_an_agent_says_so() {
         String::from_utf8_lossy(&out.stderr).contains("env.sock"),
         "the socket comes from the environment"
     );
+}
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    let agent = Agent::start("[apps.shop]\nroot = \"{dir}/shop\"\n");
+    let mut child = Command::new(ROLLBACKCTL)
+        .args([
+            "--socket",
+            agent.socket.to_str().unwrap(),
+            "status",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }

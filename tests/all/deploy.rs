@@ -356,3 +356,43 @@ fn a_restart_command_that_fails_rolls_back() {
         .iter()
         .any(|e| e["kind"] == "restart-failed" && e["version"] == "2.0.0"));
 }
+
+#[test]
+fn a_release_rolled_back_by_hand_is_never_restored_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let agent = Agent::start_in(dir, &shop_config(app.port, "500ms", ""));
+    let good = example_release("1.0.0");
+    assert_eq!(agent.deploy(s(&good), "1.0.0", true).code, 0);
+    assert_eq!(agent.deploy(s(&good), "1.0.1", true).code, 0);
+    let out = agent.ctl(&["rollback", "shop", "--reason", "bad prices"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(current(&root), "1.0.0");
+    assert_eq!(agent.json(&["status", "shop"])["last_good"], "1.0.0");
+
+    // 1.0.1 passed its bake once but was rolled back: it is no target any more.
+    let out = agent.deploy(s(&example_release("1.1.0")), "1.1.0", true);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(current(&root), "1.0.0");
+}
+
+#[test]
+fn degraded_survives_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let mut agent = Agent::start_in(dir, &shop_config(app.port, "5s", ""));
+    let out = agent.deploy(s(&example_release("1.1.0")), "1.1.0", true);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(agent.stop().success());
+    agent.spawn();
+    let shop = agent.json(&["status", "shop"]);
+    assert_eq!(shop["state"], "degraded", "{shop}");
+    assert!(
+        shop["bake_until_ms"].is_null(),
+        "no new bake of a failed release: {shop}"
+    );
+    let releases = agent.json(&["releases", "shop"]);
+    assert_eq!(releases["releases"][0]["state"], "failed");
+}

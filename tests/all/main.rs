@@ -6,5 +6,6 @@
 mod control;
 mod deploy;
 mod http;
+mod reconcile;
 mod sandbox;
 mod support;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rollbackd: {e:#}");
+            eprintln!("rollbackd: {}", rollback_agent::error_text(e.chain()));
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,202 @@
+//! Start-up reconciliation: the `current` symlink is the truth and the store
+//! is corrected to match it, whatever an interrupted run left behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rollback_agent::config::AppConfig;
+use rollback_agent::release::{AppDir, StageLimits, Version};
+use rollback_agent::store::{
+    now_ms, AppRecord, AppState, EventKind, Intent, ReleaseRecord, ReleaseState, Store,
+};
+use rollback_agent::supervisor::Supervisor;
+
+fn app_config(root: &Path, bake: Duration) -> AppConfig {
+    AppConfig {
+        name: "shop".into(),
+        root: root.to_path_buf(),
+        bake,
+        restart: None,
+        restart_timeout: Duration::from_secs(5),
+        checks: Vec::new(),
+    }
+}
+
+fn record(version: &str, state: ReleaseState) -> ReleaseRecord {
+    ReleaseRecord {
+        app: "shop".into(),
+        version: version.into(),
+        state,
+        source: None,
+        created_at_ms: now_ms(),
+        activated_at_ms: Some(now_ms()),
+        decided_at_ms: None,
+        reason: None,
+    }
+}
+
+/// Two releases on disk, `current` at `active`.
+fn layout(root: &Path, active: &str) -> AppDir {
+    let dir = AppDir::new(root);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("release.json"), "{}").unwrap();
+    for v in ["1.0.0", "1.0.1"] {
+        dir.stage(
+            src.path(),
+            &Version::parse(v).unwrap(),
+            &StageLimits::default(),
+        )
+        .unwrap();
+    }
+    dir.activate(&Version::parse(active).unwrap()).unwrap();
+    dir
+}
+
+async fn wait_for(store: &Store, pred: impl Fn(&AppRecord) -> bool) -> AppRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rec = store.app("shop").unwrap().unwrap();
+        if pred(&rec) {
+            return rec;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {rec:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shop");
+    let dir = layout(&root, "1.0.1");
+    // The crash came after the swap but before the store learned of it, and
+    // left a temporary link and a staging directory behind.
+    std::os::unix::fs::symlink("releases/1.0.0", root.join("current.tmp-dead")).unwrap();
+    std::fs::create_dir(root.join("releases/.staging-dead")).unwrap();
+    let store = Store::open(&tmp.path().join("db")).unwrap();
+    store
+        .put_release(&record("1.0.0", ReleaseState::Good))
+        .unwrap();
+    store
+        .put_release(&record("1.0.1", ReleaseState::Staged))
+        .unwrap();
+    let mut rec = AppRecord::new("shop");
+    rec.state = AppState::Deploying;
+    rec.active = Some("1.0.0".into());
+    rec.intent = Some(Intent {
+        from: Some("1.0.0".into()),
+        to: "1.0.1".into(),
+        why: "deploy".into(),
+        at_ms: now_ms(),
+    });
+    store.put_app(rec).unwrap();
+
+    let _handle = Supervisor::start(
+        app_config(&root, Duration::from_millis(300)),
+        store.clone(),
+        Vec::new(),
+    )
+    .unwrap();
+    let rec = store.app("shop").unwrap().unwrap();
+    assert_eq!(rec.active.as_deref(), Some("1.0.1"), "the symlink wins");
+    assert_eq!(rec.state, AppState::Baking, "an unbaked release is baked");
+    assert!(rec.intent.is_none());
+    assert_eq!(
+        store.release("shop", "1.0.1").unwrap().unwrap().state,
+        ReleaseState::Active
+    );
+    assert!(!root.join("current.tmp-dead").exists());
+    assert!(!root.join("releases/.staging-dead").exists());
+    assert_eq!(dir.current().unwrap().unwrap().as_str(), "1.0.1");
+    let history = store.history("shop", 10).unwrap();
+    let note = history
+        .iter()
+        .find(|e| e.kind == EventKind::Reconciled)
+        .expect("a reconciled event");
+    assert!(note
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("interrupted activation of 1.0.1"));
+
+    // With no checks configured, the bake passes once its window is over.
+    let rec = wait_for(&store, |r| r.state == AppState::Healthy).await;
+    assert_eq!(rec.last_good.as_deref(), Some("1.0.1"));
+}
+
+#[tokio::test]
+async fn releases_are_adopted_and_forgotten_to_match_the_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shop");
+    layout(&root, "1.0.0");
+    let store = Store::open(&tmp.path().join("db")).unwrap();
+    // The store remembers a release that is gone from disk, and nothing else.
+    store
+        .put_release(&record("0.9.0", ReleaseState::Good))
+        .unwrap();
+
+    let _handle = Supervisor::start(
+        app_config(&root, Duration::from_secs(60)),
+        store.clone(),
+        Vec::new(),
+    )
+    .unwrap();
+    let rec = store.app("shop").unwrap().unwrap();
+    assert_eq!(rec.active.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        rec.state,
+        AppState::Healthy,
+        "what ran before the agent is adopted"
+    );
+    assert_eq!(rec.last_good.as_deref(), Some("1.0.0"));
+    let versions: Vec<_> = store
+        .releases("shop")
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.version, r.state))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("1.0.0".to_string(), ReleaseState::Good),
+            ("1.0.1".to_string(), ReleaseState::Staged)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_degraded_app_stays_degraded_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shop");
+    layout(&root, "1.0.1");
+    let store = Store::open(&tmp.path().join("db")).unwrap();
+    store
+        .put_release(&record("1.0.1", ReleaseState::Failed))
+        .unwrap();
+    let mut rec = AppRecord::new("shop");
+    rec.state = AppState::Degraded;
+    rec.active = Some("1.0.1".into());
+    rec.reason = Some("no good release to roll back to".into());
+    store.put_app(rec).unwrap();
+
+    let _handle = Supervisor::start(
+        app_config(&root, Duration::from_millis(100)),
+        store.clone(),
+        Vec::new(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let rec = store.app("shop").unwrap().unwrap();
+    assert_eq!(rec.state, AppState::Degraded);
+    assert!(
+        rec.bake_until_ms.is_none(),
+        "no new bake of a failed release"
+    );
+    assert_eq!(
+        store.release("shop", "1.0.1").unwrap().unwrap().state,
+        ReleaseState::Failed
+    );
+}
