@@ -117,7 +117,7 @@ header "Status: 1.0.0 is active and good"
 show "rollbackctl status shop"
 ctl status shop
 ctl status shop --json | python3 -c 'import json, sys
-a = json.load(sys.stdin)["apps"][0]
+a = json.load(sys.stdin)
 sys.exit(a.get("active") != "1.0.0" or a.get("last_good") != "1.0.0")' ||
     die "status does not show 1.0.0 as active and last good"
 
@@ -141,7 +141,7 @@ header "Status: back on 1.0.0"
 show "rollbackctl status shop"
 ctl status shop
 ctl status shop --json | python3 -c 'import json, sys
-a = json.load(sys.stdin)["apps"][0]
+a = json.load(sys.stdin)
 sys.exit(a.get("active") != "1.0.0")' || die "status does not show 1.0.0 as active after the rollback"
 show "GET $url/health"
 body="$(fetch /health)" || die "the app does not answer after the rollback"
