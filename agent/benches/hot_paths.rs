@@ -117,16 +117,19 @@ fn plugin_check(rt: &tokio::runtime::Runtime) {
     let t = Instant::now();
     let plugin = host.load(&wasm).unwrap();
     println!("plugin compile           {:>10.1?}", t.elapsed());
-    let sandbox = Sandbox::new(Grants {
-        app: "bench".into(),
-        check: "health".into(),
-        allow_hosts: vec![HostRule::parse(&format!("127.0.0.1:{port}")).unwrap()],
-        config: BTreeMap::from([("url".to_string(), url.clone())]),
-        secrets: BTreeMap::new(),
-        timeout: Duration::from_secs(5),
-        memory_limit: 64 << 20,
-        max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-    })
+    let sandbox = Sandbox::new(
+        Grants {
+            app: "bench".into(),
+            entry: "health".into(),
+            allow_hosts: vec![HostRule::parse(&format!("127.0.0.1:{port}")).unwrap()],
+            config: BTreeMap::from([("url".to_string(), url.clone())]),
+            secrets: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+            memory_limit: 64 << 20,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        },
+        std::sync::Arc::new(rollback_agent::plugin::MemoryKv::default()),
+    )
     .unwrap();
     let input = CheckInput {
         app: "bench".into(),

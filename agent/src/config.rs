@@ -28,8 +28,12 @@ const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_FAIL_AFTER: u32 = 3;
-const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+/// Default memory cap of one plugin call.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const MAX_MEMORY_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
+/// Default cap on one HTTP response body a plugin receives.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+const MAX_RESPONSE_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// A config that could not be loaded: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,63 @@ pub struct AppConfig {
     pub restart_timeout: Duration,
     /// Health checks, in config order.
     pub checks: Vec<CheckConfig>,
+    /// Rollback hooks, in config order.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// What every plugin entry (check or hook) has: the component, its grants
+/// and its limits.
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    /// Path of the plugin component (absolute after loading).
+    pub plugin: PathBuf,
+    /// Expected SHA-256 of the component file (lower-case hex), if pinned.
+    pub sha256: Option<String>,
+    /// Deadline of one call.
+    pub timeout: Duration,
+    /// Memory cap of one call, in bytes.
+    pub memory_limit: u64,
+    /// Cap on one HTTP response body, in bytes.
+    pub max_response_bytes: u64,
+    /// Hosts the plugin may reach over HTTP.
+    pub allow_hosts: Vec<HostRule>,
+    /// Plain values handed to the plugin.
+    pub config: BTreeMap<String, String>,
+    /// Secrets handed to the plugin, by name; resolved when the plugin is loaded.
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// Where a secret's value comes from: `env:NAME` or `file:PATH`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable of the agent.
+    Env(String),
+    /// A file (its content, without a trailing newline).
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The reference, never the value (which is not known here anyway).
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret's value now.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        }
+    }
 }
 
 /// One `[[apps.NAME.checks]]` entry.
@@ -106,20 +167,57 @@ pub struct AppConfig {
 pub struct CheckConfig {
     /// Unique within the app.
     pub name: String,
-    /// Path of the plugin component (absolute after loading).
-    pub plugin: PathBuf,
     /// Time between two runs.
     pub interval: Duration,
     /// Consecutive failures that make the check unhealthy.
     pub fail_after: u32,
-    /// Deadline of one run.
-    pub timeout: Duration,
-    /// Memory cap of one run, in bytes.
-    pub memory_limit: u64,
-    /// Hosts the plugin may reach over HTTP.
-    pub allow_hosts: Vec<HostRule>,
-    /// Plain values handed to the plugin.
-    pub config: BTreeMap<String, String>,
+    /// The plugin, its grants and limits.
+    pub entry: PluginEntry,
+}
+
+/// A lifecycle event a hook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookEvent {
+    /// Before a deploy switches `current` (an error vetoes it).
+    PreActivate,
+    /// After a deploy switched `current` and restarted the app.
+    Activated,
+    /// After a rollback.
+    RolledBack,
+    /// When the app becomes degraded.
+    Degraded,
+}
+
+impl HookEvent {
+    /// Every event, in lifecycle order.
+    pub const ALL: [HookEvent; 4] = [
+        HookEvent::PreActivate,
+        HookEvent::Activated,
+        HookEvent::RolledBack,
+        HookEvent::Degraded,
+    ];
+
+    /// The name used in `on = [...]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::PreActivate => "pre-activate",
+            HookEvent::Activated => "activated",
+            HookEvent::RolledBack => "rolled-back",
+            HookEvent::Degraded => "degraded",
+        }
+    }
+}
+
+/// One `[[apps.NAME.hooks]]` entry.
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    /// Unique among the app's hooks (default: the plugin file's stem).
+    pub name: String,
+    /// The events it is called for.
+    pub on: Vec<HookEvent>,
+    /// The plugin, its grants and limits.
+    pub entry: PluginEntry,
 }
 
 /// One `allow_hosts` entry: `host`, `host:port` or `*.domain[:port]`.
@@ -245,21 +343,72 @@ struct RawApp {
     restart_timeout: Option<String>,
     #[serde(default)]
     checks: Vec<RawCheck>,
+    #[serde(default)]
+    hooks: Vec<RawHook>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheck {
     name: String,
-    plugin: PathBuf,
     interval: Option<String>,
     fail_after: Option<i64>,
+    plugin: PathBuf,
+    sha256: Option<String>,
     timeout: Option<String>,
     memory_limit: Option<String>,
+    max_response_bytes: Option<String>,
     #[serde(default)]
     allow_hosts: Vec<String>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: Option<String>,
+    on: Option<Vec<String>>,
+    plugin: PathBuf,
+    sha256: Option<String>,
+    timeout: Option<String>,
+    memory_limit: Option<String>,
+    max_response_bytes: Option<String>,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+/// The fields every plugin entry shares, before validation.
+struct RawEntry {
+    plugin: PathBuf,
+    sha256: Option<String>,
+    timeout: Option<String>,
+    memory_limit: Option<String>,
+    max_response_bytes: Option<String>,
+    allow_hosts: Vec<String>,
+    config: BTreeMap<String, toml::Value>,
+    secrets: BTreeMap<String, String>,
+}
+
+macro_rules! raw_entry {
+    ($raw:ident) => {
+        RawEntry {
+            plugin: $raw.plugin,
+            sha256: $raw.sha256,
+            timeout: $raw.timeout,
+            memory_limit: $raw.memory_limit,
+            max_response_bytes: $raw.max_response_bytes,
+            allow_hosts: $raw.allow_hosts,
+            config: $raw.config,
+            secrets: $raw.secrets,
+        }
+    };
 }
 
 /// Whether `name` is acceptable as an app or check name: `[A-Za-z0-9._-]`,
@@ -415,6 +564,22 @@ impl Validator<'_> {
             }
             checks.push(check);
         }
+        let mut hooks = Vec::with_capacity(raw.hooks.len());
+        let mut names = BTreeSet::new();
+        for (i, h) in raw.hooks.into_iter().enumerate() {
+            let hkey = format!("{key}.hooks[{i}]");
+            let hook = self.hook(&hkey, h)?;
+            if !names.insert(hook.name.clone()) {
+                return Err(self.err(
+                    format!("{hkey}.name"),
+                    format!(
+                        "duplicate hook name `{}` (name hooks that share a plugin)",
+                        hook.name
+                    ),
+                ));
+            }
+            hooks.push(hook);
+        }
         Ok(AppConfig {
             name: name.to_string(),
             root: self.resolve(&raw.root),
@@ -426,6 +591,7 @@ impl Validator<'_> {
                 DEFAULT_RESTART_TIMEOUT,
             )?,
             checks,
+            hooks,
         })
     }
 
@@ -435,9 +601,6 @@ impl Validator<'_> {
                 format!("{key}.name"),
                 "check names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)",
             ));
-        }
-        if raw.plugin.as_os_str().is_empty() {
-            return Err(self.err(format!("{key}.plugin"), "must name a .wasm component"));
         }
         let fail_after = match raw.fail_after {
             None => DEFAULT_FAIL_AFTER,
@@ -449,24 +612,119 @@ impl Validator<'_> {
                 ))
             }
         };
-        let memory_limit = match raw.memory_limit {
-            None => DEFAULT_MEMORY_LIMIT,
-            Some(text) => {
-                let size: bytesize::ByteSize = text.parse().map_err(|e| {
-                    self.err(
-                        format!("{key}.memory_limit"),
-                        format!("`{text}` is not a size like 64MiB ({e})"),
-                    )
-                })?;
-                if size.as_u64() < 1024 * 1024 || size.as_u64() > MAX_MEMORY_LIMIT {
-                    return Err(self.err(
-                        format!("{key}.memory_limit"),
-                        "must be between 1MiB and 4GiB",
-                    ));
+        let interval = self.duration(&format!("{key}.interval"), raw.interval, DEFAULT_INTERVAL)?;
+        Ok(CheckConfig {
+            name: raw.name,
+            interval,
+            fail_after,
+            entry: self.entry(key, raw_entry!(raw))?,
+        })
+    }
+
+    fn hook(&self, key: &str, raw: RawHook) -> Result<HookConfig, ConfigError> {
+        let name = match raw.name {
+            Some(n) => n,
+            None => raw
+                .plugin
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        if !valid_name(&name) {
+            return Err(self.err(
+                format!("{key}.name"),
+                "hook names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)",
+            ));
+        }
+        let on = match raw.on {
+            None => vec![
+                HookEvent::Activated,
+                HookEvent::RolledBack,
+                HookEvent::Degraded,
+            ],
+            Some(list) if list.is_empty() => {
+                return Err(self.err(format!("{key}.on"), "must name at least one event"))
+            }
+            Some(list) => {
+                let mut on = Vec::new();
+                for (i, text) in list.iter().enumerate() {
+                    let event = HookEvent::ALL
+                        .into_iter()
+                        .find(|e| e.as_str() == text)
+                        .ok_or_else(|| {
+                            self.err(
+                                format!("{key}.on[{i}]"),
+                                format!("`{text}` is not one of pre-activate, activated, rolled-back, degraded"),
+                            )
+                        })?;
+                    if !on.contains(&event) {
+                        on.push(event);
+                    }
                 }
-                size.as_u64()
+                on.sort();
+                on
             }
         };
+        Ok(HookConfig {
+            name,
+            on,
+            entry: self.entry(key, raw_entry!(raw))?,
+        })
+    }
+
+    fn size(
+        &self,
+        key: &str,
+        text: Option<String>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(text) = text else { return Ok(default) };
+        let size: bytesize::ByteSize = text
+            .parse()
+            .map_err(|e| self.err(key, format!("`{text}` is not a size like 64MiB ({e})")))?;
+        if size.as_u64() < min || size.as_u64() > max {
+            return Err(self.err(
+                key,
+                format!(
+                    "must be between {} and {}",
+                    bytesize::ByteSize::b(min),
+                    bytesize::ByteSize::b(max)
+                ),
+            ));
+        }
+        Ok(size.as_u64())
+    }
+
+    fn entry(&self, key: &str, raw: RawEntry) -> Result<PluginEntry, ConfigError> {
+        if raw.plugin.as_os_str().is_empty() {
+            return Err(self.err(format!("{key}.plugin"), "must name a .wasm component"));
+        }
+        let sha256 = match raw.sha256 {
+            None => None,
+            Some(h) => {
+                let h = h.trim().to_ascii_lowercase();
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(self.err(format!("{key}.sha256"), "must be 64 hex digits"));
+                }
+                Some(h)
+            }
+        };
+        let memory_limit = self.size(
+            &format!("{key}.memory_limit"),
+            raw.memory_limit,
+            DEFAULT_MEMORY_LIMIT,
+            1024 * 1024,
+            MAX_MEMORY_LIMIT,
+        )?;
+        let max_response_bytes = self.size(
+            &format!("{key}.max_response_bytes"),
+            raw.max_response_bytes,
+            DEFAULT_MAX_RESPONSE_BYTES,
+            1024,
+            MAX_RESPONSE_LIMIT,
+        )?;
         let mut allow_hosts = Vec::with_capacity(raw.allow_hosts.len());
         for (i, entry) in raw.allow_hosts.iter().enumerate() {
             allow_hosts.push(
@@ -491,17 +749,39 @@ impl Validator<'_> {
             };
             config.insert(k, value);
         }
-        let interval = self.duration(&format!("{key}.interval"), raw.interval, DEFAULT_INTERVAL)?;
-        let timeout = self.duration(&format!("{key}.timeout"), raw.timeout, DEFAULT_TIMEOUT)?;
-        Ok(CheckConfig {
-            name: raw.name,
+        let mut secrets = BTreeMap::new();
+        for (name, reference) in raw.secrets {
+            let secret = if let Some(var) = reference.strip_prefix("env:") {
+                if var.is_empty() || var.contains('=') {
+                    return Err(self.err(
+                        format!("{key}.secrets.{name}"),
+                        "env: needs a variable name",
+                    ));
+                }
+                SecretRef::Env(var.to_string())
+            } else if let Some(path) = reference.strip_prefix("file:") {
+                if path.is_empty() {
+                    return Err(self.err(format!("{key}.secrets.{name}"), "file: needs a path"));
+                }
+                SecretRef::File(self.resolve(Path::new(path)))
+            } else {
+                // Never echo the value: it may be a secret written in by mistake.
+                return Err(self.err(
+                    format!("{key}.secrets.{name}"),
+                    "must be `env:NAME` or `file:PATH` (secrets are not written in the config)",
+                ));
+            };
+            secrets.insert(name, secret);
+        }
+        Ok(PluginEntry {
             plugin: self.resolve(&raw.plugin),
-            interval,
-            fail_after,
-            timeout,
+            sha256,
+            timeout: self.duration(&format!("{key}.timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
             memory_limit,
+            max_response_bytes,
             allow_hosts,
             config,
+            secrets,
         })
     }
 }
@@ -547,14 +827,14 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
         assert_eq!(shop.restart.as_deref().unwrap()[2], "shop.service");
         let check = &shop.checks[0];
         assert_eq!(
-            check.plugin,
+            check.entry.plugin,
             Path::new("/etc/rollback-agent/plugins/http-probe.wasm")
         );
         assert_eq!(check.interval, Duration::from_secs(10));
         assert_eq!(check.fail_after, 3);
-        assert_eq!(check.config["expect_status"], "200");
-        assert!(check.allow_hosts[0].matches("127.0.0.1", 8080, 80));
-        assert!(!check.allow_hosts[0].matches("127.0.0.1", 8081, 80));
+        assert_eq!(check.entry.config["expect_status"], "200");
+        assert!(check.entry.allow_hosts[0].matches("127.0.0.1", 8080, 80));
+        assert!(!check.entry.allow_hosts[0].matches("127.0.0.1", 8081, 80));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::supervisor::{AppHandle, CommandError, DeployOutcome};
 pub struct Control {
     store: Store,
     apps: BTreeMap<String, AppHandle>,
+    plugins: Vec<protocol::PluginView>,
 }
 
 /// Errors binding the socket.
@@ -102,6 +103,7 @@ fn command_error(e: CommandError) -> RemoteError {
         CommandError::Release(_) => error::DEPLOY_FAILED,
         CommandError::Store(_) => error::INTERNAL,
         CommandError::ShuttingDown => error::SHUTTING_DOWN,
+        CommandError::Vetoed { .. } => error::VETOED,
     };
     RemoteError::new(name, e.to_string())
 }
@@ -116,8 +118,16 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, RemoteError
 
 impl Control {
     /// A server over these supervisors and this store.
-    pub fn new(store: Store, apps: BTreeMap<String, AppHandle>) -> Self {
-        Control { store, apps }
+    pub fn new(
+        store: Store,
+        apps: BTreeMap<String, AppHandle>,
+        plugins: Vec<protocol::PluginView>,
+    ) -> Self {
+        Control {
+            store,
+            apps,
+            plugins,
+        }
     }
 
     /// Accepts connections until the listener fails or the task is dropped.
@@ -191,6 +201,12 @@ impl Control {
             method::STATUS => self.status(protocol::parameters(&call.parameters)?),
             method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
             method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
+            method::PLUGINS => {
+                let _: protocol::StatusParams = protocol::parameters(&call.parameters)?;
+                to_value(&protocol::PluginsReply {
+                    plugins: self.plugins.clone(),
+                })
+            }
             method::DEPLOY => {
                 self.deploy(protocol::parameters(&call.parameters)?, actor)
                     .await

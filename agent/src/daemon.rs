@@ -1,78 +1,207 @@
 //! Bringing the agent up and down.
 //!
-//! Owns start-up order: open the store, compile every check's plugin (a bad
-//! plugin or config refuses to start, naming it), start one supervisor per
-//! app (each reconciles with its directory first), bind the control socket,
-//! and only then report ready. On SIGTERM or SIGINT it stops accepting calls,
-//! flushes the store and removes the socket.
+//! Owns start-up order: compile every check's and hook's plugin (from the
+//! compiled-component cache when it can; a bad plugin, pin mismatch or
+//! missing secret refuses to start, naming it, before anything is written),
+//! open the store, give each plugin entry its sandbox (grants, resolved
+//! secrets, kv space), start one supervisor per app (each reconciles with
+//! its directory first), bind the control socket, and only then report
+//! ready. On SIGTERM or SIGINT it stops accepting calls, flushes the store
+//! and removes the socket.
 //!
 //! Must never act on an app itself: supervisors do that.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, HookEvent, PluginEntry};
 use crate::control::{self, Control};
-use crate::plugin::{Grants, PluginHost, Sandbox, DEFAULT_MAX_RESPONSE_BYTES};
-use crate::store::Store;
-use crate::supervisor::{LoadedCheck, Supervisor};
+use crate::plugin::{Grants, HostOptions, Kv, Plugin, PluginHost, Sandbox, World};
+use crate::protocol::PluginView;
+use crate::store::{KvSpace, Store};
+use crate::supervisor::{LoadedCheck, LoadedHook, Supervisor};
 
-/// Compiles every check of every app; the first failure names app, check and file.
-fn load_checks(
-    host: &PluginHost,
-    config: &Config,
-) -> anyhow::Result<BTreeMap<String, Vec<LoadedCheck>>> {
-    let mut cache: BTreeMap<std::path::PathBuf, Arc<crate::plugin::Plugin>> = BTreeMap::new();
-    let mut all = BTreeMap::new();
-    for (name, app) in &config.apps {
-        let mut checks = Vec::new();
-        for c in &app.checks {
-            let plugin = match cache.get(&c.plugin) {
-                Some(p) => p.clone(),
-                None => {
+impl Kv for KvSpace {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        KvSpace::get(self, key).map_err(|e| e.to_string())
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        KvSpace::set(self, key, value).map_err(|e| e.to_string())
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        KvSpace::delete(self, key).map_err(|e| e.to_string())
+    }
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, String> {
+        KvSpace::keys(self, prefix).map_err(|e| e.to_string())
+    }
+    fn usage(&self) -> Result<u64, String> {
+        KvSpace::usage(self).map_err(|e| e.to_string())
+    }
+}
+
+/// What a plugin entry is for.
+enum Role {
+    Check {
+        interval: std::time::Duration,
+        fail_after: u32,
+    },
+    Hook {
+        on: Vec<HookEvent>,
+    },
+}
+
+/// One plugin entry of the config, compiled, with its secrets resolved.
+struct Compiled {
+    app: String,
+    name: String,
+    role: Role,
+    entry: PluginEntry,
+    plugin: Arc<Plugin>,
+    secrets: BTreeMap<String, String>,
+}
+
+impl Compiled {
+    fn kind(&self) -> &'static str {
+        match self.role {
+            Role::Check { .. } => "check",
+            Role::Hook { .. } => "hook",
+        }
+    }
+
+    fn sandbox(&self, store: &Store) -> anyhow::Result<Arc<Sandbox>> {
+        let kv = store.kv_space(&self.app, &format!("{}:{}", self.kind(), self.name));
+        Ok(Sandbox::new(
+            Grants {
+                app: self.app.clone(),
+                entry: self.name.clone(),
+                allow_hosts: self.entry.allow_hosts.clone(),
+                config: self.entry.config.clone(),
+                secrets: self.secrets.clone(),
+                timeout: self.entry.timeout,
+                memory_limit: self.entry.memory_limit,
+                max_response_bytes: self.entry.max_response_bytes,
+            },
+            Arc::new(kv),
+        )?)
+    }
+
+    fn view(&self) -> PluginView {
+        PluginView {
+            app: self.app.clone(),
+            kind: self.kind().to_string(),
+            name: self.name.clone(),
+            plugin: self.entry.plugin.display().to_string(),
+            sha256: self.plugin.digest().to_string(),
+            pinned: self.entry.sha256.is_some(),
+            cached: self.plugin.from_cache(),
+            allow_hosts: self
+                .entry
+                .allow_hosts
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            config: self.entry.config.clone(),
+            secrets: self.secrets.keys().cloned().collect(),
+            timeout_ms: self.entry.timeout.as_millis() as u64,
+            memory_limit: self.entry.memory_limit,
+            max_response_bytes: self.entry.max_response_bytes,
+            on: match &self.role {
+                Role::Hook { on } => on.iter().map(|e| e.as_str().to_string()).collect(),
+                Role::Check { .. } => Vec::new(),
+            },
+        }
+    }
+}
+
+/// Compiles every entry (each file once per world and pin) and resolves
+/// secrets; the first failure names app, entry and file.
+fn compile_all(host: &PluginHost, config: &Config) -> anyhow::Result<Vec<Compiled>> {
+    let mut seen: BTreeMap<(PathBuf, &'static str), Arc<Plugin>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (app, cfg) in &config.apps {
+        let checks = cfg.checks.iter().map(|c| {
+            let role = Role::Check {
+                interval: c.interval,
+                fail_after: c.fail_after,
+            };
+            (&c.name, role, &c.entry)
+        });
+        let hooks = cfg
+            .hooks
+            .iter()
+            .map(|h| (&h.name, Role::Hook { on: h.on.clone() }, &h.entry));
+        for (name, role, entry) in checks.chain(hooks) {
+            let (kind, world) = match role {
+                Role::Check { .. } => ("check", World::HealthCheck),
+                Role::Hook { .. } => ("hook", World::RollbackHook),
+            };
+            let what = || format!("app `{app}`, {kind} `{name}`");
+            let plugin = match seen.get(&(entry.plugin.clone(), kind)) {
+                Some(p) if entry.sha256.as_deref().is_none_or(|pin| pin == p.digest()) => p.clone(),
+                _ => {
                     let p = Arc::new(
-                        host.load(&c.plugin)
-                            .with_context(|| format!("app `{name}`, check `{}`", c.name))?,
+                        host.load_world(&entry.plugin, world, entry.sha256.as_deref())
+                            .with_context(what)?,
                     );
-                    tracing::info!(plugin = %c.plugin.display(), digest = %p.digest(), "plugin compiled");
-                    cache.insert(c.plugin.clone(), p.clone());
+                    tracing::info!(
+                        plugin = %entry.plugin.display(),
+                        digest = %p.digest(),
+                        cached = p.from_cache(),
+                        "plugin loaded"
+                    );
+                    seen.insert((entry.plugin.clone(), kind), p.clone());
                     p
                 }
             };
-            let sandbox = Sandbox::new(Grants {
-                app: name.clone(),
-                check: c.name.clone(),
-                allow_hosts: c.allow_hosts.clone(),
-                config: c.config.clone(),
-                secrets: BTreeMap::new(),
-                timeout: c.timeout,
-                memory_limit: c.memory_limit,
-                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            })?;
-            checks.push(LoadedCheck {
-                name: c.name.clone(),
-                interval: c.interval,
-                fail_after: c.fail_after,
+            let mut secrets = BTreeMap::new();
+            for (secret, reference) in &entry.secrets {
+                let value = reference
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("{}: secret `{secret}`: {e}", what()))?;
+                secrets.insert(secret.clone(), value);
+            }
+            out.push(Compiled {
+                app: app.clone(),
+                name: name.clone(),
+                role,
+                entry: entry.clone(),
                 plugin,
-                sandbox: Arc::new(sandbox),
+                secrets,
             });
         }
-        all.insert(name.clone(), checks);
     }
-    Ok(all)
+    Ok(out)
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // Plugins first: a bad plugin must refuse to start before anything is written.
-    let host = PluginHost::new()?;
+    let max_memory = config
+        .apps
+        .values()
+        .flat_map(|a| {
+            let checks = a.checks.iter().map(|c| c.entry.memory_limit);
+            checks.chain(a.hooks.iter().map(|h| h.entry.memory_limit))
+        })
+        .max();
+    let host = PluginHost::with_options(HostOptions {
+        cache_dir: Some(config.agent.state_dir.join("plugin-cache")),
+        max_memory,
+    })?;
+    // Plugins first: a bad plugin must refuse to start before the store is touched.
     let cfg = config.clone();
-    let (host, mut checks) =
-        tokio::task::spawn_blocking(move || load_checks(&host, &cfg).map(|c| (host, c)))
+    let (host, compiled) =
+        tokio::task::spawn_blocking(move || compile_all(&host, &cfg).map(|c| (host, c)))
             .await
             .context("plugin compilation panicked")??;
+    tracing::info!(
+        compiled = host.compiled(),
+        from_cache = host.cache_hits(),
+        pooling = host.pooling(),
+        "plugins ready"
+    );
 
     let db_dir = config.agent.state_dir.join("db");
     std::fs::create_dir_all(&db_dir)
@@ -80,19 +209,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&db_dir)
         .with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
 
+    let views = compiled.iter().map(Compiled::view).collect();
+    let mut checks: BTreeMap<&str, Vec<LoadedCheck>> = BTreeMap::new();
+    let mut hooks: BTreeMap<&str, Vec<LoadedHook>> = BTreeMap::new();
+    for c in &compiled {
+        let sandbox = c.sandbox(&store)?;
+        match &c.role {
+            Role::Check {
+                interval,
+                fail_after,
+            } => checks.entry(&c.app).or_default().push(LoadedCheck {
+                name: c.name.clone(),
+                interval: *interval,
+                fail_after: *fail_after,
+                plugin: c.plugin.clone(),
+                sandbox,
+            }),
+            Role::Hook { on } => hooks.entry(&c.app).or_default().push(LoadedHook {
+                name: c.name.clone(),
+                on: on.clone(),
+                plugin: c.plugin.clone(),
+                sandbox,
+            }),
+        }
+    }
     let mut apps = BTreeMap::new();
     for (name, app) in &config.apps {
-        let handle = Supervisor::start(
-            app.clone(),
-            store.clone(),
-            checks.remove(name).unwrap_or_default(),
-        )
-        .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
+        let app_checks = checks.remove(name.as_str()).unwrap_or_default();
+        let app_hooks = hooks.remove(name.as_str()).unwrap_or_default();
+        let handle = Supervisor::start(app.clone(), store.clone(), app_checks, app_hooks)
+            .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
         apps.insert(name.clone(), handle);
     }
 
     let listener = control::bind(&config.agent.socket)?;
-    let server = Arc::new(Control::new(store.clone(), apps));
+    let server = Arc::new(Control::new(store.clone(), apps, views));
     let serving = tokio::spawn(server.serve(listener));
     tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
     crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));

@@ -32,6 +32,8 @@ pub mod method {
     pub const ROLLBACK: &str = "io.rollback.Agent.Rollback";
     /// The audit log of one app.
     pub const HISTORY: &str = "io.rollback.Agent.History";
+    /// The loaded plugins and their grants.
+    pub const PLUGINS: &str = "io.rollback.Agent.Plugins";
 }
 
 /// Fully qualified error names.
@@ -44,6 +46,8 @@ pub mod error {
     pub const RELEASE_EXISTS: &str = "io.rollback.Agent.ReleaseExists";
     /// The release does not exist.
     pub const NO_SUCH_RELEASE: &str = "io.rollback.Agent.NoSuchRelease";
+    /// A pre-activate hook vetoed the deploy.
+    pub const VETOED: &str = "io.rollback.Agent.Vetoed";
     /// Nothing to roll back to.
     pub const NO_ROLLBACK_TARGET: &str = "io.rollback.Agent.NoRollbackTarget";
     /// Staging, activation or restart failed.
@@ -399,4 +403,45 @@ mod tests {
         let p: StatusParams = parameters(&serde_json::Value::Null).unwrap();
         assert!(p.app.is_none());
     }
+}
+
+/// One loaded plugin entry in a `Plugins` reply. Secrets appear by name only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginView {
+    /// The app.
+    pub app: String,
+    /// `check` or `hook`.
+    pub kind: String,
+    /// The check's or hook's name.
+    pub name: String,
+    /// The component file.
+    pub plugin: String,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// Whether the config pins that digest.
+    pub pinned: bool,
+    /// Whether it was loaded from the compiled-component cache.
+    pub cached: bool,
+    /// Hosts it may reach over HTTP.
+    pub allow_hosts: Vec<String>,
+    /// Its plain config.
+    pub config: BTreeMap<String, String>,
+    /// The names of the secrets it was given.
+    pub secrets: Vec<String>,
+    /// Deadline of one call, ms.
+    pub timeout_ms: u64,
+    /// Memory cap of one call, bytes.
+    pub memory_limit: u64,
+    /// Cap on one HTTP response body, bytes.
+    pub max_response_bytes: u64,
+    /// For hooks: the events it is called for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<String>,
+}
+
+/// `Plugins` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginsReply {
+    /// Every check and hook of every app.
+    pub plugins: Vec<PluginView>,
 }

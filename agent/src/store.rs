@@ -239,6 +239,10 @@ pub enum EventKind {
     Degraded,
     /// The store was corrected to match the disk.
     Reconciled,
+    /// A rollback hook ran successfully.
+    HookRan,
+    /// A rollback hook failed (for pre-activate: vetoed the deploy).
+    HookFailed,
 }
 
 impl EventKind {
@@ -256,6 +260,8 @@ impl EventKind {
             EventKind::RolledBack => "rolled-back",
             EventKind::Degraded => "degraded",
             EventKind::Reconciled => "reconciled",
+            EventKind::HookRan => "hook-ran",
+            EventKind::HookFailed => "hook-failed",
         }
     }
 }
@@ -283,6 +289,9 @@ pub struct Event {
     pub reason: Option<String>,
     /// The check concerned, if any.
     pub check: Option<String>,
+    /// The hook concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
 }
 
 impl Event {
@@ -299,6 +308,7 @@ impl Event {
             to: None,
             reason: None,
             check: None,
+            hook: None,
         }
     }
 
@@ -326,6 +336,12 @@ impl Event {
         self.check = Some(c.into());
         self
     }
+
+    /// Sets the hook concerned.
+    pub fn hook(mut self, h: impl Into<String>) -> Self {
+        self.hook = Some(h.into());
+        self
+    }
 }
 
 /// The sled database and its trees.
@@ -335,6 +351,59 @@ pub struct Store {
     apps: sled::Tree,
     releases: sled::Tree,
     events: sled::Tree,
+    kv: sled::Tree,
+}
+
+/// One plugin entry's key-value space (tree `kv`, keys `app NUL entry NUL key`).
+#[derive(Clone)]
+pub struct KvSpace {
+    tree: sled::Tree,
+    prefix: Vec<u8>,
+}
+
+impl KvSpace {
+    fn key(&self, key: &str) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(self.key(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Stores `value` under `key` (not flushed: plugin state is best effort
+    /// between two flushes of the store).
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.tree.insert(self.key(key), value)?;
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.tree.remove(self.key(key))?;
+        Ok(())
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.tree
+            .scan_prefix(self.key(prefix))
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[self.prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// Bytes used by keys and values.
+    pub fn usage(&self) -> Result<u64> {
+        let mut total = 0u64;
+        for kv in self.tree.scan_prefix(&self.prefix) {
+            let (k, v) = kv?;
+            total += (k.len() - self.prefix.len() + v.len()) as u64;
+        }
+        Ok(total)
+    }
 }
 
 fn release_key(app: &str, version: &str) -> Vec<u8> {
@@ -376,6 +445,7 @@ impl Store {
             apps: db.open_tree("apps")?,
             releases: db.open_tree("releases")?,
             events: db.open_tree("events")?,
+            kv: db.open_tree("kv")?,
             db,
         })
     }
@@ -451,6 +521,17 @@ impl Store {
     pub fn delete_release(&self, app: &str, version: &str) -> Result<()> {
         self.releases.remove(release_key(app, version))?;
         self.flush()
+    }
+
+    /// The key-value space of one plugin entry (`check:NAME`, `hook:NAME`) of an app.
+    pub fn kv_space(&self, app: &str, entry: &str) -> KvSpace {
+        let mut prefix = app_prefix(app);
+        prefix.extend_from_slice(entry.as_bytes());
+        prefix.push(0);
+        KvSpace {
+            tree: self.kv.clone(),
+            prefix,
+        }
     }
 
     /// Appends an event durably and returns it with its id.
@@ -559,6 +640,38 @@ mod tests {
         assert_eq!(versions, ["4", "3", "2"], "newest first");
         assert!(h.windows(2).all(|w| w[0].id > w[1].id));
         assert!(h.iter().all(|e| e.app == "shop"));
+    }
+
+    #[test]
+    fn kv_spaces_are_private_and_persistent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let a = s.kv_space("shop", "check:price");
+            let b = s.kv_space("shop", "check:price2");
+            let c = s.kv_space("shop2", "check:price");
+            a.set("last", b"1").unwrap();
+            a.set("last-good", b"22").unwrap();
+            b.set("last", b"x").unwrap();
+            c.set("last", b"y").unwrap();
+            assert_eq!(a.keys("").unwrap(), ["last", "last-good"]);
+            assert_eq!(a.keys("last-").unwrap(), ["last-good"]);
+            assert_eq!(a.usage().unwrap(), 4 + 1 + 9 + 2);
+            assert_eq!(b.keys("").unwrap(), ["last"]);
+            a.delete("last").unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.kv_space("shop", "check:price");
+        assert_eq!(a.get("last").unwrap(), None);
+        assert_eq!(a.get("last-good").unwrap().unwrap(), b"22");
+        assert_eq!(
+            s.kv_space("shop2", "check:price")
+                .get("last")
+                .unwrap()
+                .unwrap(),
+            b"y"
+        );
     }
 
     #[test]

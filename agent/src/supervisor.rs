@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::AppConfig;
-use crate::plugin::{CallReport, CheckInput, Phase, Plugin, ReleaseInfo, Sandbox, Status};
+use crate::config::{AppConfig, HookEvent};
+use crate::plugin::{
+    CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo, Sandbox,
+    Status, Transition,
+};
 use crate::policy::{bake_verdict, BakeVerdict, CheckTracker, Health, Outcome};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::store::{
@@ -66,6 +69,16 @@ pub enum CommandError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A pre-activate hook refused the activation.
+    #[error("hook `{hook}` vetoed the activation of {version}: {reason}")]
+    Vetoed {
+        /// The hook.
+        hook: String,
+        /// The release that was not activated.
+        version: String,
+        /// The hook's error.
+        reason: String,
+    },
     /// The supervisor is gone (the agent is shutting down).
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -139,6 +152,18 @@ pub struct LoadedCheck {
     pub interval: Duration,
     /// Consecutive failures that make it unhealthy.
     pub fail_after: u32,
+    /// The compiled plugin.
+    pub plugin: Arc<Plugin>,
+    /// Its grants.
+    pub sandbox: Arc<Sandbox>,
+}
+
+/// A rollback hook ready to run.
+pub struct LoadedHook {
+    /// The hook's name.
+    pub name: String,
+    /// The events it is called for.
+    pub on: Vec<HookEvent>,
     /// The compiled plugin.
     pub plugin: Arc<Plugin>,
     /// Its grants.
@@ -234,6 +259,7 @@ pub struct Supervisor {
     dir: AppDir,
     store: Store,
     checks: Vec<LoadedCheck>,
+    hooks: Arc<Vec<LoadedHook>>,
     rec: AppRecord,
     /// Bumped on every activation so that results of an older watch are dropped.
     generation: u64,
@@ -272,6 +298,7 @@ impl Supervisor {
         cfg: AppConfig,
         store: Store,
         checks: Vec<LoadedCheck>,
+        hooks: Vec<LoadedHook>,
     ) -> Result<AppHandle, CommandError> {
         let (tx, rx) = mpsc::channel(16);
         let (done_tx, done_rx) = mpsc::channel(64);
@@ -283,6 +310,7 @@ impl Supervisor {
             dir,
             store,
             checks,
+            hooks: Arc::new(hooks),
             rec,
             generation: 0,
             watch: None,
@@ -630,7 +658,7 @@ impl Supervisor {
                     .check(name.clone())
                     .reason(summary);
                 self.log_err(self.store.record(ev).map(drop));
-                self.auto_rollback(&version, reason).await;
+                self.auto_rollback(&version, reason, Some(name)).await;
             }
         }
     }
@@ -759,6 +787,29 @@ impl Supervisor {
         self.store.record(ev)?;
 
         let from = self.rec.active.clone();
+        let transition = Transition {
+            app: self.cfg.name.clone(),
+            from: from.as_deref().map(|v| self.release_info(v)),
+            to: self.release_info(version.as_str()),
+            actor: actor.name.clone(),
+        };
+        if let Err((hook, why)) = self.pre_activate(&transition).await {
+            let reason = format!("vetoed by hook `{hook}`: {why}");
+            self.mark_failed(version.as_str(), &reason)?;
+            self.rec.state = prior_state;
+            self.save()?;
+            let ev = self
+                .event(actor, EventKind::DeployFailed)
+                .version(version.as_str())
+                .hook(hook.clone())
+                .reason(reason);
+            self.store.record(ev)?;
+            return Err(CommandError::Vetoed {
+                hook,
+                version: version.to_string(),
+                reason: why,
+            });
+        }
         if let Err(e) = self.activate(&version, actor.clone(), "deploy").await {
             self.rec.state = prior_state;
             self.save()?;
@@ -768,8 +819,17 @@ impl Supervisor {
         // No check runs against a release that is still starting: watch after the restart.
         self.stop_watch();
         if let Err(reason) = self.restart(version.as_str()).await {
-            return Ok(Some(self.auto_rollback(version.as_str(), reason).await));
+            return Ok(Some(
+                self.auto_rollback(version.as_str(), reason, None).await,
+            ));
         }
+        self.notify(
+            HookEvent::Activated,
+            LifecycleEvent::Activated(Transition {
+                to: self.release_info(version.as_str()),
+                ..transition
+            }),
+        );
         // The previous good release is the rollback target the checks are told about.
         let previous = self
             .rec
@@ -873,9 +933,14 @@ impl Supervisor {
     }
 
     /// Swaps back after `failed` was judged unhealthy (or failed to restart).
-    async fn auto_rollback(&mut self, failed: &str, reason: String) -> DeployOutcome {
+    async fn auto_rollback(
+        &mut self,
+        failed: &str,
+        reason: String,
+        check: Option<String>,
+    ) -> DeployOutcome {
         match self
-            .rollback_to(failed, None, reason.clone(), Actor::agent())
+            .rollback_to(failed, None, reason.clone(), Actor::agent(), check)
             .await
         {
             Ok(done) => {
@@ -914,6 +979,68 @@ impl Supervisor {
             .version(version)
             .reason(reason);
         self.log_err(self.store.record(ev).map(drop));
+        self.notify(
+            HookEvent::Degraded,
+            LifecycleEvent::Degraded {
+                app: self.cfg.name.clone(),
+                version: Some(version.to_string()),
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    /// The release as described to plugins.
+    fn release_info(&self, version: &str) -> ReleaseInfo {
+        let rec = self.store.release(self.app(), version).ok().flatten();
+        info(self.app(), rec.as_ref(), version)
+    }
+
+    /// Runs the pre-activate hooks in order; the first error (of any kind:
+    /// a hook that traps or times out also vetoes) stops the activation.
+    async fn pre_activate(&self, t: &Transition) -> Result<(), (String, String)> {
+        let event = LifecycleEvent::PreActivate(t.clone());
+        for h in self
+            .hooks
+            .iter()
+            .filter(|h| h.on.contains(&HookEvent::PreActivate))
+        {
+            let report = h.plugin.on_event(&h.sandbox, &event).await;
+            record_hook(
+                &self.store,
+                &self.cfg.name,
+                &t.to.version,
+                h,
+                HookEvent::PreActivate,
+                &report.result,
+            );
+            if let Err(e) = report.result {
+                return Err((h.name.clone(), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the hooks subscribed to `kind` about `event`, without waiting.
+    fn notify(&self, kind: HookEvent, event: LifecycleEvent) {
+        if !self.hooks.iter().any(|h| h.on.contains(&kind)) {
+            return;
+        }
+        let (hooks, store, app) = (
+            self.hooks.clone(),
+            self.store.clone(),
+            self.cfg.name.clone(),
+        );
+        let version = match &event {
+            LifecycleEvent::PreActivate(t) | LifecycleEvent::Activated(t) => t.to.version.clone(),
+            LifecycleEvent::RolledBack(r) => r.from.version.clone(),
+            LifecycleEvent::Degraded { version, .. } => version.clone().unwrap_or_default(),
+        };
+        tokio::spawn(async move {
+            for h in hooks.iter().filter(|h| h.on.contains(&kind)) {
+                let report = h.plugin.on_event(&h.sandbox, &event).await;
+                record_hook(&store, &app, &version, h, kind, &report.result);
+            }
+        });
     }
 
     async fn manual_rollback(
@@ -934,7 +1061,9 @@ impl Supervisor {
             });
         };
         let reason = reason.unwrap_or_else(|| format!("requested by {}", actor.name));
-        let done = self.rollback_to(&active, to, reason.clone(), actor).await?;
+        let done = self
+            .rollback_to(&active, to, reason.clone(), actor, None)
+            .await?;
         self.finish_waiters(DeployOutcome::RolledBack {
             to: done.to.clone(),
             reason,
@@ -949,6 +1078,7 @@ impl Supervisor {
         to: Option<Version>,
         reason: String,
         actor: Actor,
+        check: Option<String>,
     ) -> Result<RollbackDone, CommandError> {
         let target = match to {
             Some(v) if v.as_str() == failed => {
@@ -990,11 +1120,22 @@ impl Supervisor {
         }
         self.mark_failed(failed, &reason)?;
         let ev = self
-            .event(actor, EventKind::RolledBack)
+            .event(actor.clone(), EventKind::RolledBack)
             .version(failed)
             .swap(from, target.as_str())
             .reason(reason.clone());
         self.store.record(ev)?;
+        self.notify(
+            HookEvent::RolledBack,
+            LifecycleEvent::RolledBack(RollbackInfo {
+                app: self.cfg.name.clone(),
+                from: self.release_info(failed),
+                to: self.release_info(target.as_str()),
+                reason: reason.clone(),
+                check,
+                actor: actor.name,
+            }),
+        );
         tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
         self.stop_watch();
         let restarted = self.restart(target.as_str()).await;
@@ -1009,6 +1150,33 @@ impl Supervisor {
             from: Some(failed.to_string()),
             to: target.to_string(),
         })
+    }
+}
+
+/// Records a hook call in the audit log.
+fn record_hook(
+    store: &Store,
+    app: &str,
+    version: &str,
+    hook: &LoadedHook,
+    kind: HookEvent,
+    result: &Result<(), crate::plugin::CallError>,
+) {
+    let (event_kind, reason) = match result {
+        Ok(()) => (EventKind::HookRan, format!("{}: ok", kind.as_str())),
+        Err(e) => {
+            tracing::warn!(%app, hook = %hook.name, "hook failed on {}: {e}", kind.as_str());
+            (EventKind::HookFailed, format!("{}: {e}", kind.as_str()))
+        }
+    };
+    let mut ev = Event::new(app, Actor::agent(), event_kind)
+        .hook(hook.name.clone())
+        .reason(reason);
+    if !version.is_empty() {
+        ev = ev.version(version);
+    }
+    if let Err(e) = store.record(ev) {
+        tracing::error!(%app, "state store: {e}");
     }
 }
 

@@ -61,16 +61,19 @@ fn ok(status: u16) -> Answer {
 async fn probe(url: &str, allow: &[String], timeout: Duration) -> CallReport {
     let host = PluginHost::new().unwrap();
     let p = host.load(&plugin("http-probe")).unwrap();
-    let sandbox = Sandbox::new(Grants {
-        app: "shop".into(),
-        check: "health".into(),
-        allow_hosts: allow.iter().map(|a| HostRule::parse(a).unwrap()).collect(),
-        config: BTreeMap::from([("url".to_string(), url.to_string())]),
-        secrets: BTreeMap::new(),
-        timeout,
-        memory_limit: 32 << 20,
-        max_response_bytes: 1 << 20,
-    })
+    let sandbox = Sandbox::new(
+        Grants {
+            app: "shop".into(),
+            entry: "health".into(),
+            allow_hosts: allow.iter().map(|a| HostRule::parse(a).unwrap()).collect(),
+            config: BTreeMap::from([("url".to_string(), url.to_string())]),
+            secrets: BTreeMap::new(),
+            timeout,
+            memory_limit: 32 << 20,
+            max_response_bytes: 1 << 20,
+        },
+        std::sync::Arc::new(rollback_agent::plugin::MemoryKv::default()),
+    )
     .unwrap();
     let input = CheckInput {
         app: "shop".into(),

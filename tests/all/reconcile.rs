@@ -19,6 +19,7 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
         restart: None,
         restart_timeout: Duration::from_secs(5),
         checks: Vec::new(),
+        hooks: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
         app_config(&root, Duration::from_millis(300)),
         store.clone(),
         Vec::new(),
+        Vec::new(),
     )
     .unwrap();
     let rec = store.app("shop").unwrap().unwrap();
@@ -142,6 +144,7 @@ async fn releases_are_adopted_and_forgotten_to_match_the_disk() {
         app_config(&root, Duration::from_secs(60)),
         store.clone(),
         Vec::new(),
+        Vec::new(),
     )
     .unwrap();
     let rec = store.app("shop").unwrap().unwrap();
@@ -185,6 +188,7 @@ async fn a_degraded_app_stays_degraded_across_restarts() {
     let _handle = Supervisor::start(
         app_config(&root, Duration::from_millis(100)),
         store.clone(),
+        Vec::new(),
         Vec::new(),
     )
     .unwrap();

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rollback_agent::plugin::{
-    CallError, CallReport, CheckInput, Grants, Phase, Plugin, PluginError, PluginHost, ReleaseInfo,
-    Sandbox, Status, DEFAULT_MAX_RESPONSE_BYTES,
+    CallError, CallReport, CheckInput, Grants, MemoryKv, Phase, Plugin, PluginError, PluginHost,
+    ReleaseInfo, Sandbox, Status, DEFAULT_MAX_RESPONSE_BYTES,
 };
 
 const PASS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/pass.wat");
@@ -42,7 +42,7 @@ const SLACK: Duration = Duration::from_secs(2);
 fn grants(timeout: Duration) -> Grants {
     Grants {
         app: "shop".into(),
-        check: "fixture".into(),
+        entry: "fixture".into(),
         allow_hosts: Vec::new(),
         config: Default::default(),
         secrets: Default::default(),
@@ -52,8 +52,8 @@ fn grants(timeout: Duration) -> Grants {
     }
 }
 
-fn sandbox(timeout: Duration) -> Sandbox {
-    Sandbox::new(grants(timeout)).unwrap()
+fn sandbox(timeout: Duration) -> Arc<Sandbox> {
+    Sandbox::new(grants(timeout), Arc::new(MemoryKv::default())).unwrap()
 }
 
 fn input() -> CheckInput {
