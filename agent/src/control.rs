@@ -201,12 +201,7 @@ impl Control {
             method::STATUS => self.status(protocol::parameters(&call.parameters)?),
             method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
             method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
-            method::PLUGINS => {
-                let _: protocol::StatusParams = protocol::parameters(&call.parameters)?;
-                to_value(&protocol::PluginsReply {
-                    plugins: self.plugins.clone(),
-                })
-            }
+            method::PLUGINS => self.plugins(protocol::parameters(&call.parameters)?),
             method::DEPLOY => {
                 self.deploy(protocol::parameters(&call.parameters)?, actor)
                     .await
@@ -251,6 +246,19 @@ impl Control {
             });
         }
         to_value(&protocol::StatusReply { apps })
+    }
+
+    fn plugins(&self, p: protocol::StatusParams) -> Result<serde_json::Value, RemoteError> {
+        if let Some(app) = &p.app {
+            self.handle(app)?;
+        }
+        let plugins = self
+            .plugins
+            .iter()
+            .filter(|v| p.app.as_ref().is_none_or(|a| *a == v.app))
+            .cloned()
+            .collect();
+        to_value(&protocol::PluginsReply { plugins })
     }
 
     fn releases(&self, p: protocol::AppParams) -> Result<serde_json::Value, RemoteError> {

@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -17,7 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
 
-use crate::config::DEFAULT_SOCKET_PATH;
+use crate::config::{HostRule, DEFAULT_SOCKET_PATH};
+use crate::plugin::{
+    CheckInput, Grants, MemoryKv, Phase, PluginHost, ReleaseInfo, Sandbox, Status,
+};
 use crate::protocol::{self, method, Call, RemoteError, Reply};
 
 /// Exit code of a deploy that was rolled back (or left the app degraded).
@@ -38,6 +43,17 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Commands sent to the agent.
+    #[command(flatten)]
+    Agent(AgentCommand),
+    /// Work with plugin components locally (no agent needed).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// The commands that talk to a running agent.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
     /// Show each app's state, active release and last check results.
     Status {
         /// Only this app.
@@ -98,6 +114,73 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the loaded plugins, their digests and what they were granted.
+    Plugins {
+        /// Only this app's.
+        app: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `rollbackctl plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a health check once, here, and print what it reports.
+    #[command(
+        after_help = "Exit status: 0 pass or warn, 3 fail, 1 error (trap, timeout, denied host, bad plugin), 2 usage.\n\n\
+Example:\n  rollbackctl plugin test target/plugins/http-probe.wasm \\\n    --config url=http://127.0.0.1:8080/health --allow-host 127.0.0.1:8080"
+    )]
+    Test {
+        /// The component (.wasm, or .wat text).
+        plugin: PathBuf,
+        /// A config value, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+        config: Vec<(String, String)>,
+        /// A secret, KEY=VALUE (repeatable); never printed.
+        #[arg(long = "secret", value_name = "KEY=VALUE", value_parser = key_value)]
+        secret: Vec<(String, String)>,
+        /// A host the plugin may reach, HOST[:PORT] (repeatable).
+        #[arg(long = "allow-host", value_name = "HOST[:PORT]", value_parser = host_rule)]
+        allow_host: Vec<HostRule>,
+        /// Deadline of the call.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        timeout: Duration,
+        /// Memory cap of the call.
+        #[arg(long, default_value = "64MiB", value_parser = size)]
+        memory_limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn host_rule(s: &str) -> Result<HostRule, String> {
+    HostRule::parse(s)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be greater than zero".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{s}` is not a size like 64MiB ({e})"))
 }
 
 /// A connection to the agent.
@@ -211,9 +294,89 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
 
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&cli.socket).await?;
     match cli.command {
-        Command::Status { app, json } => {
+        Command::Plugin(PluginCommand::Test {
+            plugin,
+            config,
+            secret,
+            allow_host,
+            timeout,
+            memory_limit,
+            json,
+        }) => {
+            let grants = Grants {
+                app: "test".into(),
+                entry: plugin
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "plugin".into()),
+                allow_hosts: allow_host,
+                config: config.into_iter().collect(),
+                secrets: secret.into_iter().collect(),
+                timeout,
+                memory_limit,
+                max_response_bytes: crate::config::DEFAULT_MAX_RESPONSE_BYTES,
+            };
+            plugin_test(&plugin, grants, json).await
+        }
+        Command::Agent(cmd) => agent_command(&cli.socket, cmd).await,
+    }
+}
+
+async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(socket).await?;
+    match command {
+        AgentCommand::Plugins { app, json } => {
+            let (r, raw): (protocol::PluginsReply, _) = client
+                .request(method::PLUGINS, serde_json::json!({ "app": app }))
+                .await?;
+            if json {
+                print_json(&raw)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut rows = vec![[
+                "APP",
+                "KIND",
+                "NAME",
+                "SHA256",
+                "CACHED",
+                "ALLOW HOSTS",
+                "SECRETS",
+                "PLUGIN",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for p in &r.plugins {
+                let mut kind = p.kind.clone();
+                if !p.on.is_empty() {
+                    kind = format!("{kind} ({})", p.on.join(","));
+                }
+                rows.push(vec![
+                    p.app.clone(),
+                    kind,
+                    p.name.clone(),
+                    format!(
+                        "{}{}",
+                        &p.sha256[..12.min(p.sha256.len())],
+                        if p.pinned { " (pinned)" } else { "" }
+                    ),
+                    if p.cached { "yes" } else { "no" }.into(),
+                    if p.allow_hosts.is_empty() {
+                        "-".into()
+                    } else {
+                        p.allow_hosts.join(",")
+                    },
+                    if p.secrets.is_empty() {
+                        "-".into()
+                    } else {
+                        p.secrets.join(",")
+                    },
+                    p.plugin.clone(),
+                ]);
+            }
+            out(&table(&rows))?;
+        }
+        AgentCommand::Status { app, json } => {
             let (r, raw): (protocol::StatusReply, _) = client
                 .request(method::STATUS, serde_json::json!({ "app": app }))
                 .await?;
@@ -255,7 +418,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out(&table(&rows))?;
             }
         }
-        Command::Releases { app, json } => {
+        AgentCommand::Releases { app, json } => {
             let (r, raw): (protocol::ReleasesReply, _) = client
                 .request(method::RELEASES, serde_json::json!({ "app": app }))
                 .await?;
@@ -289,7 +452,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             out(&table(&rows))?;
         }
-        Command::Deploy {
+        AgentCommand::Deploy {
             app,
             source,
             version,
@@ -330,7 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             });
         }
-        Command::Rollback {
+        AgentCommand::Rollback {
             app,
             to,
             reason,
@@ -350,7 +513,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ))?;
             }
         }
-        Command::History { app, limit, json } => {
+        AgentCommand::History { app, limit, json } => {
             let params = serde_json::json!({ "app": app, "limit": limit });
             let (r, raw): (protocol::HistoryReply, _) =
                 client.request(method::HISTORY, params).await?;
@@ -383,6 +546,87 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `rollbackctl plugin test`: one call of a health check, printed.
+async fn plugin_test(path: &Path, grants: Grants, json: bool) -> anyhow::Result<ExitCode> {
+    let host = PluginHost::new()?;
+    let loaded = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || host.load(&path).map(|p| (host, p))).await?
+    };
+    let (_host, plugin) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("rollbackctl: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let sandbox = Sandbox::new(grants, Arc::new(MemoryKv::default()))?;
+    let now = crate::store::now_ms();
+    let input = CheckInput {
+        app: "test".into(),
+        check: sandbox.grants().entry.clone(),
+        active: ReleaseInfo {
+            app: "test".into(),
+            version: "0.0.0-test".into(),
+            activated_at_ms: Some(now),
+        },
+        previous: None,
+        phase: Phase::Bake,
+        now_ms: now,
+    };
+    let report = plugin.check(&sandbox, &input).await;
+    let (status, summary, metrics, code) = match &report.result {
+        Ok(r) => {
+            let (name, code) = match r.status {
+                Status::Pass => ("pass", ExitCode::SUCCESS),
+                Status::Warn => ("warn", ExitCode::SUCCESS),
+                Status::Fail => ("fail", ExitCode::from(EXIT_ROLLED_BACK)),
+            };
+            (name, r.summary.clone(), r.metrics.clone(), code)
+        }
+        Err(e) => (
+            "error",
+            e.to_string(),
+            Default::default(),
+            ExitCode::FAILURE,
+        ),
+    };
+    if json {
+        let logs: Vec<_> = report
+            .logs
+            .iter()
+            .map(|l| serde_json::json!({ "level": l.level, "message": l.message }))
+            .collect();
+        print_json(&serde_json::json!({
+            "plugin": path.display().to_string(),
+            "sha256": plugin.digest(),
+            "status": status,
+            "summary": summary,
+            "metrics": metrics,
+            "logs": logs,
+            "http_requests": report.http_requests,
+            "http_retries": report.http_retries,
+            "elapsed_ms": report.elapsed.as_secs_f64() * 1000.0,
+        }))?;
+    } else {
+        let mut text = format!("{status}: {summary}\n");
+        for (name, value) in &metrics {
+            text.push_str(&format!("  metric {name} = {value}\n"));
+        }
+        for l in &report.logs {
+            text.push_str(&format!("  log {}: {}\n", l.level, l.message));
+        }
+        text.push_str(&format!(
+            "  {} HTTP request(s), {} retried; {:.1} ms\n",
+            report.http_requests,
+            report.http_retries,
+            report.elapsed.as_secs_f64() * 1000.0
+        ));
+        out(&text)?;
+    }
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -423,12 +667,34 @@ mod tests {
             matches!(
                 cli,
                 Ok(Cli {
-                    command: Command::Deploy { wait: true, .. },
+                    command: Command::Agent(AgentCommand::Deploy { wait: true, .. }),
                     ..
                 })
             ),
             "{cli:?}"
         );
+        assert!(Cli::try_parse_from([
+            "rollbackctl",
+            "plugin",
+            "test",
+            "p.wasm",
+            "--config",
+            "url=http://x/?a=b",
+            "--allow-host",
+            "127.0.0.1:80",
+            "--timeout",
+            "2s"
+        ])
+        .is_ok());
+        for bad in [
+            ["--config", "novalue"],
+            ["--allow-host", "http://x/"],
+            ["--timeout", "0s"],
+        ] {
+            let mut args = vec!["rollbackctl", "plugin", "test", "p.wasm"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
         assert!(
             Cli::try_parse_from(["rollbackctl", "deploy", "shop", "./r"]).is_err(),
             "--version is required"
