@@ -114,6 +114,9 @@ pub struct CheckStatus {
     pub duration_ms: u64,
     /// Failures (fail or error) in a row.
     pub consecutive_failures: u32,
+    /// Runs since the release was activated.
+    #[serde(default)]
+    pub runs: u64,
     /// Metrics reported by the plugin.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,

@@ -604,6 +604,7 @@ impl Supervisor {
                 at_ms: done.at_ms,
                 duration_ms: done.report.elapsed.as_millis() as u64,
                 consecutive_failures: w.trackers[done.index].consecutive_failures(),
+                runs: w.trackers[done.index].runs(),
                 metrics,
             },
         );

@@ -6,6 +6,7 @@
 mod control;
 mod deploy;
 mod http;
+mod platform;
 mod reconcile;
 mod sandbox;
 mod support;

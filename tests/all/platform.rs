@@ -1,0 +1,264 @@
+//! The plugin platform end to end: the compiled-component cache, isolation
+//! between apps, pinning, secrets at start-up, and `rollbackctl plugin test`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn fixture(name: &str) -> String {
+    repo()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A server that answers 429 (Retry-After: 0) `throttled` times, then 200.
+fn throttled_server(throttled: u32) -> (u16, Arc<AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicU32::new(0));
+    let seen = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let reply = if n < throttled {
+                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            };
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
+fn plugin_test(args: &[&str]) -> Ctl {
+    // No agent: `plugin test` must not need the socket.
+    ctl_with(
+        Path::new("/nonexistent/agent.sock"),
+        &[&["plugin", "test"], args].concat(),
+    )
+}
+
+#[test]
+fn plugin_test_runs_a_check_locally_with_documented_exit_codes() {
+    let out = plugin_test(&[&fixture("pass.wat")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("pass: fixture ok"), "{}", out.stdout);
+    assert_eq!(plugin_test(&[&fixture("fail.wat")]).code, 3);
+    let out = plugin_test(&[&fixture("loop.wat"), "--timeout", "300ms"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("timed out"), "{}", out.stdout);
+    assert_eq!(plugin_test(&[&fixture("trap.wat")]).code, 1);
+    let out = plugin_test(&[&fixture("not-a-component.wat")]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("not-a-component.wat"), "{}", out.stderr);
+    assert_eq!(plugin_test(&[]).code, 2, "usage");
+    assert_eq!(
+        plugin_test(&[&fixture("pass.wat"), "--config", "novalue"]).code,
+        2
+    );
+
+    // The real http-probe against a server that throttles twice: retried, then pass.
+    let (port, hits) = throttled_server(2);
+    let url = format!("url=http://127.0.0.1:{port}/health");
+    let allow = format!("127.0.0.1:{port}");
+    let probe = plugin("http-probe").display().to_string();
+    let out = plugin_test(&[&probe, "--config", &url, "--allow-host", &allow, "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["status"], "pass");
+    assert_eq!(v["http_retries"], 2, "{v}");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(v["metrics"]["status_code"], 200.0);
+
+    // The same without the allow-list entry: denied before any request.
+    let before = hits.load(Ordering::SeqCst);
+    let out = plugin_test(&[&probe, "--config", &url]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("not in allow_hosts"), "{}", out.stdout);
+    assert_eq!(hits.load(Ordering::SeqCst), before);
+}
+
+fn two_apps(dir: &Path, port: u16) -> String {
+    format!(
+        r#"{shop}
+[apps.spinner]
+root = "{root}"
+bake = "1h"
+
+[[apps.spinner.checks]]
+name = "busy"
+plugin = "{busy}"
+interval = "100ms"
+timeout = "1s"
+"#,
+        shop = shop_config(port, "1h", ""),
+        root = dir.join("spinner").display(),
+        busy = fixture("loop.wat"),
+    )
+}
+
+#[test]
+fn a_hostile_plugin_does_not_slow_other_apps_and_the_cache_skips_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let spinner = dir.path().join("spinner");
+    std::fs::create_dir_all(spinner.join("releases/1")).unwrap();
+    std::os::unix::fs::symlink("releases/1", spinner.join("current")).unwrap();
+    let app = FakeApp::start(&root);
+    let config = two_apps(dir.path(), app.port);
+    let mut agent = Agent::start_in(dir, &config);
+
+    let plugins = agent.json(&["plugins"]);
+    let list = plugins["plugins"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(
+        list.iter().all(|p| p["cached"] == false),
+        "first start compiles: {plugins}"
+    );
+    assert!(list
+        .iter()
+        .all(|p| p["sha256"].as_str().unwrap().len() == 64));
+
+    // The spinner's check loops until its deadline, over and over; the shop's
+    // check (every 200 ms) must keep its pace meanwhile.
+    assert_eq!(
+        agent
+            .deploy(example_release("1.0.0").to_str().unwrap(), "1.0.0", false)
+            .code,
+        0
+    );
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let shop = agent.json(&["status", "shop"]);
+    let runs = shop["checks"]["health"]["runs"].as_u64().unwrap_or(0);
+    let elapsed = started.elapsed().as_secs_f64();
+    // One run per 200 ms would be ~20; a starved runtime would manage a few.
+    assert!(
+        runs >= 8,
+        "only {runs} shop checks in {elapsed:.1}s while another app's plugin spun"
+    );
+    assert_eq!(shop["checks"]["health"]["outcome"], "pass");
+    let busy = agent.json(&["status", "spinner"]);
+    assert_eq!(busy["checks"]["busy"]["outcome"], "error", "{busy}");
+    assert!(busy["checks"]["busy"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
+
+    // A restart loads every component from the cache.
+    assert!(agent.stop().success());
+    agent.spawn();
+    let plugins = agent.json(&["plugins"]);
+    assert!(
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["cached"] == true),
+        "second start must not compile: {plugins}"
+    );
+    assert!(
+        agent.log().contains("compiled=0"),
+        "the start-up log counts compilations"
+    );
+}
+
+fn rollbackd_once(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n{config}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(ROLLBACKD);
+    cmd.arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pins_and_secrets_are_checked_before_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &str| {
+        format!(
+            "[apps.shop]\nroot = \"{}\"\n[[apps.shop.checks]]\nname = \"h\"\nplugin = \"{}\"\n{extra}\n",
+            dir.path().join("shop").display(),
+            fixture("pass.wat")
+        )
+    };
+    let wrong = "0".repeat(64);
+    let (code, err) = rollbackd_once(dir.path(), &check(&format!("sha256 = \"{wrong}\"")), &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("pass.wat") && err.contains(&wrong) && err.contains("refusing"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("state/db").exists(),
+        "nothing written before the refusal"
+    );
+
+    let secret = "secrets = { token = \"env:ROLLBACK_TEST_TOKEN\" }";
+    let (code, err) = rollbackd_once(dir.path(), &check(secret), &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("secret `token`") && err.contains("ROLLBACK_TEST_TOKEN"),
+        "{err}"
+    );
+
+    let (code, err) = rollbackd_once(dir.path(), &check("secrets = { token = \"hunter2\" }"), &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("secrets.token") && !err.contains("hunter2"),
+        "the value is never echoed: {err}"
+    );
+
+    // The right pin and a present secret: the agent starts.
+    let digest = {
+        use sha2::Digest;
+        format!(
+            "{:x}",
+            sha2::Sha256::digest(std::fs::read(fixture("pass.wat")).unwrap())
+        )
+    };
+    let config = check(&format!("sha256 = \"{digest}\"\n{secret}"));
+    let mut agent = {
+        let tmp = tempfile::tempdir().unwrap();
+        std::env::set_var("ROLLBACK_TEST_TOKEN", "present");
+        Agent::start_in(tmp, &config)
+    };
+    let plugins = agent.json(&["plugins"]);
+    assert_eq!(plugins["plugins"][0]["pinned"], true);
+    assert_eq!(plugins["plugins"][0]["secrets"][0], "token");
+    assert!(
+        !plugins.to_string().contains("present"),
+        "secret values are never shown"
+    );
+    assert!(agent.stop().success());
+}
