@@ -2,8 +2,12 @@
 //! measured in the same run (no absolute thresholds: machines are noisy).
 //!
 //! - activation: `AppDir::activate` vs a bare symlink + rename + fsync.
+//! - trivial plugin: instantiate + call of a component that only returns
+//!   `pass` (fresh Store per call), vs a bare native async call.
 //! - plugin check: the http-probe component (fresh Store per call) vs the
 //!   same HTTP request made natively with reqwest.
+//! - plugin load: from the compiled-component cache (warm) vs compiling
+//!   (cold), for every plugin in target/plugins.
 //!
 //! Run with `make bench` (needs `make plugins` for the second one).
 
@@ -17,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use rollback_agent::config::HostRule;
 use rollback_agent::plugin::{
-    CheckInput, Grants, Phase, PluginHost, ReleaseInfo, Sandbox, DEFAULT_MAX_RESPONSE_BYTES,
+    CheckInput, Grants, HostOptions, Phase, PluginHost, ReleaseInfo, Sandbox, World,
+    DEFAULT_MAX_RESPONSE_BYTES,
 };
 use rollback_agent::release::{AppDir, Version};
 
@@ -178,11 +183,117 @@ fn plugin_check(rt: &tokio::runtime::Runtime) {
     );
 }
 
+fn input() -> CheckInput {
+    CheckInput {
+        app: "bench".into(),
+        check: "trivial".into(),
+        active: ReleaseInfo {
+            app: "bench".into(),
+            version: "1.0.0".into(),
+            activated_at_ms: None,
+        },
+        previous: None,
+        phase: Phase::Bake,
+        now_ms: 0,
+    }
+}
+
+fn sandbox() -> std::sync::Arc<Sandbox> {
+    Sandbox::new(
+        Grants {
+            app: "bench".into(),
+            entry: "trivial".into(),
+            allow_hosts: Vec::new(),
+            config: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            timeout: Duration::from_secs(5),
+            memory_limit: 64 << 20,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        },
+        std::sync::Arc::new(rollback_agent::plugin::MemoryKv::default()),
+    )
+    .unwrap()
+}
+
+#[inline(never)]
+async fn native_trivial(i: u64) -> u64 {
+    std::hint::black_box(i) + 1
+}
+
+fn trivial_call(rt: &tokio::runtime::Runtime) {
+    let wat = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pass.wat");
+    let host = PluginHost::new().unwrap();
+    let plugin = host.load(&wat).unwrap();
+    let sandbox = sandbox();
+    let input = input();
+    let rounds = 2000;
+    let (mut wasm_t, mut native_t) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for i in 0..rounds {
+            let t = Instant::now();
+            let r = plugin.check(&sandbox, &input).await;
+            wasm_t.push(t.elapsed());
+            assert!(r.result.is_ok());
+            let t = Instant::now();
+            std::hint::black_box(native_trivial(i).await);
+            native_t.push(t.elapsed());
+        }
+    });
+    report(
+        "trivial plugin call",
+        median(wasm_t),
+        median(native_t),
+        "native async call",
+    );
+}
+
+fn cache_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    let mut plugins: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    plugins.retain(|p| p.extension().is_some_and(|e| e == "wasm"));
+    plugins.sort();
+    if plugins.is_empty() {
+        println!(
+            "plugin load: skipped (no plugins in {}: run `make plugins`)",
+            dir.display()
+        );
+        return;
+    }
+    for path in plugins {
+        let cache = tempfile::tempdir().unwrap();
+        let opts = || HostOptions {
+            cache_dir: Some(cache.path().to_path_buf()),
+            max_memory: None,
+        };
+        let world = |host: &PluginHost| {
+            host.load_world(&path, World::HealthCheck, None)
+                .or_else(|_| host.load_world(&path, World::RollbackHook, None))
+                .unwrap()
+        };
+        let cold_host = PluginHost::with_options(opts()).unwrap();
+        let t = Instant::now();
+        let p = world(&cold_host);
+        let cold = t.elapsed();
+        assert!(!p.from_cache());
+        let warm_host = PluginHost::with_options(opts()).unwrap();
+        let t = Instant::now();
+        let p = world(&warm_host);
+        let warm = t.elapsed();
+        assert!(p.from_cache());
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        report(&format!("load {name} (warm)"), warm, cold, "cold (compile)");
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     activation();
+    trivial_call(&rt);
     plugin_check(&rt);
+    cache_load();
 }
