@@ -63,7 +63,13 @@ if [[ ${#crates[@]} -eq 0 ]]; then
     exit 1
 fi
 
-CARGO_TARGET_DIR="$guest_target_dir" "${guest_cargo[@]}" --workspace
+# One cargo run per plugin, not --workspace: cargo unifies the features of
+# the packages built together, so a health check would be linked with the SDK's
+# `hook` world too (and carry its types) just because a hook is a member.
+for entry in "${crates[@]}"; do
+    read -r name _ <<<"$entry"
+    CARGO_TARGET_DIR="$guest_target_dir" "${guest_cargo[@]}" -p "$name"
+done
 
 # The componentize tool (host side, root workspace, normal toolchain).
 (cd "$repo_dir" && cargo build --quiet -p componentize)

@@ -5,6 +5,7 @@
 
 mod control;
 mod deploy;
+mod fixtures_ext;
 mod http;
 mod platform;
 mod reconcile;

@@ -93,9 +93,8 @@ impl HostState {
         if self.logs.len() >= MAX_LOG_LINES || !self.sandbox.log_allowed() {
             return;
         }
-        let message = self
-            .sandbox
-            .redact(&super::truncate(message, MAX_LOG_BYTES));
+        // Redact first: a cut could leave part of a secret unrecognised.
+        let message = super::truncate(self.sandbox.redact(&message), MAX_LOG_BYTES);
         let g = self.sandbox.grants();
         let (app, entry) = (&g.app, &g.entry);
         match level {

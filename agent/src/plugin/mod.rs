@@ -890,10 +890,12 @@ impl Plugin {
         let result = match outcome {
             Err(_) => Err(CallError::Timeout(timeout)),
             Ok(Err(e)) => Err(describe_trap(&e, timeout, grants.memory_limit)),
-            Ok(Ok(Err(message))) => match returned_text(message, "an error text") {
-                Ok(m) => Err(CallError::Plugin(sandbox.redact(&m))),
-                Err(e) => Err(e),
-            },
+            Ok(Ok(Err(message))) => {
+                match returned_text(sandbox.redact(&message), "an error text") {
+                    Ok(m) => Err(CallError::Plugin(m)),
+                    Err(e) => Err(e),
+                }
+            }
             Ok(Ok(Ok(value))) => Ok(value),
         };
         let mut state = store.into_data();
@@ -939,10 +941,10 @@ impl Plugin {
             http_retries,
             elapsed,
         } = report;
-        let result = result.and_then(|r| {
-            let mut r = from_wit_result(r)?;
+        let result = result.and_then(|mut r| {
+            // Redact before `from_wit_result` truncates the summary.
             r.summary = sandbox.redact(&r.summary);
-            Ok(r)
+            from_wit_result(r)
         });
         CallReport {
             result,

@@ -22,33 +22,24 @@
 //! `invalid-request`) and a body over the host's size cap (`too-large`) are
 //! errors. Metrics (when a response arrived): `latency_ms` and `status_code`.
 
-/// Bindings generated from `wit/plugin.wit`; the export glue needs `unsafe`.
-#[allow(unsafe_code, missing_docs)]
-mod bindings {
-    wit_bindgen::generate!({
-        world: "health-check",
-        path: "../../wit",
-    });
+use std::time::Duration;
 
-    use super::HttpProbe;
-    export!(HttpProbe);
-}
-
-use bindings::rollback::plugin::config;
-use bindings::rollback::plugin::http::{self, Request};
-use bindings::rollback::plugin::log::{self, Level};
-use bindings::rollback::plugin::types::{Metric, Status};
-use bindings::{CheckContext, CheckResult, Guest};
+use rollback_plugin_sdk::check::{self, CheckContext, CheckResult, Guest};
+use rollback_plugin_sdk::config::{self, Config};
+use rollback_plugin_sdk::http::{self, Request};
+use rollback_plugin_sdk::log;
 
 /// The plugin; its `check` is the world's export.
 struct HttpProbe;
 
 impl Guest for HttpProbe {
     fn check(_ctx: CheckContext) -> Result<CheckResult, String> {
-        let probe = Probe::from_config(config::get)?;
+        let probe = Probe::from_config(&Config::host())?;
         probe.run()
     }
 }
+
+check::export_check!(HttpProbe);
 
 /// The parsed configuration of one probe.
 #[derive(Debug, PartialEq)]
@@ -61,39 +52,24 @@ struct Probe {
 }
 
 impl Probe {
-    /// Reads and validates the config through `get`.
-    fn from_config(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let url = get("url")
-            .map(|u| u.trim_ascii().to_string())
-            .filter(|u| !u.is_empty())
-            .ok_or("config `url` is required")?;
-        let method = match get("method") {
+    /// Reads and validates the config.
+    fn from_config(config: &Config) -> Result<Self, String> {
+        let url = config.required("url")?;
+        let method = match config.get("method") {
             None => "GET".to_string(),
             Some(m) if m.trim_ascii().is_empty() => {
                 return Err("config `method` must not be empty".to_string())
             }
             Some(m) => m.trim_ascii().to_ascii_uppercase(),
         };
-        let expect = match get("expect_status") {
-            None => Expect::default(),
-            Some(s) => {
-                Expect::parse(&s).map_err(|e| format!("config `expect_status` = `{s}`: {e}"))?
-            }
-        };
-        let max_latency_us = get("max_latency")
-            .map(|s| {
-                parse_duration_us(&s).map_err(|e| format!("config `max_latency` = `{s}`: {e}"))
-            })
-            .transpose()?;
-        let timeout_ms = get("timeout")
-            .map(|s| {
-                parse_duration_us(&s)
-                    .and_then(|us| {
-                        u32::try_from(us.div_ceil(1000)).map_err(|_| "too long".to_string())
-                    })
-                    .map_err(|e| format!("config `timeout` = `{s}`: {e}"))
-            })
-            .transpose()?;
+        let expect = config
+            .parse_with("expect_status", Expect::parse)?
+            .unwrap_or_default();
+        let max_latency_us = config.parse_with("max_latency", parse_duration_us)?;
+        let timeout_ms = config.parse_with("timeout", |s| {
+            parse_duration_us(s)
+                .and_then(|us| u32::try_from(us.div_ceil(1000)).map_err(|_| "too long".to_string()))
+        })?;
         Ok(Probe {
             url,
             method,
@@ -105,59 +81,35 @@ impl Probe {
 
     /// Sends the request and turns the outcome into a verdict.
     fn run(&self) -> Result<CheckResult, String> {
-        let request = Request {
-            method: self.method.clone(),
-            url: self.url.clone(),
-            headers: Vec::new(),
-            body: None,
-            timeout_ms: self.timeout_ms,
-        };
+        let mut request = Request::new(&self.method, &self.url);
+        if let Some(ms) = self.timeout_ms {
+            request = request.timeout(Duration::from_millis(u64::from(ms)));
+        }
         let target = format!("{} {}", self.method, self.url);
-        let response = match http::send(&request) {
-            Ok(response) => response,
-            Err(err) => return self.no_response(&target, err),
-        };
-        let latency = format_us(response.elapsed_us);
-        log::log(
-            Level::Debug,
-            &format!("{target} -> {} in {latency}", response.status),
-        );
-        let metrics = vec![
-            Metric {
-                name: "latency_ms".to_string(),
-                value: response.elapsed_us as f64 / 1000.0,
-            },
-            Metric {
-                name: "status_code".to_string(),
-                value: f64::from(response.status),
-            },
-        ];
-        let (status, summary) = if !self.expect.matches(response.status) {
-            (
-                Status::Fail,
-                format!("{target} -> {}, expected {}", response.status, self.expect),
-            )
+        match request.send() {
+            Ok(response) => Ok(self.judge(&target, response.status(), response.elapsed_us())),
+            Err(err) => self.no_response(&target, err),
+        }
+    }
+
+    /// The verdict on a response with `status` that took `elapsed_us`.
+    fn judge(&self, target: &str, status: u16, elapsed_us: u64) -> CheckResult {
+        let latency = format_us(elapsed_us);
+        log::debug!("{target} -> {status} in {latency}");
+        let result = if !self.expect.matches(status) {
+            CheckResult::fail(format!("{target} -> {status}, expected {}", self.expect))
         } else {
             match self.max_latency_us {
-                Some(max) if response.elapsed_us > max => (
-                    Status::Fail,
-                    format!(
-                        "{target} -> {} in {latency}, above max_latency {}",
-                        response.status,
-                        format_us(max)
-                    ),
-                ),
-                _ => (
-                    Status::Pass,
-                    format!("{target} -> {} in {latency}", response.status),
-                ),
+                Some(max) if elapsed_us > max => CheckResult::fail(format!(
+                    "{target} -> {status} in {latency}, above max_latency {}",
+                    format_us(max)
+                )),
+                _ => CheckResult::pass(format!("{target} -> {status} in {latency}")),
             }
         };
-        Ok(CheckResult {
-            status,
-            summary,
-            metrics,
-        })
+        result
+            .metric("latency_ms", elapsed_us as f64 / 1000.0)
+            .metric("status_code", f64::from(status))
     }
 
     /// The verdict when the host could not get a response: timeouts and
@@ -179,12 +131,12 @@ impl Probe {
                     "{target}: response body larger than the host cap of {cap} bytes"
                 ))
             }
+            // Not produced by `send`; kept as errors should that change.
+            err @ (http::Error::Status(..) | http::Error::Decode(_)) => {
+                return Err(format!("{target}: {err}"))
+            }
         };
-        Ok(CheckResult {
-            status: Status::Fail,
-            summary: format!("{target} failed: {reason}"),
-            metrics: Vec::new(),
-        })
+        Ok(CheckResult::fail(format!("{target} failed: {reason}")))
     }
 }
 
@@ -259,30 +211,15 @@ impl std::fmt::Display for Expect {
     }
 }
 
-/// Parses `<integer><unit>` with unit `ms`, `s` or `m` into microseconds.
+/// Parses `<integer><unit>` with unit `ms`, `s` or `m` into microseconds
+/// (the SDK's parser, without its `h`: latencies and timeouts of hours make no
+/// sense for a probe).
 fn parse_duration_us(text: &str) -> Result<u64, String> {
-    let text = text.trim_ascii();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    if number.is_empty() {
-        return Err("expected an integer and a unit ms, s or m, like 500ms".to_string());
+    if text.trim_ascii().ends_with('h') {
+        return Err("unknown unit `h`: use ms, s or m".to_string());
     }
-    let unit_us: u64 = match unit.trim_ascii() {
-        "ms" => 1_000,
-        "s" => 1_000_000,
-        "m" => 60_000_000,
-        "" => return Err("missing unit: use ms, s or m, like 500ms".to_string()),
-        other => return Err(format!("unknown unit `{other}`: use ms, s or m")),
-    };
-    let value: u64 = number.parse().map_err(|_| "number too large".to_string())?;
-    if value == 0 {
-        return Err("must be greater than zero".to_string());
-    }
-    value
-        .checked_mul(unit_us)
-        .ok_or_else(|| "too long".to_string())
+    let duration = config::parse_duration(text)?;
+    u64::try_from(duration.as_micros()).map_err(|_| "too long".to_string())
 }
 
 /// Formats microseconds as milliseconds with one decimal, e.g. `12.3ms`,
@@ -297,12 +234,7 @@ mod tests {
     use super::*;
 
     fn probe(pairs: &[(&str, &str)]) -> Result<Probe, String> {
-        Probe::from_config(|key| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
+        Probe::from_config(&Config::from_pairs(pairs))
     }
 
     #[test]
@@ -373,6 +305,44 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!((p.timeout_ms, p.method.as_str()), (Some(1500), "HEAD"));
+    }
+
+    #[test]
+    fn verdicts_and_summaries() {
+        use rollback_plugin_sdk::check::Status;
+        let p = probe(&[("url", "http://x/h"), ("max_latency", "100ms")]).expect("valid");
+        let r = p.judge("GET http://x/h", 200, 12_345);
+        assert_eq!(r.status, Status::Pass);
+        assert_eq!(r.summary, "GET http://x/h -> 200 in 12.3ms");
+        assert_eq!(r.metrics.len(), 2);
+        assert_eq!(
+            (r.metrics[0].name.as_str(), r.metrics[0].value),
+            ("latency_ms", 12.345)
+        );
+        assert_eq!(
+            (r.metrics[1].name.as_str(), r.metrics[1].value),
+            ("status_code", 200.0)
+        );
+        let r = p.judge("GET http://x/h", 503, 1_000);
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(r.summary, "GET http://x/h -> 503, expected 2xx");
+        let r = p.judge("GET http://x/h", 204, 150_000);
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(
+            r.summary,
+            "GET http://x/h -> 204 in 150.0ms, above max_latency 100.0ms"
+        );
+        let r = p
+            .no_response("GET http://x/h", http::Error::Transport("refused".into()))
+            .expect("a verdict");
+        assert_eq!(
+            (r.status, r.summary.as_str()),
+            (Status::Fail, "GET http://x/h failed: refused")
+        );
+        let err = p
+            .no_response("GET http://x/h", http::Error::Denied("x:80".into()))
+            .expect_err("config error");
+        assert_eq!(err, "GET http://x/h: denied by host: x:80");
     }
 
     #[test]

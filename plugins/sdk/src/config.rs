@@ -1,0 +1,301 @@
+//! Typed access to the plugin entry's `config` and `secrets` tables.
+//!
+//! The free functions read the host's tables; [`Config`] does the same over
+//! any lookup, so config parsing can be unit-tested natively with
+//! [`Config::from_pairs`].
+//!
+//! Values are trimmed of surrounding whitespace. [`required`] and
+//! [`optional`] treat a blank value as absent; [`parse`], [`parse_with`] and
+//! [`duration`] return `Ok(None)` only for an absent key and hand anything
+//! else to the parser. Error texts name the key and, for plain values, the
+//! value; never a secret's value.
+//!
+//! ```ignore
+//! let url = config::required("url")?;
+//! let retries: u32 = config::parse("retries")?.unwrap_or(3);
+//! let timeout = config::duration("timeout")?.unwrap_or(Duration::from_secs(5));
+//! let token = config::secret("token");
+//! ```
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
+/// A source of config values and secrets: the host's, or a fixed one for tests.
+pub struct Config<'a> {
+    values: Lookup<'a>,
+    secrets: Lookup<'a>,
+}
+
+impl Config<'static> {
+    /// The entry's tables as the host has them.
+    pub fn host() -> Self {
+        Config {
+            values: Box::new(host_get),
+            secrets: Box::new(host_secret),
+        }
+    }
+}
+
+impl<'a> Config<'a> {
+    /// Values from `lookup`, no secrets.
+    pub fn from_fn(lookup: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Config {
+            values: Box::new(lookup),
+            secrets: Box::new(|_| None),
+        }
+    }
+
+    /// Values from `(key, value)` pairs, no secrets.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Config {
+            values: Box::new(pair_lookup(pairs)),
+            secrets: Box::new(|_| None),
+        }
+    }
+
+    /// Replaces the secrets with `(name, value)` pairs.
+    #[must_use]
+    pub fn with_secrets(self, pairs: &[(&str, &str)]) -> Self {
+        Config {
+            values: self.values,
+            secrets: Box::new(pair_lookup(pairs)),
+        }
+    }
+
+    /// The raw value of `key`, untrimmed; `None` when absent.
+    pub fn get(&self, key: &str) -> Option<String> {
+        (self.values)(key)
+    }
+
+    /// The trimmed value of `key`; `None` when absent or blank.
+    pub fn optional(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The trimmed value of `key`; an error naming it when absent or blank.
+    pub fn required(&self, key: &str) -> Result<String, String> {
+        self.optional(key)
+            .ok_or_else(|| format!("config `{key}` is required"))
+    }
+
+    /// The value of `key` parsed with `parse`; `Ok(None)` when absent.
+    /// Errors read ``config `key` = `value`: <parser's error>``.
+    pub fn parse_with<T, E: Display>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<Option<T>, String> {
+        let Some(raw) = self.get(key) else {
+            return Ok(None);
+        };
+        let text = raw.trim();
+        parse(text)
+            .map(Some)
+            .map_err(|e| format!("config `{key}` = `{text}`: {e}"))
+    }
+
+    /// The value of `key` parsed with [`FromStr`] (numbers, `true`/`false`,
+    /// ...); `Ok(None)` when absent.
+    pub fn parse<T>(&self, key: &str) -> Result<Option<T>, String>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.parse_with(key, str::parse::<T>)
+    }
+
+    /// The value of `key` as a duration (see [`parse_duration`]); `Ok(None)`
+    /// when absent.
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
+        self.parse_with(key, parse_duration)
+    }
+
+    /// The trimmed secret `name`; `None` when absent or blank.
+    pub fn secret(&self, name: &str) -> Option<String> {
+        (self.secrets)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The trimmed secret `name`; an error naming it (not its value) when
+    /// absent or blank.
+    pub fn required_secret(&self, name: &str) -> Result<String, String> {
+        self.secret(name)
+            .ok_or_else(|| format!("secret `{name}` is required"))
+    }
+}
+
+fn pair_lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |key| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn host_get(key: &str) -> Option<String> {
+    crate::bindings::rollback::plugin::config::get(key)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn host_secret(name: &str) -> Option<String> {
+    crate::bindings::rollback::plugin::config::secret(name)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn host_get(_key: &str) -> Option<String> {
+    None
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn host_secret(_name: &str) -> Option<String> {
+    None
+}
+
+/// The raw value of `key` from the host, untrimmed; `None` when absent.
+pub fn get(key: &str) -> Option<String> {
+    host_get(key)
+}
+
+/// See [`Config::optional`].
+pub fn optional(key: &str) -> Option<String> {
+    Config::host().optional(key)
+}
+
+/// See [`Config::required`].
+pub fn required(key: &str) -> Result<String, String> {
+    Config::host().required(key)
+}
+
+/// See [`Config::parse`].
+pub fn parse<T>(key: &str) -> Result<Option<T>, String>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    Config::host().parse(key)
+}
+
+/// See [`Config::parse_with`].
+pub fn parse_with<T, E: Display>(
+    key: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, String> {
+    Config::host().parse_with(key, parse)
+}
+
+/// See [`Config::duration`].
+pub fn duration(key: &str) -> Result<Option<Duration>, String> {
+    Config::host().duration(key)
+}
+
+/// See [`Config::secret`].
+pub fn secret(name: &str) -> Option<String> {
+    Config::host().secret(name)
+}
+
+/// See [`Config::required_secret`].
+pub fn required_secret(name: &str) -> Result<String, String> {
+    Config::host().required_secret(name)
+}
+
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h` (`500ms`, `2s`,
+/// `1m`, `1h`; blanks around and between are allowed). Zero is rejected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err("expected an integer and a unit ms, s, m or h, like 500ms".to_string());
+    }
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err("missing unit: use ms, s, m or h, like 500ms".to_string()),
+        other => return Err(format!("unknown unit `{other}`: use ms, s, m or h")),
+    };
+    let value: u64 = number.parse().map_err(|_| "number too large".to_string())?;
+    if value == 0 {
+        return Err("must be greater than zero".to_string());
+    }
+    value
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "too long".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_and_optional() {
+        let c = Config::from_pairs(&[("url", " http://x/ "), ("blank", "  ")]);
+        assert_eq!(c.required("url"), Ok("http://x/".to_string()));
+        assert_eq!(
+            c.required("blank"),
+            Err("config `blank` is required".to_string())
+        );
+        assert_eq!(
+            c.required("nope"),
+            Err("config `nope` is required".to_string())
+        );
+        assert_eq!(c.optional("blank"), None);
+        assert_eq!(c.get("blank").as_deref(), Some("  "));
+    }
+
+    #[test]
+    fn typed_values() {
+        let c = Config::from_pairs(&[("n", " 42 "), ("bad", "x"), ("flag", "true")]);
+        assert_eq!(c.parse::<u32>("n"), Ok(Some(42)));
+        assert_eq!(c.parse::<u32>("absent"), Ok(None));
+        assert_eq!(c.parse::<bool>("flag"), Ok(Some(true)));
+        let err = c.parse::<u32>("bad").expect_err("not a number");
+        assert!(err.starts_with("config `bad` = `x`: "), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration(" 3 s "), Ok(Duration::from_secs(3)));
+        for bad in [
+            "",
+            "ms",
+            "5",
+            "5d",
+            "1.5s",
+            "-1s",
+            "0s",
+            "99999999999999999999ms",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+        let c = Config::from_pairs(&[("t", "2x")]);
+        let err = c.duration("t").expect_err("bad unit");
+        assert!(err.starts_with("config `t` = `2x`: unknown unit"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let c = Config::from_pairs(&[]).with_secrets(&[("token", " s3cret\n"), ("empty", "")]);
+        assert_eq!(c.secret("token").as_deref(), Some("s3cret"));
+        assert_eq!(c.secret("empty"), None);
+        assert_eq!(
+            c.required_secret("other"),
+            Err("secret `other` is required".to_string())
+        );
+    }
+}
