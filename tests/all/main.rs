@@ -6,8 +6,10 @@
 mod control;
 mod deploy;
 mod fixtures_ext;
+mod hooks;
 mod http;
 mod platform;
+mod python;
 mod reconcile;
 mod sandbox;
 mod support;
