@@ -18,7 +18,7 @@ plugins:
 
 ## All tests: the agent's unit and end-to-end tests (they need the built
 ## plugins) and the guest plugins' own unit tests (native target).
-test: plugins
+test: plugins python-example
 	$(CARGO) test --workspace
 	cd plugins && $(CARGO) test --workspace
 
@@ -38,3 +38,11 @@ lint:
 clean:
 	$(CARGO) clean
 	rm -rf plugins/target
+
+## ---------------------------------------------------------------------------
+## The Python health check example (examples/python-check) ->
+## target/plugins/python-check.wasm. Needs python3; installs componentize-py
+## into target/python-venv on first use.
+.PHONY: python-example
+python-example:
+	examples/python-check/build.sh

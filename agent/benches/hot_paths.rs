@@ -126,6 +126,7 @@ fn plugin_check(rt: &tokio::runtime::Runtime) {
         Grants {
             app: "bench".into(),
             entry: "health".into(),
+            plugin: "test.wasm".into(),
             allow_hosts: vec![HostRule::parse(&format!("127.0.0.1:{port}")).unwrap()],
             config: BTreeMap::from([("url".to_string(), url.clone())]),
             secrets: BTreeMap::new(),
@@ -203,6 +204,7 @@ fn sandbox() -> std::sync::Arc<Sandbox> {
         Grants {
             app: "bench".into(),
             entry: "trivial".into(),
+            plugin: "test.wasm".into(),
             allow_hosts: Vec::new(),
             config: BTreeMap::new(),
             secrets: BTreeMap::new(),

@@ -310,6 +310,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "plugin".into()),
+                plugin: plugin
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 allow_hosts: allow_host,
                 config: config.into_iter().collect(),
                 secrets: secret.into_iter().collect(),

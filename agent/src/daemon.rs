@@ -77,6 +77,12 @@ impl Compiled {
             Grants {
                 app: self.app.clone(),
                 entry: self.name.clone(),
+                plugin: self
+                    .entry
+                    .plugin
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 allow_hosts: self.entry.allow_hosts.clone(),
                 config: self.entry.config.clone(),
                 secrets: self.secrets.clone(),

@@ -117,6 +117,9 @@ pub struct CheckStatus {
     /// Runs since the release was activated.
     #[serde(default)]
     pub runs: u64,
+    /// HTTP retries (after 429/503) in the last run.
+    #[serde(default)]
+    pub http_retries: u32,
     /// Metrics reported by the plugin.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,

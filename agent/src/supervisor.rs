@@ -605,6 +605,7 @@ impl Supervisor {
                 duration_ms: done.report.elapsed.as_millis() as u64,
                 consecutive_failures: w.trackers[done.index].consecutive_failures(),
                 runs: w.trackers[done.index].runs(),
+                http_retries: done.report.http_retries,
                 metrics,
             },
         );

@@ -41,6 +41,7 @@ fn grants(secrets: BTreeMap<String, String>) -> Grants {
     Grants {
         app: "shop".into(),
         entry: "fixture".into(),
+        plugin: "test.wasm".into(),
         allow_hosts: Vec::new(),
         config: Default::default(),
         secrets,

@@ -65,6 +65,7 @@ async fn probe(url: &str, allow: &[String], timeout: Duration) -> CallReport {
         Grants {
             app: "shop".into(),
             entry: "health".into(),
+            plugin: "test.wasm".into(),
             allow_hosts: allow.iter().map(|a| HostRule::parse(a).unwrap()).collect(),
             config: BTreeMap::from([("url".to_string(), url.to_string())]),
             secrets: BTreeMap::new(),

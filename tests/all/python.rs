@@ -74,6 +74,7 @@ async fn run(plugin: &Plugin, port: u16, allow: bool, config: &[(&str, &str)]) -
     let grants = Grants {
         app: "shop".into(),
         entry: "errors".into(),
+        plugin: "python-check.wasm".into(),
         allow_hosts: if allow {
             vec![HostRule::parse(&format!("127.0.0.1:{port}")).unwrap()]
         } else {
@@ -109,7 +110,10 @@ fn plugin_error(report: CallReport) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only serialises whole tests; no other task of this test wants it.
+#[allow(clippy::await_holding_lock)]
 async fn python_check_verdicts_through_the_library() {
+    let _heavy = crate::support::cpu_heavy();
     let path = component();
     let host = PluginHost::new().unwrap();
     let plugin = tokio::task::spawn_blocking(move || host.load(&path).map(|p| (host, p)))
@@ -177,6 +181,7 @@ async fn python_check_verdicts_through_the_library() {
 
 #[test]
 fn python_check_through_rollbackctl_plugin_test() {
+    let _heavy = crate::support::cpu_heavy();
     let path = component();
     let (port, hits) = counters(200, r#"{"requests": 100, "errors": 1}"#);
     let url = format!("url=http://127.0.0.1:{port}/stats");

@@ -43,6 +43,7 @@ fn grants(timeout: Duration) -> Grants {
     Grants {
         app: "shop".into(),
         entry: "fixture".into(),
+        plugin: "test.wasm".into(),
         allow_hosts: Vec::new(),
         config: Default::default(),
         secrets: Default::default(),

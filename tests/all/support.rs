@@ -11,6 +11,15 @@ use std::time::{Duration, Instant};
 pub const ROLLBACKD: &str = env!("CARGO_BIN_EXE_rollbackd");
 pub const ROLLBACKCTL: &str = env!("CARGO_BIN_EXE_rollbackctl");
 
+/// Held by tests that load the CPU for long (compiling an 18 MB component)
+/// and by tests that measure pace, so that the two never overlap.
+pub static CPU_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes `CPU_HEAVY`, even if a previous holder panicked.
+pub fn cpu_heavy() -> std::sync::MutexGuard<'static, ()> {
+    CPU_HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

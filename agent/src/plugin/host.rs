@@ -96,13 +96,13 @@ impl HostState {
         // Redact first: a cut could leave part of a secret unrecognised.
         let message = super::truncate(self.sandbox.redact(&message), MAX_LOG_BYTES);
         let g = self.sandbox.grants();
-        let (app, entry) = (&g.app, &g.entry);
+        let (app, entry, plugin) = (&g.app, &g.entry, &g.plugin);
         match level {
-            "trace" => tracing::trace!(app = %app, entry = %entry, "plugin: {message}"),
-            "debug" => tracing::debug!(app = %app, entry = %entry, "plugin: {message}"),
-            "info" => tracing::info!(app = %app, entry = %entry, "plugin: {message}"),
-            "warn" => tracing::warn!(app = %app, entry = %entry, "plugin: {message}"),
-            _ => tracing::error!(app = %app, entry = %entry, "plugin: {message}"),
+            "trace" => tracing::trace!(%app, %entry, %plugin, "plugin: {message}"),
+            "debug" => tracing::debug!(%app, %entry, %plugin, "plugin: {message}"),
+            "info" => tracing::info!(%app, %entry, %plugin, "plugin: {message}"),
+            "warn" => tracing::warn!(%app, %entry, %plugin, "plugin: {message}"),
+            _ => tracing::error!(%app, %entry, %plugin, "plugin: {message}"),
         }
         self.logs.push(LogLine { level, message });
     }

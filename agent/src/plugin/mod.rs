@@ -285,6 +285,8 @@ pub struct Grants {
     pub app: String,
     /// The check's or hook's name (for logs).
     pub entry: String,
+    /// The plugin's file name (for logs).
+    pub plugin: String,
     /// Hosts reachable over HTTP.
     pub allow_hosts: Vec<HostRule>,
     /// Plain config values.
