@@ -2,7 +2,6 @@
 //! the parsed URL, redirects re-checked, deadlines, body cap.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -11,52 +10,7 @@ use rollback_agent::plugin::{
     CallError, CallReport, CheckInput, Grants, Phase, PluginHost, ReleaseInfo, Sandbox, Status,
 };
 
-use crate::support::plugin;
-
-/// What the fake server answers: status, extra headers, body, delay before answering.
-type Answer = (u16, Vec<(String, String)>, Vec<u8>, Duration);
-
-/// Serves every request on 127.0.0.1 with `answer(path)`; returns the port.
-fn server(answer: impl Fn(&str) -> Answer + Send + Sync + 'static) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let answer = std::sync::Arc::new(answer);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let answer = answer.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap_or(0);
-                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
-                }
-                let (status, headers, body, delay) = answer(&path);
-                std::thread::sleep(delay);
-                let mut head = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    head.push_str(&format!("{k}: {v}\r\n"));
-                }
-                head.push_str("\r\n");
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(&body);
-            });
-        }
-    });
-    port
-}
-
-fn ok(status: u16) -> Answer {
-    (status, vec![], b"{}".to_vec(), Duration::ZERO)
-}
+use crate::support::{http_server, plugin, HttpReply};
 
 async fn probe(url: &str, allow: &[String], timeout: Duration) -> CallReport {
     let host = PluginHost::new().unwrap();
@@ -95,7 +49,8 @@ const T: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_codes_decide_and_latency_is_measured() {
-    let port = server(|path| if path == "/health" { ok(200) } else { ok(503) });
+    let port =
+        http_server(|req| HttpReply::new(if req.path == "/health" { 200 } else { 503 }, "{}"));
     let allow = [format!("127.0.0.1:{port}")];
     let r = probe(&format!("http://127.0.0.1:{port}/health"), &allow, T).await;
     let result = r.result.unwrap();
@@ -116,9 +71,9 @@ async fn status_codes_decide_and_latency_is_measured() {
 async fn hosts_off_the_allow_list_are_refused_before_any_request() {
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let seen = hits.clone();
-    let port = server(move |_| {
+    let port = http_server(move |_| {
         seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        ok(200)
+        HttpReply::new(200, "{}")
     });
     // Same host, other port; other host, same port; a look-alike name.
     for allow in [
@@ -158,14 +113,14 @@ async fn hosts_off_the_allow_list_are_refused_before_any_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_checked_against_the_allow_list() {
-    let target = server(|_| ok(200));
-    let redirector = server(move |path| {
-        let to = if path == "/outside" {
+    let target = http_server(|_| HttpReply::new(200, "{}"));
+    let redirector = http_server(move |req| {
+        let to = if req.path == "/outside" {
             format!("http://localhost:{target}/")
         } else {
             format!("http://127.0.0.1:{target}/")
         };
-        (302, vec![("location".into(), to)], vec![], Duration::ZERO)
+        HttpReply::new(302, "").header("location", &to)
     });
     let allow = [
         format!("127.0.0.1:{redirector}"),
@@ -189,7 +144,7 @@ async fn redirects_are_checked_against_the_allow_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_servers_end_at_the_deadline() {
-    let port = server(|_| (200, vec![], vec![], Duration::from_secs(20)));
+    let port = http_server(|_| HttpReply::new(200, "").delay(Duration::from_secs(20)));
     let timeout = Duration::from_millis(700);
     let started = Instant::now();
     let r = probe(
@@ -216,7 +171,7 @@ async fn slow_servers_end_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_and_dead_servers() {
-    let port = server(|_| (200, vec![], vec![b'x'; 2 << 20], Duration::ZERO));
+    let port = http_server(|_| HttpReply::new(200, vec![b'x'; 2 << 20]));
     let r = probe(
         &format!("http://127.0.0.1:{port}/"),
         &[format!("127.0.0.1:{port}")],

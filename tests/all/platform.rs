@@ -1,8 +1,6 @@
 //! The plugin platform end to end: the compiled-component cache, isolation
 //! between apps, pinning, secrets at start-up, and `rollbackctl plugin test`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,27 +19,13 @@ fn fixture(name: &str) -> String {
 
 /// A server that answers 429 (Retry-After: 0) `throttled` times, then 200.
 fn throttled_server(throttled: u32) -> (u16, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicU32::new(0));
     let seen = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            let reply = if n < throttled {
-                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            } else {
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            };
-            let _ = stream.write_all(reply.as_bytes());
+    let port = http_server(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) < throttled {
+            HttpReply::new(429, "").header("retry-after", "0")
+        } else {
+            HttpReply::new(200, "ok")
         }
     });
     (port, hits)

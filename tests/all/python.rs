@@ -6,7 +6,6 @@
 //! CLI has no compiled-component cache), so the cases run through the library
 //! on one compiled copy and one case goes through `rollbackctl plugin test`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,27 +34,12 @@ fn component() -> PathBuf {
 /// A server answering every request with `status` and the JSON `body`;
 /// returns its port and how many requests it has seen.
 fn counters(status: u16, body: &str) -> (u16, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicU32::new(0));
     let seen = hits.clone();
-    let reply = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            seen.fetch_add(1, Ordering::SeqCst);
-            let _ = stream.write_all(reply.as_bytes());
-        }
+    let reply = HttpReply::json(status, body);
+    let port = http_server(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        reply.clone()
     });
     (port, hits)
 }

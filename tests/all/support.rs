@@ -4,7 +4,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,9 +38,147 @@ pub fn plugin(name: &str) -> PathBuf {
     p
 }
 
+/// A hand-written component in tests/fixtures.
+pub fn fixture(name: &str) -> String {
+    repo()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 /// A release of the quick-start example app.
 pub fn example_release(version: &str) -> PathBuf {
     repo().join("examples/quickstart/releases").join(version)
+}
+
+/// One request as the test server read it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the test server answers: status, extra headers, body, and a delay
+/// before answering.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    delay: Duration,
+}
+
+impl HttpReply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        HttpReply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A reply with `content-type: application/json`.
+    pub fn json(status: u16, body: &str) -> Self {
+        HttpReply::new(status, body).header("content-type", "application/json")
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// Serves on 127.0.0.1 (one thread per connection, `connection: close`,
+/// reads the request line, headers and a content-length body), answering
+/// each request with `handler`; returns the port.
+pub fn http_server(handler: impl Fn(&HttpRequest) -> HttpReply + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let handler = handler.clone();
+            std::thread::spawn(move || answer(stream, &*handler));
+        }
+    });
+    port
+}
+
+fn answer(mut stream: TcpStream, handler: &dyn Fn(&HttpRequest) -> HttpReply) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Some(request) = read_request(&stream) else {
+        return;
+    };
+    let reply = handler(&request);
+    std::thread::sleep(reply.delay);
+    let mut out = format!(
+        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+        reply.status,
+        reply.body.len()
+    );
+    for (k, v) in &reply.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&reply.body);
+    // One write, so the reply does not wait on Nagle and a delayed ACK.
+    let _ = stream.write_all(&out);
+}
+
+fn read_request(stream: &TcpStream) -> Option<HttpRequest> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let path = words.next().unwrap_or("/").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let mut request = HttpRequest {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+    };
+    let length = request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    request.body = vec![0; length];
+    let _ = reader.read_exact(&mut request.body);
+    Some(request)
 }
 
 /// A fake of the example app: serves `GET /health` with the status code in
@@ -49,63 +186,22 @@ pub fn example_release(version: &str) -> PathBuf {
 /// the answer follows whatever release `current` points at.
 pub struct FakeApp {
     pub port: u16,
-    stop: Arc<AtomicBool>,
 }
 
 impl FakeApp {
     pub fn start(root: &Path) -> FakeApp {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let root = root.to_path_buf();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => serve(stream, &root),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        let release = root.join("current/release.json");
+        let port = http_server(move |_| {
+            let text = std::fs::read_to_string(&release).unwrap_or_default();
+            let status = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["health"].as_u64())
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(503);
+            HttpReply::json(status, &format!("{{\"health\":{status}}}"))
         });
-        FakeApp { port, stop }
+        FakeApp { port }
     }
-}
-
-impl Drop for FakeApp {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve(mut stream: TcpStream, root: &Path) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    // Drain the headers.
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-    }
-    let release = std::fs::read_to_string(root.join("current/release.json")).unwrap_or_default();
-    let status = serde_json::from_str::<serde_json::Value>(&release)
-        .ok()
-        .and_then(|v| v["health"].as_u64())
-        .unwrap_or(503);
-    let body = format!("{{\"health\":{status}}}");
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
 }
 
 /// A `rollbackd` running on a config in its own temp dir; killed on drop.
