@@ -6,14 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn fixture(name: &str) -> String {
-    repo()
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 /// A webhook receiver on 127.0.0.1: records (headers, body) of each POST.
 struct Receiver {
     port: u16,

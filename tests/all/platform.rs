@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn fixture(name: &str) -> String {
-    repo()
-        .join("tests/fixtures")
-        .join(name)
-        .display()
-        .to_string()
-}
-
 /// A server that answers 429 (Retry-After: 0) `throttled` times, then 200.
 fn throttled_server(throttled: u32) -> (u16, Arc<AtomicU32>) {
     let hits = Arc::new(AtomicU32::new(0));
