@@ -28,6 +28,8 @@ const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_FAIL_AFTER: u32 = 3;
+const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+const MIN_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default memory cap of one plugin call.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const MAX_MEMORY_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
@@ -56,10 +58,12 @@ pub enum ConfigError {
         message: String,
     },
     /// The TOML parsed but a value is not acceptable.
-    #[error("invalid config {path}: {key}: {message}")]
+    #[error("invalid config {}{}: {key}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Invalid {
         /// The config file.
         path: PathBuf,
+        /// The line of the key, where it can be found.
+        line: Option<usize>,
         /// Dotted key path, e.g. `apps.shop.checks[0].fail_after`.
         key: String,
         /// What is wrong with it.
@@ -85,6 +89,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The control socket path.
     pub socket: PathBuf,
+    /// How long events are kept (at least 30 days).
+    pub history_retention: Duration,
 }
 
 /// One `[apps.NAME]` table.
@@ -105,6 +111,55 @@ pub struct AppConfig {
     pub checks: Vec<CheckConfig>,
     /// Rollback hooks, in config order.
     pub hooks: Vec<HookConfig>,
+    /// State files copied before each activation and restored on rollback.
+    pub snapshot: Vec<PathBuf>,
+    /// Most releases kept on disk (older ones are pruned), if set.
+    pub keep_releases: Option<usize>,
+    /// Whether critical check failures after the bake also roll back.
+    pub auto_rollback: AutoRollback,
+    /// Deploy releases dropped into `releases/` (with `.ready`) or `incoming/`.
+    pub watch: bool,
+}
+
+/// What a critical check failure after the bake does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoRollback {
+    /// Only during the bake; afterwards it records and alerts.
+    Bake,
+    /// During the bake and afterwards.
+    Always,
+}
+
+/// How a check's failures are counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailureRule {
+    /// This many failed runs in a row.
+    Consecutive(u32),
+    /// More than this share of the runs within `window` failed.
+    Ratio {
+        /// 0 < ratio <= 1.
+        ratio: f64,
+        /// The sliding window.
+        window: Duration,
+    },
+}
+
+/// What an unhealthy check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Rolls back (during the bake, or always with `auto_rollback = "always"`).
+    Critical,
+    /// Only records and alerts.
+    Warning,
+}
+
+/// How plugin errors (trap, timeout, bad output) count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// As failures.
+    Fail,
+    /// Not at all (neither healthy nor failing).
+    Ignore,
 }
 
 /// What every plugin entry (check or hook) has: the component, its grants
@@ -169,8 +224,14 @@ pub struct CheckConfig {
     pub name: String,
     /// Time between two runs.
     pub interval: Duration,
-    /// Consecutive failures that make the check unhealthy.
+    /// Consecutive failures that make the check unhealthy (with `Consecutive`).
     pub fail_after: u32,
+    /// How failures are counted.
+    pub rule: FailureRule,
+    /// What an unhealthy check does.
+    pub severity: Severity,
+    /// How plugin errors count.
+    pub on_error: OnError,
     /// The plugin, its grants and limits.
     pub entry: PluginEntry,
 }
@@ -332,6 +393,7 @@ struct RawConfig {
 struct RawAgent {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    history_retention: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +407,11 @@ struct RawApp {
     checks: Vec<RawCheck>,
     #[serde(default)]
     hooks: Vec<RawHook>,
+    #[serde(default)]
+    snapshot: Vec<PathBuf>,
+    keep_releases: Option<i64>,
+    auto_rollback: Option<String>,
+    watch: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -353,6 +420,10 @@ struct RawCheck {
     name: String,
     interval: Option<String>,
     fail_after: Option<i64>,
+    failure_ratio: Option<f64>,
+    window: Option<String>,
+    severity: Option<String>,
+    on_error: Option<String>,
     plugin: PathBuf,
     sha256: Option<String>,
     timeout: Option<String>,
@@ -448,8 +519,64 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let v = Validator { path, base: &base };
-        v.config(raw)
+        v.config(raw).map_err(|e| match e {
+            ConfigError::Invalid {
+                path,
+                line: None,
+                key,
+                message,
+            } => ConfigError::Invalid {
+                line: locate(text, &key),
+                path,
+                key,
+                message,
+            },
+            other => other,
+        })
     }
+}
+
+/// The 1-based line where the dotted `key` (e.g. `apps.shop.checks[1].bake`)
+/// is written, or of its nearest written ancestor. Best effort: a plain scan
+/// of table headers and `key =` lines, enough for error messages.
+fn locate(text: &str, key: &str) -> Option<usize> {
+    let mut header = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(usize, usize)> = None;
+    let unquote = |p: &str| p.trim().trim_matches('"').to_string();
+    let mut consider = |path: &str, line: usize| {
+        let matches = key == path
+            || key.starts_with(&format!("{path}."))
+            || key.starts_with(&format!("{path}["));
+        if matches && best.is_none_or(|(len, _)| path.len() > len) {
+            best = Some((path.len(), line));
+        }
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(inner) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let name: Vec<String> = inner.split('.').map(unquote).collect();
+            let name = name.join(".");
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            header = format!("{name}[{n}]");
+            consider(&header, i + 1);
+        } else if let Some(inner) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            header = inner.split('.').map(unquote).collect::<Vec<_>>().join(".");
+            consider(&header, i + 1);
+        } else if let Some((k, _)) = line.split_once('=') {
+            let k = unquote(k);
+            let path = if header.is_empty() {
+                k
+            } else {
+                format!("{header}.{k}")
+            };
+            consider(&path, i + 1);
+        }
+    }
+    best.map(|(_, line)| line)
 }
 
 struct Validator<'a> {
@@ -461,6 +588,7 @@ impl Validator<'_> {
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
+            line: None,
             key: key.into(),
             message: message.into(),
         }
@@ -494,6 +622,17 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let history_retention = self.duration(
+            "agent.history_retention",
+            raw.agent.history_retention.clone(),
+            DEFAULT_HISTORY_RETENTION,
+        )?;
+        if history_retention < MIN_HISTORY_RETENTION {
+            return Err(self.err(
+                "agent.history_retention",
+                "must be at least 30d: events are kept at least 30 days",
+            ));
+        }
         let agent = AgentConfig {
             state_dir: self.resolve(
                 raw.agent
@@ -507,6 +646,7 @@ impl Validator<'_> {
                     .as_deref()
                     .unwrap_or(Path::new(DEFAULT_SOCKET_PATH)),
             ),
+            history_retention,
         };
         let mut apps = BTreeMap::new();
         let mut roots = BTreeMap::<PathBuf, String>::new();
@@ -592,6 +732,28 @@ impl Validator<'_> {
             )?,
             checks,
             hooks,
+            snapshot: raw.snapshot.iter().map(|p| self.resolve(p)).collect(),
+            keep_releases: match raw.keep_releases {
+                None => None,
+                Some(n) if (1..=10_000).contains(&n) => Some(n as usize),
+                Some(n) => {
+                    return Err(self.err(
+                        format!("{key}.keep_releases"),
+                        format!("{n} is out of range 1..=10000"),
+                    ))
+                }
+            },
+            auto_rollback: match raw.auto_rollback.as_deref() {
+                None | Some("bake") => AutoRollback::Bake,
+                Some("always") => AutoRollback::Always,
+                Some(other) => {
+                    return Err(self.err(
+                        format!("{key}.auto_rollback"),
+                        format!("`{other}` is not \"bake\" or \"always\""),
+                    ))
+                }
+            },
+            watch: raw.watch.unwrap_or(false),
         })
     }
 
@@ -613,10 +775,68 @@ impl Validator<'_> {
             }
         };
         let interval = self.duration(&format!("{key}.interval"), raw.interval, DEFAULT_INTERVAL)?;
+        let rule = match (raw.failure_ratio, raw.window) {
+            (None, None) => FailureRule::Consecutive(fail_after),
+            (Some(_), _) if raw.fail_after.is_some() => {
+                return Err(self.err(
+                    format!("{key}.failure_ratio"),
+                    "use fail_after or failure_ratio, not both",
+                ))
+            }
+            (Some(ratio), window) => {
+                if !(ratio > 0.0 && ratio <= 1.0) {
+                    return Err(self.err(
+                        format!("{key}.failure_ratio"),
+                        format!("{ratio} is not in (0, 1]"),
+                    ));
+                }
+                let window = window.ok_or_else(|| {
+                    self.err(
+                        format!("{key}.window"),
+                        "failure_ratio needs a window, e.g. \"5m\"",
+                    )
+                })?;
+                let window =
+                    self.duration(&format!("{key}.window"), Some(window), DEFAULT_INTERVAL)?;
+                if window < interval {
+                    return Err(self.err(
+                        format!("{key}.window"),
+                        "must be at least one interval long",
+                    ));
+                }
+                FailureRule::Ratio { ratio, window }
+            }
+            (None, Some(_)) => {
+                return Err(self.err(format!("{key}.window"), "window goes with failure_ratio"))
+            }
+        };
+        let severity = match raw.severity.as_deref() {
+            None | Some("critical") => Severity::Critical,
+            Some("warning") => Severity::Warning,
+            Some(other) => {
+                return Err(self.err(
+                    format!("{key}.severity"),
+                    format!("`{other}` is not \"critical\" or \"warning\""),
+                ))
+            }
+        };
+        let on_error = match raw.on_error.as_deref() {
+            None | Some("fail") => OnError::Fail,
+            Some("ignore") => OnError::Ignore,
+            Some(other) => {
+                return Err(self.err(
+                    format!("{key}.on_error"),
+                    format!("`{other}` is not \"fail\" or \"ignore\""),
+                ))
+            }
+        };
         Ok(CheckConfig {
             name: raw.name,
             interval,
             fail_after,
+            rule,
+            severity,
+            on_error,
             entry: self.entry(key, raw_entry!(raw))?,
         })
     }
@@ -853,6 +1073,23 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
         );
     }
 
+    #[test]
+    fn validation_errors_name_the_line() {
+        let text = "[agent]\nsocket = \"/s\"\n\n[apps.shop]\nroot = \"/srv\"\n\n[[apps.shop.checks]]\nname = \"a\"\nplugin = \"p\"\n\n[[apps.shop.checks]]\nname = \"b\"\nplugin = \"p\"\nfail_after = 0\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("line 14") && err.contains("apps.shop.checks[1].fail_after"),
+            "{err}"
+        );
+        assert_eq!(locate(text, "apps.shop.checks[0].name"), Some(8));
+        assert_eq!(
+            locate(text, "apps.shop.bake"),
+            Some(4),
+            "an absent key points at its table"
+        );
+        assert_eq!(locate("[apps.\"a/b\"]\nroot = 1\n", "apps.a/b"), Some(1));
+    }
+
     fn invalid_key(text: &str) -> String {
         match parse(text).unwrap_err() {
             ConfigError::Invalid { key, .. } => key,
@@ -905,6 +1142,77 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
             invalid_key("[apps.a]\nroot = \"/x\"\n[apps.b]\nroot = \"/x\"\n"),
             "apps.b.root"
         );
+    }
+
+    #[test]
+    fn lifecycle_options() {
+        let c = parse(
+            "[agent]\nhistory_retention = \"45d\"\n[apps.a]\nroot = \"/a\"\nsnapshot = [\"state.db\"]\nkeep_releases = 4\nauto_rollback = \"always\"\nwatch = true\n[[apps.a.checks]]\nname = \"e\"\nplugin = \"p.wasm\"\nfailure_ratio = 0.05\nwindow = \"5m\"\nseverity = \"warning\"\non_error = \"ignore\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.history_retention, Duration::from_secs(45 * 86400));
+        let a = &c.apps["a"];
+        assert_eq!(a.snapshot, [Path::new("/etc/rollback-agent/state.db")]);
+        assert_eq!(a.keep_releases, Some(4));
+        assert_eq!(a.auto_rollback, AutoRollback::Always);
+        assert!(a.watch);
+        let ch = &a.checks[0];
+        assert_eq!(
+            ch.rule,
+            FailureRule::Ratio {
+                ratio: 0.05,
+                window: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(ch.severity, Severity::Warning);
+        assert_eq!(ch.on_error, OnError::Ignore);
+        let d = parse(
+            "[apps.a]\nroot = \"/a\"\n[[apps.a.checks]]\nname = \"e\"\nplugin = \"p.wasm\"\n",
+        )
+        .unwrap();
+        assert_eq!(d.apps["a"].auto_rollback, AutoRollback::Bake);
+        assert_eq!(d.apps["a"].checks[0].rule, FailureRule::Consecutive(3));
+        assert_eq!(d.apps["a"].checks[0].severity, Severity::Critical);
+        assert_eq!(d.agent.history_retention, DEFAULT_HISTORY_RETENTION);
+
+        assert_eq!(
+            invalid_key("[agent]\nhistory_retention = \"7d\"\n"),
+            "agent.history_retention"
+        );
+        let base = "[apps.a]\nroot = \"/a\"\n";
+        assert_eq!(
+            invalid_key(&format!("{base}keep_releases = 0\n")),
+            "apps.a.keep_releases"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}auto_rollback = \"never\"\n")),
+            "apps.a.auto_rollback"
+        );
+        let check = "[[apps.a.checks]]\nname = \"e\"\nplugin = \"p.wasm\"\n";
+        for (extra, key) in [
+            (
+                "failure_ratio = 1.5\nwindow = \"5m\"",
+                "apps.a.checks[0].failure_ratio",
+            ),
+            ("failure_ratio = 0.1", "apps.a.checks[0].window"),
+            ("window = \"5m\"", "apps.a.checks[0].window"),
+            (
+                "failure_ratio = 0.1\nwindow = \"5m\"\nfail_after = 2",
+                "apps.a.checks[0].failure_ratio",
+            ),
+            (
+                "failure_ratio = 0.1\nwindow = \"1s\"",
+                "apps.a.checks[0].window",
+            ),
+            ("severity = \"fatal\"", "apps.a.checks[0].severity"),
+            ("on_error = \"retry\"", "apps.a.checks[0].on_error"),
+        ] {
+            assert_eq!(
+                invalid_key(&format!("{base}{check}{extra}\n")),
+                key,
+                "{extra}"
+            );
+        }
     }
 
     #[test]

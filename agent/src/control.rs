@@ -104,6 +104,7 @@ fn command_error(e: CommandError) -> RemoteError {
         CommandError::Store(_) => error::INTERNAL,
         CommandError::ShuttingDown => error::SHUTTING_DOWN,
         CommandError::Vetoed { .. } => error::VETOED,
+        CommandError::NothingActive { .. } => error::NO_ACTIVE_RELEASE,
     };
     RemoteError::new(name, e.to_string())
 }
@@ -202,6 +203,59 @@ impl Control {
             method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
             method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
             method::PLUGINS => self.plugins(protocol::parameters(&call.parameters)?),
+            method::ACTIVATE => {
+                let p: protocol::ActivateParams = protocol::parameters(&call.parameters)?;
+                let handle = self.handle(&p.app)?;
+                let version = Version::parse(&p.version)
+                    .map_err(|e| RemoteError::invalid_parameter("version", e.to_string()))?;
+                let done = handle
+                    .activate(version, actor.clone())
+                    .await
+                    .map_err(command_error)?;
+                to_value(&protocol::RollbackReply {
+                    app: p.app,
+                    from: done.from,
+                    to: done.to,
+                })
+            }
+            method::PAUSE | method::RESUME => {
+                let p: protocol::AppOnly = protocol::parameters(&call.parameters)?;
+                let paused = call.method == method::PAUSE;
+                self.handle(&p.app)?
+                    .set_paused(paused, actor.clone())
+                    .await
+                    .map_err(command_error)?;
+                to_value(&protocol::PauseReply { app: p.app, paused })
+            }
+            method::CHECK => {
+                let p: protocol::AppOnly = protocol::parameters(&call.parameters)?;
+                let runs = self
+                    .handle(&p.app)?
+                    .check_now()
+                    .await
+                    .map_err(command_error)?;
+                let version = self
+                    .store
+                    .app(&p.app)
+                    .map_err(internal)?
+                    .and_then(|a| a.active);
+                let checks = runs
+                    .into_iter()
+                    .map(|r| protocol::CheckRunView {
+                        name: r.name,
+                        severity: r.severity.to_string(),
+                        outcome: r.outcome,
+                        summary: r.summary,
+                        metrics: r.metrics,
+                        duration_ms: r.duration_ms,
+                    })
+                    .collect();
+                to_value(&protocol::CheckReply {
+                    app: p.app,
+                    version,
+                    checks,
+                })
+            }
             method::DEPLOY => {
                 self.deploy(protocol::parameters(&call.parameters)?, actor)
                     .await

@@ -6,7 +6,9 @@
 //! 2 usage, 3 a deploy that was rolled back or left the app degraded.
 //!
 //! Must never touch the agent's files or store: everything goes through the
-//! socket, and it shares only `protocol` with the server.
+//! socket, and it shares only `protocol` with the server. The one command
+//! that needs no agent, `plugin test`, runs a component with the `plugin`
+//! module directly.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -110,6 +112,38 @@ pub enum AgentCommand {
         /// At most this many events.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch to an existing release now, without a bake (the emergency path);
+    /// clears `degraded`.
+    Activate {
+        /// The app.
+        app: String,
+        /// The release to activate.
+        version: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze automatic actions (checks keep running and recording).
+    Pause {
+        /// The app.
+        app: String,
+    },
+    /// Resume automatic actions.
+    Resume {
+        /// The app.
+        app: String,
+    },
+    /// Run the app's checks now and print the results (nothing is decided).
+    #[command(
+        after_help = "Exit status: 0 every critical check passed (or warned), 3 a critical check failed or errored, 1 error."
+    )]
+    Check {
+        /// The app.
+        app: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -269,6 +303,7 @@ fn table(rows: &[Vec<String>]) -> String {
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
+            let cell = &cell.replace(['\n', '\r'], " ");
             if c + 1 == row.len() {
                 line.push_str(cell);
             } else {
@@ -330,6 +365,66 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(socket).await?;
     match command {
+        AgentCommand::Activate { app, version, json } => {
+            let (r, raw): (protocol::RollbackReply, _) = client
+                .request(
+                    method::ACTIVATE,
+                    serde_json::json!({ "app": app, "version": version }),
+                )
+                .await?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                out(&format!(
+                    "{}: activated {} (was {})\n",
+                    r.app,
+                    r.to,
+                    opt(&r.from)
+                ))?;
+            }
+        }
+        AgentCommand::Pause { app } => {
+            let (r, _): (protocol::PauseReply, _) = client
+                .request(method::PAUSE, serde_json::json!({ "app": app }))
+                .await?;
+            out(&format!("{}: automatic actions paused\n", r.app))?;
+        }
+        AgentCommand::Resume { app } => {
+            let (r, _): (protocol::PauseReply, _) = client
+                .request(method::RESUME, serde_json::json!({ "app": app }))
+                .await?;
+            out(&format!("{}: automatic actions resumed\n", r.app))?;
+        }
+        AgentCommand::Check { app, json } => {
+            let (r, raw): (protocol::CheckReply, _) = client
+                .request(method::CHECK, serde_json::json!({ "app": app }))
+                .await?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                let mut rows = vec![["CHECK", "SEVERITY", "RESULT", "TIME", "SUMMARY"]
+                    .map(String::from)
+                    .to_vec()];
+                for c in &r.checks {
+                    rows.push(vec![
+                        c.name.clone(),
+                        c.severity.clone(),
+                        c.outcome.clone(),
+                        format!("{} ms", c.duration_ms),
+                        c.summary.clone(),
+                    ]);
+                }
+                out(&table(&rows))?;
+            }
+            let bad = r.checks.iter().any(|c| {
+                c.severity == "critical" && matches!(c.outcome.as_str(), "fail" | "error")
+            });
+            return Ok(if bad {
+                ExitCode::from(EXIT_ROLLED_BACK)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
         AgentCommand::Plugins { app, json } => {
             let (r, raw): (protocol::PluginsReply, _) = client
                 .request(method::PLUGINS, serde_json::json!({ "app": app }))
@@ -526,7 +621,13 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             let mut rows = vec![[
-                "TIME", "ACTOR", "EVENT", "VERSION", "SWAP", "CHECK", "REASON",
+                "TIME",
+                "ACTOR",
+                "EVENT",
+                "VERSION",
+                "SWAP",
+                "CHECK/HOOK",
+                "REASON",
             ]
             .map(String::from)
             .to_vec()];
@@ -536,13 +637,18 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                     (None, None) => "-".to_string(),
                     (from, to) => format!("{} -> {}", opt(from), opt(to)),
                 };
+                let subject = match (&e.check, &e.hook) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(h)) => format!("hook {h}"),
+                    (None, None) => "-".into(),
+                };
                 rows.push(vec![
                     view.time.clone(),
                     e.actor.name.clone(),
                     e.kind.as_str().into(),
                     opt(&e.version).into(),
                     swap,
-                    opt(&e.check).into(),
+                    subject,
                     opt(&e.reason).into(),
                 ]);
             }

@@ -47,6 +47,9 @@ enum Role {
     Check {
         interval: std::time::Duration,
         fail_after: u32,
+        rule: crate::policy::Rule,
+        severity: crate::policy::Severity,
+        on_error: crate::policy::OnError,
     },
     Hook {
         on: Vec<HookEvent>,
@@ -132,6 +135,9 @@ fn compile_all(host: &PluginHost, config: &Config) -> anyhow::Result<Vec<Compile
             let role = Role::Check {
                 interval: c.interval,
                 fail_after: c.fail_after,
+                rule: c.rule,
+                severity: c.severity,
+                on_error: c.on_error,
             };
             (&c.name, role, &c.entry)
         });
@@ -224,10 +230,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Role::Check {
                 interval,
                 fail_after,
+                rule,
+                severity,
+                on_error,
             } => checks.entry(&c.app).or_default().push(LoadedCheck {
                 name: c.name.clone(),
                 interval: *interval,
                 fail_after: *fail_after,
+                rule: *rule,
+                severity: *severity,
+                on_error: *on_error,
                 plugin: c.plugin.clone(),
                 sandbox,
             }),
@@ -243,8 +255,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (name, app) in &config.apps {
         let app_checks = checks.remove(name.as_str()).unwrap_or_default();
         let app_hooks = hooks.remove(name.as_str()).unwrap_or_default();
-        let handle = Supervisor::start(app.clone(), store.clone(), app_checks, app_hooks)
-            .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
+        let snapshots = crate::snapshot::Snapshots::new(&config.agent.state_dir);
+        let handle =
+            Supervisor::start(app.clone(), store.clone(), app_checks, app_hooks, snapshots)
+                .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
         apps.insert(name.clone(), handle);
     }
 

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod protocol;
 pub mod release;
 pub mod restart;
+pub mod snapshot;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

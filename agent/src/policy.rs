@@ -50,45 +50,92 @@ pub enum Health {
     Unhealthy,
 }
 
+pub use crate::config::{AutoRollback, FailureRule as Rule, OnError, Severity};
+
+/// Fewest counted runs in the window before a ratio rule can judge.
+pub const MIN_RATIO_SAMPLES: usize = 3;
+
 /// Tracks one check's results for one activation.
 #[derive(Debug, Clone)]
 pub struct CheckTracker {
-    fail_after: u32,
+    rule: Rule,
+    on_error: OnError,
     consecutive_failures: u32,
     runs: u64,
     last: Option<Outcome>,
+    /// Counted results with their time, for ratio rules (oldest first).
+    recent: std::collections::VecDeque<(Instant, bool)>,
 }
 
 impl CheckTracker {
-    /// A tracker for a check that is unhealthy after `fail_after` failures in a row.
-    pub fn new(fail_after: u32) -> Self {
+    /// A tracker for `rule`; `on_error` says whether plugin errors count.
+    pub fn new(rule: Rule, on_error: OnError) -> Self {
+        let rule = match rule {
+            Rule::Consecutive(n) => Rule::Consecutive(n.max(1)),
+            r => r,
+        };
         CheckTracker {
-            fail_after: fail_after.max(1),
+            rule,
+            on_error,
             consecutive_failures: 0,
             runs: 0,
             last: None,
+            recent: Default::default(),
         }
     }
 
-    /// Takes one result into account and returns the check's health after it.
-    pub fn observe(&mut self, outcome: Outcome) -> Health {
+    /// Takes one result at `at` into account and returns the check's health.
+    pub fn observe(&mut self, at: Instant, outcome: Outcome) -> Health {
         self.runs += 1;
-        self.last = Some(outcome);
-        if outcome.is_failure() {
-            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        } else {
-            self.consecutive_failures = 0;
+        // An ignored error is neither a success nor a failure: no data.
+        if !(outcome == Outcome::Error && self.on_error == OnError::Ignore) {
+            self.last = Some(outcome);
+            if outcome.is_failure() {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            } else {
+                self.consecutive_failures = 0;
+            }
+            if let Rule::Ratio { window, .. } = self.rule {
+                self.recent.push_back((at, outcome.is_failure()));
+                while self
+                    .recent
+                    .front()
+                    .is_some_and(|(t, _)| at.saturating_duration_since(*t) > window)
+                {
+                    self.recent.pop_front();
+                }
+            }
         }
-        self.health()
+        self.health(at)
     }
 
-    /// The check's health from the results seen so far.
-    pub fn health(&self) -> Health {
-        match self.last {
-            None => Health::NoData,
-            Some(_) if self.consecutive_failures >= self.fail_after => Health::Unhealthy,
-            Some(o) if o.is_failure() => Health::Failing(self.consecutive_failures),
-            Some(_) => Health::Healthy,
+    /// The check's health at `now` from the results seen so far.
+    pub fn health(&self, now: Instant) -> Health {
+        let Some(last) = self.last else {
+            return Health::NoData;
+        };
+        let unhealthy = match self.rule {
+            Rule::Consecutive(n) => self.consecutive_failures >= n,
+            Rule::Ratio { ratio, window } => {
+                let in_window = self
+                    .recent
+                    .iter()
+                    .filter(|(t, _)| now.saturating_duration_since(*t) <= window);
+                let (total, failed) = in_window.fold((0usize, 0usize), |(n, f), (_, bad)| {
+                    (n + 1, f + usize::from(*bad))
+                });
+                if total == 0 {
+                    return Health::NoData;
+                }
+                total >= MIN_RATIO_SAMPLES && failed as f64 / total as f64 > ratio
+            }
+        };
+        if unhealthy {
+            Health::Unhealthy
+        } else if last.is_failure() {
+            Health::Failing(self.consecutive_failures)
+        } else {
+            Health::Healthy
         }
     }
 
@@ -97,7 +144,7 @@ impl CheckTracker {
         self.consecutive_failures
     }
 
-    /// Results seen so far.
+    /// Results seen so far (ignored errors included).
     pub fn runs(&self) -> u64 {
         self.runs
     }
@@ -108,29 +155,67 @@ impl CheckTracker {
 pub enum BakeVerdict {
     /// Keep watching.
     Pending,
-    /// Every check is healthy and the window is over: mark the release good.
+    /// Every critical check is healthy and the window is over: mark the release good.
     Passed,
-    /// This check (its index) is unhealthy: roll back.
+    /// This critical check (its index) is unhealthy: roll back.
     Failed(usize),
 }
 
-/// Decides a bake from each check's health.
+/// Decides a bake from each check's health and severity.
 ///
-/// A bake fails as soon as one check is unhealthy. It passes only once the
-/// window is over and every check's latest result is healthy: a check with
-/// no data or that is failing below its threshold keeps the bake open until
-/// it recovers or turns unhealthy.
-pub fn bake_verdict(now: Instant, bake_until: Instant, checks: &[Health]) -> BakeVerdict {
-    if let Some(i) = checks.iter().position(|h| *h == Health::Unhealthy) {
+/// A bake fails as soon as one critical check is unhealthy. It passes only
+/// once the window is over and every critical check's latest result is
+/// healthy: a check with no data or that is failing below its threshold
+/// keeps the bake open until it recovers or turns unhealthy. Warning checks
+/// never decide a bake.
+pub fn bake_verdict(
+    now: Instant,
+    bake_until: Instant,
+    checks: &[(Health, Severity)],
+) -> BakeVerdict {
+    let critical = || {
+        checks
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| *s == Severity::Critical)
+    };
+    if let Some((i, _)) = critical().find(|(_, (h, _))| *h == Health::Unhealthy) {
         return BakeVerdict::Failed(i);
     }
     if now < bake_until {
         return BakeVerdict::Pending;
     }
-    if checks.iter().all(|h| *h == Health::Healthy) {
+    if critical().all(|(_, (h, _))| *h == Health::Healthy) {
         BakeVerdict::Passed
     } else {
         BakeVerdict::Pending
+    }
+}
+
+/// What to do when a check turns unhealthy outside a bake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteadyAction {
+    /// Record and alert only.
+    Alert,
+    /// Roll back to the last good release.
+    Rollback,
+    /// Stop acting: the app is degraded and waits for an operator.
+    Degrade,
+}
+
+/// The action for an unhealthy check after the bake. `restored` is true when
+/// the active release was restored by a rollback: if it fails too, the agent
+/// must not swap again (no loops), whatever `auto_rollback` says.
+pub fn steady_action(
+    severity: Severity,
+    auto_rollback: AutoRollback,
+    restored: bool,
+) -> SteadyAction {
+    match (severity, restored, auto_rollback) {
+        (Severity::Warning, _, _) => SteadyAction::Alert,
+        (Severity::Critical, true, _) => SteadyAction::Degrade,
+        (Severity::Critical, false, AutoRollback::Always) => SteadyAction::Rollback,
+        (Severity::Critical, false, AutoRollback::Bake) => SteadyAction::Alert,
     }
 }
 
@@ -141,10 +226,23 @@ mod tests {
     use Outcome::*;
 
     fn run(fail_after: u32, outcomes: &[Outcome]) -> Health {
-        let mut t = CheckTracker::new(fail_after);
-        let mut h = t.health();
+        let mut t = CheckTracker::new(Rule::Consecutive(fail_after), OnError::Fail);
+        let now = Instant::now();
+        let mut h = t.health(now);
         for o in outcomes {
-            h = t.observe(*o);
+            h = t.observe(now, *o);
+        }
+        h
+    }
+
+    /// Feeds (seconds after start, outcome) pairs to a ratio rule.
+    fn ratio(ratio: f64, window_s: u64, on_error: OnError, events: &[(u64, Outcome)]) -> Health {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(window_s);
+        let mut t = CheckTracker::new(Rule::Ratio { ratio, window }, on_error);
+        let mut h = t.health(t0);
+        for (s, o) in events {
+            h = t.observe(t0 + Duration::from_secs(*s), *o);
         }
         h
     }
@@ -209,40 +307,145 @@ mod tests {
     }
 
     #[test]
+    fn failure_ratio_over_a_window() {
+        // 1 failure in 20 is 5%: not above 5%.
+        let mut ev: Vec<(u64, Outcome)> = (0..19).map(|i| (i, Pass)).collect();
+        ev.push((19, Fail));
+        assert_eq!(ratio(0.05, 300, OnError::Fail, &ev), Health::Failing(1));
+        ev.push((20, Fail));
+        assert_eq!(
+            ratio(0.05, 300, OnError::Fail, &ev),
+            Health::Unhealthy,
+            "2 in 21 > 5%"
+        );
+        // Old failures slide out of the window.
+        let ev = [
+            (0, Fail),
+            (1, Fail),
+            (2, Fail),
+            (400, Pass),
+            (401, Pass),
+            (402, Pass),
+        ];
+        assert_eq!(ratio(0.5, 300, OnError::Fail, &ev), Health::Healthy);
+        // Too few samples to judge, however bad.
+        assert_eq!(
+            ratio(0.1, 300, OnError::Fail, &[(0, Fail), (1, Fail)]),
+            Health::Failing(2)
+        );
+        assert_eq!(
+            ratio(0.1, 300, OnError::Fail, &[(0, Fail), (1, Fail), (2, Fail)]),
+            Health::Unhealthy
+        );
+        // Errors count as failures, or not at all.
+        let ev = [(0, Error), (1, Error), (2, Error)];
+        assert_eq!(ratio(0.5, 300, OnError::Fail, &ev), Health::Unhealthy);
+        assert_eq!(
+            ratio(0.5, 300, OnError::Ignore, &ev),
+            Health::NoData,
+            "no data is never healthy"
+        );
+        assert_eq!(
+            ratio(0.5, 300, OnError::Ignore, &[(0, Pass), (1, Error)]),
+            Health::Healthy
+        );
+        // The health is judged at `now`: with nothing in the window there is no data.
+        let t0 = Instant::now();
+        let mut t = CheckTracker::new(
+            Rule::Ratio {
+                ratio: 0.5,
+                window: Duration::from_secs(10),
+            },
+            OnError::Fail,
+        );
+        t.observe(t0, Pass);
+        assert_eq!(t.health(t0 + Duration::from_secs(60)), Health::NoData);
+    }
+
+    #[test]
+    fn ignored_errors_neither_fail_nor_pass() {
+        let mut t = CheckTracker::new(Rule::Consecutive(2), OnError::Ignore);
+        let now = Instant::now();
+        assert_eq!(t.observe(now, Error), Health::NoData);
+        assert_eq!(t.observe(now, Fail), Health::Failing(1));
+        assert_eq!(
+            t.observe(now, Error),
+            Health::Failing(1),
+            "an ignored error changes nothing"
+        );
+        assert_eq!(t.observe(now, Fail), Health::Unhealthy);
+        assert_eq!(t.runs(), 4);
+    }
+
+    #[test]
+    fn steady_actions() {
+        use AutoRollback::*;
+        use Severity::*;
+        assert_eq!(steady_action(Warning, Always, false), SteadyAction::Alert);
+        assert_eq!(steady_action(Warning, Always, true), SteadyAction::Alert);
+        assert_eq!(steady_action(Critical, Bake, false), SteadyAction::Alert);
+        assert_eq!(
+            steady_action(Critical, Always, false),
+            SteadyAction::Rollback
+        );
+        assert_eq!(
+            steady_action(Critical, Always, true),
+            SteadyAction::Degrade,
+            "no loops"
+        );
+        assert_eq!(steady_action(Critical, Bake, true), SteadyAction::Degrade);
+    }
+
+    #[test]
     fn bake_verdicts() {
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs(60);
         let after = end + Duration::from_secs(1);
         use Health::*;
         assert_eq!(
-            bake_verdict(t0, end, &[Healthy, Unhealthy]),
+            bake_verdict(
+                t0,
+                end,
+                &[
+                    (Healthy, Severity::Critical),
+                    (Unhealthy, Severity::Critical)
+                ]
+            ),
             BakeVerdict::Failed(1)
         );
         assert_eq!(
-            bake_verdict(after, end, &[Unhealthy]),
+            bake_verdict(after, end, &[(Unhealthy, Severity::Critical)]),
             BakeVerdict::Failed(0)
         );
         assert_eq!(
-            bake_verdict(t0, end, &[Healthy]),
+            bake_verdict(t0, end, &[(Healthy, Severity::Critical)]),
             BakeVerdict::Pending,
             "window not over"
         );
         assert_eq!(
-            bake_verdict(after, end, &[Healthy, Healthy]),
+            bake_verdict(
+                after,
+                end,
+                &[(Healthy, Severity::Critical), (Healthy, Severity::Critical)]
+            ),
             BakeVerdict::Passed
         );
         assert_eq!(
-            bake_verdict(end, end, &[Healthy]),
+            bake_verdict(end, end, &[(Healthy, Severity::Critical)]),
             BakeVerdict::Passed,
             "the window's end is inclusive"
         );
         assert_eq!(
-            bake_verdict(after, end, &[Healthy, NoData]),
+            bake_verdict(
+                after,
+                end,
+                &[(Healthy, Severity::Critical), (NoData, Severity::Critical)]
+            ),
             BakeVerdict::Pending,
             "no data is never healthy"
         );
         assert_eq!(
-            bake_verdict(after, end, &[Failing(2)]),
+            bake_verdict(after, end, &[(Failing(2), Severity::Critical)]),
             BakeVerdict::Pending,
             "a failing check must recover first"
         );
@@ -252,5 +455,19 @@ mod tests {
             "an app without checks passes on time"
         );
         assert_eq!(bake_verdict(t0, end, &[]), BakeVerdict::Pending);
+        let warn = |h| (h, Severity::Warning);
+        assert_eq!(
+            bake_verdict(
+                after,
+                end,
+                &[(Healthy, Severity::Critical), warn(Unhealthy)]
+            ),
+            BakeVerdict::Passed,
+            "warning checks never decide a bake"
+        );
+        assert_eq!(
+            bake_verdict(after, end, &[warn(NoData)]),
+            BakeVerdict::Passed
+        );
     }
 }

@@ -34,6 +34,14 @@ pub mod method {
     pub const HISTORY: &str = "io.rollback.Agent.History";
     /// The loaded plugins and their grants.
     pub const PLUGINS: &str = "io.rollback.Agent.Plugins";
+    /// Operator switch to an existing release, skipping analysis.
+    pub const ACTIVATE: &str = "io.rollback.Agent.Activate";
+    /// Freeze automatic actions.
+    pub const PAUSE: &str = "io.rollback.Agent.Pause";
+    /// Resume automatic actions.
+    pub const RESUME: &str = "io.rollback.Agent.Resume";
+    /// Run the checks now.
+    pub const CHECK: &str = "io.rollback.Agent.Check";
 }
 
 /// Fully qualified error names.
@@ -48,6 +56,8 @@ pub mod error {
     pub const NO_SUCH_RELEASE: &str = "io.rollback.Agent.NoSuchRelease";
     /// A pre-activate hook vetoed the deploy.
     pub const VETOED: &str = "io.rollback.Agent.Vetoed";
+    /// The app has no active release.
+    pub const NO_ACTIVE_RELEASE: &str = "io.rollback.Agent.NoActiveRelease";
     /// Nothing to roll back to.
     pub const NO_ROLLBACK_TARGET: &str = "io.rollback.Agent.NoRollbackTarget";
     /// Staging, activation or restart failed.
@@ -444,4 +454,59 @@ pub struct PluginView {
 pub struct PluginsReply {
     /// Every check and hook of every app.
     pub plugins: Vec<PluginView>,
+}
+
+/// `Activate` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateParams {
+    /// The app.
+    pub app: String,
+    /// The release to switch to.
+    pub version: String,
+}
+
+/// `Pause`, `Resume` and `Check` take an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppOnly {
+    /// The app.
+    pub app: String,
+}
+
+/// `Pause` and `Resume` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PauseReply {
+    /// The app.
+    pub app: String,
+    /// Whether automatic actions are frozen now.
+    pub paused: bool,
+}
+
+/// One check's result in a `Check` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckRunView {
+    /// The check.
+    pub name: String,
+    /// `critical` or `warning`.
+    pub severity: String,
+    /// `pass`, `warn`, `fail` or `error`.
+    pub outcome: String,
+    /// What it said.
+    pub summary: String,
+    /// Its metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// How long it took, ms.
+    pub duration_ms: u64,
+}
+
+/// `Check` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReply {
+    /// The app.
+    pub app: String,
+    /// The version checked.
+    pub version: Option<String>,
+    /// Each check's result, in config order.
+    pub checks: Vec<CheckRunView>,
 }

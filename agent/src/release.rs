@@ -9,15 +9,19 @@
 //!
 //! It provides:
 //! - [`Version`]: validated release names (SemVer or any `[A-Za-z0-9._+-]` name).
-//! - staging ([`AppDir::stage`]): copying a directory or unpacking a `.tar.gz`
-//!   into a hidden `releases/.staging-<id>` directory, refusing anything that could
+//! - staging ([`AppDir::stage`]): copying a directory or unpacking a `.tar.gz` /
+//!   `.tgz` or `.tar.zst` / `.tzst` archive (both decoders feed one validated
+//!   unpack path) into a hidden `releases/.staging-<id>` directory, refusing anything that could
 //!   escape the release (`..`, absolute paths, links leaving the release, device
 //!   files, fifos, oversized archives), fsyncing everything, then publishing it
 //!   with a single `rename(2)`;
 //! - atomic activation ([`AppDir::activate`]): a temporary symlink renamed over
 //!   `current`, then an fsync of the application root;
 //! - cleanup of leftovers of interrupted work ([`AppDir::clean_leftovers`]) and
-//!   removal of inactive releases ([`AppDir::remove`]).
+//!   removal of inactive releases ([`AppDir::remove`]);
+//! - retention ([`prune_plan`]): which releases to delete to keep at most N.
+//!
+//! Snapshots of application state files live in [`crate::snapshot`].
 //!
 //! What it must never do:
 //! - know about plugins, the store, policy, sockets or supervisors (callers drive it);
@@ -29,7 +33,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -425,9 +429,11 @@ impl AppDir {
     ///
     /// `source` is a directory (copied recursively: regular files with their
     /// permission bits, directories, symlinks kept as symlinks but refused if
-    /// absolute or leaving the release; other file types refused) or a `.tar.gz` /
-    /// `.tgz` archive whose root is the release's root (no top-level directory is
-    /// stripped). Refused: entries with `..`, absolute paths, links leaving the
+    /// absolute or leaving the release; other file types refused) or an archive
+    /// whose root is the release's root (no top-level directory is stripped):
+    /// `.tar.gz` / `.tgz` (gzip) or `.tar.zst` / `.tzst` (Zstandard, decoder
+    /// window at most 128 MiB). Both kinds of archive go through the same entry
+    /// validation and limits. Refused: entries with `..`, absolute paths, links leaving the
     /// release, absolute link targets, device files, fifos, and content over
     /// `limits`. Only the permission bits `0o777` are kept (no setuid, setgid or
     /// sticky bits); ownership is the agent's.
@@ -435,7 +441,16 @@ impl AppDir {
     /// Work happens in `releases/.staging-<random>`; every file and directory is
     /// fsynced, then one `rename(2)` publishes `releases/<v>` and `releases/` is
     /// fsynced. On any error the staging directory is removed and nothing else is
-    /// changed (except that `<root>/releases` is created if it was missing).
+    /// changed (except that `<root>/releases` is created if it was missing); the
+    /// active release and `current` are never touched by staging.
+    ///
+    /// A full disk takes exactly that path: `ENOSPC` (or `EDQUOT`, `EIO`) from
+    /// creating, writing or fsyncing anything in the staging directory is an
+    /// [`ReleaseError::Io`] naming the file, the partial staging directory is
+    /// removed (which also frees the space it took), and nothing is published.
+    /// If the fsync of `releases/` after the publishing rename fails, the new
+    /// release is moved away and deleted again, so an error always means "not
+    /// staged".
     pub fn stage(
         &self,
         source: &Path,
@@ -477,19 +492,24 @@ impl AppDir {
             let mut stager = Stager::new(&staging, limits, source, kind);
             match kind {
                 SourceKind::Dir => stager.copy_dir()?,
-                SourceKind::TarGz => stager.unpack()?,
+                SourceKind::Archive(codec) => stager.unpack(codec)?,
             }
             stager.verify_links()?;
             stager.finish_dirs()?;
             publish(&staging, &target, v)
         })();
         if let Err(e) = result {
+            // Every failure, a full disk included, ends here: the partial work goes.
             if let Err(rm) = remove_tree(&staging) {
                 tracing::warn!(path = %staging.display(), error = %rm, "could not remove staging directory");
             }
             return Err(e);
         }
-        fsync_dir(&releases)?;
+        if let Err(e) = fsync_dir(&releases) {
+            // Published but not durable: take it back so that an error means "not staged".
+            discard_published(&releases, &target);
+            return Err(e);
+        }
         tracing::info!(version = %v, path = %target.display(), source = %source.display(), "release staged");
         Ok(target)
     }
@@ -607,6 +627,35 @@ impl AppDir {
     }
 }
 
+/// Which releases to prune to keep at most `keep` (>=1) releases: oldest first by
+/// the given order, never any in `protected` (active, last good, rollback target).
+///
+/// Pure: `releases_oldest_first` is the caller's order (e.g. by staging time),
+/// not sorted here. A `keep` of 0 counts as 1. A version listed twice counts
+/// once; protected versions that are not in the list are ignored. If the
+/// protected releases alone reach `keep`, every unprotected one is pruned (the
+/// result can then leave more than `keep`). The result is in the given order,
+/// oldest first, without duplicates.
+pub fn prune_plan(
+    releases_oldest_first: &[Version],
+    protected: &[Version],
+    keep: usize,
+) -> Vec<Version> {
+    let keep = keep.max(1);
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<&Version> = releases_oldest_first
+        .iter()
+        .filter(|v| seen.insert(*v))
+        .collect();
+    let excess = distinct.len().saturating_sub(keep);
+    distinct
+        .into_iter()
+        .filter(|v| !protected.contains(v))
+        .take(excess)
+        .cloned()
+        .collect()
+}
+
 /// Whether `p` is a directory itself (not a symlink to one).
 fn is_real_dir(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
@@ -696,6 +745,21 @@ fn remove_tree(p: &Path) -> io::Result<()> {
     fs::remove_dir_all(p)
 }
 
+/// Moves a just-published release away (to `.removing-*`, which
+/// [`AppDir::clean_leftovers`] finishes after a crash) and deletes it; best effort.
+fn discard_published(releases: &Path, target: &Path) {
+    let moved = create_unique(releases, REMOVING_PREFIX, |p| {
+        if p.symlink_metadata().is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        fs::rename(target, p)
+    });
+    let outcome = moved.and_then(|trash| remove_tree(&trash));
+    if let Err(e) = outcome {
+        tracing::warn!(path = %target.display(), error = %e, "could not take back a release whose publication failed");
+    }
+}
+
 /// Renames the complete staging directory to `target`, never replacing anything.
 fn publish(staging: &Path, target: &Path, v: &Version) -> Result<(), ReleaseError> {
     let already = || ReleaseError::AlreadyExists {
@@ -741,10 +805,24 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SourceKind {
     Dir,
-    TarGz,
+    Archive(Codec),
 }
 
-/// Decides whether `source` is a directory or a `.tar.gz` / `.tgz` archive.
+/// How a tar archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// `.tar.gz` / `.tgz`.
+    Gzip,
+    /// `.tar.zst` / `.tzst`.
+    Zstd,
+}
+
+/// Largest Zstandard window accepted (log2): 128 MiB of decoder memory, the
+/// decoder's default limit, stated here so that it cannot silently grow.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Decides whether `source` is a directory or a `.tar.gz` / `.tgz` /
+/// `.tar.zst` / `.tzst` archive.
 fn classify_source(source: &Path) -> Result<SourceKind, ReleaseError> {
     let refuse = |reason: &str| ReleaseError::Source {
         path: source.to_path_buf(),
@@ -759,11 +837,16 @@ fn classify_source(source: &Path) -> Result<SourceKind, ReleaseError> {
         return Ok(SourceKind::Dir);
     }
     let name = source.file_name().map(OsStr::as_bytes).unwrap_or_default();
-    if meta.is_file() && (name.ends_with(b".tar.gz") || name.ends_with(b".tgz")) {
-        return Ok(SourceKind::TarGz);
+    if meta.is_file() {
+        if name.ends_with(b".tar.gz") || name.ends_with(b".tgz") {
+            return Ok(SourceKind::Archive(Codec::Gzip));
+        }
+        if name.ends_with(b".tar.zst") || name.ends_with(b".tzst") {
+            return Ok(SourceKind::Archive(Codec::Zstd));
+        }
     }
     Err(refuse(
-        "it is neither a directory nor a .tar.gz / .tgz archive",
+        "it is neither a directory nor a .tar.gz / .tgz / .tar.zst / .tzst archive",
     ))
 }
 
@@ -886,6 +969,48 @@ fn check_link_resolution(root: &Path, link_rel: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why copying file content failed: reading the source or writing the copy.
+#[derive(Debug)]
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook simulating a full disk: once set, writes of file content on this
+    /// thread fail with `ENOSPC` after this many more bytes.
+    static FAIL_WRITES_AFTER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Copies at most `max` bytes from `from` to `to`; returns how many were copied.
+fn copy_content(from: &mut dyn Read, to: &mut dyn Write, max: u64) -> Result<u64, CopyError> {
+    let mut buf = [0u8; 32 * 1024];
+    let mut total = 0u64;
+    while total < max {
+        let want = usize::try_from(max - total).map_or(buf.len(), |m| m.min(buf.len()));
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        #[cfg(test)]
+        if let Some(left) = FAIL_WRITES_AFTER.get() {
+            let room = usize::try_from(left).unwrap_or(usize::MAX);
+            if n > room {
+                to.write_all(&buf[..room]).map_err(CopyError::Write)?;
+                FAIL_WRITES_AFTER.set(Some(0));
+                return Err(CopyError::Write(io::Error::from(nix::errno::Errno::ENOSPC)));
+            }
+            FAIL_WRITES_AFTER.set(Some(left - n as u64));
+        }
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
 /// Builds the content of one staging directory.
 struct Stager<'a> {
     staging: &'a Path,
@@ -924,11 +1049,30 @@ impl<'a> Stager<'a> {
                 path: self.source.join(name),
                 reason: reason.into(),
             },
-            SourceKind::TarGz => ReleaseError::Archive {
+            SourceKind::Archive(_) => ReleaseError::Archive {
                 path: self.source.to_path_buf(),
                 entry: name.to_owned(),
                 reason: reason.into(),
             },
+        }
+    }
+
+    /// The error for a failed read of entry `name`'s content: an I/O error on the
+    /// source file, or an unreadable (corrupt, truncated) archive.
+    fn read_failed(&self, name: &str, e: io::Error) -> ReleaseError {
+        match self.kind {
+            SourceKind::Dir => io_err("read", &self.source.join(name))(e),
+            SourceKind::Archive(_) => self.unreadable(name, e),
+        }
+    }
+
+    /// The error for an archive that cannot be decoded at `at` (an entry name or a
+    /// description such as `(start of archive)`).
+    fn unreadable(&self, at: &str, e: io::Error) -> ReleaseError {
+        ReleaseError::Archive {
+            path: self.source.to_path_buf(),
+            entry: at.to_owned(),
+            reason: format!("cannot read the archive: {e}"),
         }
     }
 
@@ -1019,8 +1163,13 @@ impl<'a> Stager<'a> {
             .open(&dst)
             .map_err(io_err("create file", &dst))?;
         let budget = self.limits.max_bytes.saturating_sub(self.bytes);
-        let copied = io::copy(&mut content.take(budget.saturating_add(1)), &mut file)
-            .map_err(io_err("write file", &dst))?;
+        // A full disk shows up here (or at the fsync below) as ENOSPC: an Io error
+        // naming the file, after which `stage` removes the staging directory.
+        let copied =
+            copy_content(content, &mut file, budget.saturating_add(1)).map_err(|e| match e {
+                CopyError::Read(e) => self.read_failed(name, e),
+                CopyError::Write(e) => io_err("write file", &dst)(e),
+            })?;
         if copied > budget {
             return Err(self.over_size(name));
         }
@@ -1078,20 +1227,33 @@ impl<'a> Stager<'a> {
         }
     }
 
-    /// Unpacks the `.tar.gz` source into the staging directory.
-    fn unpack(&mut self) -> Result<(), ReleaseError> {
+    /// Unpacks the archive source, decompressed with `codec`, into the staging
+    /// directory. The decoder is the only difference between archive kinds:
+    /// everything after it is [`Stager::unpack_tar`].
+    fn unpack(&mut self, codec: Codec) -> Result<(), ReleaseError> {
         let path = self.source;
-        let file = File::open(path).map_err(io_err("open archive", path))?;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-        let unreadable = |entry: String, e: io::Error| ReleaseError::Archive {
-            path: path.to_path_buf(),
-            entry,
-            reason: format!("cannot read the archive: {e}"),
+        let file = BufReader::new(File::open(path).map_err(io_err("open archive", path))?);
+        let decoder: Box<dyn Read> = match codec {
+            Codec::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Codec::Zstd => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(file)
+                    .map_err(|e| self.unreadable("(start of archive)", e))?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| self.unreadable("(start of archive)", e))?;
+                Box::new(d)
+            }
         };
+        self.unpack_tar(decoder)
+    }
+
+    /// Unpacks a decompressed tar stream into the staging directory, validating
+    /// every entry and counting it against the limits.
+    fn unpack_tar(&mut self, decompressed: Box<dyn Read>) -> Result<(), ReleaseError> {
+        let mut archive = tar::Archive::new(decompressed);
         let mut last = String::new();
         let entries = archive
             .entries()
-            .map_err(|e| unreadable("(start of archive)".into(), e))?;
+            .map_err(|e| self.unreadable("(start of archive)", e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| {
                 let at = if last.is_empty() {
@@ -1099,7 +1261,7 @@ impl<'a> Stager<'a> {
                 } else {
                     format!("(entry after {last})")
                 };
-                unreadable(at, e)
+                self.unreadable(&at, e)
             })?;
             let raw = entry.path_bytes().into_owned();
             let name = String::from_utf8_lossy(&raw).into_owned();
@@ -1214,10 +1376,10 @@ impl<'a> Stager<'a> {
                 ));
             }
         }
-        // Read the rest of the gzip stream so that its CRC is verified.
+        // Read the rest of the compressed stream so that its checksum (gzip CRC,
+        // zstd content checksum) is verified.
         let mut rest = archive.into_inner().take(self.limits.max_bytes);
-        io::copy(&mut rest, &mut io::sink())
-            .map_err(|e| unreadable("(end of archive)".into(), e))?;
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| self.unreadable("(end of archive)", e))?;
         Ok(())
     }
 
@@ -1340,18 +1502,42 @@ mod tests {
         h
     }
 
-    type TarGzBuilder = tar::Builder<flate2::write::GzEncoder<File>>;
+    /// Builds an uncompressed tar stream in memory.
+    type TarBuilder = tar::Builder<Vec<u8>>;
 
-    fn write_targz(path: &Path, build: impl FnOnce(&mut TarGzBuilder)) {
-        let enc =
-            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
-        let mut b = tar::Builder::new(enc);
+    fn tar_bytes(build: impl FnOnce(&mut TarBuilder)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
-        b.into_inner().unwrap().finish().unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn write_targz(path: &Path, build: impl FnOnce(&mut TarBuilder)) {
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(path).unwrap(), flate2::Compression::fast());
+        enc.write_all(&tar_bytes(build)).unwrap();
+        enc.finish().unwrap().sync_all().unwrap();
+    }
+
+    /// Writes a `.tar.zst` with the zstd encoder (content checksum on, as the CLI does).
+    fn write_tarzst(path: &Path, build: impl FnOnce(&mut TarBuilder)) {
+        let mut enc = zstd::stream::write::Encoder::new(File::create(path).unwrap(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.write_all(&tar_bytes(build)).unwrap();
+        enc.finish().unwrap().sync_all().unwrap();
+    }
+
+    /// Writes the archive named `name` (its extension picks the codec).
+    fn write_archive(path: &Path, build: impl FnOnce(&mut TarBuilder)) {
+        let name = path.to_string_lossy();
+        if name.ends_with(".tar.zst") || name.ends_with(".tzst") {
+            write_tarzst(path, build);
+        } else {
+            write_targz(path, build);
+        }
     }
 
     fn append_raw(
-        b: &mut TarGzBuilder,
+        b: &mut TarBuilder,
         name: &[u8],
         ty: EntryType,
         data: &[u8],
@@ -1703,15 +1889,23 @@ mod tests {
         assert_eq!(app.list().unwrap(), vec![ver]);
     }
 
-    /// Stages `archive` built by `build` and expects it refused naming `entry`.
-    fn assert_archive_refused(
+    /// Stages the archive built by `build`, once as `.tgz` and once as `.tar.zst`
+    /// (the same validation must hold for both), and expects it refused naming `entry`.
+    fn assert_archive_refused(limits: &StageLimits, entry: &str, build: impl Fn(&mut TarBuilder)) {
+        for name in ["bad.tgz", "bad.tar.zst"] {
+            assert_archive_refused_as(limits, entry, name, &build);
+        }
+    }
+
+    fn assert_archive_refused_as(
         limits: &StageLimits,
         entry: &str,
-        build: impl FnOnce(&mut TarGzBuilder),
+        file_name: &str,
+        build: &dyn Fn(&mut TarBuilder),
     ) {
         let (tmp, app) = app();
-        let archive = tmp.path().join("bad.tgz");
-        write_targz(&archive, build);
+        let archive = tmp.path().join(file_name);
+        write_archive(&archive, build);
         let ver = v("1.0.0");
         match app.stage(&archive, &ver, limits) {
             Err(e @ ReleaseError::Archive { .. }) => {
@@ -1725,13 +1919,13 @@ mod tests {
                 assert_eq!(path, &archive);
                 assert!(e.to_string().contains(entry), "{e}");
             }
-            other => panic!("archive with {entry:?} not refused as expected: {other:?}"),
+            other => panic!("{file_name} with {entry:?} not refused as expected: {other:?}"),
         }
         assert_no_trace(&app, &ver);
         assert!(!tmp.path().join("evil").exists());
     }
 
-    fn ok_file(b: &mut TarGzBuilder, name: &str) {
+    fn ok_file(b: &mut TarBuilder, name: &str) {
         let mut h = Header::new_gnu();
         h.set_mode(0o644);
         h.set_size(2);
@@ -2005,5 +2199,315 @@ mod tests {
             app.remove(&v("1.0.0")),
             Err(ReleaseError::NotFound { .. })
         ));
+    }
+
+    /// Entries of a small release with a directory, an executable, a symlink and a
+    /// hard link.
+    fn sample_release(b: &mut TarBuilder) {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o750);
+        h.set_size(0);
+        b.append_data(&mut h, "app/", io::empty()).unwrap();
+        let data = b"#!/bin/sh\nexit 0\n";
+        let mut h = Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "app/bin/start", &data[..]).unwrap();
+        ok_file(b, "README");
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "app/start", "bin/start").unwrap();
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Link);
+        h.set_size(0);
+        b.append_link(&mut h, "README.hard", "README").unwrap();
+    }
+
+    #[test]
+    fn stage_from_tarzst_and_tzst() {
+        for name in ["rel.tar.zst", "rel.tzst"] {
+            let (tmp, app) = app();
+            let archive = tmp.path().join(name);
+            write_tarzst(&archive, sample_release);
+            let ver = v("3.1.4");
+            let path = app.stage(&archive, &ver, &StageLimits::default()).unwrap();
+            assert_eq!(mode_of(&path.join("app")), 0o750, "{name}");
+            assert_eq!(mode_of(&path.join("app/bin/start")), 0o755);
+            assert_eq!(
+                fs::read_to_string(path.join("app/bin/start")).unwrap(),
+                "#!/bin/sh\nexit 0\n"
+            );
+            assert_eq!(fs::read_to_string(path.join("README")).unwrap(), "ok");
+            assert_eq!(
+                fs::read_link(path.join("app/start")).unwrap(),
+                Path::new("bin/start")
+            );
+            assert_eq!(fs::read_to_string(path.join("README.hard")).unwrap(), "ok");
+            assert!(hidden_entries(&app).is_empty());
+            assert_eq!(app.list().unwrap(), vec![ver]);
+        }
+    }
+
+    #[test]
+    fn tarzst_with_parent_path_is_refused_without_trace() {
+        // Also covered for every hostile case by assert_archive_refused; spelled out
+        // here for the zstd decoder alone.
+        let build = |b: &mut TarBuilder| {
+            ok_file(b, "fine");
+            append_raw(b, b"../x", EntryType::Regular, b"pwned", None);
+        };
+        assert_archive_refused_as(&StageLimits::default(), "../x", "bad.tar.zst", &build);
+    }
+
+    #[test]
+    fn corrupt_tarzst_is_refused_without_trace() {
+        let (tmp, app) = app();
+        let junk = tmp.path().join("junk.tar.zst");
+        fs::write(&junk, b"this is not zstd at all").unwrap();
+        // A valid archive with one flipped byte in the middle of the frame.
+        let flipped = tmp.path().join("flipped.tzst");
+        write_tarzst(&flipped, |b| {
+            for i in 0..4 {
+                ok_file(b, &format!("f{i}"));
+            }
+        });
+        let mut bytes = fs::read(&flipped).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        fs::write(&flipped, &bytes).unwrap();
+        for archive in [&junk, &flipped] {
+            match app.stage(archive, &v("1"), &StageLimits::default()) {
+                Err(ReleaseError::Archive { path, .. }) => assert_eq!(&path, archive),
+                other => panic!("{} not refused: {other:?}", archive.display()),
+            }
+            assert_no_trace(&app, &v("1"));
+        }
+    }
+
+    /// Bytes that do not compress, so that truncating the archive cuts file content.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archive_failing_midway_leaves_no_trace() {
+        // The decoder fails while a file's content is being written, after other
+        // entries were already unpacked: a failure independent of StageLimits.
+        for name in ["cut.tar.gz", "cut.tar.zst"] {
+            let (tmp, app) = app();
+            make_release(&app, "1.0.0");
+            app.activate(&v("1.0.0")).unwrap();
+            let archive = tmp.path().join(name);
+            let data = noise(256 * 1024);
+            write_archive(&archive, |b| {
+                ok_file(b, "first");
+                let mut h = Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, "big", &data[..]).unwrap();
+            });
+            let len = fs::metadata(&archive).unwrap().len();
+            File::options()
+                .write(true)
+                .open(&archive)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+            match app.stage(&archive, &v("2.0.0"), &StageLimits::default()) {
+                Err(e @ ReleaseError::Archive { .. }) => {
+                    assert!(e.to_string().contains("cannot read the archive"), "{e}");
+                }
+                other => panic!("{name} cut midway not refused: {other:?}"),
+            }
+            assert_no_trace(&app, &v("2.0.0"));
+            assert_eq!(app.current().unwrap(), Some(v("1.0.0")));
+        }
+    }
+
+    /// Runs `f` with writes of file content failing with ENOSPC after `bytes`.
+    fn with_disk_full_after<T>(bytes: u64, f: impl FnOnce() -> T) -> T {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                FAIL_WRITES_AFTER.set(None);
+            }
+        }
+        let _reset = Reset;
+        FAIL_WRITES_AFTER.set(Some(bytes));
+        f()
+    }
+
+    #[test]
+    fn disk_full_while_staging_removes_staging_and_keeps_active_release() {
+        let (tmp, app) = app();
+        make_release(&app, "1.0.0");
+        app.activate(&v("1.0.0")).unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        for i in 0..5 {
+            fs::write(src.join(format!("sub/f{i}")), vec![b'x'; 4000]).unwrap();
+        }
+        let archive = tmp.path().join("rel.tar.zst");
+        write_tarzst(&archive, |b| {
+            let data = vec![b'y'; 4000];
+            for i in 0..5 {
+                let mut h = Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, format!("d/f{i}"), &data[..]).unwrap();
+            }
+        });
+        for source in [&src, &archive] {
+            // Fails in the middle of the third file, after two complete ones.
+            let result = with_disk_full_after(10_000, || {
+                app.stage(source, &v("2.0.0"), &StageLimits::default())
+            });
+            match result {
+                Err(
+                    e @ ReleaseError::Io {
+                        op: "write file", ..
+                    },
+                ) => {
+                    let ReleaseError::Io { source: io_e, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(io_e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32));
+                    assert!(e.to_string().contains(".staging-"), "{e}");
+                }
+                other => panic!("{}: disk full not reported: {other:?}", source.display()),
+            }
+            assert_no_trace(&app, &v("2.0.0"));
+            assert_eq!(app.current().unwrap(), Some(v("1.0.0")));
+            assert_eq!(
+                fs::read_to_string(app.current_link().join("VERSION")).unwrap(),
+                "1.0.0"
+            );
+            assert_eq!(app.list().unwrap(), vec![v("1.0.0")]);
+        }
+        // The hook is off again: the same sources stage fine.
+        app.stage(&src, &v("2.0.0"), &StageLimits::default())
+            .unwrap();
+        app.stage(&archive, &v("3.0.0"), &StageLimits::default())
+            .unwrap();
+    }
+
+    #[test]
+    fn copy_content_reports_a_real_enospc_as_a_write_error() {
+        // /dev/full fails every write with ENOSPC, like a full filesystem.
+        let Ok(mut full) = File::options().write(true).open("/dev/full") else {
+            return; // not on this system
+        };
+        match copy_content(&mut &b"some content"[..], &mut full, 100) {
+            Err(CopyError::Write(e)) => {
+                assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32));
+            }
+            other => panic!("expected a write error, got {other:?}"),
+        }
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("device gone"))
+            }
+        }
+        assert!(matches!(
+            copy_content(&mut Broken, &mut io::sink(), 100),
+            Err(CopyError::Read(_))
+        ));
+        let mut out = Vec::new();
+        assert_eq!(
+            copy_content(&mut &[1u8; 10][..], &mut out, 4).unwrap(),
+            4,
+            "copies at most max"
+        );
+        assert_eq!(out, [1u8; 4]);
+    }
+
+    fn vs(names: &[&str]) -> Vec<Version> {
+        names.iter().map(|n| v(n)).collect()
+    }
+
+    #[test]
+    fn prune_plan_table() {
+        let all = vs(&["1", "2", "3", "4", "5"]);
+        let cases: &[(&[&str], usize, &[&str])] = &[
+            (&[], 5, &[]),
+            (&[], 6, &[]),
+            (&[], 3, &["1", "2"]),
+            (&[], 1, &["1", "2", "3", "4"]),
+            (&[], 0, &["1", "2", "3", "4"]), // keep 0 counts as 1
+            (&["5"], 2, &["1", "2", "3"]),
+            (&["1"], 2, &["2", "3", "4"]), // the oldest is protected: skip it
+            (&["1", "3"], 3, &["2", "4"]),
+            (&["1", "3", "5"], 2, &["2", "4"]), // protected alone exceed keep
+            (&["1", "3", "5"], 3, &["2", "4"]), // protected alone reach keep
+            (&["1", "2", "3", "4", "5"], 1, &[]),
+            (&["9"], 4, &["1"]), // unknown protected versions are ignored
+        ];
+        for (protected, keep, expected) in cases {
+            assert_eq!(
+                prune_plan(&all, &vs(protected), *keep),
+                vs(expected),
+                "protected {protected:?}, keep {keep}"
+            );
+        }
+        assert_eq!(prune_plan(&[], &[], 3), Vec::<Version>::new());
+        // The caller's order is the age order (not sorted by name).
+        assert_eq!(
+            prune_plan(&vs(&["b", "a", "c"]), &vs(&["c"]), 1),
+            vs(&["b", "a"])
+        );
+        // Duplicates count once and are returned once.
+        assert_eq!(prune_plan(&vs(&["1", "1", "2", "3"]), &[], 2), vs(&["1"]));
+    }
+
+    #[test]
+    fn prune_plan_exhaustive() {
+        // Every protected subset of up to 6 releases, every keep 0..=7.
+        for n in 0..=6usize {
+            let all: Vec<Version> = (0..n).map(|i| v(&format!("r{i}"))).collect();
+            for mask in 0..(1u32 << n) {
+                let protected: Vec<Version> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                let unprotected: Vec<Version> = all
+                    .iter()
+                    .filter(|r| !protected.contains(r))
+                    .cloned()
+                    .collect();
+                for keep in 0..=7usize {
+                    let plan = prune_plan(&all, &protected, keep);
+                    let ctx = format!("n {n}, protected {protected:?}, keep {keep}: {plan:?}");
+                    // Never a protected one; the oldest unprotected ones, in order.
+                    assert!(plan.iter().all(|r| !protected.contains(r)), "{ctx}");
+                    assert_eq!(plan[..], unprotected[..plan.len()], "{ctx}");
+                    let left = n - plan.len();
+                    let keep1 = keep.max(1);
+                    // Exactly as many as needed to get down to `keep`, limited
+                    // by what is unprotected.
+                    assert_eq!(
+                        plan.len(),
+                        unprotected.len().min(n.saturating_sub(keep1)),
+                        "{ctx}"
+                    );
+                    // At most `keep` remain unless only protected ones remain.
+                    assert!(left <= keep1 || plan.len() == unprotected.len(), "{ctx}");
+                    // Never below `keep` through pruning.
+                    assert!(plan.is_empty() || left >= keep1, "{ctx}");
+                }
+            }
+        }
     }
 }

@@ -158,6 +158,13 @@ pub struct AppRecord {
     /// Last result per check name.
     #[serde(default)]
     pub checks: BTreeMap<String, CheckStatus>,
+    /// Automatic actions are frozen (`rollbackctl pause`).
+    #[serde(default)]
+    pub paused: bool,
+    /// The active release was restored by an automatic rollback: if it
+    /// fails too, the agent degrades instead of swapping again.
+    #[serde(default)]
+    pub restored: bool,
     /// Last change of this record.
     pub updated_at_ms: u64,
 }
@@ -174,6 +181,8 @@ impl AppRecord {
             bake_until_ms: None,
             intent: None,
             checks: BTreeMap::new(),
+            paused: false,
+            restored: false,
             updated_at_ms: now_ms(),
         }
     }
@@ -198,6 +207,15 @@ pub struct ReleaseRecord {
     pub decided_at_ms: Option<u64>,
     /// Why it failed.
     pub reason: Option<String>,
+    /// The source commit, from `deploy --commit` or `release.toml`.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// A tag, from `release.toml`.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// What changed, from `deploy --message` or `release.toml`'s `summary`.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// Who caused an event.
@@ -249,6 +267,18 @@ pub enum EventKind {
     HookRan,
     /// A rollback hook failed (for pre-activate: vetoed the deploy).
     HookFailed,
+    /// Automatic actions were frozen.
+    Paused,
+    /// Automatic actions were resumed.
+    Resumed,
+    /// State files were copied before an activation.
+    SnapshotTaken,
+    /// State files were restored on a rollback.
+    SnapshotRestored,
+    /// Taking or restoring a snapshot failed.
+    SnapshotFailed,
+    /// Old releases (and their snapshots) were removed.
+    Pruned,
 }
 
 impl EventKind {
@@ -268,6 +298,12 @@ impl EventKind {
             EventKind::Reconciled => "reconciled",
             EventKind::HookRan => "hook-ran",
             EventKind::HookFailed => "hook-failed",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::SnapshotTaken => "snapshot-taken",
+            EventKind::SnapshotRestored => "snapshot-restored",
+            EventKind::SnapshotFailed => "snapshot-failed",
+            EventKind::Pruned => "pruned",
         }
     }
 }
@@ -579,6 +615,9 @@ mod tests {
             activated_at_ms: None,
             decided_at_ms: None,
             reason: None,
+            commit: None,
+            tag: None,
+            message: None,
         }
     }
 

@@ -23,8 +23,12 @@ use crate::plugin::{
     CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo, Sandbox,
     Status, Transition,
 };
-use crate::policy::{bake_verdict, BakeVerdict, CheckTracker, Health, Outcome};
+use crate::policy::{
+    bake_verdict, steady_action, BakeVerdict, CheckTracker, Health, OnError, Outcome, Rule,
+    Severity, SteadyAction,
+};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
+use crate::snapshot::Snapshots;
 use crate::store::{
     now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, Intent, ReleaseRecord,
     ReleaseState, Store, StoreError,
@@ -48,6 +52,12 @@ pub enum CommandError {
         app: String,
         /// The version.
         version: String,
+    },
+    /// The app has no active release.
+    #[error("app `{app}` has no active release")]
+    NothingActive {
+        /// The app.
+        app: String,
     },
     /// No release to go back to.
     #[error("app `{app}` has no good release to roll back to")]
@@ -142,6 +152,46 @@ pub enum Command {
         /// Where the outcome goes.
         reply: Reply<RollbackDone>,
     },
+    /// Operator switch to an existing release, skipping analysis.
+    Activate {
+        /// The release.
+        version: Version,
+        /// Who asked.
+        actor: Actor,
+        /// Where the outcome goes.
+        reply: Reply<RollbackDone>,
+    },
+    /// Freeze (or unfreeze) automatic actions.
+    Pause {
+        /// Freeze when true.
+        paused: bool,
+        /// Who asked.
+        actor: Actor,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Run every check once now and report.
+    CheckNow {
+        /// The results.
+        reply: Reply<Vec<CheckRun>>,
+    },
+}
+
+/// One check run on demand (`rollbackctl check`).
+#[derive(Debug, Clone)]
+pub struct CheckRun {
+    /// The check.
+    pub name: String,
+    /// `critical` or `warning`.
+    pub severity: &'static str,
+    /// `pass`, `warn`, `fail` or `error`.
+    pub outcome: String,
+    /// What it said.
+    pub summary: String,
+    /// Its metrics.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// How long it took.
+    pub duration_ms: u64,
 }
 
 /// A check entry ready to run: its config, compiled plugin and sandbox.
@@ -152,6 +202,12 @@ pub struct LoadedCheck {
     pub interval: Duration,
     /// Consecutive failures that make it unhealthy.
     pub fail_after: u32,
+    /// How failures are counted.
+    pub rule: Rule,
+    /// What an unhealthy result does.
+    pub severity: Severity,
+    /// How plugin errors count.
+    pub on_error: OnError,
     /// The compiled plugin.
     pub plugin: Arc<Plugin>,
     /// Its grants.
@@ -219,6 +275,44 @@ impl AppHandle {
         .await
     }
 
+    /// Switches to `version` without analysis (operator emergency path).
+    pub async fn activate(
+        &self,
+        version: Version,
+        actor: Actor,
+    ) -> Result<RollbackDone, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Activate {
+                version,
+                actor,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Freezes (`true`) or resumes automatic actions.
+    pub async fn set_paused(&self, paused: bool, actor: Actor) -> Result<(), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Pause {
+                paused,
+                actor,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Runs every check once now.
+    pub async fn check_now(&self) -> Result<Vec<CheckRun>, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::CheckNow { reply }, rx).await
+    }
+
     async fn send<T>(
         &self,
         cmd: Command,
@@ -260,6 +354,7 @@ pub struct Supervisor {
     store: Store,
     checks: Vec<LoadedCheck>,
     hooks: Arc<Vec<LoadedHook>>,
+    snapshots: Snapshots,
     rec: AppRecord,
     /// Bumped on every activation so that results of an older watch are dropped.
     generation: u64,
@@ -299,6 +394,7 @@ impl Supervisor {
         store: Store,
         checks: Vec<LoadedCheck>,
         hooks: Vec<LoadedHook>,
+        snapshots: Snapshots,
     ) -> Result<AppHandle, CommandError> {
         let (tx, rx) = mpsc::channel(16);
         let (done_tx, done_rx) = mpsc::channel(64);
@@ -311,6 +407,7 @@ impl Supervisor {
             store,
             checks,
             hooks: Arc::new(hooks),
+            snapshots,
             rec,
             generation: 0,
             watch: None,
@@ -350,6 +447,9 @@ impl Supervisor {
                 activated_at_ms: None,
                 decided_at_ms: None,
                 reason: None,
+                commit: None,
+                tag: None,
+                message: None,
             }))
     }
 
@@ -488,7 +588,7 @@ impl Supervisor {
             trackers: self
                 .checks
                 .iter()
-                .map(|c| CheckTracker::new(c.fail_after))
+                .map(|c| CheckTracker::new(c.rule, c.on_error))
                 .collect(),
             // The first run waits one interval: the app was just (re)started.
             next_due: self.checks.iter().map(|c| now + c.interval).collect(),
@@ -594,7 +694,7 @@ impl Supervisor {
             ),
             Err(e) => (Outcome::Error, e.to_string(), Default::default()),
         };
-        let health = w.trackers[done.index].observe(outcome);
+        let health = w.trackers[done.index].observe(Instant::now(), outcome);
         tracing::debug!(app = %self.cfg.name, check = %check.name, outcome = outcome.as_str(), %summary, "check result");
         self.rec.checks.insert(
             check.name.clone(),
@@ -612,30 +712,92 @@ impl Supervisor {
         if let Err(e) = self.store.put_app_lazy(&self.rec) {
             tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
         }
-        let mut steady_failure = None;
-        if health == Health::Unhealthy && w.phase == Phase::Steady && !w.reported[done.index] {
-            // After the bake a failing check is recorded once; acting on it is the bake's job.
-            w.reported[done.index] = true;
-            steady_failure = Some(
-                Event::new(&self.cfg.name, Actor::agent(), EventKind::CheckFailed)
-                    .version(w.version.clone())
-                    .check(check.name.clone())
-                    .reason(format!("after the bake: {summary}")),
-            );
-        } else if health != Health::Unhealthy {
-            w.reported[done.index] = false;
-        }
-        if let Some(ev) = steady_failure {
-            self.log_err(self.store.record(ev).map(drop));
+        let newly_unhealthy = health == Health::Unhealthy && !w.reported[done.index];
+        w.reported[done.index] = health == Health::Unhealthy;
+        let baking = w.phase == Phase::Bake;
+        let version = w.version.clone();
+        if newly_unhealthy && (!baking || check.severity == Severity::Warning) {
+            let (name, severity) = (check.name.clone(), check.severity);
+            self.on_unhealthy(&version, &name, severity, &summary).await;
         }
         self.evaluate_bake().await;
+    }
+
+    /// A check turned unhealthy outside the bake (or a warning check did):
+    /// alert, roll back or degrade, as the policy says.
+    async fn on_unhealthy(
+        &mut self,
+        version: &str,
+        check: &str,
+        severity: Severity,
+        summary: &str,
+    ) {
+        let acting = !self.rec.paused && self.rec.state != AppState::Degraded;
+        let action = if acting {
+            steady_action(severity, self.cfg.auto_rollback, self.rec.restored)
+        } else {
+            SteadyAction::Alert
+        };
+        let when = if self.rec.state == AppState::Baking {
+            "during the bake"
+        } else {
+            "after the bake"
+        };
+        let mut why = format!("{when} ({}): {summary}", severity_name(severity));
+        if !acting {
+            why.push_str(if self.rec.paused {
+                " [paused: no action]"
+            } else {
+                " [degraded: no action]"
+            });
+        }
+        let ev = self
+            .event(Actor::agent(), EventKind::CheckFailed)
+            .version(version)
+            .check(check)
+            .reason(why);
+        self.log_err(self.store.record(ev).map(drop));
+        let reason = format!("check `{check}` {}: {summary}", self.rule_text(check));
+        match action {
+            SteadyAction::Alert => {}
+            SteadyAction::Rollback => {
+                self.auto_rollback(version, reason, Some(check.to_string()))
+                    .await;
+            }
+            SteadyAction::Degrade => {
+                let reason = format!("the release restored by a rollback failed too: {reason}");
+                self.degrade(version, &reason);
+            }
+        }
+    }
+
+    /// How a check's rule reads in a reason: "failed 3 time(s) in a row".
+    fn rule_text(&self, check: &str) -> String {
+        match self.checks.iter().find(|c| c.name == check).map(|c| c.rule) {
+            Some(Rule::Consecutive(n)) => format!("failed {n} time(s) in a row"),
+            Some(Rule::Ratio { ratio, window }) => format!(
+                "failed more than {}% of its runs over {}",
+                ratio * 100.0,
+                humantime::format_duration(window)
+            ),
+            None => "failed".into(),
+        }
     }
 
     async fn evaluate_bake(&mut self) {
         let Some(w) = self.watch.as_ref() else { return };
         let Some(until) = w.bake_until else { return };
-        let health: Vec<Health> = w.trackers.iter().map(|t| t.health()).collect();
-        match bake_verdict(Instant::now(), until, &health) {
+        if self.rec.paused {
+            return;
+        }
+        let now = Instant::now();
+        let health: Vec<(Health, Severity)> = w
+            .trackers
+            .iter()
+            .zip(&self.checks)
+            .map(|(t, c)| (t.health(now), c.severity))
+            .collect();
+        match bake_verdict(now, until, &health) {
             BakeVerdict::Pending => {}
             BakeVerdict::Passed => {
                 let version = w.version.clone();
@@ -646,14 +808,13 @@ impl Supervisor {
             BakeVerdict::Failed(i) => {
                 let version = w.version.clone();
                 let name = self.checks[i].name.clone();
-                let rule = self.checks[i].fail_after;
                 let summary = self
                     .rec
                     .checks
                     .get(&name)
                     .map(|c| c.summary.clone())
                     .unwrap_or_default();
-                let reason = format!("check `{name}` failed {rule} time(s) in a row: {summary}");
+                let reason = format!("check `{name}` {}: {summary}", self.rule_text(&name));
                 let ev = self
                     .event(Actor::agent(), EventKind::CheckFailed)
                     .version(version.clone())
@@ -727,7 +888,158 @@ impl Supervisor {
                 let r = self.manual_rollback(to, reason, actor).await;
                 let _ = reply.send(r);
             }
+            Command::Activate {
+                version,
+                actor,
+                reply,
+            } => {
+                let r = self.operator_activate(version, actor).await;
+                let _ = reply.send(r);
+            }
+            Command::Pause {
+                paused,
+                actor,
+                reply,
+            } => {
+                let r = self.set_paused(paused, actor);
+                let _ = reply.send(r);
+            }
+            Command::CheckNow { reply } => {
+                let r = self.check_now().await;
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    fn set_paused(&mut self, paused: bool, actor: Actor) -> Result<(), CommandError> {
+        if self.rec.paused == paused {
+            return Ok(());
+        }
+        self.rec.paused = paused;
+        self.save()?;
+        let (kind, what) = if paused {
+            (EventKind::Paused, "automatic actions frozen")
+        } else {
+            (EventKind::Resumed, "automatic actions resumed")
+        };
+        let ev = self.event(actor, kind).reason(what);
+        self.store.record(ev)?;
+        Ok(())
+    }
+
+    /// Runs every check once now, outside the policy (nothing is decided).
+    async fn check_now(&mut self) -> Result<Vec<CheckRun>, CommandError> {
+        let Some(active) = self.rec.active.clone() else {
+            return Err(CommandError::NothingActive {
+                app: self.cfg.name.clone(),
+            });
+        };
+        let input = CheckInput {
+            app: self.cfg.name.clone(),
+            check: String::new(),
+            active: self.release_info(&active),
+            previous: self
+                .newest_good(Some(&active))?
+                .map(|p| self.release_info(&p)),
+            phase: if self.rec.state == AppState::Baking {
+                Phase::Bake
+            } else {
+                Phase::Steady
+            },
+            now_ms: now_ms(),
+        };
+        let mut runs = Vec::with_capacity(self.checks.len());
+        for c in &self.checks {
+            let input = CheckInput {
+                check: c.name.clone(),
+                ..input.clone()
+            };
+            {
+                let report = c.plugin.check(&c.sandbox, &input).await;
+                let (outcome, summary, metrics) = match report.result {
+                    Ok(r) => (
+                        match r.status {
+                            Status::Pass => "pass",
+                            Status::Warn => "warn",
+                            Status::Fail => "fail",
+                        },
+                        r.summary,
+                        r.metrics,
+                    ),
+                    Err(e) => ("error", e.to_string(), Default::default()),
+                };
+                runs.push(CheckRun {
+                    name: c.name.clone(),
+                    severity: severity_name(c.severity),
+                    outcome: outcome.to_string(),
+                    summary,
+                    metrics,
+                    duration_ms: report.elapsed.as_millis() as u64,
+                });
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The operator's emergency switch: activates `version` without a bake
+    /// (the operator vouches for it), clearing `degraded`.
+    async fn operator_activate(
+        &mut self,
+        version: Version,
+        actor: Actor,
+    ) -> Result<RollbackDone, CommandError> {
+        if matches!(
+            self.rec.state,
+            AppState::Deploying | AppState::RollingBack | AppState::Baking
+        ) {
+            return Err(CommandError::Busy {
+                app: self.cfg.name.clone(),
+                state: self.rec.state.as_str(),
+            });
+        }
+        if !self.dir.exists(&version) {
+            return Err(ReleaseError::NotFound {
+                path: self.dir.release_path(&version),
+                version,
+            }
+            .into());
+        }
+        let from = self.rec.active.clone();
+        if from.as_deref() != Some(version.as_str()) {
+            self.take_snapshot(from.as_deref());
+            self.activate(&version, actor.clone(), "activate (operator, no analysis)")
+                .await?;
+        }
+        self.set_release_state(
+            version.as_str(),
+            ReleaseState::Good,
+            Some(format!("activated by {}", actor.name)),
+        )?;
+        self.rec.last_good = self.newest_good(None)?;
+        self.stop_watch();
+        let restarted = self.restart(version.as_str()).await;
+        self.begin_watch(version.as_str(), None, Phase::Steady, Duration::ZERO)?;
+        self.rec.state = AppState::Healthy;
+        self.rec.reason = None;
+        self.rec.restored = false;
+        self.save()?;
+        if let Err(why) = restarted {
+            self.degrade(version.as_str(), &why);
+        } else {
+            self.notify(
+                HookEvent::Activated,
+                LifecycleEvent::Activated(Transition {
+                    app: self.cfg.name.clone(),
+                    from: from.as_deref().map(|v| self.release_info(v)),
+                    to: self.release_info(version.as_str()),
+                    actor: actor.name.clone(),
+                }),
+            );
+        }
+        Ok(RollbackDone {
+            from,
+            to: version.to_string(),
+        })
     }
 
     fn busy(&self) -> Result<(), CommandError> {
@@ -759,6 +1071,7 @@ impl Supervisor {
         }
         let prior_state = self.rec.state;
         self.rec.state = AppState::Deploying;
+        self.rec.restored = false;
         self.save()?;
         let staged = {
             let (dir, src, v, limits) = (
@@ -812,6 +1125,7 @@ impl Supervisor {
                 reason: why,
             });
         }
+        self.take_snapshot(from.as_deref());
         if let Err(e) = self.activate(&version, actor.clone(), "deploy").await {
             self.rec.state = prior_state;
             self.save()?;
@@ -946,6 +1260,10 @@ impl Supervisor {
             .await
         {
             Ok(done) => {
+                // Loop guard: if the restored release fails too, degrade, never swap again.
+                self.rec.restored = true;
+                let r = self.save();
+                self.log_err(r);
                 let outcome = DeployOutcome::RolledBack {
                     to: done.to,
                     reason,
@@ -995,6 +1313,52 @@ impl Supervisor {
     fn release_info(&self, version: &str) -> ReleaseInfo {
         let rec = self.store.release(self.app(), version).ok().flatten();
         info(self.app(), rec.as_ref(), version)
+    }
+
+    /// Copies the app's state files for the release about to be left (so a
+    /// rollback to it can restore the data it expects).
+    fn take_snapshot(&mut self, from: Option<&str>) {
+        let Some(from) = from else { return };
+        if self.cfg.snapshot.is_empty() {
+            return;
+        }
+        let (kind, reason) = match self.snapshots.take(self.app(), from, &self.cfg.snapshot) {
+            Ok(info) => (
+                EventKind::SnapshotTaken,
+                format!("{} file(s) of {from}", info.files.len()),
+            ),
+            Err(e) => (
+                EventKind::SnapshotFailed,
+                format!("snapshot of {from}: {e}"),
+            ),
+        };
+        let ev = self
+            .event(Actor::agent(), kind)
+            .version(from)
+            .reason(reason);
+        self.log_err(self.store.record(ev).map(drop));
+    }
+
+    /// Restores the state files saved when `to` was left; false if that failed.
+    fn restore_snapshot(&mut self, to: &str) -> bool {
+        if self.cfg.snapshot.is_empty() || !self.snapshots.exists(self.app(), to) {
+            return true;
+        }
+        let (kind, reason, ok) = match self.snapshots.restore(self.app(), to) {
+            Ok(info) => (
+                EventKind::SnapshotRestored,
+                format!("{} file(s) of {to}", info.files.len()),
+                true,
+            ),
+            Err(e) => (
+                EventKind::SnapshotFailed,
+                format!("restore of {to}: {e}"),
+                false,
+            ),
+        };
+        let ev = self.event(Actor::agent(), kind).version(to).reason(reason);
+        self.log_err(self.store.record(ev).map(drop));
+        ok
     }
 
     /// Runs the pre-activate hooks in order; the first error (of any kind:
@@ -1066,6 +1430,9 @@ impl Supervisor {
         let done = self
             .rollback_to(&active, to, reason.clone(), actor, None)
             .await?;
+        // The operator chose the target: automatic rollbacks may act again.
+        self.rec.restored = false;
+        self.save()?;
         self.finish_waiters(DeployOutcome::RolledBack {
             to: done.to.clone(),
             reason,
@@ -1140,12 +1507,16 @@ impl Supervisor {
         );
         tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
         self.stop_watch();
+        let restored = self.restore_snapshot(target.as_str());
         let restarted = self.restart(target.as_str()).await;
         self.begin_watch(target.as_str(), None, Phase::Steady, Duration::ZERO)?;
         self.rec.state = AppState::Healthy;
         self.rec.reason = Some(format!("rolled back from {failed}: {reason}"));
         self.save()?;
         if let Err(why) = restarted {
+            self.degrade(target.as_str(), &why);
+        } else if !restored {
+            let why = format!("the state files of {target} could not be restored (see history)");
             self.degrade(target.as_str(), &why);
         }
         Ok(RollbackDone {
@@ -1167,8 +1538,23 @@ fn record_hook(
     let (event_kind, reason) = match result {
         Ok(()) => (EventKind::HookRan, format!("{}: ok", kind.as_str())),
         Err(e) => {
-            tracing::warn!(%app, hook = %hook.name, "hook failed on {}: {e}", kind.as_str());
-            (EventKind::HookFailed, format!("{}: {e}", kind.as_str()))
+            // One line: hook errors may quote a whole response body.
+            let text: String = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let text = if text.len() > 512 {
+                let mut end = 512;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…", &text[..end])
+            } else {
+                text
+            };
+            tracing::warn!(%app, hook = %hook.name, "hook failed on {}: {text}", kind.as_str());
+            (EventKind::HookFailed, format!("{}: {text}", kind.as_str()))
         }
     };
     let mut ev = Event::new(app, Actor::agent(), event_kind)
@@ -1179,6 +1565,13 @@ fn record_hook(
     }
     if let Err(e) = store.record(ev) {
         tracing::error!(%app, "state store: {e}");
+    }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
     }
 }
 

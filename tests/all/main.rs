@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod control;
+mod crash;
 mod deploy;
 mod fixtures_ext;
 mod hooks;

@@ -20,6 +20,10 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
         restart_timeout: Duration::from_secs(5),
         checks: Vec::new(),
         hooks: Vec::new(),
+        snapshot: Vec::new(),
+        keep_releases: None,
+        auto_rollback: rollback_agent::config::AutoRollback::Bake,
+        watch: false,
     }
 }
 
@@ -33,6 +37,9 @@ fn record(version: &str, state: ReleaseState) -> ReleaseRecord {
         activated_at_ms: Some(now_ms()),
         decided_at_ms: None,
         reason: None,
+        commit: None,
+        tag: None,
+        message: None,
     }
 }
 
@@ -100,6 +107,7 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
         store.clone(),
         Vec::new(),
         Vec::new(),
+        rollback_agent::snapshot::Snapshots::new(tmp.path()),
     )
     .unwrap();
     let rec = store.app("shop").unwrap().unwrap();
@@ -145,6 +153,7 @@ async fn releases_are_adopted_and_forgotten_to_match_the_disk() {
         store.clone(),
         Vec::new(),
         Vec::new(),
+        rollback_agent::snapshot::Snapshots::new(tmp.path()),
     )
     .unwrap();
     let rec = store.app("shop").unwrap().unwrap();
@@ -190,6 +199,7 @@ async fn a_degraded_app_stays_degraded_across_restarts() {
         store.clone(),
         Vec::new(),
         Vec::new(),
+        rollback_agent::snapshot::Snapshots::new(tmp.path()),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;

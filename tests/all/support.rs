@@ -290,6 +290,17 @@ impl Agent {
         child.wait().unwrap()
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup at all) and waits for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent not running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }

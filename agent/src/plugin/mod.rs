@@ -392,7 +392,8 @@ impl Sandbox {
     pub fn new(grants: Grants, kv: Arc<dyn Kv>) -> Result<Arc<Sandbox>, PluginError> {
         let rules = grants.allow_hosts.clone();
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
+            // `previous()` holds the original URL plus every redirect so far.
+            if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
             }
             match url_allowed(&rules, attempt.url()) {

@@ -1,0 +1,404 @@
+//! Crash safety: `kill -9` of rollbackd at random moments during deploys,
+//! bakes and rollbacks. After every restart the disk and the store must
+//! agree: `current` points at a complete release, no leftover of interrupted
+//! work remains, `status` names the release `current` points at, and the
+//! releases the store lists are exactly the directories under `releases/`.
+//!
+//! The round plan comes from a small PRNG seeded from the clock; the seed is
+//! printed (set `CRASH_SEED` to replay the same plan). The kill moments still
+//! land wherever the agent happens to be, so a replay is close, not exact.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Rounds of action (+ kill) + restart + checks.
+const ROUNDS: u32 = 60;
+/// Percentage of rounds that end with a SIGKILL; the others finish normally.
+const KILL_PERCENT: u64 = 75;
+/// Longest wait between the action and the kill.
+const MAX_KILL_DELAY_MS: u64 = 400;
+/// Liveness bound for the agent to settle or agree with itself (not a timing
+/// assertion: it only turns a hang into a failure with a message).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// SplitMix64: small, seedable, good enough to pick actions and delays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("CRASH_SEED") {
+        Ok(s) => s.trim().parse().expect("CRASH_SEED must be a u64"),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
+
+/// One app `shop` with a short bake and a fast health check.
+fn crash_config(port: u16) -> String {
+    format!(
+        r#"[apps.shop]
+root = "{{dir}}/shop"
+bake = "400ms"
+
+[[apps.shop.checks]]
+name = "health"
+plugin = "{plugin}"
+interval = "100ms"
+fail_after = 2
+timeout = "2s"
+allow_hosts = ["127.0.0.1:{port}"]
+config = {{ url = "http://127.0.0.1:{port}/health" }}
+"#,
+        plugin = plugin("http-probe").display()
+    )
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Deploy {
+        version: String,
+        good: bool,
+        wait: bool,
+    },
+    Rollback {
+        to: Option<String>,
+    },
+}
+
+impl Action {
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        match self {
+            Action::Deploy {
+                version,
+                good,
+                wait,
+            } => {
+                let source = example_release(if *good { "1.0.0" } else { "1.1.0" });
+                args.extend(["deploy".into(), "shop".into()]);
+                args.push(source.display().to_string());
+                args.extend(["--version".into(), version.clone()]);
+                if *wait {
+                    args.push("--wait".into());
+                }
+            }
+            Action::Rollback { to } => {
+                args.extend(["rollback", "shop", "--reason", "crash test"].map(String::from));
+                if let Some(to) = to {
+                    args.extend(["--to".into(), to.clone()]);
+                }
+            }
+        }
+        args
+    }
+}
+
+/// The content a release directory must hold, by the suffix of its name.
+fn expected_release_json(version: &str) -> String {
+    let source = if version.ends_with("-bad") {
+        "1.1.0"
+    } else {
+        "1.0.0"
+    };
+    std::fs::read_to_string(example_release(source).join("release.json")).unwrap()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `<root>/current`'s target; it must always exist and be a symlink.
+fn current_link(root: &Path, ctx: &str) -> PathBuf {
+    let link = root.join("current");
+    let meta = std::fs::symlink_metadata(&link)
+        .unwrap_or_else(|e| panic!("{ctx}: {} is missing: {e}", link.display()));
+    assert!(
+        meta.file_type().is_symlink(),
+        "{ctx}: {} is not a symlink",
+        link.display()
+    );
+    std::fs::read_link(&link).unwrap()
+}
+
+/// (active, state, last_good): what must not move while a snapshot is taken.
+fn status_key(s: &Value) -> (Value, Value, Value) {
+    (
+        s["active"].clone(),
+        s["state"].clone(),
+        s["last_good"].clone(),
+    )
+}
+
+/// Waits until the app is neither deploying, baking nor rolling back.
+fn settle(agent: &Agent, ctx: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = agent.json(&["status", "shop"]);
+        let state = s["state"].as_str().unwrap_or_default().to_string();
+        if matches!(state.as_str(), "healthy" | "degraded" | "empty") {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ctx}: the app never settled: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Takes a snapshot of disk and store while nothing moves (an automatic
+/// rollback of a resumed bake may be swapping `current` at the same time),
+/// then checks that they agree. Returns the observations that are odd but
+/// not required (releases `active` in the store that `current` is not at).
+fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    let releases_dir = root.join("releases");
+    loop {
+        let link1 = current_link(root, ctx);
+        let s1 = agent.json(&["status", "shop"]);
+        let root_entries = names(root);
+        let disk_entries = names(&releases_dir);
+        let listed = agent.json(&["releases", "shop"]);
+        let s2 = agent.json(&["status", "shop"]);
+        let link2 = current_link(root, ctx);
+        let state = s1["state"].as_str().unwrap_or_default();
+        let moving = link1 != link2
+            || status_key(&s1) != status_key(&s2)
+            || matches!(state, "deploying" | "rolling-back");
+        if moving {
+            assert!(
+                Instant::now() < deadline,
+                "{ctx}: disk and store never held still: {link1:?} {s1} / {link2:?} {s2}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+
+        // `current` -> releases/<v>, a complete release.
+        let mut comps = link1.components();
+        let (Some(first), Some(second), None) = (comps.next(), comps.next(), comps.next()) else {
+            panic!("{ctx}: current points at {link1:?}, not releases/<version>");
+        };
+        assert_eq!(
+            first.as_os_str(),
+            "releases",
+            "{ctx}: current points at {link1:?}"
+        );
+        let active = second.as_os_str().to_string_lossy().into_owned();
+
+        // No leftover of interrupted work.
+        let tmp_links: Vec<_> = root_entries
+            .iter()
+            .filter(|n| n.starts_with("current.tmp-"))
+            .collect();
+        assert!(
+            tmp_links.is_empty(),
+            "{ctx}: temporary links left in the root: {tmp_links:?}"
+        );
+        let hidden: Vec<_> = disk_entries.iter().filter(|n| n.starts_with('.')).collect();
+        assert!(
+            hidden.is_empty(),
+            "{ctx}: staging or removal directories left in releases/: {hidden:?}"
+        );
+
+        // Every release directory is complete.
+        for v in &disk_entries {
+            let dir = releases_dir.join(v);
+            let meta = std::fs::symlink_metadata(&dir).unwrap();
+            assert!(meta.is_dir(), "{ctx}: releases/{v} is not a directory");
+            let text = std::fs::read_to_string(dir.join("release.json"))
+                .unwrap_or_else(|e| panic!("{ctx}: releases/{v}/release.json unreadable: {e}"));
+            serde_json::from_str::<Value>(&text).unwrap_or_else(|e| {
+                panic!("{ctx}: releases/{v}/release.json is not JSON ({e}): {text:?}")
+            });
+            assert_eq!(
+                text,
+                expected_release_json(v),
+                "{ctx}: releases/{v}/release.json differs from its source"
+            );
+        }
+        assert!(
+            disk_entries.contains(&active),
+            "{ctx}: current points at releases/{active}, which does not exist: {disk_entries:?}"
+        );
+
+        // The store agrees with the symlink.
+        assert_eq!(
+            s1["active"].as_str(),
+            Some(active.as_str()),
+            "{ctx}: status disagrees with current -> releases/{active}: {s1}"
+        );
+        assert!(
+            matches!(state, "baking" | "healthy" | "degraded"),
+            "{ctx}: unexpected app state with an active release: {s1}"
+        );
+
+        // The store lists exactly the directories on disk.
+        let records = listed["releases"].as_array().unwrap();
+        let mut stored = BTreeSet::new();
+        let mut odd = Vec::new();
+        for r in records {
+            let v = r["version"].as_str().unwrap().to_string();
+            let rstate = r["state"].as_str().unwrap_or_default();
+            assert!(
+                matches!(rstate, "staged" | "active" | "good" | "failed"),
+                "{ctx}: release {v} has state {rstate:?}: {r}"
+            );
+            if rstate == "active" && v != active {
+                odd.push(format!(
+                    "{ctx}: release {v} is `active` in the store but current is {active}"
+                ));
+            }
+            assert!(
+                stored.insert(v.clone()),
+                "{ctx}: {v} listed twice: {listed}"
+            );
+        }
+        let on_disk: BTreeSet<String> = disk_entries.iter().cloned().collect();
+        assert_eq!(
+            stored, on_disk,
+            "{ctx}: `releases` (left) and releases/ on disk (right) differ: {listed}"
+        );
+
+        // last_good, when set, names a good release.
+        if let Some(good) = s1["last_good"].as_str() {
+            let r = records
+                .iter()
+                .find(|r| r["version"] == good)
+                .unwrap_or_else(|| panic!("{ctx}: last_good {good} is not a release: {listed}"));
+            assert_eq!(r["state"], "good", "{ctx}: last_good {good}: {r}");
+        }
+
+        // The whole audit log still decodes.
+        let history = agent.json(&["history", "shop", "--limit", "10000"]);
+        assert!(history["events"].as_array().is_some(), "{ctx}: {history}");
+        return odd;
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
+    let seed = seed();
+    println!("crash test seed: {seed} (replay with CRASH_SEED={seed})");
+    eprintln!("crash test seed: {seed} (replay with CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let mut agent = Agent::start_in(dir, &crash_config(app.port));
+
+    // A good release first, so that `current` exists from here on.
+    let out = agent.deploy(example_release("1.0.0").to_str().unwrap(), "r0-good", true);
+    assert_eq!(out.code, 0, "seed {seed}: first deploy: {out:?}");
+    check_consistent(&agent, &root, &format!("seed {seed}, setup"));
+
+    let mut versions = vec!["r0-good".to_string()];
+    let (mut kills, mut finished) = (0u32, 0u32);
+    let mut odd = Vec::new();
+    for round in 1..=ROUNDS {
+        let action = match rng.below(10) {
+            0..=3 => Action::Deploy {
+                version: format!("r{round}-good"),
+                good: true,
+                wait: rng.percent(50),
+            },
+            4..=6 => Action::Deploy {
+                version: format!("r{round}-bad"),
+                good: false,
+                wait: rng.percent(50),
+            },
+            7 | 8 => Action::Rollback { to: None },
+            _ => Action::Rollback {
+                to: Some(versions[rng.below(versions.len() as u64) as usize].clone()),
+            },
+        };
+        if let Action::Deploy { version, .. } = &action {
+            versions.push(version.clone());
+        }
+        let kill_after = rng
+            .percent(KILL_PERCENT)
+            .then(|| rng.below(MAX_KILL_DELAY_MS + 1));
+        let ctx = format!("seed {seed}, round {round} ({action:?}, kill after {kill_after:?} ms)");
+
+        let args = action.args();
+        let socket = agent.socket.clone();
+        let client = std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ctl_with(&socket, &args)
+        });
+        match kill_after {
+            Some(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                agent.kill9();
+                // The client may fail in any way now: that is expected.
+                let _ = client.join();
+                kills += 1;
+                // Panics (with the log) if the store cannot be opened.
+                agent.spawn();
+            }
+            None => {
+                let out = client.join().unwrap();
+                assert!(
+                    matches!(out.code, 0 | 1 | 3),
+                    "{ctx}: rollbackctl ended unexpectedly: {out:?}"
+                );
+                settle(&agent, &ctx);
+                finished += 1;
+            }
+        }
+        odd.extend(check_consistent(&agent, &root, &ctx));
+    }
+
+    let states: Vec<String> = agent.json(&["releases", "shop"])["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}={}",
+                r["version"].as_str().unwrap(),
+                r["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    println!(
+        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {finished} finished) in {:.1?}; releases: {}",
+        started.elapsed(),
+        states.join(" ")
+    );
+    for note in &odd {
+        println!("note: {note}");
+    }
+}
