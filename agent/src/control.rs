@@ -338,6 +338,9 @@ impl Control {
                 activated_at: r.activated_at_ms.map(protocol::rfc3339),
                 decided_at_ms: r.decided_at_ms,
                 reason: r.reason,
+                commit: r.commit,
+                tag: r.tag,
+                message: r.message,
             })
             .collect();
         releases.sort_by(|a, b| (a.created_at_ms, &a.version).cmp(&(b.created_at_ms, &b.version)));
@@ -378,8 +381,32 @@ impl Control {
                 format!("source `{}` must be an absolute path", p.source),
             ));
         }
+        if let Some(c) = &p.commit {
+            if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) {
+                return Err(RemoteError::invalid_parameter(
+                    "commit",
+                    "commit must be 1 to 128 printable characters",
+                ));
+            }
+        }
+        if p.message
+            .as_ref()
+            .is_some_and(|m| m.len() > crate::release::MAX_SUMMARY)
+        {
+            return Err(RemoteError::invalid_parameter(
+                "message",
+                format!(
+                    "message is longer than {} bytes",
+                    crate::release::MAX_SUMMARY
+                ),
+            ));
+        }
+        let meta = crate::supervisor::DeployMeta {
+            commit: p.commit.clone(),
+            message: p.message.clone(),
+        };
         let outcome = handle
-            .deploy(source, version.clone(), actor.clone(), p.wait)
+            .deploy(source, version.clone(), actor.clone(), p.wait, meta)
             .await
             .map_err(command_error)?;
         let (name, active, reason) = match outcome {

@@ -87,6 +87,12 @@ pub enum AgentCommand {
         /// Wait until the bake decides: good (exit 0) or rolled back (exit 3).
         #[arg(long)]
         wait: bool,
+        /// The source commit (recorded with the release).
+        #[arg(long)]
+        commit: Option<String>,
+        /// What changed (recorded with the release).
+        #[arg(long)]
+        message: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -531,7 +537,8 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 "CURRENT",
                 "CREATED",
                 "ACTIVATED",
-                "REASON",
+                "COMMIT",
+                "NOTE",
             ]
             .map(String::from)
             .to_vec()];
@@ -546,7 +553,12 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                     },
                     time(rel.created_at_ms),
                     rel.activated_at_ms.map(time).unwrap_or_else(|| "-".into()),
-                    opt(&rel.reason).into(),
+                    opt(&rel.commit).into(),
+                    // Why it failed, else what it changed.
+                    rel.reason
+                        .clone()
+                        .or_else(|| rel.message.clone())
+                        .unwrap_or_else(|| "-".into()),
                 ]);
             }
             out(&table(&rows))?;
@@ -556,11 +568,16 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             source,
             version,
             wait,
+            commit,
+            message,
             json,
         } => {
             let source = std::fs::canonicalize(&source)
                 .with_context(|| format!("source {}", source.display()))?;
-            let params = serde_json::json!({ "app": app, "source": source, "version": version, "wait": wait });
+            let params = serde_json::json!({
+                "app": app, "source": source, "version": version, "wait": wait,
+                "commit": commit, "message": message,
+            });
             let (r, raw): (protocol::DeployReply, _) =
                 client.request(method::DEPLOY, params).await?;
             if json {

@@ -262,6 +262,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         apps.insert(name.clone(), handle);
     }
 
+    // Events are kept `history_retention` (at least 30 days), then pruned.
+    let retention = config.agent.history_retention;
+    let pruner = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
+            loop {
+                every.tick().await;
+                let cutoff = crate::store::now_ms().saturating_sub(retention.as_millis() as u64);
+                match store.prune_events(cutoff) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "pruned old events"),
+                    Err(e) => tracing::error!("cannot prune events: {e}"),
+                }
+            }
+        })
+    };
+
     let listener = control::bind(&config.agent.socket)?;
     let server = Arc::new(Control::new(store.clone(), apps, views));
     let serving = tokio::spawn(server.serve(listener));
@@ -275,6 +293,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     crate::systemd::stopping();
     serving.abort();
+    pruner.abort();
     let _ = std::fs::remove_file(&config.agent.socket);
     store.flush()?;
     drop(host);

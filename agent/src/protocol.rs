@@ -291,6 +291,15 @@ pub struct ReleaseView {
     pub decided_at_ms: Option<u64>,
     /// Why it failed.
     pub reason: Option<String>,
+    /// Its source commit.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Its tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// What changed.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// `Releases` reply.
@@ -315,6 +324,12 @@ pub struct DeployParams {
     /// Reply only once the bake is decided.
     #[serde(default)]
     pub wait: bool,
+    /// The source commit of the release.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// What changed.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// `Deploy` reply.

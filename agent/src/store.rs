@@ -586,6 +586,23 @@ impl Store {
         Ok(event)
     }
 
+    /// Removes events older than `cutoff_ms` (any app); returns how many.
+    pub fn prune_events(&self, cutoff_ms: u64) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.events.iter() {
+            let (k, v) = kv?;
+            let event: Event = decode(&k, &v)?;
+            if event.at_ms < cutoff_ms {
+                self.events.remove(&k)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
     /// The app's events, newest first, at most `limit`.
     pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Event>> {
         self.events
@@ -717,6 +734,24 @@ mod tests {
                 .unwrap(),
             b"y"
         );
+    }
+
+    #[test]
+    fn old_events_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut old = Event::new("shop", Actor::agent(), EventKind::Staged);
+        old.at_ms = 1_000;
+        s.record(old).unwrap();
+        s.record(Event::new("shop", Actor::agent(), EventKind::Activated))
+            .unwrap();
+        s.record(Event::new("other", Actor::agent(), EventKind::Activated))
+            .unwrap();
+        assert_eq!(s.prune_events(2_000).unwrap(), 1);
+        let h = s.history("shop", 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].kind, EventKind::Activated);
+        assert_eq!(s.prune_events(2_000).unwrap(), 0);
     }
 
     #[test]

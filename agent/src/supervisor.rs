@@ -115,6 +115,15 @@ pub enum DeployOutcome {
     },
 }
 
+/// What the operator said about a release when deploying it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployMeta {
+    /// `--commit`.
+    pub commit: Option<String>,
+    /// `--message`.
+    pub message: Option<String>,
+}
+
 /// The result of a successful rollback command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackDone {
@@ -138,6 +147,8 @@ pub enum Command {
         actor: Actor,
         /// Reply only once the bake is decided.
         wait: bool,
+        /// Commit and message given with the deploy.
+        meta: DeployMeta,
         /// Where the outcome goes.
         reply: Reply<DeployOutcome>,
     },
@@ -240,6 +251,7 @@ impl AppHandle {
         version: Version,
         actor: Actor,
         wait: bool,
+        meta: DeployMeta,
     ) -> Result<DeployOutcome, CommandError> {
         let (reply, rx) = oneshot::channel();
         self.send(
@@ -248,6 +260,7 @@ impl AppHandle {
                 version,
                 actor,
                 wait,
+                meta,
                 reply,
             },
             rx,
@@ -804,6 +817,7 @@ impl Supervisor {
                 if let Err(e) = self.mark_good(&version) {
                     tracing::error!(app = %self.app(), "cannot mark {version} good: {e}");
                 }
+                self.prune_releases().await;
             }
             BakeVerdict::Failed(i) => {
                 let version = w.version.clone();
@@ -853,6 +867,63 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Removes the oldest releases beyond `keep_releases` (and their
+    /// snapshots), never the active one, the last good one or the rollback
+    /// target.
+    async fn prune_releases(&mut self) {
+        let Some(keep) = self.cfg.keep_releases else {
+            return;
+        };
+        let mut recs = match self.store.releases(self.app()) {
+            Ok(r) => r,
+            Err(e) => return tracing::error!(app = %self.app(), "state store: {e}"),
+        };
+        recs.sort_by(|a, b| (a.created_at_ms, &a.version).cmp(&(b.created_at_ms, &b.version)));
+        let order: Vec<Version> = recs
+            .iter()
+            .filter_map(|r| Version::parse(&r.version).ok())
+            .collect();
+        let active = self.rec.active.clone();
+        let target = active
+            .as_deref()
+            .and_then(|a| self.newest_good(Some(a)).ok().flatten());
+        let protected: Vec<Version> = [active, self.rec.last_good.clone(), target]
+            .into_iter()
+            .flatten()
+            .filter_map(|v| Version::parse(&v).ok())
+            .collect();
+        let plan = crate::release::prune_plan(&order, &protected, keep);
+        if plan.is_empty() {
+            return;
+        }
+        let mut removed = Vec::new();
+        for v in plan {
+            let (dir, version) = (self.dir.clone(), v.clone());
+            match blocking(move || dir.remove(&version)).await {
+                Ok(()) | Err(ReleaseError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(app = %self.app(), version = %v, "cannot prune: {e}");
+                    continue;
+                }
+            }
+            let r = self.store.delete_release(self.app(), v.as_str());
+            self.log_err(r);
+            if let Err(e) = self.snapshots.remove(self.app(), v.as_str()) {
+                tracing::warn!(app = %self.app(), version = %v, "cannot remove snapshot: {e}");
+            }
+            removed.push(v.to_string());
+        }
+        if !removed.is_empty() {
+            let ev = self
+                .event(Actor::agent(), EventKind::Pruned)
+                .reason(format!(
+                    "removed {} (keep_releases = {keep})",
+                    removed.join(", ")
+                ));
+            self.log_err(self.store.record(ev).map(drop));
+        }
+    }
+
     fn finish_waiters(&mut self, outcome: DeployOutcome) {
         for w in self.waiters.drain(..) {
             let _ = w.send(Ok(outcome.clone()));
@@ -866,8 +937,9 @@ impl Supervisor {
                 version,
                 actor,
                 wait,
+                meta,
                 reply,
-            } => match self.deploy(source, version, actor).await {
+            } => match self.deploy(source, version, actor, meta).await {
                 Ok(None) if wait => self.waiters.push(reply),
                 Ok(None) => {
                     let _ = reply.send(Ok(DeployOutcome::Baking));
@@ -1036,6 +1108,7 @@ impl Supervisor {
                 }),
             );
         }
+        self.prune_releases().await;
         Ok(RollbackDone {
             from,
             to: version.to_string(),
@@ -1060,6 +1133,7 @@ impl Supervisor {
         source: PathBuf,
         version: Version,
         actor: Actor,
+        meta: DeployMeta,
     ) -> Result<Option<DeployOutcome>, CommandError> {
         self.busy()?;
         if self.dir.exists(&version) || self.store.release(self.app(), version.as_str())?.is_some()
@@ -1092,13 +1166,45 @@ impl Supervisor {
             self.store.record(ev)?;
             return Err(e.into());
         }
+        let manifest =
+            match crate::release::read_manifest(&self.dir.release_path(&version), &version) {
+                Ok(m) => m.unwrap_or_default(),
+                Err(e) => {
+                    // A bad manifest is bad input: the staged copy goes, nothing else changed.
+                    let (dir, v) = (self.dir.clone(), version.clone());
+                    if let Err(rm) = blocking(move || dir.remove(&v)).await {
+                        tracing::warn!(app = %self.app(), "cannot remove refused release: {rm}");
+                    }
+                    self.rec.state = prior_state;
+                    self.save()?;
+                    let ev = self
+                        .event(actor, EventKind::DeployFailed)
+                        .version(version.as_str())
+                        .reason(e.to_string());
+                    self.store.record(ev)?;
+                    return Err(e.into());
+                }
+            };
         let mut r = self.release_rec(version.as_str())?;
         r.source = Some(source.display().to_string());
+        r.commit = meta.commit.or(manifest.commit);
+        r.tag = manifest.tag;
+        r.message = meta.message.or(manifest.summary);
         self.store.put_release(&r)?;
+        let mut what = format!("from {}", source.display());
+        if let Some(c) = &r.commit {
+            what.push_str(&format!("; commit {c}"));
+        }
+        if let Some(t) = &r.tag {
+            what.push_str(&format!("; tag {t}"));
+        }
+        if let Some(m) = &r.message {
+            what.push_str(&format!(": {m}"));
+        }
         let ev = self
             .event(actor.clone(), EventKind::Staged)
             .version(version.as_str())
-            .reason(format!("from {}", source.display()));
+            .reason(what);
         self.store.record(ev)?;
 
         let from = self.rec.active.clone();

@@ -15,6 +15,50 @@ struct Args {
     /// The agent's config file.
     #[arg(long, env = "ROLLBACK_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Validate the config (and that every plugin file is there and matches
+    /// its pin), print the result and exit: 0 valid, 1 invalid.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// `--check-config`: everything that can be checked without starting.
+fn check_config(config: &Config) -> anyhow::Result<String> {
+    let (mut checks, mut hooks) = (0, 0);
+    for (app, a) in &config.apps {
+        let entries = a
+            .checks
+            .iter()
+            .map(|c| ("check", &c.name, &c.entry))
+            .chain(a.hooks.iter().map(|h| ("hook", &h.name, &h.entry)));
+        for (kind, name, entry) in entries {
+            let bytes = std::fs::read(&entry.plugin).with_context(|| {
+                format!(
+                    "app `{app}`, {kind} `{name}`: cannot read plugin {}",
+                    entry.plugin.display()
+                )
+            })?;
+            if let Some(pin) = &entry.sha256 {
+                use sha2::Digest;
+                let actual = format!("{:x}", sha2::Sha256::digest(&bytes));
+                if &actual != pin {
+                    anyhow::bail!(
+                        "app `{app}`, {kind} `{name}`: plugin {} has SHA-256 {actual}, the config pins {pin}",
+                        entry.plugin.display()
+                    );
+                }
+            }
+            if kind == "check" {
+                checks += 1;
+            } else {
+                hooks += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "config OK: {}: {} app(s), {checks} check(s), {hooks} hook(s)",
+        config.path.display(),
+        config.apps.len()
+    ))
 }
 
 fn init_logging() {
@@ -29,6 +73,21 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check_config {
+        return match Config::load(&args.config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| check_config(&c))
+        {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rollbackd: {}", rollback_agent::error_text(e.chain()));
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let result = Config::load(&args.config)
         .map_err(anyhow::Error::from)
