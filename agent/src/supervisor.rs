@@ -817,7 +817,9 @@ impl Supervisor {
                 if let Err(e) = self.mark_good(&version) {
                     tracing::error!(app = %self.app(), "cannot mark {version} good: {e}");
                 }
+                // Prune before answering, so a waiting deploy sees the final layout.
                 self.prune_releases().await;
+                self.finish_waiters(DeployOutcome::Good);
             }
             BakeVerdict::Failed(i) => {
                 let version = w.version.clone();
@@ -863,7 +865,6 @@ impl Supervisor {
                 .reason("passed its bake"),
         )?;
         tracing::info!(app = %self.app(), %version, "release passed its bake");
-        self.finish_waiters(DeployOutcome::Good);
         Ok(())
     }
 

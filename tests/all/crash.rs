@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::support::*;
 
 /// Rounds of action (+ kill) + restart + checks.
-const ROUNDS: u32 = 60;
+const ROUNDS: u32 = 80;
 /// Percentage of rounds that end with a SIGKILL; the others finish normally.
 const KILL_PERCENT: u64 = 75;
 /// Longest wait between the action and the kill.
@@ -393,8 +393,20 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
             )
         })
         .collect();
+    let reconciled = agent.json(&["history", "shop", "--limit", "10000"])["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "reconciled")
+        .count();
+    let log = agent.log();
+    let leftovers = log
+        .lines()
+        .filter(|l| l.contains("removed leftover of interrupted work") && l.contains("app"))
+        .count();
     println!(
-        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {finished} finished) in {:.1?}; releases: {}",
+        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {finished} finished) in {:.1?}; \
+         {reconciled} reconciliations, {leftovers} leftovers removed; releases: {}",
         started.elapsed(),
         states.join(" ")
     );

@@ -9,6 +9,7 @@ mod deploy;
 mod fixtures_ext;
 mod hooks;
 mod http;
+mod lifecycle;
 mod platform;
 mod python;
 mod reconcile;

@@ -253,7 +253,10 @@ impl Agent {
         let child = Command::new(ROLLBACKD)
             .arg("--config")
             .arg(&self.config)
-            .env("ROLLBACK_AGENT_LOG", "debug,sled=info")
+            .env(
+                "ROLLBACK_AGENT_LOG",
+                "debug,sled=info,cranelift_codegen=info,wasmtime=info,wasmtime_cranelift=info",
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
