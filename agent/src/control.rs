@@ -25,6 +25,11 @@ use crate::supervisor::{AppHandle, CommandError, DeployOutcome};
 /// What the control server needs: the store to read, the supervisors to command.
 pub struct Control {
     store: Store,
+    registry: std::sync::RwLock<Registry>,
+}
+
+/// The apps and plugins the agent runs now (replaced on reload).
+struct Registry {
     apps: BTreeMap<String, AppHandle>,
     plugins: Vec<protocol::PluginView>,
 }
@@ -126,9 +131,18 @@ impl Control {
     ) -> Self {
         Control {
             store,
-            apps,
-            plugins,
+            registry: std::sync::RwLock::new(Registry { apps, plugins }),
         }
+    }
+
+    /// Swaps in the supervisors and plugins of a reloaded config.
+    pub fn replace(&self, apps: BTreeMap<String, AppHandle>, plugins: Vec<protocol::PluginView>) {
+        let mut r = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        *r = Registry { apps, plugins };
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Accepts connections until the listener fails or the task is dropped.
@@ -187,8 +201,8 @@ impl Control {
         }
     }
 
-    fn handle(&self, app: &str) -> Result<&AppHandle, RemoteError> {
-        self.apps.get(app).ok_or_else(|| {
+    fn handle(&self, app: &str) -> Result<AppHandle, RemoteError> {
+        self.registry().apps.get(app).cloned().ok_or_else(|| {
             RemoteError::new(
                 error::NO_SUCH_APP,
                 format!("no app named `{app}` in the agent's config"),
@@ -275,20 +289,20 @@ impl Control {
     }
 
     fn status(&self, p: protocol::StatusParams) -> Result<serde_json::Value, RemoteError> {
-        let names: Vec<&String> = match &p.app {
+        let names: Vec<String> = match &p.app {
             Some(app) => {
                 self.handle(app)?;
-                vec![app]
+                vec![app.clone()]
             }
-            None => self.apps.keys().collect(),
+            None => self.registry().apps.keys().cloned().collect(),
         };
         let mut apps = Vec::new();
         for name in names {
             let rec = self
                 .store
-                .app(name)
+                .app(&name)
                 .map_err(internal)?
-                .unwrap_or_else(|| crate::store::AppRecord::new(name));
+                .unwrap_or_else(|| crate::store::AppRecord::new(&name));
             apps.push(protocol::AppStatus {
                 app: rec.name,
                 state: rec.state.as_str().to_string(),
@@ -307,6 +321,7 @@ impl Control {
             self.handle(app)?;
         }
         let plugins = self
+            .registry()
             .plugins
             .iter()
             .filter(|v| p.app.as_ref().is_none_or(|a| *a == v.app))

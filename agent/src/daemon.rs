@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::{Config, HookEvent, PluginEntry};
+use crate::config::{AppConfig, Config, HookEvent, PluginEntry};
 use crate::control::{self, Control};
 use crate::plugin::{Grants, HostOptions, Kv, Plugin, PluginHost, Sandbox, World};
 use crate::protocol::PluginView;
 use crate::store::{KvSpace, Store};
-use crate::supervisor::{LoadedCheck, LoadedHook, Supervisor};
+use crate::supervisor::{AppHandle, LoadedCheck, LoadedHook, Supervisor};
 
 impl Kv for KvSpace {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -188,7 +188,143 @@ fn compile_all(host: &PluginHost, config: &Config) -> anyhow::Result<Vec<Compile
     Ok(out)
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Per app: its checks and hooks, ready to hand to a supervisor.
+type Loaded = BTreeMap<String, (Vec<LoadedCheck>, Vec<LoadedHook>)>;
+
+/// Compiles (or takes from the cache) every plugin of `config`, off the
+/// async runtime.
+async fn compile(host: &Arc<PluginHost>, config: &Config) -> anyhow::Result<Vec<Compiled>> {
+    let (host, cfg) = (host.clone(), config.clone());
+    tokio::task::spawn_blocking(move || compile_all(&host, &cfg))
+        .await
+        .context("plugin compilation panicked")?
+}
+
+/// Gives each compiled entry its sandbox and groups them per app.
+fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
+    let mut loaded: Loaded = BTreeMap::new();
+    for c in compiled {
+        let sandbox = c.sandbox(store)?;
+        let (checks, hooks) = loaded.entry(c.app.clone()).or_default();
+        match &c.role {
+            Role::Check {
+                interval,
+                fail_after,
+                rule,
+                severity,
+                on_error,
+            } => checks.push(LoadedCheck {
+                name: c.name.clone(),
+                interval: *interval,
+                fail_after: *fail_after,
+                rule: *rule,
+                severity: *severity,
+                on_error: *on_error,
+                plugin: c.plugin.clone(),
+                sandbox,
+            }),
+            Role::Hook { on } => hooks.push(LoadedHook {
+                name: c.name.clone(),
+                on: on.clone(),
+                plugin: c.plugin.clone(),
+                sandbox,
+            }),
+        }
+    }
+    Ok(loaded)
+}
+
+/// The running agent: what a reload replaces.
+struct Running {
+    config: Config,
+    host: Arc<PluginHost>,
+    store: Store,
+    apps: BTreeMap<String, AppHandle>,
+    control: Arc<Control>,
+}
+
+impl Running {
+    fn start_app(&self, app: &AppConfig, loaded: &mut Loaded) -> anyhow::Result<AppHandle> {
+        let (checks, hooks) = loaded.remove(&app.name).unwrap_or_default();
+        let snapshots = crate::snapshot::Snapshots::new(&self.config.agent.state_dir);
+        Supervisor::start(app.clone(), self.store.clone(), checks, hooks, snapshots)
+            .with_context(|| format!("app `{}` (root {})", app.name, app.root.display()))
+    }
+
+    /// Reads the config file again. An invalid config (or plugin) keeps the
+    /// running one; a valid one is applied app by app: changed apps get their
+    /// new settings and plugins without losing their checks' state, new apps
+    /// start, removed apps stop. `[agent]` settings need a restart.
+    async fn reload(&mut self) {
+        let new = match Config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running config: {e}");
+                return;
+            }
+        };
+        if new.agent.socket != self.config.agent.socket
+            || new.agent.state_dir != self.config.agent.state_dir
+        {
+            tracing::warn!("changes to [agent] socket and state_dir take effect at the next start");
+        }
+        let compiled = match compile(&self.host, &new).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "reload refused, keeping the running config: {}",
+                    crate::error_text(e.chain())
+                );
+                return;
+            }
+        };
+        let mut loaded = match load(&compiled, &self.store) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("reload refused: {e:#}"),
+        };
+        let mut apps = BTreeMap::new();
+        for (name, app) in &new.apps {
+            let same_root = self
+                .config
+                .apps
+                .get(name)
+                .is_some_and(|old| old.root == app.root);
+            let handle = match self.apps.remove(name) {
+                Some(handle) if same_root => {
+                    let (checks, hooks) = loaded.remove(name).unwrap_or_default();
+                    if let Err(e) = handle.reload(app.clone(), checks, hooks).await {
+                        tracing::error!(app = %name, "cannot reload: {e}");
+                    }
+                    handle
+                }
+                // New, or moved to another root: a supervisor of its own.
+                _ => match self.start_app(app, &mut loaded) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(app = %name, "cannot start: {e:#}");
+                        continue;
+                    }
+                },
+            };
+            apps.insert(name.clone(), handle);
+        }
+        for gone in self.apps.keys() {
+            tracing::info!(app = %gone, "no longer in the config: supervision stops");
+        }
+        // Dropping the old handles (here and in the control registry) ends
+        // the supervisors of removed apps.
+        self.control
+            .replace(apps.clone(), compiled.iter().map(Compiled::view).collect());
+        self.apps = apps;
+        self.config = Config {
+            agent: self.config.agent.clone(),
+            ..new
+        };
+        tracing::info!(apps = self.apps.len(), "config reloaded");
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let max_memory = config
         .apps
@@ -198,16 +334,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             checks.chain(a.hooks.iter().map(|h| h.entry.memory_limit))
         })
         .max();
-    let host = PluginHost::with_options(HostOptions {
+    let host = Arc::new(PluginHost::with_options(HostOptions {
         cache_dir: Some(config.agent.state_dir.join("plugin-cache")),
-        max_memory,
-    })?;
+        // Room for later reloads that raise a limit.
+        max_memory: max_memory.map(|m| m.max(crate::config::DEFAULT_MEMORY_LIMIT)),
+    })?);
     // Plugins first: a bad plugin must refuse to start before the store is touched.
-    let cfg = config.clone();
-    let (host, compiled) =
-        tokio::task::spawn_blocking(move || compile_all(&host, &cfg).map(|c| (host, c)))
-            .await
-            .context("plugin compilation panicked")??;
+    let compiled = compile(&host, &config).await?;
     tracing::info!(
         compiled = host.compiled(),
         from_cache = host.cache_hits(),
@@ -222,45 +355,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the state store in {}", db_dir.display()))?;
 
     let views = compiled.iter().map(Compiled::view).collect();
-    let mut checks: BTreeMap<&str, Vec<LoadedCheck>> = BTreeMap::new();
-    let mut hooks: BTreeMap<&str, Vec<LoadedHook>> = BTreeMap::new();
-    for c in &compiled {
-        let sandbox = c.sandbox(&store)?;
-        match &c.role {
-            Role::Check {
-                interval,
-                fail_after,
-                rule,
-                severity,
-                on_error,
-            } => checks.entry(&c.app).or_default().push(LoadedCheck {
-                name: c.name.clone(),
-                interval: *interval,
-                fail_after: *fail_after,
-                rule: *rule,
-                severity: *severity,
-                on_error: *on_error,
-                plugin: c.plugin.clone(),
-                sandbox,
-            }),
-            Role::Hook { on } => hooks.entry(&c.app).or_default().push(LoadedHook {
-                name: c.name.clone(),
-                on: on.clone(),
-                plugin: c.plugin.clone(),
-                sandbox,
-            }),
-        }
+    let mut loaded = load(&compiled, &store)?;
+    let control = Arc::new(Control::new(store.clone(), BTreeMap::new(), Vec::new()));
+    let mut running = Running {
+        config: config.clone(),
+        host,
+        store: store.clone(),
+        apps: BTreeMap::new(),
+        control: control.clone(),
+    };
+    for app in config.apps.values() {
+        let handle = running.start_app(app, &mut loaded)?;
+        running.apps.insert(app.name.clone(), handle);
     }
-    let mut apps = BTreeMap::new();
-    for (name, app) in &config.apps {
-        let app_checks = checks.remove(name.as_str()).unwrap_or_default();
-        let app_hooks = hooks.remove(name.as_str()).unwrap_or_default();
-        let snapshots = crate::snapshot::Snapshots::new(&config.agent.state_dir);
-        let handle =
-            Supervisor::start(app.clone(), store.clone(), app_checks, app_hooks, snapshots)
-                .with_context(|| format!("app `{name}` (root {})", app.root.display()))?;
-        apps.insert(name.clone(), handle);
-    }
+    control.replace(running.apps.clone(), views);
 
     // Events are kept `history_retention` (at least 30 days), then pruned.
     let retention = config.agent.history_retention;
@@ -281,21 +389,97 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let listener = control::bind(&config.agent.socket)?;
-    let server = Arc::new(Control::new(store.clone(), apps, views));
-    let serving = tokio::spawn(server.serve(listener));
+    let serving = tokio::spawn(control.clone().serve(listener));
     tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
     crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut config_changed = watch_files(watched_files(&config));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); running.reload().await }
+            Some(()) = config_changed.recv() => {
+                tracing::info!("config or plugin file changed: reloading");
+                running.reload().await;
+                config_changed = watch_files(watched_files(&running.config));
+            }
+        }
     }
     crate::systemd::stopping();
     serving.abort();
     pruner.abort();
     let _ = std::fs::remove_file(&config.agent.socket);
     store.flush()?;
-    drop(host);
     Ok(())
+}
+
+/// The config file and every plugin file it names.
+fn watched_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.path.clone()];
+    for app in config.apps.values() {
+        files.extend(app.checks.iter().map(|c| c.entry.plugin.clone()));
+        files.extend(app.hooks.iter().map(|h| h.entry.plugin.clone()));
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Notifies (debounced) when one of `files` is written or replaced. Watches
+/// their directories, since editors and deploy tools replace files by renaming.
+fn watch_files(files: Vec<std::path::PathBuf>) -> tokio::sync::mpsc::Receiver<()> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel();
+    let wanted = files.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let ours = ev.paths.iter().any(|p| wanted.contains(p));
+            let change = matches!(
+                ev.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            );
+            if ours && change {
+                let _ = raw_tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch the config file (SIGHUP still reloads): {e}");
+            return rx;
+        }
+    };
+    let mut dirs: Vec<&std::path::Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!("cannot watch {} (SIGHUP still reloads): {e}", dir.display());
+        }
+    }
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        while raw_rx.recv().await.is_some() {
+            // Let a burst of writes settle before reading the files.
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_millis(500), raw_rx.recv())
+                    .await
+                {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

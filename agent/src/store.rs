@@ -279,6 +279,8 @@ pub enum EventKind {
     SnapshotFailed,
     /// Old releases (and their snapshots) were removed.
     Pruned,
+    /// The config was reloaded.
+    Reloaded,
 }
 
 impl EventKind {
@@ -304,6 +306,7 @@ impl EventKind {
             EventKind::SnapshotRestored => "snapshot-restored",
             EventKind::SnapshotFailed => "snapshot-failed",
             EventKind::Pruned => "pruned",
+            EventKind::Reloaded => "reloaded",
         }
     }
 }

@@ -186,6 +186,17 @@ pub enum Command {
         /// The results.
         reply: Reply<Vec<CheckRun>>,
     },
+    /// New settings, checks and hooks from a reloaded config (same root).
+    Reload {
+        /// The app's new config.
+        cfg: Box<AppConfig>,
+        /// Its checks.
+        checks: Vec<LoadedCheck>,
+        /// Its hooks.
+        hooks: Vec<LoadedHook>,
+        /// Done.
+        reply: Reply<()>,
+    },
 }
 
 /// One check run on demand (`rollbackctl check`).
@@ -313,6 +324,27 @@ impl AppHandle {
             Command::Pause {
                 paused,
                 actor,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Applies a reloaded config to this app.
+    pub async fn reload(
+        &self,
+        cfg: AppConfig,
+        checks: Vec<LoadedCheck>,
+        hooks: Vec<LoadedHook>,
+    ) -> Result<(), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        let cfg = Box::new(cfg);
+        self.send(
+            Command::Reload {
+                cfg,
+                checks,
+                hooks,
                 reply,
             },
             rx,
@@ -977,11 +1009,65 @@ impl Supervisor {
                 let r = self.set_paused(paused, actor);
                 let _ = reply.send(r);
             }
+            Command::Reload {
+                cfg,
+                checks,
+                hooks,
+                reply,
+            } => {
+                self.reload(*cfg, checks, hooks);
+                let _ = reply.send(Ok(()));
+            }
             Command::CheckNow { reply } => {
                 let r = self.check_now().await;
                 let _ = reply.send(r);
             }
         }
+    }
+
+    /// Takes new settings, checks and hooks. Checks whose name and rule are
+    /// unchanged keep their state (a changed plugin is swapped in between two
+    /// runs); if the set of checks changed, the watch starts again with what
+    /// is left of the bake.
+    fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
+        let same_checks = self.checks.len() == checks.len()
+            && self
+                .checks
+                .iter()
+                .zip(&checks)
+                .all(|(a, b)| a.name == b.name && a.rule == b.rule && a.on_error == b.on_error);
+        self.cfg = cfg;
+        self.hooks = Arc::new(hooks);
+        self.checks = checks;
+        if !same_checks {
+            if let (Some(active), Some(w)) = (self.rec.active.clone(), self.watch.as_ref()) {
+                let phase = w.phase;
+                let left = w
+                    .bake_until
+                    .map(|u| u.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                let previous = w.previous.as_ref().map(|p| p.version.clone());
+                let r = self.begin_watch(&active, previous, phase, left);
+                self.log_err(r);
+                let r = self.save();
+                self.log_err(r);
+            }
+        } else if let Some(w) = self.watch.as_mut() {
+            // Intervals may have changed: due no later than one new interval from now.
+            let now = Instant::now();
+            for (due, c) in w.next_due.iter_mut().zip(&self.checks) {
+                *due = (*due).min(now + c.interval);
+            }
+        }
+        let ev = self
+            .event(Actor::agent(), EventKind::Reloaded)
+            .reason(format!(
+                "config reloaded ({} check(s), {} hook(s))",
+                self.checks.len(),
+                self.hooks.len()
+            ));
+        self.log_err(self.store.record(ev).map(drop));
+        tracing::info!(app = %self.app(), "config reloaded");
     }
 
     fn set_paused(&mut self, paused: bool, actor: Actor) -> Result<(), CommandError> {

@@ -8,7 +8,7 @@
 //! printed (set `CRASH_SEED` to replay the same plan). The kill moments still
 //! land wherever the agent happens to be, so a replay is close, not exact.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,11 @@ const ROUNDS: u32 = 80;
 const KILL_PERCENT: u64 = 75;
 /// Longest wait between the action and the kill.
 const MAX_KILL_DELAY_MS: u64 = 400;
+/// Kills that wait for the disk to change (see [`Kill::OnDiskChange`]), in percent
+/// of all kills: the interesting windows (staging, the swap of `current` and
+/// the store updates around it) last a few milliseconds, which a plain sleep of
+/// 0-400 ms almost never hits.
+const ON_CHANGE_PERCENT: u64 = 40;
 /// Liveness bound for the agent to settle or agree with itself (not a timing
 /// assertion: it only turns a hang into a failure with a message).
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -118,6 +123,57 @@ impl Action {
     }
 }
 
+/// When to SIGKILL the agent after the action was sent.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// Let the round finish normally.
+    Never,
+    /// After this many milliseconds.
+    After(u64),
+    /// As soon as something under the app root changes (a staging
+    /// directory, a new release, `current` swapped; only `current` if
+    /// `current_only`), plus `us` microseconds; after `MAX_KILL_DELAY_MS` if
+    /// nothing changes.
+    OnDiskChange { current_only: bool, us: u64 },
+}
+
+type DiskState = (Option<PathBuf>, Vec<String>, Vec<String>);
+
+/// What the test can see of the app root: `current`'s target and the
+/// entries of the root and of `releases/`.
+fn disk_state(root: &Path) -> DiskState {
+    let listing = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    (
+        std::fs::read_link(root.join("current")).ok(),
+        listing(root),
+        listing(&root.join("releases")),
+    )
+}
+
+/// Polls until the disk under `root` (or only `current`) differs from
+/// `before`, or the deadline.
+fn wait_for_disk_change(root: &Path, before: &DiskState, current_only: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(MAX_KILL_DELAY_MS);
+    while Instant::now() < deadline {
+        let now = disk_state(root);
+        if (current_only && now.0 != before.0) || (!current_only && now != *before) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    false
+}
+
 /// The content a release directory must hold, by the suffix of its name.
 fn expected_release_json(version: &str) -> String {
     let source = if version.ends_with("-bad") {
@@ -178,9 +234,10 @@ fn settle(agent: &Agent, ctx: &str) -> String {
 
 /// Takes a snapshot of disk and store while nothing moves (an automatic
 /// rollback of a resumed bake may be swapping `current` at the same time),
-/// then checks that they agree. Returns the observations that are odd but
-/// not required (releases `active` in the store that `current` is not at).
-fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<String> {
+/// then checks that they agree. Returns what is odd but not required here:
+/// releases `active` in the store that `current` does not point at (version,
+/// description).
+fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<(String, String)> {
     let deadline = Instant::now() + PATIENCE;
     let releases_dir = root.join("releases");
     loop {
@@ -275,8 +332,9 @@ fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<String> {
                 "{ctx}: release {v} has state {rstate:?}: {r}"
             );
             if rstate == "active" && v != active {
-                odd.push(format!(
-                    "{ctx}: release {v} is `active` in the store but current is {active}"
+                odd.push((
+                    v.clone(),
+                    format!("{ctx}: release {v} is `active` in the store but current is {active}"),
                 ));
             }
             assert!(
@@ -325,8 +383,9 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
     check_consistent(&agent, &root, &format!("seed {seed}, setup"));
 
     let mut versions = vec!["r0-good".to_string()];
-    let (mut kills, mut finished) = (0u32, 0u32);
-    let mut odd = Vec::new();
+    let (mut kills, mut finished, mut changes_seen) = (0u32, 0u32, 0u32);
+    // First sighting of each oddity, by version.
+    let mut odd = BTreeMap::new();
     for round in 1..=ROUNDS {
         let action = match rng.below(10) {
             0..=3 => Action::Deploy {
@@ -347,20 +406,37 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
         if let Action::Deploy { version, .. } = &action {
             versions.push(version.clone());
         }
-        let kill_after = rng
-            .percent(KILL_PERCENT)
-            .then(|| rng.below(MAX_KILL_DELAY_MS + 1));
-        let ctx = format!("seed {seed}, round {round} ({action:?}, kill after {kill_after:?} ms)");
+        let kill = if !rng.percent(KILL_PERCENT) {
+            Kill::Never
+        } else if rng.percent(ON_CHANGE_PERCENT) {
+            Kill::OnDiskChange {
+                current_only: rng.percent(50),
+                us: rng.below(3001),
+            }
+        } else {
+            Kill::After(rng.below(MAX_KILL_DELAY_MS + 1))
+        };
+        let ctx = format!("seed {seed}, round {round} ({action:?}, {kill:?})");
 
+        let before = disk_state(&root);
         let args = action.args();
         let socket = agent.socket.clone();
         let client = std::thread::spawn(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             ctl_with(&socket, &args)
         });
-        match kill_after {
-            Some(ms) => {
-                std::thread::sleep(Duration::from_millis(ms));
+        match kill {
+            Kill::After(_) | Kill::OnDiskChange { .. } => {
+                match kill {
+                    Kill::After(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                    Kill::OnDiskChange { current_only, us } => {
+                        if wait_for_disk_change(&root, &before, current_only) {
+                            changes_seen += 1;
+                            std::thread::sleep(Duration::from_micros(us));
+                        }
+                    }
+                    Kill::Never => unreachable!(),
+                }
                 agent.kill9();
                 // The client may fail in any way now: that is expected.
                 let _ = client.join();
@@ -368,7 +444,7 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
                 // Panics (with the log) if the store cannot be opened.
                 agent.spawn();
             }
-            None => {
+            Kill::Never => {
                 let out = client.join().unwrap();
                 assert!(
                     matches!(out.code, 0 | 1 | 3),
@@ -378,7 +454,9 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
                 finished += 1;
             }
         }
-        odd.extend(check_consistent(&agent, &root, &ctx));
+        for (version, note) in check_consistent(&agent, &root, &ctx) {
+            odd.entry(version).or_insert(note);
+        }
     }
 
     let states: Vec<String> = agent.json(&["releases", "shop"])["releases"]
@@ -405,12 +483,13 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
         .filter(|l| l.contains("removed leftover of interrupted work") && l.contains("app"))
         .count();
     println!(
-        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {finished} finished) in {:.1?}; \
+        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {changes_seen} of them just \
+         after a disk change; {finished} finished) in {:.1?}; \
          {reconciled} reconciliations, {leftovers} leftovers removed; releases: {}",
         started.elapsed(),
         states.join(" ")
     );
-    for note in &odd {
+    for note in odd.values() {
         println!("note: {note}");
     }
 }

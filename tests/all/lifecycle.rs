@@ -307,7 +307,11 @@ fn metadata_retention_and_archive_formats() {
         .map(|r| r["version"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(listed, ["2", "4"]);
-    assert_eq!(count(&agent, "pruned"), 1, "one prune, after 4 passed its bake");
+    assert_eq!(
+        count(&agent, "pruned"),
+        1,
+        "one prune, after 4 passed its bake"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -13,5 +13,6 @@ mod lifecycle;
 mod platform;
 mod python;
 mod reconcile;
+mod reload;
 mod sandbox;
 mod support;
