@@ -539,12 +539,37 @@ impl Supervisor {
             }
         }
         let mut notes = Vec::new();
-        if let Some(intent) = self.rec.intent.take() {
+        let intent = self.rec.intent.take();
+        if let Some(intent) = &intent {
             notes.push(format!(
                 "interrupted activation of {} (from {}): current is {}",
                 intent.to,
                 intent.from.as_deref().unwrap_or("nothing"),
                 current.as_deref().unwrap_or("missing")
+            ));
+        }
+        // A release still marked active that `current` no longer points at was
+        // being rolled back when the agent stopped: finish the bookkeeping.
+        for r in self.store.releases(self.app())? {
+            if r.state != ReleaseState::Active || current.as_deref() == Some(r.version.as_str()) {
+                continue;
+            }
+            let why = intent
+                .as_ref()
+                .filter(|i| i.from.as_deref() == Some(r.version.as_str()))
+                .and_then(|i| i.why.strip_prefix("rollback: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| "left during an interrupted rollback".to_string());
+            self.set_release_state(&r.version, ReleaseState::Failed, Some(why.clone()))?;
+            let ev = self
+                .event(Actor::agent(), EventKind::RolledBack)
+                .version(r.version.as_str())
+                .swap(Some(r.version.clone()), current.clone().unwrap_or_default())
+                .reason(format!("{why} (completed at start-up)"));
+            self.store.record(ev)?;
+            notes.push(format!(
+                "{} marked failed: it was being rolled back",
+                r.version
             ));
         }
         if self.rec.active != current {
