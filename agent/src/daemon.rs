@@ -241,9 +241,25 @@ struct Running {
     store: Store,
     apps: BTreeMap<String, AppHandle>,
     control: Arc<Control>,
+    /// Drop-in deploys of apps with `watch = true`; dropping it stops them.
+    watching: Option<crate::watch::WatchHandle>,
 }
 
 impl Running {
+    /// (Re)starts the drop-in watchers for the current apps. The old ones go
+    /// first, so that they release the handles of removed apps.
+    fn rewatch(&mut self) -> Result<(), crate::watch::WatchError> {
+        self.watching = None;
+        let watched: Vec<_> = self
+            .config
+            .apps
+            .values()
+            .filter_map(|a| self.apps.get(&a.name).map(|h| (a.clone(), h.clone())))
+            .collect();
+        self.watching = Some(crate::watch::spawn(watched)?);
+        Ok(())
+    }
+
     fn start_app(&self, app: &AppConfig, loaded: &mut Loaded) -> anyhow::Result<AppHandle> {
         let (checks, hooks) = loaded.remove(&app.name).unwrap_or_default();
         let snapshots = crate::snapshot::Snapshots::new(&self.config.agent.state_dir);
@@ -320,6 +336,9 @@ impl Running {
             agent: self.config.agent.clone(),
             ..new
         };
+        if let Err(e) = self.rewatch() {
+            tracing::error!("drop-in deploys stopped: {e}");
+        }
         tracing::info!(apps = self.apps.len(), "config reloaded");
     }
 }
@@ -363,12 +382,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         apps: BTreeMap::new(),
         control: control.clone(),
+        watching: None,
     };
     for app in config.apps.values() {
         let handle = running.start_app(app, &mut loaded)?;
         running.apps.insert(app.name.clone(), handle);
     }
     control.replace(running.apps.clone(), views);
+
+    running.rewatch().context("drop-in deploys")?;
 
     // Events are kept `history_retention` (at least 30 days), then pruned.
     let retention = config.agent.history_retention;

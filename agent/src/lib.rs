@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+mod fsutil;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;
@@ -19,6 +20,7 @@ pub mod snapshot;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod watch;
 
 /// One line for an error and its sources, skipping a source whose text the
 /// line already contains (many messages embed their cause).

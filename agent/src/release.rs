@@ -29,6 +29,7 @@
 //! - leave `current` missing or dangling: `current` is only ever replaced by
 //!   `rename(2)` of a complete symlink onto it, never unlinked and re-created.
 
+use crate::fsutil::{create_unique, is_real_dir, rename_noreplace};
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -51,9 +52,6 @@ const CURRENT_TMP_PREFIX: &str = "current.tmp-";
 const MAX_VERSION_LEN: usize = 128;
 /// Most symlinks followed while checking where a link inside a release leads.
 const MAX_SYMLINK_HOPS: usize = 40;
-/// Attempts at finding an unused random name for a temporary entry.
-const TEMP_NAME_ATTEMPTS: usize = 16;
-
 /// A validated release version: SemVer or any name of `[A-Za-z0-9._+-]`, 1..=128
 /// characters, never `.` or `..`, never starting with `.` (hidden names are reserved
 /// for staging), never a path.
@@ -721,11 +719,6 @@ pub fn prune_plan(
         .collect()
 }
 
-/// Whether `p` is a directory itself (not a symlink to one).
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
 /// The parent of `p`, or `.` for a bare relative name.
 fn parent_or_dot(p: &Path) -> &Path {
     match p.parent() {
@@ -734,35 +727,11 @@ fn parent_or_dot(p: &Path) -> &Path {
     }
 }
 
-/// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+/// fsyncs a directory (see `fsutil::fsync_dir`), naming it in the error.
 fn fsync_dir(dir: &Path) -> Result<(), ReleaseError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync directory", dir))
+    crate::fsutil::fsync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
-/// Creates `<dir>/<prefix><random hex>` with `create`, retrying on name collisions.
-fn create_unique(
-    dir: &Path,
-    prefix: &str,
-    mut create: impl FnMut(&Path) -> io::Result<()>,
-) -> io::Result<PathBuf> {
-    for _ in 0..TEMP_NAME_ATTEMPTS {
-        let p = dir.join(format!("{prefix}{:016x}", rand::random::<u64>()));
-        match create(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no unused temporary name found",
-    ))
-}
-
-/// Paths of the entries of `dir` whose names start with one of `prefixes`
-/// (none if `dir` does not exist).
 fn read_names(dir: &Path, prefixes: &[&str]) -> Result<Vec<PathBuf>, ReleaseError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -843,27 +812,6 @@ fn publish(staging: &Path, target: &Path, v: &Version) -> Result<(), ReleaseErro
         }
         Err(e) => Err(io_err("rename staging directory to", target)(e)),
     }
-}
-
-/// `rename(2)` that refuses to replace an existing `to` where the platform allows
-/// (`renameat2(RENAME_NOREPLACE)`); elsewhere plain `rename(2)`, which still fails
-/// on a non-empty directory.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::errno::Errno;
-        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => return Ok(()),
-            // Filesystem or kernel without RENAME_NOREPLACE: fall back below.
-            Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {}
-            Err(e) => return Err(io::Error::from(e)),
-        }
-        if to.symlink_metadata().is_ok() {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-        }
-    }
-    fs::rename(from, to)
 }
 
 /// What kind of thing is being staged.

@@ -25,6 +25,7 @@
 //! files it restores. Calls for one app must not run concurrently (the app's
 //! supervisor serialises them).
 
+use crate::fsutil::{create_unique, is_real_dir};
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -48,9 +49,6 @@ const TMP_PREFIX: &str = ".tmp~";
 const OLD_PREFIX: &str = ".old~";
 /// Longest file name written (Linux `NAME_MAX`).
 const NAME_MAX: usize = 255;
-/// Attempts at finding an unused random name for a temporary entry.
-const TEMP_NAME_ATTEMPTS: usize = 16;
-
 /// The snapshots of every app: `<state_dir>/snapshots`.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
@@ -810,36 +808,9 @@ fn ensure_dir(dir: &Path) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Whether `p` is a directory itself (not a symlink to one).
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-}
-
-/// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+/// fsyncs a directory (see `fsutil::fsync_dir`), naming it in the error.
 fn fsync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-/// Creates `<dir>/<prefix><random hex>` with `create`, retrying on name collisions.
-fn create_unique(
-    dir: &Path,
-    prefix: &str,
-    mut create: impl FnMut(&Path) -> io::Result<()>,
-) -> io::Result<PathBuf> {
-    for _ in 0..TEMP_NAME_ATTEMPTS {
-        let p = dir.join(format!("{prefix}{:016x}", rand::random::<u64>()));
-        match create(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no unused temporary name found",
-    ))
+    crate::fsutil::fsync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 /// Removes a file or a directory tree; a missing path is not an error.

@@ -522,7 +522,9 @@ impl Supervisor {
         let current = self.dir.current()?.map(|v| v.to_string());
         let known = self.store.releases(self.app())?;
         for v in self.dir.list()? {
-            if !known.iter().any(|r| r.version == v.as_str()) {
+            // A drop-in waiting for the watcher is not a release yet.
+            let drop_in = self.cfg.watch && self.dir.release_path(&v).join(".ready").exists();
+            if !drop_in && !known.iter().any(|r| r.version == v.as_str()) {
                 let mut r = self.release_rec(v.as_str())?;
                 r.source = Some("found on disk".into());
                 // A release already active when the agent first sees it was running before us.

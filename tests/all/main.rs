@@ -6,6 +6,7 @@
 mod control;
 mod crash;
 mod deploy;
+mod dropin;
 mod fixtures_ext;
 mod hooks;
 mod http;
