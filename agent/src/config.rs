@@ -91,6 +91,11 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// How long events are kept (at least 30 days).
     pub history_retention: Duration,
+    /// Members may change state (deploy, rollback, activate, pause, resume).
+    pub admin_group: Option<String>,
+    /// Members may read (status, releases, history, plugins, check); the
+    /// socket's group.
+    pub socket_group: Option<String>,
 }
 
 /// One `[apps.NAME]` table.
@@ -394,6 +399,8 @@ struct RawAgent {
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     history_retention: Option<String>,
+    admin_group: Option<String>,
+    socket_group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -594,6 +601,21 @@ impl Validator<'_> {
         }
     }
 
+    fn group(&self, key: &str, name: Option<String>) -> Result<Option<String>, ConfigError> {
+        match name {
+            None => Ok(None),
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 32
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) =>
+            {
+                Ok(Some(n))
+            }
+            Some(n) => Err(self.err(key, format!("`{n}` is not a group name"))),
+        }
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         let joined = if p.is_absolute() {
             p.to_path_buf()
@@ -647,6 +669,8 @@ impl Validator<'_> {
                     .unwrap_or(Path::new(DEFAULT_SOCKET_PATH)),
             ),
             history_retention,
+            admin_group: self.group("agent.admin_group", raw.agent.admin_group.clone())?,
+            socket_group: self.group("agent.socket_group", raw.agent.socket_group.clone())?,
         };
         let mut apps = BTreeMap::new();
         let mut roots = BTreeMap::<PathBuf, String>::new();

@@ -26,6 +26,7 @@ use crate::supervisor::{AppHandle, CommandError, DeployOutcome};
 pub struct Control {
     store: Store,
     registry: std::sync::RwLock<Registry>,
+    authz: Authz,
 }
 
 /// The apps and plugins the agent runs now (replaced on reload).
@@ -40,6 +41,9 @@ pub enum BindError {
     /// Another agent is listening there.
     #[error("another process is already listening on {0}")]
     InUse(PathBuf),
+    /// A configured group does not exist.
+    #[error("{0}")]
+    Group(String),
     /// The socket could not be created.
     #[error("cannot bind control socket {path}: {source}")]
     Io {
@@ -51,9 +55,84 @@ pub enum BindError {
     },
 }
 
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Nothing.
+    None,
+    /// Read methods: status, releases, history, plugins, check.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+/// Decides a peer's access from its credentials: root and the agent's own
+/// user are admins; so are members of `admin_group`; members of
+/// `socket_group` may read; everyone else is refused.
+#[derive(Debug, Clone)]
+pub struct Authz {
+    agent_uid: u32,
+    admin_gid: Option<u32>,
+    socket_gid: Option<u32>,
+}
+
+fn gid_of(group: &str) -> Result<u32, BindError> {
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(BindError::Group(format!("group `{group}` does not exist"))),
+        Err(e) => Err(BindError::Group(format!(
+            "cannot look up group `{group}`: {e}"
+        ))),
+    }
+}
+
+impl Authz {
+    /// Looks the groups up (they must exist).
+    pub fn new(admin_group: Option<&str>, socket_group: Option<&str>) -> Result<Authz, BindError> {
+        Ok(Authz {
+            agent_uid: nix::unistd::geteuid().as_raw(),
+            admin_gid: admin_group.map(gid_of).transpose()?,
+            socket_gid: socket_group.map(gid_of).transpose()?,
+        })
+    }
+
+    /// The group the socket file belongs to: `socket_group`, else `admin_group`.
+    pub fn socket_gid(&self) -> Option<u32> {
+        self.socket_gid.or(self.admin_gid)
+    }
+
+    /// The access of a peer with `uid` and primary `gid`.
+    pub fn access(&self, uid: u32, gid: u32) -> Access {
+        if uid == 0 || uid == self.agent_uid {
+            return Access::Admin;
+        }
+        let groups = peer_groups(uid, gid);
+        if self.admin_gid.is_some_and(|g| groups.contains(&g)) {
+            Access::Admin
+        } else if self.socket_gid.is_some_and(|g| groups.contains(&g)) {
+            Access::Read
+        } else {
+            Access::None
+        }
+    }
+}
+
+/// The peer's primary group and the groups its user is a member of.
+fn peer_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        if let Ok(name) = std::ffi::CString::new(user.name) {
+            if let Ok(list) = nix::unistd::getgrouplist(&name, user.gid) {
+                groups.extend(list.into_iter().map(|g| g.as_raw()));
+            }
+        }
+    }
+    groups
+}
+
 /// Binds the control socket at `path` with mode 0660, replacing a stale socket
 /// file but never one that a live process still answers on.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, BindError> {
     let io = |source| BindError::Io {
         path: path.to_path_buf(),
         source,
@@ -69,27 +148,38 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| io(std::io::Error::from(e)))?;
+    }
     Ok(listener)
 }
 
-fn actor_of(stream: &UnixStream) -> Actor {
+fn peer_of(stream: &UnixStream, authz: &Authz) -> (Actor, Access) {
     match stream.peer_cred() {
         Ok(cred) => {
             let uid = cred.uid();
+            let access = authz.access(uid, cred.gid());
             let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
                 .ok()
                 .flatten()
                 .map(|u| u.name)
                 .unwrap_or_else(|| uid.to_string());
-            Actor {
-                uid: Some(uid),
-                name,
-            }
+            (
+                Actor {
+                    uid: Some(uid),
+                    name,
+                },
+                access,
+            )
         }
-        Err(_) => Actor {
-            uid: None,
-            name: "unknown".into(),
-        },
+        Err(_) => (
+            Actor {
+                uid: None,
+                name: "unknown".into(),
+            },
+            Access::None,
+        ),
     }
 }
 
@@ -128,10 +218,12 @@ impl Control {
         store: Store,
         apps: BTreeMap<String, AppHandle>,
         plugins: Vec<protocol::PluginView>,
+        authz: Authz,
     ) -> Self {
         Control {
             store,
             registry: std::sync::RwLock::new(Registry { apps, plugins }),
+            authz,
         }
     }
 
@@ -162,7 +254,7 @@ impl Control {
     }
 
     async fn connection(&self, stream: UnixStream) {
-        let actor = actor_of(&stream);
+        let (actor, access) = peer_of(&stream, &self.authz);
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         loop {
@@ -188,17 +280,48 @@ impl Control {
                 }
             };
             let oneway = call.oneway;
-            let reply = match self.dispatch(&call, &actor).await {
-                Ok(parameters) => Reply {
-                    error: None,
-                    parameters,
-                },
+            let reply = match self.authorize(&call, &actor, access) {
                 Err(e) => e.to_reply(),
+                Ok(()) => match self.dispatch(&call, &actor).await {
+                    Ok(parameters) => Reply {
+                        error: None,
+                        parameters,
+                    },
+                    Err(e) => e.to_reply(),
+                },
             };
             if !oneway && protocol::write_message(&mut write, &reply).await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Refuses a call the peer's access does not allow.
+    fn authorize(&self, call: &Call, actor: &Actor, access: Access) -> Result<(), RemoteError> {
+        let needed = match call.method.as_str() {
+            method::DEPLOY
+            | method::ROLLBACK
+            | method::ACTIVATE
+            | method::PAUSE
+            | method::RESUME => Access::Admin,
+            _ => Access::Read,
+        };
+        if access >= needed {
+            return Ok(());
+        }
+        let uid = actor
+            .uid
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "?".into());
+        let what = if needed == Access::Admin {
+            "change state (root or a member of admin_group)"
+        } else {
+            "read (root, or a member of socket_group or admin_group)"
+        };
+        Err(RemoteError::new(
+            error::PERMISSION_DENIED,
+            format!("user {} (uid {uid}) may not {what}", actor.name),
+        ))
     }
 
     fn handle(&self, app: &str) -> Result<AppHandle, RemoteError> {

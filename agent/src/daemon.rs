@@ -367,6 +367,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "plugins ready"
     );
 
+    let authz = control::Authz::new(
+        config.agent.admin_group.as_deref(),
+        config.agent.socket_group.as_deref(),
+    )?;
+    let socket_gid = authz.socket_gid();
+
     let db_dir = config.agent.state_dir.join("db");
     std::fs::create_dir_all(&db_dir)
         .with_context(|| format!("cannot create state directory {}", db_dir.display()))?;
@@ -375,7 +381,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let views = compiled.iter().map(Compiled::view).collect();
     let mut loaded = load(&compiled, &store)?;
-    let control = Arc::new(Control::new(store.clone(), BTreeMap::new(), Vec::new()));
+    let control = Arc::new(Control::new(
+        store.clone(),
+        BTreeMap::new(),
+        Vec::new(),
+        authz,
+    ));
     let mut running = Running {
         config: config.clone(),
         host,
@@ -410,7 +421,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let listener = control::bind(&config.agent.socket)?;
+    let listener = control::bind(&config.agent.socket, socket_gid)?;
     let serving = tokio::spawn(control.clone().serve(listener));
     tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
     crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));

@@ -56,6 +56,8 @@ pub mod error {
     pub const NO_SUCH_RELEASE: &str = "io.rollback.Agent.NoSuchRelease";
     /// A pre-activate hook vetoed the deploy.
     pub const VETOED: &str = "io.rollback.Agent.Vetoed";
+    /// The caller may not do this (socket peer credentials).
+    pub const PERMISSION_DENIED: &str = "io.rollback.Agent.PermissionDenied";
     /// The app has no active release.
     pub const NO_ACTIVE_RELEASE: &str = "io.rollback.Agent.NoActiveRelease";
     /// Nothing to roll back to.

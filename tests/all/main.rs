@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod authz;
 mod control;
 mod crash;
 mod deploy;
