@@ -434,6 +434,7 @@ impl Control {
                 reason: rec.reason,
                 bake_until_ms: rec.bake_until_ms,
                 checks: rec.checks,
+                paused: rec.paused,
             });
         }
         to_value(&protocol::StatusReply { apps })

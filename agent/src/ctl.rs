@@ -72,14 +72,15 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stage a release from a directory or .tar.gz, activate it and bake it.
+    /// Stage a release from a directory or an archive (.tar.gz, .tgz,
+    /// .tar.zst, .tzst), activate it and bake it.
     #[command(
         after_help = "Exit status with --wait: 0 marked good, 3 rolled back (or degraded), 1 error."
     )]
     Deploy {
         /// The app.
         app: String,
-        /// A release directory or .tar.gz archive (on this host).
+        /// A release directory or archive (on this host).
         source: PathBuf,
         /// The new release's version.
         #[arg(long)]

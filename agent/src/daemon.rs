@@ -434,7 +434,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); running.reload().await }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                running.reload().await;
+                config_changed = watch_files(watched_files(&running.config));
+            }
             Some(()) = config_changed.recv() => {
                 tracing::info!("config or plugin file changed: reloading");
                 running.reload().await;

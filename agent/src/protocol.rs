@@ -250,6 +250,9 @@ pub struct AppStatus {
     pub bake_until_ms: Option<u64>,
     /// Last result per check.
     pub checks: BTreeMap<String, CheckStatus>,
+    /// Automatic actions are frozen.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// `Status` reply.

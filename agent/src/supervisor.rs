@@ -523,7 +523,9 @@ impl Supervisor {
         let known = self.store.releases(self.app())?;
         for v in self.dir.list()? {
             // A drop-in waiting for the watcher is not a release yet.
-            let drop_in = self.cfg.watch && self.dir.release_path(&v).join(".ready").exists();
+            // With `watch`, unknown directories are the watcher's (complete once
+            // their `.ready` marker appears); only what `current` runs is adopted.
+            let drop_in = self.cfg.watch && current.as_deref() != Some(v.as_str());
             if !drop_in && !known.iter().any(|r| r.version == v.as_str()) {
                 let mut r = self.release_rec(v.as_str())?;
                 r.source = Some("found on disk".into());
@@ -788,7 +790,9 @@ impl Supervisor {
         w.reported[done.index] = health == Health::Unhealthy;
         let baking = w.phase == Phase::Bake;
         let version = w.version.clone();
-        if newly_unhealthy && (!baking || check.severity == Severity::Warning) {
+        // During an active bake a critical failure is the bake's to decide;
+        // paused, it is only recorded.
+        if newly_unhealthy && (!baking || check.severity == Severity::Warning || self.rec.paused) {
             let (name, severity) = (check.name.clone(), check.severity);
             self.on_unhealthy(&version, &name, severity, &summary).await;
         }
@@ -849,7 +853,7 @@ impl Supervisor {
             Some(Rule::Consecutive(n)) => format!("failed {n} time(s) in a row"),
             Some(Rule::Ratio { ratio, window }) => format!(
                 "failed more than {}% of its runs over {}",
-                ratio * 100.0,
+                (ratio * 100.0 * 1000.0).round() / 1000.0,
                 humantime::format_duration(window)
             ),
             None => "failed".into(),

@@ -23,6 +23,10 @@ struct Args {
 
 /// `--check-config`: everything that can be checked without starting.
 fn check_config(config: &Config) -> anyhow::Result<String> {
+    rollback_agent::control::Authz::new(
+        config.agent.admin_group.as_deref(),
+        config.agent.socket_group.as_deref(),
+    )?;
     let (mut checks, mut hooks) = (0, 0);
     for (app, a) in &config.apps {
         let entries = a
