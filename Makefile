@@ -18,7 +18,7 @@ plugins:
 
 ## All tests: the agent's unit and end-to-end tests (they need the built
 ## plugins) and the guest plugins' own unit tests (native target).
-test: plugins python-example
+test: plugins python-example varlink-client
 	$(CARGO) test --workspace
 	cd plugins && $(CARGO) test --workspace
 
@@ -46,3 +46,9 @@ clean:
 .PHONY: python-example
 python-example:
 	examples/python-check/build.sh
+
+## An independent Varlink client (the `varlink` package from PyPI) for the
+## wire-format test, in the same venv as the Python example.
+.PHONY: varlink-client
+varlink-client: python-example
+	target/python-venv/bin/python -c 'import varlink' 2>/dev/null || target/python-venv/bin/pip install --quiet 'varlink==31.0.0'

@@ -55,6 +55,22 @@ pub enum BindError {
     },
 }
 
+/// The standard service interface, as served to introspecting clients.
+const SERVICE_DESCRIPTION: &str = "# The Varlink Service Interface is provided by every varlink service.
+interface org.varlink.service
+
+method GetInfo() -> (vendor: string, product: string, version: string, url: string, interfaces: []string)
+
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+error InterfaceNotFound (interface: string)
+error MethodNotFound (method: string)
+error MethodNotImplemented (method: string)
+error InvalidParameter (parameter: string)
+error PermissionDenied ()
+error ExpectedMore ()
+";
+
 /// What a peer may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
@@ -340,6 +356,31 @@ impl Control {
             method::RELEASES => self.releases(protocol::parameters(&call.parameters)?),
             method::HISTORY => self.history(protocol::parameters(&call.parameters)?),
             method::PLUGINS => self.plugins(protocol::parameters(&call.parameters)?),
+            method::GET_INFO => Ok(serde_json::json!({
+                "vendor": "rollback-agent",
+                "product": "rollbackd",
+                "version": env!("CARGO_PKG_VERSION"),
+                "url": env!("CARGO_PKG_REPOSITORY"),
+                "interfaces": [protocol::SERVICE_INTERFACE, protocol::INTERFACE],
+            })),
+            method::GET_INTERFACE_DESCRIPTION => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    interface: String,
+                }
+                let p: P = protocol::parameters(&call.parameters)?;
+                if p.interface == protocol::INTERFACE {
+                    Ok(serde_json::json!({ "description": protocol::INTERFACE_DESCRIPTION }))
+                } else if p.interface == protocol::SERVICE_INTERFACE {
+                    Ok(serde_json::json!({ "description": SERVICE_DESCRIPTION }))
+                } else {
+                    Err(RemoteError::new(
+                        error::INTERFACE_NOT_FOUND,
+                        format!("unknown interface `{}`", p.interface),
+                    ))
+                }
+            }
             method::ACTIVATE => {
                 let p: protocol::ActivateParams = protocol::parameters(&call.parameters)?;
                 let handle = self.handle(&p.app)?;
@@ -401,9 +442,15 @@ impl Control {
                 self.rollback(protocol::parameters(&call.parameters)?, actor)
                     .await
             }
-            other if other.starts_with(&format!("{}.", protocol::INTERFACE)) => Err(
-                RemoteError::new(error::METHOD_NOT_FOUND, format!("unknown method `{other}`")),
-            ),
+            other
+                if other.starts_with(&format!("{}.", protocol::INTERFACE))
+                    || other.starts_with(&format!("{}.", protocol::SERVICE_INTERFACE)) =>
+            {
+                Err(RemoteError::new(
+                    error::METHOD_NOT_FOUND,
+                    format!("unknown method `{other}`"),
+                ))
+            }
             other => Err(RemoteError::new(
                 error::INTERFACE_NOT_FOUND,
                 format!("unknown interface in `{other}`"),

@@ -20,6 +20,12 @@ pub const INTERFACE: &str = "io.rollback.Agent";
 /// Largest message accepted, in bytes.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
 
+/// The interface description served by `org.varlink.service.GetInterfaceDescription`.
+pub const INTERFACE_DESCRIPTION: &str = include_str!("../../docs/io.rollback.Agent.varlink");
+
+/// The standard Varlink service interface.
+pub const SERVICE_INTERFACE: &str = "org.varlink.service";
+
 /// Fully qualified method names.
 pub mod method {
     /// Apps and their state.
@@ -42,6 +48,10 @@ pub mod method {
     pub const RESUME: &str = "io.rollback.Agent.Resume";
     /// Run the checks now.
     pub const CHECK: &str = "io.rollback.Agent.Check";
+    /// Standard Varlink: who serves this socket.
+    pub const GET_INFO: &str = "org.varlink.service.GetInfo";
+    /// Standard Varlink: an interface's description.
+    pub const GET_INTERFACE_DESCRIPTION: &str = "org.varlink.service.GetInterfaceDescription";
 }
 
 /// Fully qualified error names.

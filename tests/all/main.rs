@@ -18,3 +18,4 @@ mod reconcile;
 mod reload;
 mod sandbox;
 mod support;
+mod varlink;
