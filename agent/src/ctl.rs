@@ -112,6 +112,15 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The timeline of the app's last rollback, as Markdown for a
+    /// root-cause report (or JSON).
+    Incident {
+        /// The app.
+        app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an app's events, newest first.
     History {
         /// The app.
@@ -628,6 +637,26 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                     opt(&r.from),
                     r.to
                 ))?;
+            }
+        }
+        AgentCommand::Incident { app, json } => {
+            let (history, _): (protocol::HistoryReply, _) = client
+                .request(
+                    method::HISTORY,
+                    serde_json::json!({ "app": app, "limit": 10_000 }),
+                )
+                .await?;
+            let (status, _): (protocol::StatusReply, _) = client
+                .request(method::STATUS, serde_json::json!({ "app": app }))
+                .await?;
+            let now = status.apps.into_iter().next();
+            let Some(incident) = crate::incident::last_rollback(&app, &history.events, now) else {
+                bail!("app `{app}` has no rollback in its history");
+            };
+            if json {
+                print_json(&serde_json::to_value(&incident)?)?;
+            } else {
+                out(&crate::incident::markdown(&incident))?;
             }
         }
         AgentCommand::History { app, limit, json } => {

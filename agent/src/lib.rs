@@ -11,6 +11,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 mod fsutil;
+pub mod incident;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;

@@ -130,6 +130,35 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
     let limited = agent.json(&["history", "shop", "--limit", "2"]);
     assert_eq!(limited["events"].as_array().unwrap().len(), 2);
 
+    // The incident report tells the story of the rollback.
+    let incident = agent.ctl(&["incident", "shop"]);
+    assert_eq!(incident.code, 0, "{incident:?}");
+    assert!(
+        incident
+            .stdout
+            .starts_with("# Incident: shop rolled back 1.1.0 -> 1.0.0"),
+        "{}",
+        incident.stdout
+    );
+    for needle in [
+        "| staged |",
+        "| check-failed |",
+        "| rolled-back |",
+        "| restarted |",
+        "Triggering check:** `health`",
+        "## Now",
+    ] {
+        assert!(
+            incident.stdout.contains(needle),
+            "{needle}: {}",
+            incident.stdout
+        );
+    }
+    let v = agent.json(&["incident", "shop"]);
+    assert_eq!(v["from"], "1.1.0");
+    assert_eq!(v["to"], "1.0.0");
+    assert_eq!(v["check"], "health");
+
     // The restart command ran for each activation, rollback included.
     let ran = std::fs::read_to_string(&restarts).unwrap();
     assert_eq!(ran.lines().collect::<Vec<_>>(), ["1.0.0", "1.1.0", "1.0.0"]);
@@ -237,6 +266,10 @@ fn bad_deploys_are_refused_and_change_nothing() {
     }
     let agent = Agent::start_in(dir, &shop_config(app.port, "400ms", ""));
     let good = example_release("1.0.0");
+
+    let out = agent.ctl(&["incident", "shop"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no rollback"), "{}", out.stderr);
 
     // Nothing to roll back to yet.
     let out = agent.ctl(&["rollback", "shop"]);
