@@ -426,6 +426,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
     crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));
 
+    // STATUS= every few seconds, and WATCHDOG=1 at half the period systemd
+    // expects when `WatchdogSec` is set (a stalled runtime stops the pings).
+    let heartbeat = {
+        let store = store.clone();
+        let period = crate::systemd::watchdog_period()
+            .map(|w| (w / 2).min(std::time::Duration::from_secs(10)))
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let watchdog = crate::systemd::watchdog_period().is_some();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                every.tick().await;
+                if watchdog {
+                    crate::systemd::watchdog();
+                }
+                if let Ok(apps) = store.apps() {
+                    crate::systemd::status(&status_line(&apps));
+                }
+            }
+        })
+    };
+
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -449,9 +471,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::systemd::stopping();
     serving.abort();
     pruner.abort();
+    heartbeat.abort();
     let _ = std::fs::remove_file(&config.agent.socket);
     store.flush()?;
     Ok(())
+}
+
+/// One line for `systemctl status`: each app's state and active release.
+fn status_line(apps: &[crate::store::AppRecord]) -> String {
+    let parts: Vec<String> = apps
+        .iter()
+        .map(|a| {
+            let paused = if a.paused { ", paused" } else { "" };
+            format!(
+                "{} {} {}{paused}",
+                a.name,
+                a.state.as_str(),
+                a.active.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    format!("{} app(s): {}", apps.len(), parts.join("; "))
 }
 
 /// The config file and every plugin file it names.
