@@ -261,3 +261,56 @@ fn systemd_hears_ready_status_and_watchdog() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n[apps.shop]\nroot = \"{0}/shop\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(ROLLBACKD)
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .env("ROLLBACK_AGENT_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = dir.path().join("s.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ctl_with(&socket, &["status"]).code != 0 {
+        assert!(std::time::Instant::now() < deadline, "agent not ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "ready" && l["level"] == "INFO"),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l["fields"]["app"] == "shop"),
+        "structured fields: {text}"
+    );
+    let bad = Command::new(ROLLBACKD)
+        .args(["--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -15,6 +15,10 @@ struct Args {
     /// The agent's config file.
     #[arg(long, env = "ROLLBACK_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Log format: `human`, `json` (one object per line) or `journald`
+    /// (structured fields); `auto` picks journald when stderr is the journal.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "human", "json", "journald"])]
+    log_format: String,
     /// Validate the config (and that every plugin file is there and matches
     /// its pin), print the result and exit: 0 valid, 1 invalid.
     #[arg(long)]
@@ -65,14 +69,59 @@ fn check_config(config: &Config) -> anyhow::Result<String> {
     ))
 }
 
-fn init_logging() {
+/// Whether stderr is connected to the journal (systemd sets `JOURNAL_STREAM`
+/// to the device and inode of the stream it gave the service).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLBACK_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match format {
+        "auto" if stderr_is_journal() => "journald",
+        "auto" => "human",
+        other => other,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        "journald" => match tracing_journald::layer() {
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("rollbackd".into()))
+                .init(),
+            Err(e) => {
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
+                tracing::warn!("journald unavailable ({e}); logging to stderr");
+            }
+        },
+        "json" => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        _ => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -92,7 +141,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
+    init_logging(&args.log_format);
     let result = Config::load(&args.config)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
