@@ -32,7 +32,18 @@ pub const EXIT_ROLLED_BACK: u8 = 3;
 
 /// Control the rollback agent.
 #[derive(Debug, Parser)]
-#[command(name = "rollbackctl", version, about, long_about = None)]
+#[command(
+    name = "rollbackctl",
+    version,
+    about = "Control the rollback agent (rollbackd) over its Unix socket",
+    long_about = None,
+    after_help = "Exit status: 0 success; 1 error (the message is on stderr); 2 usage; \
+3 a deploy --wait that was rolled back or left the app degraded, a failing `check`, \
+or a failing `plugin test`.\n\n\
+Examples:\n  rollbackctl status\n  rollbackctl deploy shop ./build --version 1.4.2 --wait\n  \
+rollbackctl rollback shop --reason \"wrong prices\"\n  rollbackctl history shop --limit 50\n  \
+rollbackctl incident shop > incident.md"
+)]
 pub struct Cli {
     /// The agent's control socket.
     #[arg(long, global = true, env = "ROLLBACK_AGENT_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
@@ -51,6 +62,13 @@ pub enum Command {
     /// Work with plugin components locally (no agent needed).
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of rollbackctl.
+    Man,
 }
 
 /// The commands that talk to a running agent.
@@ -375,6 +393,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin_test(&plugin, grants, json).await
         }
         Command::Agent(cmd) => agent_command(&cli.socket, cmd).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "rollbackctl",
+                &mut buf,
+            );
+            out(&String::from_utf8_lossy(&buf))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut buf)?;
+            out(&String::from_utf8_lossy(&buf))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -314,3 +314,19 @@ fn json_logs_are_one_object_per_line() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn completions_and_man_page_need_no_agent() {
+    let none = std::path::Path::new("/nonexistent/agent.sock");
+    let out = ctl_with(none, &["completions", "bash"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("_rollbackctl") && out.stdout.contains("deploy"));
+    let out = ctl_with(none, &["man"]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains(".TH rollbackctl") && out.stdout.contains("Exit status"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(ctl_with(none, &["completions", "tcsh"]).code, 2);
+}
