@@ -96,6 +96,10 @@ pub struct AgentConfig {
     /// Members may read (status, releases, history, plugins, check); the
     /// socket's group.
     pub socket_group: Option<String>,
+    /// Where to write Prometheus metrics for node_exporter's textfile collector.
+    pub metrics_textfile: Option<PathBuf>,
+    /// Where to serve `GET /metrics`, e.g. `127.0.0.1:9187`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One `[apps.NAME]` table.
@@ -401,6 +405,8 @@ struct RawAgent {
     history_retention: Option<String>,
     admin_group: Option<String>,
     socket_group: Option<String>,
+    metrics_textfile: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -671,6 +677,20 @@ impl Validator<'_> {
             history_retention,
             admin_group: self.group("agent.admin_group", raw.agent.admin_group.clone())?,
             socket_group: self.group("agent.socket_group", raw.agent.socket_group.clone())?,
+            metrics_textfile: raw
+                .agent
+                .metrics_textfile
+                .as_deref()
+                .map(|p| self.resolve(p)),
+            metrics_listen: match &raw.agent.metrics_listen {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    self.err(
+                        "agent.metrics_listen",
+                        format!("`{a}` is not an address like 127.0.0.1:9187"),
+                    )
+                })?),
+            },
         };
         let mut apps = BTreeMap::new();
         let mut roots = BTreeMap::<PathBuf, String>::new();

@@ -448,6 +448,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
+    let textfile = config
+        .agent
+        .metrics_textfile
+        .clone()
+        .map(|p| crate::metrics::spawn_textfile(p, std::time::Duration::from_secs(15)));
+    let listener_task = match config.agent.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::serve(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -472,6 +486,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     serving.abort();
     pruner.abort();
     heartbeat.abort();
+    for task in textfile.into_iter().chain(listener_task) {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&config.agent.socket);
     store.flush()?;
     Ok(())

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AppConfig, HookEvent};
 use crate::plugin::{
-    CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo, Sandbox,
-    Status, Transition,
+    CallError, CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo,
+    Sandbox, Status, Transition,
 };
 use crate::policy::{
     bake_verdict, steady_action, BakeVerdict, CheckTracker, Health, OnError, Outcome, Rule,
@@ -476,6 +476,7 @@ impl Supervisor {
     }
 
     fn save(&mut self) -> Result<(), StoreError> {
+        crate::metrics::global().state(&self.cfg.name, self.rec.state.as_str());
         self.store.put_app(self.rec.clone())
     }
 
@@ -768,6 +769,21 @@ impl Supervisor {
             ),
             Err(e) => (Outcome::Error, e.to_string(), Default::default()),
         };
+        let error_kind = match &done.report.result {
+            Err(CallError::Timeout(_)) => Some("timeout"),
+            Err(CallError::Trap(_)) => Some("trap"),
+            Err(CallError::Plugin(_)) => Some("plugin"),
+            Err(CallError::BadOutput(_)) => Some("bad-output"),
+            Ok(_) => None,
+        };
+        crate::metrics::global().check(
+            &self.cfg.name,
+            &check.name,
+            outcome.as_str(),
+            done.report.elapsed,
+            done.report.http_retries,
+            error_kind,
+        );
         let health = w.trackers[done.index].observe(Instant::now(), outcome);
         tracing::debug!(app = %self.cfg.name, check = %check.name, outcome = outcome.as_str(), %summary, "check result");
         self.rec.checks.insert(
@@ -928,6 +944,7 @@ impl Supervisor {
                 .reason("passed its bake"),
         )?;
         tracing::info!(app = %self.app(), %version, "release passed its bake");
+        crate::metrics::global().deploy(&self.cfg.name, "good");
         Ok(())
     }
 
@@ -1012,6 +1029,7 @@ impl Supervisor {
                     let _ = reply.send(Ok(outcome));
                 }
                 Err(e) => {
+                    crate::metrics::global().deploy(&self.cfg.name, "refused");
                     let _ = reply.send(Err(e));
                 }
             },
@@ -1479,6 +1497,31 @@ impl Supervisor {
         reason: String,
         check: Option<String>,
     ) -> DeployOutcome {
+        // A rollback during a deploy's bake or restart is that deploy's outcome.
+        let deploying = matches!(self.rec.state, AppState::Baking | AppState::Deploying);
+        let metrics = crate::metrics::global();
+        let outcome = self.rollback_inner(failed, reason, check).await;
+        if deploying {
+            let name = match &outcome {
+                DeployOutcome::RolledBack { .. } => "rolled-back",
+                DeployOutcome::Degraded { .. } => "degraded",
+                DeployOutcome::Good => "good",
+                DeployOutcome::Baking => "baking",
+            };
+            metrics.deploy(&self.cfg.name, name);
+        }
+        if matches!(outcome, DeployOutcome::RolledBack { .. }) {
+            metrics.rollback(&self.cfg.name, "automatic");
+        }
+        outcome
+    }
+
+    async fn rollback_inner(
+        &mut self,
+        failed: &str,
+        reason: String,
+        check: Option<String>,
+    ) -> DeployOutcome {
         match self
             .rollback_to(failed, None, reason.clone(), Actor::agent(), check)
             .await
@@ -1654,6 +1697,7 @@ impl Supervisor {
         let done = self
             .rollback_to(&active, to, reason.clone(), actor, None)
             .await?;
+        crate::metrics::global().rollback(&self.cfg.name, "operator");
         // The operator chose the target: automatic rollbacks may act again.
         self.rec.restored = false;
         self.save()?;
