@@ -165,11 +165,17 @@ pub enum AgentCommand {
     Pause {
         /// The app.
         app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Resume automatic actions.
     Resume {
         /// The app.
         app: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the app's checks now and print the results (nothing is decided).
     #[command(
@@ -413,6 +419,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `pause` and `resume`: the same call to two methods.
+async fn pause_or_resume(
+    client: &mut Client,
+    m: &str,
+    app: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (r, raw): (protocol::PauseReply, _) =
+        client.request(m, serde_json::json!({ "app": app })).await?;
+    if json {
+        print_json(&raw)?;
+    } else if r.paused {
+        out(&format!("{}: automatic actions paused\n", r.app))?;
+    } else {
+        out(&format!("{}: automatic actions resumed\n", r.app))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(socket).await?;
     match command {
@@ -434,17 +459,11 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 ))?;
             }
         }
-        AgentCommand::Pause { app } => {
-            let (r, _): (protocol::PauseReply, _) = client
-                .request(method::PAUSE, serde_json::json!({ "app": app }))
-                .await?;
-            out(&format!("{}: automatic actions paused\n", r.app))?;
+        AgentCommand::Pause { app, json } => {
+            return pause_or_resume(&mut client, method::PAUSE, &app, json).await;
         }
-        AgentCommand::Resume { app } => {
-            let (r, _): (protocol::PauseReply, _) = client
-                .request(method::RESUME, serde_json::json!({ "app": app }))
-                .await?;
-            out(&format!("{}: automatic actions resumed\n", r.app))?;
+        AgentCommand::Resume { app, json } => {
+            return pause_or_resume(&mut client, method::RESUME, &app, json).await;
         }
         AgentCommand::Check { app, json } => {
             let (r, raw): (protocol::CheckReply, _) = client
