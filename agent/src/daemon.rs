@@ -421,6 +421,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
 
+    let textfile = config
+        .agent
+        .metrics_textfile
+        .clone()
+        .map(|p| crate::metrics::spawn_textfile(p, std::time::Duration::from_secs(15)));
+    let listener_task = match config.agent.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::serve(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+
     let listener = control::bind(&config.agent.socket, socket_gid)?;
     let serving = tokio::spawn(control.clone().serve(listener));
     tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
@@ -446,20 +460,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
         })
-    };
-
-    let textfile = config
-        .agent
-        .metrics_textfile
-        .clone()
-        .map(|p| crate::metrics::spawn_textfile(p, std::time::Duration::from_secs(15)));
-    let listener_task = match config.agent.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::serve(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?,
-        ),
-        None => None,
     };
 
     use tokio::signal::unix::{signal, SignalKind};
