@@ -102,24 +102,7 @@ fn a_stale_socket_file_is_replaced() {
 
 fn rollbackd_with(config: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n{config}",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(ROLLBACKD)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    rollbackd_run(&write_config(dir.path(), config), &[])
 }
 
 #[test]
@@ -133,7 +116,7 @@ fn bad_configs_and_plugins_stop_the_daemon_with_a_clear_error() {
 
     let (code, err) = rollbackd_with("[apps.shop]\nroot = \"/srv/shop\"\nbakee = \"5m\"\n");
     assert_eq!(code, Some(1));
-    assert!(err.contains("line 6") && err.contains("bakee"), "{err}");
+    assert!(err.contains("line 7") && err.contains("bakee"), "{err}");
 
     let check = "[apps.shop]\nroot = \"{root}\"\n[[apps.shop.checks]]\nname = \"h\"\nplugin = \"{plugin}\"\n";
     let root = tempfile::tempdir().unwrap();
@@ -218,15 +201,13 @@ fn systemd_hears_ready_status_and_watchdog() {
     notify
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n[apps.shop]\nroot = \"{0}/shop\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let shop = format!(
+        "[apps.shop]
+root = \"{}/shop\"
+",
+        dir.path().display()
+    );
+    let config = write_config(dir.path(), &shop);
     let mut child = Command::new(ROLLBACKD)
         .arg("--config")
         .arg(&config)
@@ -253,7 +234,10 @@ fn systemd_hears_ready_status_and_watchdog() {
         }
     }
     // READY comes once the socket is bound: it must answer by now.
-    assert_eq!(ctl_with(&dir.path().join("s.sock"), &["status"]).code, 0);
+    assert_eq!(
+        ctl_with(&dir.path().join("control.sock"), &["status"]).code,
+        0
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -265,15 +249,13 @@ fn systemd_hears_ready_status_and_watchdog() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n[apps.shop]\nroot = \"{0}/shop\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let shop = format!(
+        "[apps.shop]
+root = \"{}/shop\"
+",
+        dir.path().display()
+    );
+    let config = write_config(dir.path(), &shop);
     let child = Command::new(ROLLBACKD)
         .args(["--log-format", "json", "--config"])
         .arg(&config)
@@ -281,7 +263,7 @@ fn json_logs_are_one_object_per_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let socket = dir.path().join("s.sock");
+    let socket = dir.path().join("control.sock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while ctl_with(&socket, &["status"]).code != 0 {
         assert!(std::time::Instant::now() < deadline, "agent not ready");

@@ -2,7 +2,6 @@
 //! between apps, pinning, secrets at start-up, and `rollbackctl plugin test`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,25 +157,7 @@ fn a_hostile_plugin_does_not_slow_other_apps_and_the_cache_skips_compiling() {
 }
 
 fn rollbackd_once(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/s.sock\"\n{config}",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(ROLLBACKD);
-    cmd.arg("--config").arg(&path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    rollbackd_run(&write_config(dir, config), env)
 }
 
 #[test]

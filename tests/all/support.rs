@@ -47,6 +47,32 @@ pub fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// Writes `<dir>/agent.toml`: an `[agent]` table keeping the state and the
+/// socket (`control.sock`) in `dir`, then `body`. Returns its path.
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    let text = format!(
+        "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/control.sock\"\n\n{body}",
+        dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `rollbackd --config CONFIG` to its end: (exit code, stderr).
+pub fn rollbackd_run(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(ROLLBACKD);
+    cmd.arg("--config").arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A release of the quick-start example app.
 pub fn example_release(version: &str) -> PathBuf {
     repo().join("examples/quickstart/releases").join(version)
@@ -222,13 +248,10 @@ impl Agent {
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Agent {
         let socket = dir.path().join("control.sock");
         let config_path = dir.path().join("agent.toml");
-        let text = format!(
-            "[agent]\nstate_dir = \"{}\"\nsocket = \"{}\"\n\n{}",
-            dir.path().join("state").display(),
-            socket.display(),
-            config.replace("{dir}", &dir.path().display().to_string())
+        write_config(
+            dir.path(),
+            &config.replace("{dir}", &dir.path().display().to_string()),
         );
-        std::fs::write(&config_path, text).unwrap();
         let mut agent = Agent {
             dir,
             socket,
