@@ -313,7 +313,22 @@ impl Agent {
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        child.wait().unwrap()
+        // A clean shutdown is prompt, even with a plugin spinning in a check.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rollbackd did not exit within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the daemon with SIGKILL (no cleanup at all) and waits for it.

@@ -149,7 +149,11 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(rollback_agent::daemon::run(config))
+            let result = rt.block_on(rollback_agent::daemon::run(config));
+            // Calls still in flight get a moment to reach their deadline; a
+            // task that never yields must not keep the process alive.
+            rt.shutdown_timeout(std::time::Duration::from_secs(3));
+            result
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

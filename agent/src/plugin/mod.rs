@@ -20,7 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -466,31 +466,29 @@ impl Sandbox {
     }
 }
 
-/// Advances the engine's epoch until dropped.
+/// Advances the engine's epoch while the host or any plugin it loaded is
+/// alive. Plugins hold the token too, so that a call still running while the
+/// host goes away keeps reaching its deadline (and yielding) instead of
+/// spinning forever on a worker thread.
+#[derive(Clone)]
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    _alive: Arc<()>,
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> Result<EpochTicker, PluginError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let alive = Arc::new(());
+        let watch = Arc::downgrade(&alive);
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while watch.strong_count() > 0 {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
             })
             .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(EpochTicker { stop })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        Ok(EpochTicker { _alive: alive })
     }
 }
 
@@ -530,7 +528,7 @@ pub struct PluginHost {
     pooling: bool,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 enum Pre {
@@ -541,6 +539,7 @@ enum Pre {
 /// A compiled plugin, ready to be instantiated per call.
 pub struct Plugin {
     pre: Pre,
+    _ticker: EpochTicker,
     path: PathBuf,
     digest: String,
     from_cache: bool,
@@ -628,7 +627,7 @@ impl PluginHost {
             pooling,
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -723,6 +722,7 @@ impl PluginHost {
             path: path.to_path_buf(),
             digest,
             from_cache,
+            _ticker: self.ticker.clone(),
         })
     }
 }
