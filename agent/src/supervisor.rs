@@ -1281,7 +1281,6 @@ impl Supervisor {
         }
         let prior_state = self.rec.state;
         self.rec.state = AppState::Deploying;
-        self.rec.restored = false;
         self.save()?;
         let staged = {
             let (dir, src, v, limits) = (
@@ -1374,6 +1373,8 @@ impl Supervisor {
             return Err(e);
         }
         self.set_release_state(version.as_str(), ReleaseState::Active, None)?;
+        // A new release is live: the loop guard of an earlier rollback no longer applies.
+        self.rec.restored = false;
         // No check runs against a release that is still starting: watch after the restart.
         self.stop_watch();
         if let Err(reason) = self.restart(version.as_str()).await {
