@@ -384,6 +384,20 @@ impl AppWatch {
         next
     }
 
+    /// Sends a deploy of `path` as `version` on the watcher's behalf (no wait).
+    async fn deploy(&self, path: &Path, version: &Version) -> Result<DeployOutcome, CommandError> {
+        let meta = DeployMeta::default();
+        self.handle
+            .deploy(
+                path.to_path_buf(),
+                version.clone(),
+                watch_actor(),
+                false,
+                meta,
+            )
+            .await
+    }
+
     async fn deploy_dir(
         &mut self,
         version: Version,
@@ -403,16 +417,7 @@ impl AppWatch {
                 return Next::Idle;
             }
         }
-        let outcome = self
-            .handle
-            .deploy(
-                path.clone(),
-                version.clone(),
-                watch_actor(),
-                false,
-                DeployMeta::default(),
-            )
-            .await;
+        let outcome = self.deploy(&path, &version).await;
         match outcome {
             Ok(outcome) => {
                 tracing::info!(app = %self.app, %version, outcome = outcome_text(&outcome), "drop-in release deployed");
@@ -509,16 +514,7 @@ impl AppWatch {
             if first {
                 tracing::info!(app = %self.app, %version, file = %path.display(), "picked up an archive");
             }
-            let outcome = self
-                .handle
-                .deploy(
-                    path.clone(),
-                    version.clone(),
-                    watch_actor(),
-                    false,
-                    DeployMeta::default(),
-                )
-                .await;
+            let outcome = self.deploy(&path, &version).await;
             match outcome {
                 Ok(outcome) => {
                     tracing::info!(app = %self.app, %version, outcome = outcome_text(&outcome), "drop-in archive deployed");
