@@ -9,7 +9,7 @@ use rollback_agent::release::{AppDir, StageLimits, Version};
 use rollback_agent::store::{
     now_ms, AppRecord, AppState, EventKind, Intent, ReleaseRecord, ReleaseState, Store,
 };
-use rollback_agent::supervisor::Supervisor;
+use rollback_agent::supervisor::{AppHandle, Supervisor};
 
 fn app_config(root: &Path, bake: Duration) -> AppConfig {
     AppConfig {
@@ -41,6 +41,19 @@ fn record(version: &str, state: ReleaseState) -> ReleaseRecord {
         tag: None,
         message: None,
     }
+}
+
+/// Starts a supervisor without checks or hooks for the app at `root`.
+fn start(tmp: &tempfile::TempDir, root: &Path, store: &Store, bake: Duration) -> AppHandle {
+    let snapshots = rollback_agent::snapshot::Snapshots::new(tmp.path());
+    Supervisor::start(
+        app_config(root, bake),
+        store.clone(),
+        Vec::new(),
+        Vec::new(),
+        snapshots,
+    )
+    .unwrap()
 }
 
 /// Two releases on disk, `current` at `active`.
@@ -102,14 +115,7 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
     });
     store.put_app(rec).unwrap();
 
-    let _handle = Supervisor::start(
-        app_config(&root, Duration::from_millis(300)),
-        store.clone(),
-        Vec::new(),
-        Vec::new(),
-        rollback_agent::snapshot::Snapshots::new(tmp.path()),
-    )
-    .unwrap();
+    let _handle = start(&tmp, &root, &store, Duration::from_millis(300));
     let rec = store.app("shop").unwrap().unwrap();
     assert_eq!(rec.active.as_deref(), Some("1.0.1"), "the symlink wins");
     assert_eq!(rec.state, AppState::Baking, "an unbaked release is baked");
@@ -148,14 +154,7 @@ async fn releases_are_adopted_and_forgotten_to_match_the_disk() {
         .put_release(&record("0.9.0", ReleaseState::Good))
         .unwrap();
 
-    let _handle = Supervisor::start(
-        app_config(&root, Duration::from_secs(60)),
-        store.clone(),
-        Vec::new(),
-        Vec::new(),
-        rollback_agent::snapshot::Snapshots::new(tmp.path()),
-    )
-    .unwrap();
+    let _handle = start(&tmp, &root, &store, Duration::from_secs(60));
     let rec = store.app("shop").unwrap().unwrap();
     assert_eq!(rec.active.as_deref(), Some("1.0.0"));
     assert_eq!(
@@ -194,14 +193,7 @@ async fn a_degraded_app_stays_degraded_across_restarts() {
     rec.reason = Some("no good release to roll back to".into());
     store.put_app(rec).unwrap();
 
-    let _handle = Supervisor::start(
-        app_config(&root, Duration::from_millis(100)),
-        store.clone(),
-        Vec::new(),
-        Vec::new(),
-        rollback_agent::snapshot::Snapshots::new(tmp.path()),
-    )
-    .unwrap();
+    let _handle = start(&tmp, &root, &store, Duration::from_millis(100));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let rec = store.app("shop").unwrap().unwrap();
     assert_eq!(rec.state, AppState::Degraded);
