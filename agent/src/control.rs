@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::protocol::{self, error, method, Call, RemoteError, Reply};
@@ -296,12 +296,29 @@ impl Control {
                 }
             };
             let oneway = call.oneway;
-            let reply = match self.authorize(&call, &actor, access) {
+            let authorized = self.authorize(&call, &actor, access);
+            if authorized.is_ok() && call.method == method::WATCH {
+                // A watch owns its connection until either side ends it.
+                self.watch(&call, &mut reader, &mut write).await;
+                return;
+            }
+            if authorized.is_ok() && call.method == method::DEPLOY && call.more && !oneway {
+                if self
+                    .deploy_streaming(&call, &actor, &mut write)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            let reply = match authorized {
                 Err(e) => e.to_reply(),
                 Ok(()) => match self.dispatch(&call, &actor).await {
                     Ok(parameters) => Reply {
                         error: None,
                         parameters,
+                        continues: false,
                     },
                     Err(e) => e.to_reply(),
                 },
@@ -607,7 +624,120 @@ impl Control {
             outcome: name.to_string(),
             active,
             reason,
+            event: None,
         })
+    }
+
+    /// `Watch`: one reply per live event (of one app, or all) until the
+    /// client hangs up or the agent stops.
+    async fn watch(
+        &self,
+        call: &Call,
+        reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+        write: &mut tokio::net::unix::OwnedWriteHalf,
+    ) {
+        let start = protocol::parameters::<protocol::WatchParams>(&call.parameters).and_then(|p| {
+            if let Some(app) = &p.app {
+                self.handle(app)?;
+            }
+            if call.more {
+                Ok(p)
+            } else {
+                Err(RemoteError::new(
+                    error::EXPECTED_MORE,
+                    "Watch streams its replies: call it with `more`",
+                ))
+            }
+        });
+        let p = match start {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = protocol::write_message(write, &e.to_reply()).await;
+                return;
+            }
+        };
+        let mut watcher = self.store.feed().subscribe();
+        loop {
+            tokio::select! {
+                item = watcher.next() => {
+                    let Some(event) = item else {
+                        let e = RemoteError::new(error::SHUTTING_DOWN, "the agent is stopping");
+                        let _ = protocol::write_message(write, &e.to_reply()).await;
+                        return;
+                    };
+                    if p.app.as_ref().is_some_and(|a| *a != event.app && event.kind != "lagged") {
+                        continue;
+                    }
+                    let reply = Reply {
+                        error: None,
+                        parameters: serde_json::json!({ "event": &*event }),
+                        continues: true,
+                    };
+                    if protocol::write_message(write, &reply).await.is_err() {
+                        return;
+                    }
+                }
+                // End of stream, or anything sent: the client is done.
+                _ = reader.fill_buf() => return,
+            }
+        }
+    }
+
+    /// `Deploy` with `more`: a `running` reply per event of the app while
+    /// the deploy goes on, then the final reply. Errors only when the client
+    /// cannot be written to.
+    async fn deploy_streaming(
+        &self,
+        call: &Call,
+        actor: &Actor,
+        write: &mut tokio::net::unix::OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        let p: protocol::DeployParams = match protocol::parameters(&call.parameters) {
+            Ok(p) => p,
+            Err(e) => return protocol::write_message(write, &e.to_reply()).await,
+        };
+        let (app, version) = (p.app.clone(), p.version.clone());
+        let progress = |event: &crate::live::LiveEvent| Reply {
+            error: None,
+            parameters: serde_json::to_value(protocol::DeployReply {
+                app: app.clone(),
+                version: version.clone(),
+                outcome: "running".into(),
+                active: None,
+                reason: None,
+                event: Some(event.clone()),
+            })
+            .unwrap_or_default(),
+            continues: true,
+        };
+        let mut watcher = self.store.feed().subscribe();
+        let deploy = self.deploy(p, actor);
+        tokio::pin!(deploy);
+        let result = loop {
+            tokio::select! {
+                r = &mut deploy => break r,
+                Some(event) = watcher.next() => {
+                    if event.app == app {
+                        protocol::write_message(write, &progress(&event)).await?;
+                    }
+                }
+            }
+        };
+        // Events recorded just before the deploy returned.
+        while let Some(event) = watcher.try_next() {
+            if event.app == app {
+                protocol::write_message(write, &progress(&event)).await?;
+            }
+        }
+        let reply = match result {
+            Ok(parameters) => Reply {
+                error: None,
+                parameters,
+                continues: false,
+            },
+            Err(e) => e.to_reply(),
+        };
+        protocol::write_message(write, &reply).await
     }
 
     async fn rollback(

@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::config::{HostRule, DEFAULT_SOCKET_PATH};
 use crate::plugin::{
     CheckInput, Grants, MemoryKv, Phase, PluginHost, ReleaseInfo, Sandbox, Status,
 };
+use crate::protocol::LiveEvent;
 use crate::protocol::{self, method, Call, RemoteError, Reply};
 
 /// Exit code of a deploy that was rolled back (or left the app degraded).
@@ -48,9 +50,24 @@ pub struct Cli {
     /// The agent's control socket.
     #[arg(long, global = true, env = "ROLLBACK_AGENT_SOCKET", default_value = DEFAULT_SOCKET_PATH)]
     pub socket: PathBuf,
+    /// Colour the output: `auto` (only on a terminal, and not when NO_COLOR
+    /// is set), `always` or `never`.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// When to colour the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// The commands.
@@ -188,6 +205,18 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow what the agent does, live: events and check results, one line
+    /// each, until interrupted.
+    #[command(
+        after_help = "Examples:\n  rollbackctl watch\n  rollbackctl watch shop --json | jq ."
+    )]
+    Watch {
+        /// Only this app.
+        app: Option<String>,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the loaded plugins, their digests and what they were granted.
     Plugins {
         /// Only this app's.
@@ -297,27 +326,51 @@ impl Client {
         method: &str,
         parameters: serde_json::Value,
     ) -> anyhow::Result<Result<(T, serde_json::Value), RemoteError>> {
+        self.send(method, parameters, false).await?;
+        Ok(match self.next_reply().await? {
+            Ok((parameters, _)) => {
+                let typed = serde_json::from_value(parameters.clone())
+                    .context("the agent sent an unexpected reply")?;
+                Ok((typed, parameters))
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Sends a call; with `more` the agent may answer with several replies,
+    /// read with [`Client::next_reply`].
+    pub async fn send(
+        &mut self,
+        method: &str,
+        parameters: serde_json::Value,
+        more: bool,
+    ) -> anyhow::Result<()> {
         let call = Call {
             method: method.to_string(),
             parameters,
             oneway: false,
-            more: false,
+            more,
         };
         protocol::write_message(&mut self.writer, &call)
             .await
-            .context("cannot send to the agent")?;
+            .context("cannot send to the agent")
+    }
+
+    /// The next reply: its parameters and whether more follow, or the
+    /// agent's error.
+    pub async fn next_reply(
+        &mut self,
+    ) -> anyhow::Result<Result<(serde_json::Value, bool), RemoteError>> {
         let bytes = protocol::read_message(&mut self.reader)
             .await
             .context("cannot read the agent's reply")?
             .context("the agent closed the connection without replying")?;
         let reply: Reply =
             serde_json::from_slice(&bytes).context("the agent sent an invalid reply")?;
-        if let Some(name) = reply.error {
-            return Ok(Err(RemoteError::from_reply(name, &reply.parameters)));
-        }
-        let typed = serde_json::from_value(reply.parameters.clone())
-            .context("the agent sent an unexpected reply")?;
-        Ok(Ok((typed, reply.parameters)))
+        Ok(match reply.error {
+            Some(name) => Err(RemoteError::from_reply(name, &reply.parameters)),
+            None => Ok((reply.parameters, reply.continues)),
+        })
     }
 }
 
@@ -327,8 +380,53 @@ fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("-")
 }
 
-/// Prints rows as columns separated by two spaces; the last column is not padded.
+/// Whether stdout and stderr get colour; decided once, at start.
+static COLOUR_OUT: AtomicBool = AtomicBool::new(false);
+static COLOUR_ERR: AtomicBool = AtomicBool::new(false);
+
+fn decide_colour(choice: ColorChoice) {
+    use std::io::IsTerminal;
+    let (out, err) = match choice {
+        ColorChoice::Always => (true, true),
+        ColorChoice::Never => (false, false),
+        ColorChoice::Auto => {
+            // https://no-color.org: set and not empty means no colour.
+            let allowed = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            (
+                allowed && std::io::stdout().is_terminal(),
+                allowed && std::io::stderr().is_terminal(),
+            )
+        }
+    };
+    COLOUR_OUT.store(out, Ordering::Relaxed);
+    COLOUR_ERR.store(err, Ordering::Relaxed);
+}
+
+/// The ANSI colour of a state, outcome or event word, if it has one.
+fn tint_of(word: &str) -> Option<&'static str> {
+    match word {
+        "healthy" | "good" | "pass" | "marked-good" | "resumed" => Some("32"),
+        "baking" | "deploying" | "warn" | "paused" | "staged" | "lagged" => Some("33"),
+        "degraded" | "failed" | "fail" | "error" | "rolled-back" | "rolling-back"
+        | "check-failed" | "deploy-failed" | "restart-failed" | "hook-failed"
+        | "snapshot-failed" => Some("31"),
+        _ => None,
+    }
+}
+
+/// `text` in the colour of `word` when `on`; padding inside `text` is kept,
+/// so columns stay aligned.
+fn paint(text: &str, word: &str, on: bool) -> String {
+    match tint_of(word.trim()) {
+        Some(code) if on => format!("\x1b[{code}m{text}\x1b[0m"),
+        _ => text.to_string(),
+    }
+}
+
+/// Prints rows as columns separated by two spaces; the last column is not
+/// padded. Cells that are a state or outcome word are coloured on a terminal.
 fn table(rows: &[Vec<String>]) -> String {
+    let colour = COLOUR_OUT.load(Ordering::Relaxed);
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -344,10 +442,14 @@ fn table(rows: &[Vec<String>]) -> String {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             let cell = &cell.replace(['\n', '\r'], " ");
-            if c + 1 == row.len() {
-                line.push_str(cell);
+            let padded = if c + 1 == row.len() {
+                cell.clone()
             } else {
-                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                format!("{cell:<w$}", w = widths[c])
+            };
+            line.push_str(&paint(&padded, cell, colour));
+            if c + 1 < row.len() {
+                line.push_str("  ");
             }
         }
         out.push_str(line.trim_end());
@@ -367,8 +469,72 @@ fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One live event as a line: time, app, kind, then what matters for the
+/// kind (swap, check and result, hook, reason, who).
+fn live_line(e: &LiveEvent, with_app: bool, colour: bool) -> String {
+    let mut line = format!("{}  ", e.time);
+    if with_app {
+        line.push_str(&format!("{:<12}  ", e.app));
+    }
+    line.push_str(&paint(&format!("{:<17}", e.kind), &e.kind, colour));
+    let mut parts: Vec<String> = Vec::new();
+    match (&e.from, &e.to) {
+        (None, None) => parts.extend(e.version.clone()),
+        (from, to) => parts.push(format!("{} -> {}", opt(from), opt(to))),
+    }
+    if let Some(check) = &e.check {
+        match &e.outcome {
+            Some(o) => parts.push(format!("{check}: {}", paint(o, o, colour))),
+            None => parts.push(format!("check {check}")),
+        }
+    }
+    if let Some(hook) = &e.hook {
+        parts.push(format!("hook {hook}"));
+    }
+    if let Some(ms) = e.duration_ms {
+        parts.push(format!("{ms} ms"));
+    }
+    if let Some(summary) = e.summary.as_deref().filter(|s| !s.is_empty()) {
+        parts.push(summary.to_string());
+    }
+    if let Some(reason) = &e.reason {
+        parts.push(reason.clone());
+    }
+    if let Some(actor) = e.actor.as_ref().filter(|a| a.name != "agent") {
+        parts.push(format!("by {}", actor.name));
+    }
+    line.push_str("  ");
+    line.push_str(&parts.join("  ").replace(['\n', '\r'], " "));
+    line.trim_end().to_string() + "\n"
+}
+
+/// `watch`: prints every reply of a `Watch` call until the agent ends it.
+async fn watch(client: &mut Client, app: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    client
+        .send(method::WATCH, serde_json::json!({ "app": app }), true)
+        .await?;
+    let colour = COLOUR_OUT.load(Ordering::Relaxed);
+    loop {
+        let (parameters, continues) = match client.next_reply().await? {
+            Ok(r) => r,
+            Err(e) => bail!("{} ({})", e.message, e.name),
+        };
+        let reply: protocol::WatchReply =
+            serde_json::from_value(parameters).context("the agent sent an unexpected reply")?;
+        if json {
+            out(&format!("{}\n", serde_json::to_string(&reply.event)?))?;
+        } else {
+            out(&live_line(&reply.event, app.is_none(), colour))?;
+        }
+        if !continues {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    decide_colour(cli.color);
     match cli.command {
         Command::Plugin(PluginCommand::Test {
             plugin,
@@ -495,6 +661,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 ExitCode::SUCCESS
             });
         }
+        AgentCommand::Watch { app, json } => return watch(&mut client, app, json).await,
         AgentCommand::Plugins { app, json } => {
             let (r, raw): (protocol::PluginsReply, _) = client
                 .request(method::PLUGINS, serde_json::json!({ "app": app }))
@@ -642,8 +809,36 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 "app": app, "source": source, "version": version, "wait": wait,
                 "commit": commit, "message": message,
             });
-            let (r, raw): (protocol::DeployReply, _) =
-                client.request(method::DEPLOY, params).await?;
+            client.send(method::DEPLOY, params, true).await?;
+            let colour = COLOUR_ERR.load(Ordering::Relaxed);
+            // A check's result is shown when it changes, not on every run.
+            let mut last_outcome = std::collections::HashMap::new();
+            let raw = loop {
+                let (parameters, continues) = match client.next_reply().await? {
+                    Ok(r) => r,
+                    Err(e) => bail!("{} ({})", e.message, e.name),
+                };
+                if !continues {
+                    break parameters;
+                }
+                // Progress goes to stderr, so stdout holds only the result.
+                if let (false, Some(event)) = (json, parameters.get("event")) {
+                    if let Ok(event) = serde_json::from_value::<LiveEvent>(event.clone()) {
+                        let changed = match (&event.check, &event.outcome) {
+                            (Some(check), Some(outcome)) => {
+                                last_outcome.insert(check.clone(), outcome.clone())
+                                    != Some(outcome.clone())
+                            }
+                            _ => true,
+                        };
+                        if changed {
+                            eprint!("{}", live_line(&event, false, colour));
+                        }
+                    }
+                }
+            };
+            let r: protocol::DeployReply = serde_json::from_value(raw.clone())
+                .context("the agent sent an unexpected reply")?;
             if json {
                 print_json(&raw)?;
             } else {

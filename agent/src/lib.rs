@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 mod fsutil;
 pub mod incident;
+pub mod live;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::live::LiveEvent;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -48,6 +49,8 @@ pub mod method {
     pub const RESUME: &str = "io.rollback.Agent.Resume";
     /// Run the checks now.
     pub const CHECK: &str = "io.rollback.Agent.Check";
+    /// Streams live events (needs `more`).
+    pub const WATCH: &str = "io.rollback.Agent.Watch";
     /// Standard Varlink: who serves this socket.
     pub const GET_INFO: &str = "org.varlink.service.GetInfo";
     /// Standard Varlink: an interface's description.
@@ -84,6 +87,8 @@ pub mod error {
     pub const INVALID_PARAMETER: &str = "org.varlink.service.InvalidParameter";
     /// Standard Varlink: unknown interface.
     pub const INTERFACE_NOT_FOUND: &str = "org.varlink.service.InterfaceNotFound";
+    /// Standard Varlink: the method streams and the call did not set `more`.
+    pub const EXPECTED_MORE: &str = "org.varlink.service.ExpectedMore";
 }
 
 /// A call as sent by a client.
@@ -111,6 +116,9 @@ pub struct Reply {
     /// The results (or the error's parameters).
     #[serde(default)]
     pub parameters: serde_json::Value,
+    /// More replies to this call follow (calls made with `more`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 /// An error reply: its Varlink name and a human message.
@@ -152,6 +160,7 @@ impl RemoteError {
                 Some(p) => serde_json::json!({ "parameter": p, "message": self.message }),
                 None => serde_json::json!({ "message": self.message }),
             },
+            continues: false,
         }
     }
 
@@ -362,6 +371,26 @@ pub struct DeployReply {
     /// Why it was rolled back or degraded.
     #[serde(default)]
     pub reason: Option<String>,
+    /// In the progress replies of a `more` call (outcome `running`): what
+    /// just happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<LiveEvent>,
+}
+
+/// `Watch` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    /// One app, or all.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// One `Watch` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchReply {
+    /// What happened.
+    pub event: LiveEvent,
 }
 
 /// `Rollback` parameters.

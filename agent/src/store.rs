@@ -397,6 +397,8 @@ pub struct Store {
     releases: sled::Tree,
     events: sled::Tree,
     kv: sled::Tree,
+    /// Every recorded event is also published here, for live watchers.
+    feed: crate::live::Feed,
 }
 
 /// One plugin entry's key-value space (tree `kv`, keys `app NUL entry NUL key`).
@@ -492,7 +494,13 @@ impl Store {
             events: db.open_tree("events")?,
             kv: db.open_tree("kv")?,
             db,
+            feed: crate::live::Feed::default(),
         })
+    }
+
+    /// The live feed: recorded events, and what the supervisors publish.
+    pub fn feed(&self) -> &crate::live::Feed {
+        &self.feed
     }
 
     /// Makes everything written so far durable.
@@ -586,6 +594,7 @@ impl Store {
         key.extend_from_slice(&event.id.to_be_bytes());
         self.events.insert(&key, encode(&key, &event)?)?;
         self.flush()?;
+        self.feed.publish(crate::live::LiveEvent::recorded(&event));
         Ok(event)
     }
 

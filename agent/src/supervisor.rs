@@ -802,6 +802,17 @@ impl Supervisor {
         if let Err(e) = self.store.put_app_lazy(&self.rec) {
             tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
         }
+        self.store
+            .feed()
+            .publish(crate::live::LiveEvent::check_result(
+                &self.cfg.name,
+                &w.version,
+                &check.name,
+                outcome.as_str(),
+                &summary,
+                done.at_ms,
+                done.report.elapsed.as_millis() as u64,
+            ));
         let newly_unhealthy = health == Health::Unhealthy && !w.reported[done.index];
         w.reported[done.index] = health == Health::Unhealthy;
         let baking = w.phase == Phase::Bake;

@@ -12,6 +12,7 @@ mod fixtures_ext;
 mod hooks;
 mod http;
 mod lifecycle;
+mod live;
 mod metrics;
 mod platform;
 mod python;

@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::support::*;
 
 const CLIENT: &str = r#"
-import json, sys, varlink
+import json, sys, threading, time, varlink
 sock, app = sys.argv[1], sys.argv[2]
 with varlink.Client(address="unix:" + sock) as client:
     info = client.get_interfaces()
@@ -20,7 +20,27 @@ with varlink.Client(address="unix:" + sock) as client:
             agent.Releases(app="no-such-app")
         except varlink.VarlinkError as e:
             out["error"] = e.error()
-        print(json.dumps(out))
+    # Streaming (`more`): Watch on one connection while another pauses and
+    # resumes the app until the watch has seen it.
+    done = threading.Event()
+    def steer():
+        with client.open("io.rollback.Agent", namespaced=False) as agent:
+            for _ in range(50):
+                if done.is_set():
+                    return
+                agent.Pause(app=app)
+                agent.Resume(app=app)
+                time.sleep(0.2)
+    threading.Thread(target=steer, daemon=True).start()
+    with client.open("io.rollback.Agent", namespaced=False) as watcher:
+        seen = []
+        for reply in watcher.Watch(app=app, _more=True):
+            seen.append(reply["event"]["kind"])
+            if "resumed" in seen:
+                break
+        done.set()
+        out["watched"] = seen
+    print(json.dumps(out))
 "#;
 
 #[test]
@@ -54,6 +74,8 @@ fn an_independent_varlink_client_speaks_to_the_agent() {
     assert_eq!(v["status"]["apps"][0]["state"], "empty");
     assert_eq!(v["history"]["events"][0]["kind"], "agent-started");
     assert_eq!(v["error"], "io.rollback.Agent.NoSuchApp");
+    let watched = v["watched"].to_string();
+    assert!(watched.contains("\"resumed\""), "{v}");
 
     // GetInterfaceDescription serves the file shipped in docs/.
     let reply = raw_call(
