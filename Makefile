@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build plugins test demo lint bench clean
+.PHONY: all build plugins test demo lint bench clean release assets deb rpm dist
 
 all: build plugins
 
@@ -30,6 +30,37 @@ demo: build plugins
 ## Benchmarks (release build): ratios against baselines measured in the same run.
 bench: plugins
 	$(CARGO) bench -p rollback-agent --bench hot_paths
+
+## ---------------------------------------------------------------------------
+## Packages (see packaging/README.md). `assets` gathers the release binaries,
+## man pages, completions and shipped plugins into target/assets.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+ARCH := $(shell uname -m)
+
+release:
+	$(CARGO) build --release -p rollback-agent
+
+assets: release plugins
+	packaging/assets.sh
+
+## target/debian/rollback-agent_<version>-1_<arch>.deb (needs cargo-deb).
+deb: assets
+	$(CARGO) deb -p rollback-agent --no-build
+
+## target/generate-rpm/rollback-agent-<version>-1.<arch>.rpm (needs cargo-generate-rpm).
+rpm: assets
+	$(CARGO) generate-rpm -p agent
+
+## target/dist/rollback-agent-<version>-<arch>-linux.tar.gz, installed with
+## its install.sh.
+dist: assets
+	rm -rf target/dist/rollback-agent-$(VERSION)
+	mkdir -p target/dist/rollback-agent-$(VERSION)
+	cp -r target/assets/. target/dist/rollback-agent-$(VERSION)/
+	cp packaging/install.sh packaging/rollbackd.service packaging/agent.toml \
+		packaging/rollback-agent.sysusers packaging/rollback-agent.tmpfiles LICENSE target/dist/rollback-agent-$(VERSION)/
+	tar -C target/dist -czf target/dist/rollback-agent-$(VERSION)-$(ARCH)-linux.tar.gz rollback-agent-$(VERSION)
+	@echo "dist: target/dist/rollback-agent-$(VERSION)-$(ARCH)-linux.tar.gz"
 
 lint:
 	$(CARGO) fmt --all --check

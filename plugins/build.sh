@@ -76,9 +76,13 @@ done
 componentize="$repo_dir/target/debug/componentize"
 
 mkdir -p "$out_dir"
+: >"$out_dir/shipped.txt.tmp"
 for entry in "${crates[@]}"; do
     read -r name lib <<<"$entry"
     module="$guest_target_dir/$target/release/$lib.wasm"
     "$componentize" "$module" "$out_dir/$name.wasm"
+    echo "$name" >>"$out_dir/shipped.txt.tmp"
     echo "plugins: $out_dir/$name.wasm ($(wc -c <"$out_dir/$name.wasm") bytes)" >&2
 done
+# The plugins that packages ship (examples built elsewhere are not listed).
+mv "$out_dir/shipped.txt.tmp" "$out_dir/shipped.txt"

@@ -10,7 +10,15 @@ use rollback_agent::config::{Config, DEFAULT_CONFIG_PATH};
 /// Keeps releases, activates them atomically, watches them with WebAssembly
 /// health checks and rolls back when they fail.
 #[derive(Debug, Parser)]
-#[command(name = "rollbackd", version, about)]
+#[command(
+    name = "rollbackd",
+    version,
+    about,
+    after_help = "Exit status: 0 stopped cleanly (SIGTERM, SIGINT) or --check-config found the config valid; \
+1 the config, a plugin, the store or the socket could not be used (the message is on stderr).\n\n\
+Files: /etc/rollback-agent/agent.toml (config), /run/rollback-agent/control.sock (control socket), \
+/var/lib/rollback-agent (state). Signals: SIGHUP reloads the config."
+)]
 struct Args {
     /// The agent's config file.
     #[arg(long, env = "ROLLBACK_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
@@ -23,6 +31,9 @@ struct Args {
     /// its pin), print the result and exit: 0 valid, 1 invalid.
     #[arg(long)]
     check_config: bool,
+    /// Print the man page (roff) and exit; packaging uses it.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 /// `--check-config`: everything that can be checked without starting.
@@ -126,6 +137,21 @@ fn init_logging(format: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        let mut page = Vec::new();
+        let man = clap_mangen::Man::new(<Args as clap::CommandFactory>::command());
+        return match man.render(&mut page) {
+            Ok(()) => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&page);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rollbackd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.check_config {
         return match Config::load(&args.config)
             .map_err(anyhow::Error::from)
