@@ -253,10 +253,29 @@ Example:\n  rollbackctl plugin test target/plugins/http-probe.wasm \\\n    --con
         /// Memory cap of the call.
         #[arg(long, default_value = "64MiB", value_parser = size)]
         memory_limit: u64,
+        /// The phase the check is told: `bake` (right after a deploy) or
+        /// `steady` (the release was accepted as good).
+        #[arg(long, default_value = "bake", value_parser = ["bake", "steady"])]
+        phase: String,
+        /// The version of the active release the check is told.
+        #[arg(long = "release", value_name = "VERSION", default_value = "0.0.0-test")]
+        release: String,
+        /// Keep the plugin's kv store in this JSON file between runs (read
+        /// if it exists, written after the call), for checks that compare
+        /// with an earlier run.
+        #[arg(long, value_name = "FILE")]
+        kv: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What one `plugin test` run is told and where its kv lives.
+struct TestRun {
+    phase: Phase,
+    release: String,
+    kv: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -543,6 +562,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_host,
             timeout,
             memory_limit,
+            phase,
+            release,
+            kv,
             json,
         }) => {
             let grants = Grants {
@@ -562,7 +584,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 memory_limit,
                 max_response_bytes: crate::config::DEFAULT_MAX_RESPONSE_BYTES,
             };
-            plugin_test(&plugin, grants, json).await
+            let run = TestRun {
+                phase: if phase == "steady" {
+                    Phase::Steady
+                } else {
+                    Phase::Bake
+                },
+                release,
+                kv,
+            };
+            plugin_test(&plugin, grants, run, json).await
         }
         Command::Agent(cmd) => agent_command(&cli.socket, cmd).await,
         Command::Completions { shell } => {
@@ -955,7 +986,64 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
 }
 
 /// `rollbackctl plugin test`: one call of a health check, printed.
-async fn plugin_test(path: &Path, grants: Grants, json: bool) -> anyhow::Result<ExitCode> {
+/// Reads `--kv FILE`: a JSON object of key to value, a value being a string
+/// (UTF-8) or an array of bytes. A missing file is an empty store.
+fn read_kv(path: &Path) -> anyhow::Result<MemoryKv> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MemoryKv::default()),
+        Err(e) => return Err(e).with_context(|| format!("--kv {}", path.display())),
+    };
+    let map: std::collections::BTreeMap<String, Value> =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--kv {}: not a JSON object of key to string or byte array",
+                path.display()
+            )
+        })?;
+    Ok(MemoryKv::from_entries(map.into_iter().map(|(k, v)| {
+        let bytes = match v {
+            Value::Text(t) => t.into_bytes(),
+            Value::Bytes(b) => b,
+        };
+        (k, bytes)
+    })))
+}
+
+/// Writes `--kv FILE` atomically (a temporary file renamed over it).
+fn write_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = kv
+        .entries()
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match String::from_utf8(v) {
+                Ok(t) => serde_json::Value::from(t),
+                Err(e) => serde_json::Value::from(e.into_bytes()),
+            };
+            (k, value)
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&map)? + "\n";
+    crate::fsutil::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("--kv {}", path.display()))
+}
+
+async fn plugin_test(
+    path: &Path,
+    grants: Grants,
+    run: TestRun,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let kv = Arc::new(match &run.kv {
+        Some(file) => read_kv(file)?,
+        None => MemoryKv::default(),
+    });
     let host = PluginHost::new()?;
     let loaded = {
         let path = path.to_path_buf();
@@ -968,21 +1056,24 @@ async fn plugin_test(path: &Path, grants: Grants, json: bool) -> anyhow::Result<
             return Ok(ExitCode::FAILURE);
         }
     };
-    let sandbox = Sandbox::new(grants, Arc::new(MemoryKv::default()))?;
+    let sandbox = Sandbox::new(grants, kv.clone())?;
     let now = crate::store::now_ms();
     let input = CheckInput {
         app: "test".into(),
         check: sandbox.grants().entry.clone(),
         active: ReleaseInfo {
             app: "test".into(),
-            version: "0.0.0-test".into(),
+            version: run.release,
             activated_at_ms: Some(now),
         },
         previous: None,
-        phase: Phase::Bake,
+        phase: run.phase,
         now_ms: now,
     };
     let report = plugin.check(&sandbox, &input).await;
+    if let Some(file) = &run.kv {
+        write_kv(file, &kv)?;
+    }
     let (status, summary, metrics, code) = match &report.result {
         Ok(r) => {
             let (name, code) = match r.status {

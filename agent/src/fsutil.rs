@@ -42,6 +42,29 @@ pub(crate) fn create_unique(
     ))
 }
 
+/// Replaces `path` with `bytes` in one step: written to a fresh temporary file
+/// beside it, then renamed over it, so a reader sees the old or the new file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = create_unique(dir, &format!(".{name}."), |p| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .and_then(|mut f| io::Write::write_all(&mut f, bytes))
+    })?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// `rename(2)` that refuses to replace an existing `to` where the platform allows
 /// (`renameat2(RENAME_NOREPLACE)`); elsewhere plain `rename(2)`, which still fails
 /// on a non-empty directory.

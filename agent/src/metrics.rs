@@ -186,15 +186,7 @@ pub fn global() -> &'static Metrics {
 /// Writes the exposition to `path` atomically (temp file + rename), as
 /// node_exporter's textfile collector expects.
 pub fn write_textfile(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    std::fs::write(&tmp, global().encode())?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, global().encode().as_bytes())
 }
 
 /// Writes the textfile every `every` until the task is dropped.

@@ -70,6 +70,41 @@ fn plugin_test_runs_a_check_locally_with_documented_exit_codes() {
     assert_eq!(hits.load(Ordering::SeqCst), before);
 }
 
+#[test]
+fn plugin_test_keeps_kv_in_a_file_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.json");
+    let kv_arg = kv.to_str().unwrap();
+    let counter = fixture("kv-counter.wat");
+    for expected in [1.0, 2.0, 3.0] {
+        let out = plugin_test(&[&counter, "--kv", kv_arg, "--json"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["metrics"]["count"], expected, "{v}");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&kv).unwrap()).unwrap();
+    assert!(saved.get("count").is_some(), "{saved}");
+    // Without --kv every run starts empty.
+    let out = plugin_test(&[&counter, "--json"]);
+    assert!(out.stdout.contains("\"count\": 1.0"), "{}", out.stdout);
+
+    // A file that is not a kv object is refused and left as it was.
+    std::fs::write(&kv, "[1, 2").unwrap();
+    let out = plugin_test(&[&counter, "--kv", kv_arg]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("kv.json"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&kv).unwrap(), "[1, 2");
+    // Values may be byte arrays too.
+    std::fs::write(&kv, r#"{"count": [41, 0, 0, 0]}"#).unwrap();
+    let out = plugin_test(&[&counter, "--kv", kv_arg, "--json"]);
+    assert!(out.stdout.contains("\"count\": 42.0"), "{}", out.stdout);
+    // Phase and release are flags; a bad phase is a usage error.
+    let out = plugin_test(&[&counter, "--phase", "steady", "--release", "1.2.3"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(plugin_test(&[&counter, "--phase", "later"]).code, 2);
+}
+
 fn two_apps(dir: &Path, port: u16) -> String {
     format!(
         r#"{shop}

@@ -324,6 +324,19 @@ impl MemoryKv {
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A store holding these entries.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        MemoryKv(Mutex::new(entries.into_iter().collect()))
+    }
+
+    /// Every entry, sorted by key.
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        self.map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 impl Kv for MemoryKv {
