@@ -1768,11 +1768,15 @@ impl Supervisor {
             return Err(e);
         }
         self.mark_failed(failed, &reason)?;
-        let ev = self
+        let mut ev = self
             .event(actor.clone(), EventKind::RolledBack)
             .version(failed)
             .swap(from, target.as_str())
             .reason(reason.clone());
+        // An automatic rollback names the check that caused it.
+        if let Some(c) = &check {
+            ev = ev.check(c.clone());
+        }
         self.store.record(ev)?;
         self.notify(
             HookEvent::RolledBack,

@@ -13,6 +13,11 @@
 # root), starts `python3 $ROLLBACK_ROOT/current/app.py` detached from the
 # agent, and waits until the port answers. On a real host this would be
 # `systemctl restart shop.service` instead.
+#
+# The app keeps its sync position in ../shop-data/, outside the releases, so
+# every release carries on from where the previous one stopped. Its SP-API
+# credentials (SPAPI_*) come from the agent's environment here, which demo.sh
+# sets; a real unit would read them from its own EnvironmentFile.
 set -euo pipefail
 
 : "${ROLLBACK_ROOT:?ROLLBACK_ROOT is not set (this script is run by rollbackd)}"
@@ -80,7 +85,7 @@ fi
 detach=()
 if command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
 echo "--- $(date '+%F %T') starting $app $version" >>"$log_file"
-PORT="$port" nohup "${detach[@]}" python3 "$app_py" >>"$log_file" 2>&1 </dev/null &
+PORT="$port" SHOP_DATA_DIR="$run_dir/shop-data" nohup "${detach[@]}" python3 "$app_py" >>"$log_file" 2>&1 </dev/null &
 pid=$!
 echo "$pid" >"$pid_file"
 say "started pid $pid, log $log_file"

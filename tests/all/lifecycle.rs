@@ -22,25 +22,6 @@ fn set_health(root: &Path, v: &str, status: u16) {
     .unwrap();
 }
 
-fn wait_for(
-    agent: &Agent,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = agent.json(&["status", "shop"]);
-        if pred(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn count(agent: &Agent, kind: &str) -> usize {
     agent.json(&["history", "shop", "--limit", "1000"])["events"]
         .as_array()
@@ -73,7 +54,7 @@ fn a_restored_release_that_fails_too_degrades_the_app_without_more_swaps() {
 
     // Now the restored release fails as well: no loop, no swap, degraded.
     set_health(&root, "1.0.0", 503);
-    let status = wait_for(&agent, "degraded", |s| s["state"] == "degraded");
+    let status = agent.wait_for_status("degraded", |s| s["state"] == "degraded");
     assert!(
         status["reason"]
             .as_str()
@@ -135,7 +116,7 @@ fn auto_rollback_always_acts_after_the_bake_and_pause_freezes_it() {
     set_health(&root, "1.0.1", 200);
     std::thread::sleep(Duration::from_millis(700));
     set_health(&root, "1.0.1", 500);
-    wait_for(&agent, "rollback to 1.0.0", |s| s["active"] == "1.0.0");
+    agent.wait_for_status("rollback to 1.0.0", |s| s["active"] == "1.0.0");
     assert_eq!(current(&root), "1.0.0");
     let out = agent.ctl(&["check", "shop"]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod app_checks;
 mod authz;
 mod control;
 mod crash;
@@ -13,9 +14,12 @@ mod hooks;
 mod http;
 mod lifecycle;
 mod live;
+mod marketplace;
+mod marketplace_fakes;
 mod metrics;
 mod platform;
 mod python;
+mod quickstart;
 mod reconcile;
 mod reload;
 mod sandbox;

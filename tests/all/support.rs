@@ -73,9 +73,10 @@ pub fn rollbackd_run(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, Strin
     )
 }
 
-/// A release of the quick-start example app.
+/// A release of the test app (tests/fixtures/releases): `release.json`'s
+/// `health` is what `FakeApp` answers, 200 for 1.0.0 and 500 for 1.1.0.
 pub fn example_release(version: &str) -> PathBuf {
-    repo().join("examples/quickstart/releases").join(version)
+    repo().join("tests/fixtures/releases").join(version)
 }
 
 /// One request as the test server read it.
@@ -91,11 +92,41 @@ pub struct HttpRequest {
 impl HttpRequest {
     /// The first header called `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
+
+    /// The path without its query string.
+    pub fn path_only(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(&self.path, |(path, _)| path)
+    }
+
+    /// The query string's pairs, percent-decoded (`+` is a space).
+    pub fn query(&self) -> Vec<(String, String)> {
+        parse_query(self.path.split_once('?').map_or("", |(_, query)| query))
+    }
+
+    /// The body's pairs, form-decoded (`+` is a space).
+    pub fn form(&self) -> Vec<(String, String)> {
+        parse_query(&String::from_utf8_lossy(&self.body))
+    }
+}
+
+/// The first of `headers` called `name` (any case).
+pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A query string or form body as `(name, value)` pairs, percent-decoded
+/// (`+` is a space).
+fn parse_query(text: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// What the test server answers: status, extra headers, body, and a delay
@@ -131,6 +162,10 @@ impl HttpReply {
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
     }
 }
 
@@ -236,6 +271,8 @@ pub struct Agent {
     pub socket: PathBuf,
     pub config: PathBuf,
     child: Option<Child>,
+    /// Extra environment of the daemon (e.g. for `env:` secrets).
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -246,6 +283,11 @@ impl Agent {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Agent {
+        Agent::start_in_with_env(dir, config, &[])
+    }
+
+    /// `start_in`, with these variables in the daemon's environment.
+    pub fn start_in_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Agent {
         let socket = dir.path().join("control.sock");
         let config_path = dir.path().join("agent.toml");
         write_config(
@@ -257,6 +299,10 @@ impl Agent {
             socket,
             config: config_path,
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -280,6 +326,7 @@ impl Agent {
                 "ROLLBACK_AGENT_LOG",
                 "debug,sled=info,cranelift_codegen=info,wasmtime=info,wasmtime_cranelift=info",
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -380,6 +427,27 @@ impl Agent {
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
     }
+
+    /// Polls `rollbackctl status shop --json` until `pred` holds (30 s at
+    /// most) and returns that status.
+    pub fn wait_for_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.json(&["status", "shop"]);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -417,6 +485,99 @@ pub fn ctl_with(socket: &Path, args: &[&str]) -> Ctl {
     }
 }
 
+/// `rollbackctl plugin test <name>.wasm --json` (the plugin runs here, no
+/// agent): `--allow-host` for each of `hosts`, `--config` and `--secret` for
+/// each pair, then `extra` arguments.
+pub fn plugin_test(
+    name: &str,
+    hosts: &[String],
+    config: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+    extra: &[&str],
+) -> Ctl {
+    let mut args = vec![
+        "plugin".to_string(),
+        "test".to_string(),
+        plugin(name).display().to_string(),
+        "--json".to_string(),
+    ];
+    for host in hosts {
+        args.extend(["--allow-host".to_string(), host.clone()]);
+    }
+    for (flag, pairs) in [("--config", config), ("--secret", secrets)] {
+        for (k, v) in pairs {
+            args.extend([flag.to_string(), format!("{k}={v}")]);
+        }
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ctl_with(Path::new("/nonexistent/agent.sock"), &args)
+}
+
+/// Writes `<dir>/src/<version>/` with `files` and returns its path.
+pub fn release_source(dir: &Path, version: &str, files: &[(&str, String)]) -> PathBuf {
+    let path = dir.join("src").join(version);
+    std::fs::create_dir_all(&path).unwrap();
+    for (name, text) in files {
+        std::fs::write(path.join(name), text).unwrap();
+    }
+    path
+}
+
+/// Deploys `good` as 1.0.0 of `shop` (must be kept), runs `between`, then
+/// `bad` as 1.1.0 (must be rolled back); returns the history, newest first.
+pub fn deploy_good_then_bad(
+    agent: &Agent,
+    good: &Path,
+    bad: &Path,
+    between: impl Fn(&Agent),
+) -> Vec<serde_json::Value> {
+    let out = agent.deploy(good.to_str().unwrap(), "1.0.0", true);
+    assert_eq!(out.code, 0, "the good release is kept: {out:?}");
+    between(agent);
+    let out = agent.deploy(bad.to_str().unwrap(), "1.1.0", true);
+    assert_eq!(out.code, 3, "the bad release is rolled back: {out:?}");
+    assert!(
+        out.stdout.contains("rolled back to 1.0.0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(current(&agent.path().join("shop")), "1.0.0");
+    agent.json(&["history", "shop", "--limit", "200"])["events"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// In `history`: the `check-failed` event of 1.1.0 names `check`, the
+/// `rolled-back` one (1.1.0 to 1.0.0) names it and its summary in its
+/// reason. Returns the failed check's summary.
+pub fn assert_rolled_back_by(history: &[serde_json::Value], check: &str) -> String {
+    let failed = history
+        .iter()
+        .find(|e| e["kind"] == "check-failed" && e["version"] == "1.1.0")
+        .unwrap_or_else(|| panic!("no check-failed event: {history:?}"));
+    assert_eq!(failed["check"], check, "{failed}");
+    let rolled = history
+        .iter()
+        .find(|e| e["kind"] == "rolled-back")
+        .unwrap_or_else(|| panic!("no rolled-back event: {history:?}"));
+    assert_eq!(
+        (rolled["from"].as_str(), rolled["to"].as_str()),
+        (Some("1.1.0"), Some("1.0.0"))
+    );
+    let reason = rolled["reason"].as_str().unwrap();
+    let summary = reason
+        .split_once(&format!("`{check}`"))
+        .and_then(|(_, rest)| rest.split_once(": "))
+        .map_or("", |(_, summary)| summary);
+    assert!(
+        !summary.trim().is_empty(),
+        "the reason names the check and its summary: {reason}"
+    );
+    failed["reason"].as_str().unwrap_or_default().to_string()
+}
+
 /// The release `<root>/current` points at.
 pub fn current(root: &Path) -> String {
     let target = std::fs::read_link(root.join("current")).unwrap();
@@ -445,6 +606,17 @@ pub fn raw_call(socket: &Path, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out)
         .trim_end_matches('\0')
         .to_string()
+}
+
+/// A config for one app `shop` (root `{dir}/shop`, `bake`) with one check:
+/// `name`, running the built plugin `plugin_name`, then `keys` (more TOML
+/// lines of the entry: interval, failure rule, timeout, allow_hosts, config).
+pub fn check_config(bake: &str, name: &str, plugin_name: &str, keys: &str) -> String {
+    format!(
+        "[apps.shop]\nroot = \"{{dir}}/shop\"\nbake = \"{bake}\"\n\n\
+         [[apps.shop.checks]]\nname = \"{name}\"\nplugin = \"{}\"\n{keys}",
+        plugin(plugin_name).display()
+    )
 }
 
 /// A config for one app `shop` watched by http-probe against `port`.

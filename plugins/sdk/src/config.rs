@@ -5,19 +5,22 @@
 //! [`Config::from_pairs`].
 //!
 //! Values are trimmed of surrounding whitespace. [`required`] and
-//! [`optional`] treat a blank value as absent; [`parse`], [`parse_with`] and
-//! [`duration`] return `Ok(None)` only for an absent key and hand anything
-//! else to the parser. Error texts name the key and, for plain values, the
-//! value; never a secret's value.
+//! [`optional`] treat a blank value as absent; [`parse`], [`parse_with`],
+//! [`parse_in`], [`duration`], [`share`] and [`ratio`] return `Ok(None)` only
+//! for an absent key and hand anything else to the parser. Error texts name
+//! the key and, for plain values, the value; never a secret's value.
 //!
 //! ```ignore
 //! let url = config::required("url")?;
 //! let retries: u32 = config::parse("retries")?.unwrap_or(3);
+//! let pages: u32 = config::parse_in("max_pages", 1..)?.unwrap_or(10);
 //! let timeout = config::duration("timeout")?.unwrap_or(Duration::from_secs(5));
+//! let max_errors = config::ratio("max_error_ratio")?.unwrap_or(0.05);
 //! let token = config::secret("token");
 //! ```
 
 use std::fmt::Display;
+use std::ops::{Bound, RangeBounds};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -109,10 +112,42 @@ impl<'a> Config<'a> {
         self.parse_with(key, str::parse::<T>)
     }
 
+    /// The value of `key` parsed with [`FromStr`] and held to `bounds`
+    /// (`1..`, `..=20`, `0.0..=1.0`); `Ok(None)` when absent. Errors read
+    /// ``config `key` = `value`: must be at least 1`` (see [`check_bounds`]).
+    pub fn parse_in<T>(&self, key: &str, bounds: impl RangeBounds<T>) -> Result<Option<T>, String>
+    where
+        T: FromStr + PartialOrd + Display,
+        T::Err: Display,
+    {
+        self.parse_with(key, |text| {
+            let value = text.parse::<T>().map_err(|e| e.to_string())?;
+            check_bounds(value, &bounds)
+        })
+    }
+
     /// The value of `key` as a duration (see [`parse_duration`]); `Ok(None)`
     /// when absent.
     pub fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
         self.parse_with(key, parse_duration)
+    }
+
+    /// The value of `key` as a share of any size (see [`parse_share`]);
+    /// `Ok(None)` when absent.
+    pub fn share(&self, key: &str) -> Result<Option<f64>, String> {
+        self.parse_with(key, parse_share)
+    }
+
+    /// The value of `key` as a ratio: a share (see [`parse_share`]) of at
+    /// most 1 (`100%`); `Ok(None)` when absent.
+    pub fn ratio(&self, key: &str) -> Result<Option<f64>, String> {
+        self.parse_with(key, |text| {
+            let share = parse_share(text)?;
+            if share > 1.0 {
+                return Err("must be at most 1 (100%)".to_string());
+            }
+            Ok(share)
+        })
     }
 
     /// The trimmed secret `name`; `None` when absent or blank.
@@ -190,9 +225,28 @@ pub fn parse_with<T, E: Display>(
     Config::host().parse_with(key, parse)
 }
 
+/// See [`Config::parse_in`].
+pub fn parse_in<T>(key: &str, bounds: impl RangeBounds<T>) -> Result<Option<T>, String>
+where
+    T: FromStr + PartialOrd + Display,
+    T::Err: Display,
+{
+    Config::host().parse_in(key, bounds)
+}
+
 /// See [`Config::duration`].
 pub fn duration(key: &str) -> Result<Option<Duration>, String> {
     Config::host().duration(key)
+}
+
+/// See [`Config::share`].
+pub fn share(key: &str) -> Result<Option<f64>, String> {
+    Config::host().share(key)
+}
+
+/// See [`Config::ratio`].
+pub fn ratio(key: &str) -> Result<Option<f64>, String> {
+    Config::host().ratio(key)
 }
 
 /// See [`Config::secret`].
@@ -232,6 +286,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(unit_ms)
         .map(Duration::from_millis)
         .ok_or_else(|| "too long".to_string())
+}
+
+/// `value` when it is within `bounds`; else `must be at least 1`, `must be
+/// at most 20` or `must be between 0 and 1` (an exclusive bound reads
+/// `greater than` or `less than`). NaN is never within bounds.
+pub fn check_bounds<T: PartialOrd + Display>(
+    value: T,
+    bounds: &impl RangeBounds<T>,
+) -> Result<T, String> {
+    if bounds.contains(&value) {
+        return Ok(value);
+    }
+    if let (Bound::Included(low), Bound::Included(high)) =
+        (bounds.start_bound(), bounds.end_bound())
+    {
+        return Err(format!("must be between {low} and {high}"));
+    }
+    let low = match bounds.start_bound() {
+        Bound::Included(low) => Some(format!("at least {low}")),
+        Bound::Excluded(low) => Some(format!("greater than {low}")),
+        Bound::Unbounded => None,
+    };
+    let high = match bounds.end_bound() {
+        Bound::Included(high) => Some(format!("at most {high}")),
+        Bound::Excluded(high) => Some(format!("less than {high}")),
+        Bound::Unbounded => None,
+    };
+    let limits: Vec<String> = low.into_iter().chain(high).collect();
+    Err(format!("must be {}", limits.join(" and ")))
+}
+
+/// Parses a share: a fraction (`0.05`) or a percentage (`5%`), finite and not
+/// negative, as a fraction. Greater than 1 is allowed (a `150%` move).
+pub fn parse_share(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (text, 1.0),
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v / scale),
+        _ => Err("expected a fraction like 0.05 or a percentage like 5%".to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +383,62 @@ mod tests {
         let c = Config::from_pairs(&[("t", "2x")]);
         let err = c.duration("t").expect_err("bad unit");
         assert!(err.starts_with("config `t` = `2x`: unknown unit"), "{err}");
+    }
+
+    #[test]
+    fn bounded_numbers() {
+        let c = Config::from_pairs(&[("n", "0"), ("m", "21"), ("r", "1.5"), ("x", "x")]);
+        assert_eq!(
+            c.parse_in::<u32>("n", 1..),
+            Err("config `n` = `0`: must be at least 1".to_string())
+        );
+        assert_eq!(c.parse_in::<u32>("m", 1..), Ok(Some(21)));
+        assert_eq!(
+            c.parse_in::<u32>("m", ..=20),
+            Err("config `m` = `21`: must be at most 20".to_string())
+        );
+        assert_eq!(
+            c.parse_in::<f64>("r", 0.0..=1.0),
+            Err("config `r` = `1.5`: must be between 0 and 1".to_string())
+        );
+        assert_eq!(c.parse_in::<u32>("absent", 1..), Ok(None));
+        let err = c.parse_in::<u32>("x", 1..).expect_err("not a number");
+        assert!(err.starts_with("config `x` = `x`: "), "{err}");
+        assert_eq!(
+            check_bounds(f64::NAN, &(0.0..=1.0)),
+            Err("must be between 0 and 1".to_string())
+        );
+        assert_eq!(check_bounds(0, &(0..10)), Ok(0));
+        assert_eq!(
+            check_bounds(10, &(0..10)),
+            Err("must be at least 0 and less than 10".to_string())
+        );
+    }
+
+    #[test]
+    fn shares_and_ratios() {
+        assert_eq!(parse_share("30%"), Ok(0.3));
+        assert_eq!(parse_share(" 30 % "), Ok(0.3));
+        assert_eq!(parse_share("0.3"), Ok(0.3));
+        assert_eq!(parse_share("150%"), Ok(1.5));
+        for bad in ["NaN", "inf", "-5%", "lots", "%", ""] {
+            assert!(parse_share(bad).is_err(), "{bad} should be rejected");
+        }
+        let c = Config::from_pairs(&[("a", "5%"), ("b", "150%"), ("c", "x")]);
+        assert_eq!(c.ratio("a"), Ok(Some(0.05)));
+        assert_eq!(c.share("b"), Ok(Some(1.5)));
+        assert_eq!(
+            c.ratio("b"),
+            Err("config `b` = `150%`: must be at most 1 (100%)".to_string())
+        );
+        assert_eq!(
+            c.ratio("c"),
+            Err(
+                "config `c` = `x`: expected a fraction like 0.05 or a percentage like 5%"
+                    .to_string()
+            )
+        );
+        assert_eq!(c.ratio("absent"), Ok(None));
     }
 
     #[test]

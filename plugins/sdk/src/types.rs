@@ -43,6 +43,14 @@ impl CheckResult {
         }
         self
     }
+
+    /// The value of the first metric called `name`, if any.
+    pub fn metric_value(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    }
 }
 
 impl Status {
@@ -106,6 +114,8 @@ mod tests {
                 value: 12.5
             }]
         );
+        assert_eq!(r.metric_value("latency_ms"), Some(12.5));
+        assert_eq!(r.metric_value("bad"), None);
         assert_eq!(CheckResult::pass("ok").status.as_str(), "pass");
         assert_eq!(CheckResult::fail("down").status.as_str(), "fail");
     }

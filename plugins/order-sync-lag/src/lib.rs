@@ -1,0 +1,639 @@
+//! `order-sync-lag`: a health check that fails when the app has not synced
+//! orders that changed at the marketplace (Amazon, Shopee, Walmart or eBay)
+//! for longer than `max_lag`.
+//!
+//! Each run:
+//!
+//! 1. `GET app_status_url`; the app answers `{"last_order_update": "<RFC 3339>"}`,
+//!    the update time of the newest order it has synced: its position P.
+//! 2. Asks the marketplace for the orders updated after P, following pages
+//!    up to `max_pages`.
+//! 3. `orders_behind` = the orders updated after P; `lag` = now minus the
+//!    update time of the oldest of them (0 when there is none: no new orders
+//!    at the marketplace is not lag).
+//!
+//! Verdicts: `fail` when lag > `max_lag`; `warn` when paging stopped at
+//! `max_pages` before the answer was certain (lag within `max_lag` among the
+//! orders read, but P itself older than `max_lag`); `pass` otherwise. Any
+//! transport, auth, status or parse problem, a missing or garbled
+//! `last_order_update` included, is an error, never a pass.
+//!
+//! Config keys: `provider` (`amazon`, `shopee`, `walmart`, `ebay`; required),
+//! `endpoint`, `app_status_url` (required), `max_lag` (default `10m`),
+//! `max_pages` (default 10), and the provider's keys and secrets (see the
+//! `marketplace` crate and docs/marketplaces.md). Metrics: `lag_seconds`,
+//! `orders_behind`.
+
+use std::collections::BTreeSet;
+
+use marketplace::amazon::SpApi;
+use marketplace::ebay::Ebay;
+use marketplace::shopee::Shopee;
+use marketplace::time::{format_duration_ms, format_rfc3339, format_rfc3339_millis};
+use marketplace::transport::{self, encode};
+use marketplace::walmart::Walmart;
+use marketplace::{errors, time, Host, Provider, Transport};
+use rollback_plugin_sdk::check::{self, CheckContext, CheckResult, Guest};
+use rollback_plugin_sdk::config::Config;
+use rollback_plugin_sdk::http::Response;
+use rollback_plugin_sdk::log;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The plugin; its `check` is the world's export.
+struct OrderSyncLag;
+
+impl Guest for OrderSyncLag {
+    fn check(ctx: CheckContext) -> Result<CheckResult, String> {
+        let settings = Settings::from_config(&Config::host())?;
+        settings.run(&Host, ctx.now_ms)
+    }
+}
+
+check::export_check!(OrderSyncLag);
+
+/// SP-API refuses `LastUpdatedAfter` later than 2 minutes before now.
+const AMAZON_MIN_AGE_MS: i64 = 120_000;
+/// Shopee's `time_from` and `time_to` are at most 15 days apart; one
+/// second less keeps clear of how the limit is counted.
+const SHOPEE_WINDOW_S: i64 = 15 * 86_400 - 1;
+/// `get_order_detail` takes at most 50 order numbers.
+const SHOPEE_DETAIL_BATCH: usize = 50;
+
+/// The marketplace and its client.
+enum Source {
+    Amazon(SpApi),
+    Shopee(Shopee),
+    Walmart(Walmart),
+    Ebay(Ebay),
+}
+
+impl Source {
+    fn provider(&self) -> Provider {
+        match self {
+            Source::Amazon(_) => Provider::Amazon,
+            Source::Shopee(_) => Provider::Shopee,
+            Source::Walmart(_) => Provider::Walmart,
+            Source::Ebay(_) => Provider::Ebay,
+        }
+    }
+}
+
+/// The parsed configuration. No `Debug`: the clients hold secrets.
+struct Settings {
+    source: Source,
+    app_status_url: String,
+    max_lag_ms: u64,
+    max_pages: u32,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Result<Self, String> {
+        let provider = Provider::from_config(config, &Provider::ALL)?;
+        let app_status_url = config.required("app_status_url")?;
+        let max_lag = config
+            .parse_with("max_lag", time::parse_duration)?
+            .unwrap_or(std::time::Duration::from_secs(600));
+        let max_pages = config.parse_in::<u32>("max_pages", 1..)?.unwrap_or(10);
+        let source = match provider {
+            Provider::Amazon => Source::Amazon(SpApi::from_config(config)?),
+            Provider::Shopee => Source::Shopee(Shopee::from_config(config)?),
+            Provider::Walmart => Source::Walmart(Walmart::from_config(config)?),
+            Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
+        };
+        Ok(Settings {
+            source,
+            app_status_url,
+            max_lag_ms: u64::try_from(max_lag.as_millis()).unwrap_or(u64::MAX),
+            max_pages,
+        })
+    }
+
+    fn run(&self, transport: &dyn Transport, now_ms: u64) -> Result<CheckResult, String> {
+        let now = i64::try_from(now_ms).map_err(|_| "clock out of range")?;
+        let position = app_position(transport, &self.app_status_url)?;
+        let mut scan = Scan::new(position, self.max_pages);
+        match &self.source {
+            Source::Amazon(api) => amazon(api, transport, now, &mut scan)?,
+            Source::Shopee(shop) => shopee(shop, transport, now, &mut scan)?,
+            Source::Walmart(api) => walmart(api, transport, &mut scan)?,
+            Source::Ebay(api) => ebay(api, transport, &mut scan)?,
+        }
+        log::debug!(
+            "{}: {} page(s) read, {} order(s) updated after {}",
+            self.source.provider(),
+            scan.pages,
+            scan.behind,
+            show_time(position)
+        );
+        Ok(judge(
+            self.source.provider(),
+            &scan,
+            now,
+            self.max_lag_ms,
+            self.max_pages,
+        ))
+    }
+}
+
+/// The app's `last_order_update`, in ms since the epoch.
+fn app_position(transport: &dyn Transport, url: &str) -> Result<i64, String> {
+    let status: Value = transport::get_json(transport, url)?;
+    let target = format!("GET {}", transport::without_query(url));
+    match status.get("last_order_update") {
+        Some(Value::String(text)) => time::parse_rfc3339(text)
+            .map_err(|e| format!("{target}: `last_order_update`: {e}")),
+        Some(other) => Err(format!(
+            "{target}: `last_order_update` is {other}, expected an RFC 3339 date-time string"
+        )),
+        None => Err(format!(
+            "{target}: the answer has no `last_order_update` (expected {{\"last_order_update\": \"<RFC 3339>\"}})"
+        )),
+    }
+}
+
+/// What the marketplace said about the orders updated after the position.
+#[derive(Debug)]
+struct Scan {
+    /// The app's position (ms); only orders updated later count.
+    after_ms: i64,
+    /// Order ids counted, so that overlapping pages count an order once.
+    seen: BTreeSet<String>,
+    /// Orders updated after the position.
+    behind: u64,
+    /// The oldest of them: update time (ms) and id.
+    oldest: Option<(i64, String)>,
+    /// Pages read so far and the most allowed.
+    pages: u32,
+    max_pages: u32,
+    /// Paging stopped at `max_pages` with more to read.
+    truncated: bool,
+}
+
+impl Scan {
+    fn new(after_ms: i64, max_pages: u32) -> Self {
+        Scan {
+            after_ms,
+            seen: BTreeSet::new(),
+            behind: 0,
+            oldest: None,
+            pages: 0,
+            max_pages,
+            truncated: false,
+        }
+    }
+
+    /// Counts an order updated at `updated_ms` if that is after the position.
+    fn add(&mut self, id: &str, updated_ms: i64) {
+        if updated_ms <= self.after_ms || !self.seen.insert(id.to_string()) {
+            return;
+        }
+        self.behind += 1;
+        if self.oldest.as_ref().is_none_or(|(t, _)| updated_ms < *t) {
+            self.oldest = Some((updated_ms, id.to_string()));
+        }
+    }
+
+    /// Takes one page from the budget; `false` (and marks the scan
+    /// truncated) when it is used up.
+    fn next_page(&mut self) -> bool {
+        if self.pages >= self.max_pages {
+            self.truncated = true;
+            return false;
+        }
+        self.pages += 1;
+        true
+    }
+}
+
+/// The verdict on a finished scan.
+fn judge(
+    provider: Provider,
+    scan: &Scan,
+    now: i64,
+    max_lag_ms: u64,
+    max_pages: u32,
+) -> CheckResult {
+    let lag_ms = scan
+        .oldest
+        .as_ref()
+        .map_or(0, |(t, _)| u64::try_from(now - t).unwrap_or(0));
+    let lag = format_duration_ms(lag_ms);
+    let max = format_duration_ms(max_lag_ms);
+    let position = show_time(scan.after_ms);
+    let n = scan.behind;
+    let orders = if n == 1 { "order" } else { "orders" };
+    let oldest = scan.oldest.as_ref().map_or(String::new(), |(t, id)| {
+        format!("; oldest unsynced order {id} updated {}", show_time(*t))
+    });
+    let position_age_ms = u64::try_from(now - scan.after_ms).unwrap_or(0);
+    let result = if lag_ms > max_lag_ms {
+        let at_least = if scan.truncated { "at least " } else { "" };
+        CheckResult::fail(format!(
+            "{provider}: {at_least}{n} {orders} behind, lag {lag} > max_lag {max}{oldest}"
+        ))
+    } else if scan.truncated && position_age_ms > max_lag_ms {
+        CheckResult::warn(format!(
+            "{provider}: at least {n} {orders} behind, lag {lag} among the orders read{oldest}; \
+             paging stopped at max_pages = {max_pages} and the app's position {position} is older \
+             than max_lag {max}, so older unsynced orders may be unread"
+        ))
+    } else if n == 0 {
+        CheckResult::pass(format!(
+            "{provider}: in sync, no orders updated after {position}"
+        ))
+    } else {
+        CheckResult::pass(format!(
+            "{provider}: {n} {orders} behind, lag {lag} within max_lag {max}{oldest}"
+        ))
+    };
+    result
+        .metric("lag_seconds", lag_ms as f64 / 1000.0)
+        .metric("orders_behind", n as f64)
+}
+
+/// RFC 3339, with milliseconds only when there are any.
+fn show_time(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        format_rfc3339(ms)
+    } else {
+        format_rfc3339_millis(ms)
+    }
+}
+
+/// The orders of one page (id, update time in ms) and where the next page
+/// is, if anywhere.
+type Page = (Vec<(String, i64)>, Option<String>);
+
+// ---- Amazon ----------------------------------------------------------------
+
+/// `getOrders` answer (SP-API Orders v0).
+#[derive(Debug, Deserialize)]
+struct AmazonOrders {
+    payload: Option<AmazonPayload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AmazonPayload {
+    #[serde(default)]
+    orders: Vec<AmazonOrder>,
+    next_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AmazonOrder {
+    amazon_order_id: String,
+    last_update_date: String,
+}
+
+/// The orders (id, update time) of a page and its `NextToken`.
+fn amazon_page(page: AmazonOrders) -> Result<Page, String> {
+    let payload = page
+        .payload
+        .ok_or("getOrders: the answer has no `payload`")?;
+    let mut orders = Vec::with_capacity(payload.orders.len());
+    for order in payload.orders {
+        let updated = time::parse_rfc3339(&order.last_update_date).map_err(|e| {
+            format!(
+                "getOrders: order {}: `LastUpdateDate`: {e}",
+                order.amazon_order_id
+            )
+        })?;
+        orders.push((order.amazon_order_id, updated));
+    }
+    Ok((orders, payload.next_token.filter(|t| !t.is_empty())))
+}
+
+fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> Result<(), String> {
+    let ids: Vec<String> = api.marketplace_ids.iter().map(|id| encode(id)).collect();
+    let ids = ids.join(",");
+    // Later than now - 2 min is refused; the orders in between are then
+    // read and filtered by their LastUpdateDate.
+    let after = scan.after_ms.min(now - AMAZON_MIN_AGE_MS);
+    let mut path = format!(
+        "/orders/v0/orders?MarketplaceIds={ids}&LastUpdatedAfter={}",
+        encode(&format_rfc3339(after))
+    );
+    while scan.next_page() {
+        let (orders, next) = amazon_page(api.get(transport, &path)?)?;
+        for (id, updated) in &orders {
+            scan.add(id, *updated);
+        }
+        match next {
+            Some(token) => {
+                path = format!(
+                    "/orders/v0/orders?MarketplaceIds={ids}&NextToken={}",
+                    encode(&token)
+                );
+            }
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+// ---- Shopee ----------------------------------------------------------------
+
+/// `get_order_list` `response`.
+#[derive(Debug, Deserialize)]
+struct ShopeeList {
+    #[serde(default)]
+    more: bool,
+    #[serde(default)]
+    next_cursor: String,
+    #[serde(default)]
+    order_list: Vec<ShopeeListed>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ShopeeListed {
+    order_sn: String,
+}
+
+/// `get_order_detail` `response`.
+#[derive(Debug, Deserialize)]
+struct ShopeeDetails {
+    #[serde(default)]
+    order_list: Vec<ShopeeDetail>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ShopeeDetail {
+    order_sn: String,
+    update_time: i64,
+}
+
+/// The `[time_from, time_to]` windows (Unix seconds, at most 15 days each,
+/// oldest first) that cover the updates after `after_ms` up to `now_s`.
+/// Shopee times are whole seconds, so "after P" starts at the next second.
+fn shopee_windows(after_ms: i64, now_s: i64) -> Vec<(i64, i64)> {
+    let mut windows = Vec::new();
+    let mut from = after_ms.div_euclid(1000) + 1;
+    while from <= now_s {
+        let to = (from + SHOPEE_WINDOW_S).min(now_s);
+        windows.push((from, to));
+        from = to + 1;
+    }
+    windows
+}
+
+fn shopee(
+    shop: &Shopee,
+    transport: &dyn Transport,
+    now: i64,
+    scan: &mut Scan,
+) -> Result<(), String> {
+    // Oldest window first: the oldest unsynced order is what lag is about.
+    let mut listed: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    'windows: for (from, to) in shopee_windows(scan.after_ms, now.div_euclid(1000)) {
+        let (from, to) = (from.to_string(), to.to_string());
+        let mut cursor = String::new();
+        loop {
+            if !scan.next_page() {
+                break 'windows;
+            }
+            let page: ShopeeList = shop.get(
+                transport,
+                "/api/v2/order/get_order_list",
+                &[
+                    ("time_range_field", "update_time"),
+                    ("time_from", &from),
+                    ("time_to", &to),
+                    ("page_size", "100"),
+                    ("cursor", &cursor),
+                    ("response_optional_fields", "order_status"),
+                ],
+            )?;
+            for order in page.order_list {
+                if seen.insert(order.order_sn.clone()) {
+                    listed.push(order.order_sn);
+                }
+            }
+            if !page.more || page.next_cursor.is_empty() || page.next_cursor == cursor {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+    }
+    // The list has no update times: read them in batches.
+    for batch in listed.chunks(SHOPEE_DETAIL_BATCH) {
+        let details: ShopeeDetails = shop.get(
+            transport,
+            "/api/v2/order/get_order_detail",
+            &[("order_sn_list", &batch.join(","))],
+        )?;
+        for sn in batch {
+            let detail = details
+                .order_list
+                .iter()
+                .find(|d| &d.order_sn == sn)
+                .ok_or_else(|| {
+                    format!("get_order_detail: order {sn} was listed but has no detail")
+                })?;
+            scan.add(sn, detail.update_time.saturating_mul(1000));
+        }
+    }
+    Ok(())
+}
+
+// ---- Walmart ---------------------------------------------------------------
+
+/// `GET /v3/orders` answer.
+#[derive(Debug, Deserialize)]
+struct WalmartOrders {
+    list: WalmartList,
+}
+
+#[derive(Debug, Deserialize)]
+struct WalmartList {
+    meta: Option<WalmartMeta>,
+    elements: Option<WalmartElements>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WalmartMeta {
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WalmartElements {
+    #[serde(default)]
+    order: Vec<WalmartOrder>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WalmartOrder {
+    purchase_order_id: String,
+    #[serde(default)]
+    order_date: Value,
+    order_lines: Option<WalmartLines>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WalmartLines {
+    #[serde(default)]
+    order_line: Vec<WalmartLine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WalmartLine {
+    #[serde(default)]
+    status_date: Value,
+}
+
+/// A Walmart time: epoch milliseconds (a number or digits), or RFC 3339.
+fn walmart_time(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| time::parse_rfc3339(s).ok()),
+        _ => None,
+    }
+}
+
+/// The orders of a page, each with the latest `statusDate` of its lines
+/// (or its `orderDate`) as update time, and the `nextCursor`.
+fn walmart_page(page: WalmartOrders) -> Result<Page, String> {
+    let mut orders = Vec::new();
+    for order in page.list.elements.map(|e| e.order).unwrap_or_default() {
+        let lines = order.order_lines.map(|l| l.order_line).unwrap_or_default();
+        let updated = lines
+            .iter()
+            .filter_map(|line| walmart_time(&line.status_date))
+            .max()
+            .or_else(|| walmart_time(&order.order_date))
+            .ok_or_else(|| {
+                format!(
+                    "GET /v3/orders: order {} has no statusDate or orderDate",
+                    order.purchase_order_id
+                )
+            })?;
+        orders.push((order.purchase_order_id, updated));
+    }
+    let next = page
+        .list
+        .meta
+        .and_then(|m| m.next_cursor)
+        .filter(|c| !c.trim().is_empty());
+    Ok((orders, next))
+}
+
+/// Walmart answers "no orders" with 404 `CONTENT_NOT_FOUND`.
+fn walmart_no_content(response: &Response) -> bool {
+    response.status() == 404 && errors::describe(response.body()).contains("CONTENT_NOT_FOUND")
+}
+
+fn walmart(api: &Walmart, transport: &dyn Transport, scan: &mut Scan) -> Result<(), String> {
+    let mut url = format!(
+        "{}/v3/orders?lastModifiedStartDate={}&limit=100",
+        api.endpoint,
+        encode(&format_rfc3339(scan.after_ms))
+    );
+    while scan.next_page() {
+        let (call, response) = api.get(transport, &url)?;
+        if walmart_no_content(&response) {
+            return Ok(());
+        }
+        let (orders, next) = walmart_page(transport::expect_json(&call, response)?)?;
+        for (id, updated) in &orders {
+            scan.add(id, *updated);
+        }
+        match next {
+            Some(cursor) if cursor.starts_with('?') => {
+                url = format!("{}/v3/orders{cursor}", api.endpoint);
+            }
+            Some(cursor) => url = format!("{}/v3/orders?{cursor}", api.endpoint),
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+// ---- eBay ------------------------------------------------------------------
+
+/// eBay's page size for `getOrders` (its maximum).
+const EBAY_LIMIT: u64 = 200;
+
+/// `getOrders` answer (Sell Fulfillment API).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EbayOrders {
+    #[serde(default)]
+    total: u64,
+    limit: Option<u64>,
+    #[serde(default)]
+    offset: u64,
+    next: Option<String>,
+    #[serde(default)]
+    orders: Vec<EbayOrder>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EbayOrder {
+    order_id: String,
+    last_modified_date: String,
+}
+
+fn ebay_url(endpoint: &str, after_ms: i64, offset: u64) -> String {
+    format!(
+        "{endpoint}/sell/fulfillment/v1/order?filter=lastmodifieddate:%5B{}..%5D&limit={EBAY_LIMIT}&offset={offset}",
+        format_rfc3339_millis(after_ms)
+    )
+}
+
+/// The orders of a page and the URL of the next one: `next` if given (a
+/// relative one is joined to `endpoint`), else the next offset while
+/// `total` says there is more.
+fn ebay_page(page: EbayOrders, endpoint: &str, after_ms: i64) -> Result<Page, String> {
+    let mut orders = Vec::with_capacity(page.orders.len());
+    for order in &page.orders {
+        let updated = time::parse_rfc3339(&order.last_modified_date).map_err(|e| {
+            format!(
+                "getOrders: order {}: `lastModifiedDate`: {e}",
+                order.order_id
+            )
+        })?;
+        orders.push((order.order_id.clone(), updated));
+    }
+    let next = match page.next.filter(|n| !n.trim().is_empty()) {
+        Some(next) if next.starts_with('/') => Some(format!("{endpoint}{next}")),
+        Some(next) => Some(next),
+        None => {
+            let limit = page.limit.unwrap_or(EBAY_LIMIT).max(1);
+            let read_to = page.offset.saturating_add(limit);
+            (!page.orders.is_empty() && read_to < page.total)
+                .then(|| ebay_url(endpoint, after_ms, read_to))
+        }
+    };
+    Ok((orders, next))
+}
+
+fn ebay(api: &Ebay, transport: &dyn Transport, scan: &mut Scan) -> Result<(), String> {
+    let mut url = ebay_url(&api.endpoint, scan.after_ms, 0);
+    while scan.next_page() {
+        let (call, response) = api.get(transport, &url)?;
+        let page: EbayOrders = transport::expect_json(&call, response)?;
+        let (orders, next) = ebay_page(page, &api.endpoint, scan.after_ms)?;
+        for (id, updated) in &orders {
+            scan.add(id, *updated);
+        }
+        match next {
+            Some(next) if next != url => url = next,
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

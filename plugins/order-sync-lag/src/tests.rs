@@ -1,0 +1,578 @@
+use marketplace::testing;
+use marketplace::transport::fake::Fake;
+use rollback_plugin_sdk::check::Status;
+
+use super::*;
+
+/// 2024-05-01T10:00:00Z.
+const NOW: i64 = 1_714_557_600_000;
+const MIN: i64 = 60_000;
+
+fn settings(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+    Settings::from_config(&testing::config(pairs))
+}
+
+/// The settings of `pairs` and `app_status_url = http://app/status`.
+fn valid(pairs: &[(&str, &str)]) -> Settings {
+    let mut all = pairs.to_vec();
+    all.push(("app_status_url", "http://app/status"));
+    settings(&all).expect("valid")
+}
+
+/// Runs `s` at `NOW` against a fake that answers the app's status with
+/// `last_order_update` = `position`, then `answers`.
+fn run(
+    s: &Settings,
+    position: &str,
+    answers: &[(u16, &str)],
+) -> (Fake, Result<CheckResult, String>) {
+    let status = format!(r#"{{"last_order_update": "{position}"}}"#);
+    let mut all = vec![(200, status.as_str())];
+    all.extend_from_slice(answers);
+    let fake = Fake::new(NOW as u64, &all);
+    let result = s.run(&fake, NOW as u64);
+    (fake, result)
+}
+
+/// [`run`], expecting a verdict.
+fn verdict(s: &Settings, position: &str, answers: &[(u16, &str)]) -> (Fake, CheckResult) {
+    let (fake, result) = run(s, position, answers);
+    (fake, result.expect("verdict"))
+}
+
+#[test]
+fn config() {
+    let err = settings(&[("app_status_url", "http://app/s")]).err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config `provider` is required (amazon, shopee, walmart or ebay)")
+    );
+    let err = settings(&[("provider", "etsy"), ("app_status_url", "x")]).err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config `provider` = `etsy`: expected one of amazon, shopee, walmart, ebay")
+    );
+    let err = settings(&[("provider", "ebay")]).err();
+    assert_eq!(err.as_deref(), Some("config `app_status_url` is required"));
+    let s = settings(&[("provider", "ebay"), ("app_status_url", "http://app/s")]).expect("ok");
+    assert_eq!((s.max_lag_ms, s.max_pages), (600_000, 10));
+    let s = settings(&[
+        ("provider", "walmart"),
+        ("app_status_url", "http://app/s"),
+        ("max_lag", "1h30m"),
+        ("max_pages", "3"),
+    ])
+    .expect("ok");
+    assert_eq!((s.max_lag_ms, s.max_pages), (5_400_000, 3));
+    let err = settings(&[
+        ("provider", "walmart"),
+        ("app_status_url", "x"),
+        ("max_pages", "0"),
+    ])
+    .err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config `max_pages` = `0`: must be at least 1")
+    );
+    let err = settings(&[("provider", "amazon"), ("app_status_url", "x")]).err();
+    assert_eq!(err.as_deref(), Some("config `marketplace_ids` is required"));
+    let err = settings(&[("provider", "shopee"), ("app_status_url", "x")]).err();
+    assert_eq!(err.as_deref(), Some("config `partner_id` is required"));
+}
+
+#[test]
+fn lag_is_measured_from_the_oldest_unsynced_order() {
+    let mut scan = Scan::new(NOW - 30 * MIN, 10);
+    assert_eq!(scan.behind, 0);
+    let r = judge(Provider::Amazon, &scan, NOW, 600_000, 10);
+    assert_eq!(r.status, Status::Pass);
+    assert_eq!(
+        r.summary,
+        "amazon: in sync, no orders updated after 2024-05-01T09:30:00Z"
+    );
+    assert_eq!(
+        (
+            r.metric_value("lag_seconds"),
+            r.metric_value("orders_behind")
+        ),
+        (Some(0.0), Some(0.0))
+    );
+
+    scan.add("synced", NOW - 30 * MIN); // the app's own position: not behind
+    scan.add("new", NOW - 2 * MIN);
+    scan.add("older", NOW - 5 * MIN - 500);
+    scan.add("new", NOW - 2 * MIN); // a repeat on an overlapping page
+    assert_eq!(scan.behind, 2);
+    let r = judge(Provider::Amazon, &scan, NOW, 600_000, 10);
+    assert_eq!(r.status, Status::Pass);
+    assert_eq!(
+        r.summary,
+        "amazon: 2 orders behind, lag 5m within max_lag 10m; oldest unsynced order older updated 2024-05-01T09:54:59.500Z"
+    );
+    assert_eq!(r.metric_value("lag_seconds"), Some(300.5));
+    assert_eq!(r.metric_value("orders_behind"), Some(2.0));
+
+    scan.add("oldest", NOW - 25 * MIN);
+    let r = judge(Provider::Shopee, &scan, NOW, 600_000, 10);
+    assert_eq!(r.status, Status::Fail);
+    assert_eq!(
+        r.summary,
+        "shopee: 3 orders behind, lag 25m > max_lag 10m; oldest unsynced order oldest updated 2024-05-01T09:35:00Z"
+    );
+    assert_eq!(r.metric_value("lag_seconds"), Some(1500.0));
+    // Exactly max_lag is not more than it.
+    let r = judge(Provider::Shopee, &scan, NOW, 1_500_000, 10);
+    assert_eq!(r.status, Status::Pass);
+}
+
+#[test]
+fn a_truncated_scan_is_only_as_sure_as_its_bounds() {
+    // Position newer than max_lag: whatever is unread is younger still.
+    let mut scan = Scan::new(NOW - 5 * MIN, 1);
+    assert!(scan.next_page());
+    assert!(!scan.next_page());
+    scan.add("a", NOW - MIN);
+    let r = judge(Provider::Ebay, &scan, NOW, 600_000, 1);
+    assert_eq!(r.status, Status::Pass);
+    // Position older than max_lag, orders read are recent: undecided.
+    let mut scan = Scan::new(NOW - 60 * MIN, 1);
+    scan.truncated = true;
+    scan.add("a", NOW - MIN);
+    let r = judge(Provider::Ebay, &scan, NOW, 600_000, 1);
+    assert_eq!(r.status, Status::Warn);
+    assert!(
+        r.summary.contains("paging stopped at max_pages = 1"),
+        "{}",
+        r.summary
+    );
+    // An old order was read: lag is at least that.
+    scan.add("b", NOW - 20 * MIN);
+    let r = judge(Provider::Ebay, &scan, NOW, 600_000, 1);
+    assert_eq!(r.status, Status::Fail);
+    assert!(r
+        .summary
+        .starts_with("ebay: at least 2 orders behind, lag 20m"));
+}
+
+#[test]
+fn the_app_position_must_be_readable() {
+    let cases = [
+        (200, r#"{"last_order_update": "2024-05-01T09:00:00+01:00"}"#, Ok(NOW - 120 * MIN)),
+        (200, r#"{}"#, Err("GET http://app/status: the answer has no `last_order_update` (expected {\"last_order_update\": \"<RFC 3339>\"})")),
+        (200, r#"{"last_order_update": null}"#, Err("GET http://app/status: `last_order_update` is null, expected an RFC 3339 date-time string")),
+        (200, r#"{"last_order_update": "yesterday"}"#, Err("GET http://app/status: `last_order_update`: `yesterday` is not an RFC 3339 date-time like 2024-05-01T10:00:00Z")),
+        (503, "down", Err("GET http://app/status -> HTTP 503: down")),
+    ];
+    for (status, body, expected) in cases {
+        let fake = Fake::new(0, &[(status, body)]);
+        assert_eq!(
+            app_position(&fake, "http://app/status?token=x"),
+            expected.map_err(str::to_string),
+            "{body}"
+        );
+    }
+    let fake = Fake::new(0, &[(200, "{not json")]);
+    let err = app_position(&fake, "http://app/status").expect_err("malformed");
+    assert!(
+        err.starts_with("GET http://app/status: unexpected answer"),
+        "{err}"
+    );
+}
+
+// ---- Amazon ----------------------------------------------------------------
+
+/// The sandbox and documentation examples of a 200 `getOrders` answer in
+/// the SP-API model shipped with the tests.
+fn orders_model() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/api-models/amazon-sp-api/ordersV0.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the SP-API ordersV0 model");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[test]
+fn every_get_orders_sandbox_example_parses() {
+    let model = orders_model();
+    let op = &model["paths"]["/orders/v0/orders"]["get"];
+    assert_eq!(op["operationId"], "getOrders");
+    let examples = op["responses"]["200"]["x-amzn-api-sandbox"]["static"]
+        .as_array()
+        .expect("static examples");
+    assert!(!examples.is_empty());
+    let mut with_token = 0;
+    for example in examples {
+        let page: AmazonOrders =
+            serde_json::from_value(example["response"].clone()).expect("a getOrders answer");
+        let (orders, next) = amazon_page(page).expect("valid orders");
+        assert!(!orders.is_empty(), "{example}");
+        for (id, updated) in &orders {
+            assert!(!id.is_empty());
+            // Some sandbox dates are in January 1970, but valid.
+            assert!(*updated >= 0);
+        }
+        with_token += usize::from(next.is_some());
+    }
+    assert_eq!(with_token, 1, "one example pages on");
+    let doc: AmazonOrders =
+        serde_json::from_value(op["responses"]["200"]["examples"]["application/json"].clone())
+            .expect("the documented example");
+    let (orders, next) = amazon_page(doc).expect("valid");
+    assert_eq!(
+        orders,
+        vec![("902-3159896-1390916".to_string(), 1_484_941_775_000)]
+    );
+    assert_eq!(next.as_deref(), Some("2YgYW55IGNhcm5hbCBwbGVhc3VyZS4"));
+    // And the error example reads well.
+    for example in op["responses"]["400"]["x-amzn-api-sandbox"]["static"]
+        .as_array()
+        .expect("400 examples")
+    {
+        let body = serde_json::to_vec(&example["response"]).expect("json");
+        assert_eq!(errors::describe(&body), "InvalidInput: Invalid Input");
+    }
+}
+
+#[test]
+fn amazon_pages_and_filters() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("token_url", "http://lwa/auth/o2/token"),
+        ("marketplace_ids", "ATVPDKIKX0DER, A2EUQ1WTGCTBG2"),
+    ]);
+    let page1 = r#"{"payload":{"NextToken":"a+b/c=","Orders":[
+        {"AmazonOrderId":"1","LastUpdateDate":"2024-05-01T09:58:30Z"},
+        {"AmazonOrderId":"0","LastUpdateDate":"2024-05-01T09:59:00Z"}]}}"#;
+    let page2 = r#"{"payload":{"Orders":[
+        {"AmazonOrderId":"2","LastUpdateDate":"2024-05-01T09:59:30Z"}]}}"#;
+    let (fake, r) = verdict(
+        &s,
+        "2024-05-01T09:59:00Z",
+        &[
+            (
+                200,
+                r#"{"access_token":"Atza|t","token_type":"bearer","expires_in":3600}"#,
+            ),
+            (200, page1),
+            (200, page2),
+        ],
+    );
+    assert_eq!(r.status, Status::Pass);
+    assert_eq!(
+        r.summary,
+        "amazon: 1 order behind, lag 30s within max_lag 10m; oldest unsynced order 2 updated 2024-05-01T09:59:30Z"
+    );
+    let urls = fake.urls();
+    // P is later than now - 2 min, so the query starts there.
+    assert_eq!(
+        urls[2],
+        "http://sp/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&LastUpdatedAfter=2024-05-01T09%3A58%3A00Z"
+    );
+    assert_eq!(
+        urls[3],
+        "http://sp/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&NextToken=a%2Bb%2Fc%3D"
+    );
+    assert_eq!(
+        fake.calls()[3].header_value("x-amz-access-token"),
+        Some("Atza|t")
+    );
+}
+
+#[test]
+fn amazon_errors_are_errors() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+    ]);
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    let quota = r#"{"errors":[{"code":"QuotaExceeded","message":"You exceeded your quota for the requested resource."}]}"#;
+    for (answer, expected) in [
+        ((429, quota), "GET http://sp/orders/v0/orders -> HTTP 429: QuotaExceeded: You exceeded your quota for the requested resource."),
+        ((200, "{\"payload\":"), "GET http://sp/orders/v0/orders: unexpected answer: EOF while parsing a value at line 1 column 11"),
+        ((200, "{}"), "getOrders: the answer has no `payload`"),
+        ((200, r#"{"payload":{"Orders":[{"AmazonOrderId":"1","LastUpdateDate":"soon"}]}}"#), "getOrders: order 1: `LastUpdateDate`: `soon` is not an RFC 3339 date-time like 2024-05-01T10:00:00Z"),
+    ] {
+        // Each run fetches its token (the kv store is the test thread's).
+        rollback_plugin_sdk::kv::delete("lwa-token");
+        let (_, r) = run(&s, "2024-05-01T09:00:00Z", &[(200, token), answer]);
+        assert_eq!(r.err().as_deref(), Some(expected));
+    }
+}
+
+#[test]
+fn amazon_stops_at_max_pages() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("max_pages", "2"),
+    ]);
+    let page = r#"{"payload":{"NextToken":"more","Orders":[{"AmazonOrderId":"1","LastUpdateDate":"2024-05-01T09:55:00Z"}]}}"#;
+    let (fake, r) = verdict(
+        &s,
+        "2024-05-01T09:00:00Z",
+        &[
+            (200, r#"{"access_token":"t","expires_in":3600}"#),
+            (200, page),
+            (200, page),
+            (200, page),
+        ],
+    );
+    assert_eq!(fake.calls().len(), 4);
+    assert_eq!(r.status, Status::Warn);
+    assert_eq!(r.metric_value("orders_behind"), Some(1.0));
+}
+
+// ---- Shopee ----------------------------------------------------------------
+
+#[test]
+fn shopee_windows_cover_the_gap_in_15_day_steps() {
+    let now_s = NOW / 1000;
+    assert_eq!(shopee_windows(NOW, now_s), vec![]);
+    assert_eq!(shopee_windows(NOW - 1, now_s), vec![(now_s, now_s)]);
+    assert_eq!(
+        shopee_windows(NOW - 60_000, now_s),
+        vec![(now_s - 59, now_s)]
+    );
+    let w = shopee_windows(NOW - 40 * 86_400_000, now_s);
+    assert_eq!(w.len(), 3);
+    assert_eq!(w[0].0, now_s - 40 * 86_400 + 1);
+    assert_eq!(w[2].1, now_s);
+    for pair in w.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0);
+    }
+    assert!(w.iter().all(|(from, to)| to - from <= SHOPEE_WINDOW_S));
+}
+
+#[test]
+fn shopee_lists_then_reads_update_times() {
+    let s = valid(&[
+        ("provider", "shopee"),
+        ("endpoint", "http://shopee"),
+        ("partner_id", "2001887"),
+        ("shop_id", "14701711"),
+        ("max_lag", "5m"),
+    ]);
+    let list1 = r#"{"error":"","message":"","request_id":"a","response":{"more":true,"next_cursor":"2","order_list":[{"order_sn":"A","order_status":"READY_TO_SHIP"},{"order_sn":"B","order_status":"SHIPPED"}]}}"#;
+    let list2 = r#"{"error":"","message":"","request_id":"b","response":{"more":false,"next_cursor":"","order_list":[{"order_sn":"C","order_status":"COMPLETED"}]}}"#;
+    let detail = format!(
+        r#"{{"error":"","message":"","request_id":"c","response":{{"order_list":[
+        {{"order_sn":"A","update_time":{},"create_time":1}},
+        {{"order_sn":"B","update_time":{},"create_time":1}},
+        {{"order_sn":"C","update_time":{},"create_time":1}}]}}}}"#,
+        (NOW - 8 * MIN) / 1000,
+        (NOW - 3 * MIN) / 1000,
+        (NOW - 10 * MIN) / 1000, // the app's own position: synced
+    );
+    let (fake, r) = verdict(
+        &s,
+        "2024-05-01T09:50:00Z",
+        &[(200, list1), (200, list2), (200, &detail)],
+    );
+    assert_eq!(r.status, Status::Fail);
+    assert_eq!(
+        r.summary,
+        "shopee: 2 orders behind, lag 8m > max_lag 5m; oldest unsynced order A updated 2024-05-01T09:52:00Z"
+    );
+    let urls = fake.urls();
+    let from = NOW / 1000 - 600 + 1;
+    let to = NOW / 1000;
+    assert!(urls[1].starts_with("http://shopee/api/v2/order/get_order_list?partner_id=2001887&timestamp=1714557600&access_token=atoken&shop_id=14701711&sign="), "{}", urls[1]);
+    assert!(urls[1].ends_with(&format!("&time_range_field=update_time&time_from={from}&time_to={to}&page_size=100&cursor=&response_optional_fields=order_status")), "{}", urls[1]);
+    assert!(urls[2].contains("&cursor=2&"), "{}", urls[2]);
+    assert!(urls[3].starts_with("http://shopee/api/v2/order/get_order_detail?"));
+    assert!(urls[3].ends_with("&order_sn_list=A%2CB%2CC"), "{}", urls[3]);
+}
+
+#[test]
+fn shopee_errors_are_errors() {
+    let s = valid(&[
+        ("provider", "shopee"),
+        ("endpoint", "http://shopee"),
+        ("partner_id", "1"),
+        ("shop_id", "2"),
+    ]);
+    let check = |answers: &[(u16, &str)]| run(&s, "2024-05-01T09:50:00Z", answers);
+    let (_, r) = check(&[(
+        200,
+        r#"{"error":"error_auth","message":"Invalid access_token.","request_id":"r"}"#,
+    )]);
+    assert_eq!(
+        r.err().as_deref(),
+        Some("GET http://shopee/api/v2/order/get_order_list -> HTTP 200: error_auth: Invalid access_token. [request_id r]")
+    );
+    let list = r#"{"error":"","response":{"more":false,"order_list":[{"order_sn":"A"}]}}"#;
+    let (_, r) = check(&[
+        (200, list),
+        (200, r#"{"error":"","response":{"order_list":[]}}"#),
+    ]);
+    assert_eq!(
+        r.err().as_deref(),
+        Some("get_order_detail: order A was listed but has no detail")
+    );
+    // No orders: a pass without detail calls.
+    let (fake, r) = check(&[(
+        200,
+        r#"{"error":"","response":{"more":false,"next_cursor":"","order_list":[]}}"#,
+    )]);
+    assert_eq!(r.expect("verdict").status, Status::Pass);
+    assert_eq!(fake.calls().len(), 2);
+}
+
+// ---- Walmart ---------------------------------------------------------------
+
+#[test]
+fn walmart_pages_use_the_latest_line_status() {
+    let s = valid(&[("provider", "walmart"), ("endpoint", "http://wm")]);
+    let page1 = format!(
+        r#"{{"list":{{"meta":{{"totalCount":3,"limit":100,"nextCursor":"?limit=100&hasMoreElements=true&soIndex=3&poIndex=2"}},
+        "elements":{{"order":[
+          {{"purchaseOrderId":"P1","customerOrderId":"C1","orderDate":{},"orderLines":{{"orderLine":[
+             {{"statusDate":{}}},{{"statusDate":{}}}]}}}},
+          {{"purchaseOrderId":"P2","customerOrderId":"C2","orderDate":{}}}]}}}}}}"#,
+        NOW - 90 * MIN,
+        NOW - 40 * MIN,
+        NOW - 4 * MIN,
+        NOW - 20 * MIN,
+    );
+    let page2 = r#"{"list":{"meta":{"totalCount":3,"limit":100},"elements":{"order":[]}}}"#;
+    let (fake, r) = verdict(
+        &s,
+        "2024-05-01T09:30:00.250Z",
+        &[
+            (
+                200,
+                r#"{"access_token":"w","token_type":"Bearer","expires_in":900}"#,
+            ),
+            (200, &page1),
+            (200, page2),
+        ],
+    );
+    assert_eq!(r.status, Status::Fail);
+    assert_eq!(
+        r.summary,
+        "walmart: 2 orders behind, lag 20m > max_lag 10m; oldest unsynced order P2 updated 2024-05-01T09:40:00Z"
+    );
+    let urls = fake.urls();
+    assert_eq!(
+        urls[2],
+        "http://wm/v3/orders?lastModifiedStartDate=2024-05-01T09%3A30%3A00Z&limit=100"
+    );
+    assert_eq!(
+        urls[3],
+        "http://wm/v3/orders?limit=100&hasMoreElements=true&soIndex=3&poIndex=2"
+    );
+    let call = &fake.calls()[3];
+    assert_eq!(call.header_value("WM_SEC.ACCESS_TOKEN"), Some("w"));
+    assert_eq!(
+        call.header_value("WM_SVC.NAME"),
+        Some("Walmart Marketplace")
+    );
+}
+
+#[test]
+fn walmart_not_found_means_no_orders() {
+    let s = valid(&[("provider", "walmart"), ("endpoint", "http://wm")]);
+    let check = |answers: &[(u16, &str)]| run(&s, "2024-05-01T09:30:00Z", answers);
+    let none = r#"{"errors":{"error":[{"code":"CONTENT_NOT_FOUND.GMP_ORDER_API","field":"data","description":"No Orders found","info":"Requested content could not be found.","severity":"INFO","category":"APPLICATION"}]}}"#;
+    let (_, r) = check(&[
+        (200, r#"{"access_token":"w","expires_in":900}"#),
+        (404, none),
+    ]);
+    assert_eq!(r.expect("verdict").status, Status::Pass);
+    // The token is cached from here on.
+    let (_, r) = check(&[(404, "Not Found")]);
+    assert_eq!(
+        r.err().as_deref(),
+        Some("GET http://wm/v3/orders -> HTTP 404: Not Found")
+    );
+    let page = r#"{"list":{"elements":{"order":[{"purchaseOrderId":"P"}]}}}"#;
+    let (_, r) = check(&[(200, page)]);
+    assert_eq!(
+        r.err().as_deref(),
+        Some("GET /v3/orders: order P has no statusDate or orderDate")
+    );
+}
+
+// ---- eBay ------------------------------------------------------------------
+
+#[test]
+fn ebay_paging_state() {
+    let page = |json: &str| -> EbayOrders { serde_json::from_str(json).expect("page") };
+    let (orders, next) = ebay_page(
+        page(r#"{"href":"h","total":3,"limit":200,"offset":0,"next":"https://api.ebay.com/sell/fulfillment/v1/order?offset=200","orders":[{"orderId":"1","lastModifiedDate":"2024-05-01T09:55:00.000Z","creationDate":"2024-05-01T09:00:00.000Z"}]}"#),
+        "http://e",
+        0,
+    )
+    .expect("valid");
+    assert_eq!(orders, vec![("1".to_string(), NOW - 5 * MIN)]);
+    assert_eq!(
+        next.as_deref(),
+        Some("https://api.ebay.com/sell/fulfillment/v1/order?offset=200")
+    );
+    let (_, next) = ebay_page(
+        page(r#"{"total":450,"limit":200,"offset":200,"orders":[{"orderId":"1","lastModifiedDate":"2024-05-01T09:55:00.000Z"}]}"#),
+        "http://e",
+        NOW,
+    )
+    .expect("valid");
+    assert_eq!(
+        next.as_deref(),
+        Some("http://e/sell/fulfillment/v1/order?filter=lastmodifieddate:%5B2024-05-01T10:00:00.000Z..%5D&limit=200&offset=400")
+    );
+    let (_, next) = ebay_page(page(r#"{"total":450,"offset":400,"orders":[{"orderId":"1","lastModifiedDate":"2024-05-01T09:55:00Z"}]}"#), "http://e", 0).expect("valid");
+    assert_eq!(next, None);
+    let (_, next) = ebay_page(
+        page(r#"{"total":450,"offset":0,"next":"/sell/x?offset=200","orders":[]}"#),
+        "http://e",
+        0,
+    )
+    .expect("valid");
+    assert_eq!(next.as_deref(), Some("http://e/sell/x?offset=200"));
+    let (_, next) = ebay_page(page(r#"{"total":0,"orders":[]}"#), "http://e", 0).expect("valid");
+    assert_eq!(next, None);
+    assert!(ebay_page(
+        page(r#"{"orders":[{"orderId":"1","lastModifiedDate":"x"}]}"#),
+        "http://e",
+        0
+    )
+    .is_err());
+}
+
+#[test]
+fn ebay_end_to_end() {
+    let s = valid(&[("provider", "ebay"), ("endpoint", "http://e")]);
+    let page1 = r#"{"href":"h","total":2,"limit":1,"offset":0,"next":"http://e/sell/fulfillment/v1/order?offset=1","orders":[{"orderId":"11-1","lastModifiedDate":"2024-05-01T09:58:00.000Z"}]}"#;
+    let page2 = r#"{"href":"h","total":2,"limit":1,"offset":1,"orders":[{"orderId":"11-2","lastModifiedDate":"2024-05-01T09:57:00.000Z"}]}"#;
+    let (fake, r) = verdict(
+        &s,
+        "2024-05-01T09:56:59.999Z",
+        &[
+            (
+                200,
+                r#"{"access_token":"v^1.1#i","expires_in":7200,"token_type":"User Access Token"}"#,
+            ),
+            (200, page1),
+            (200, page2),
+        ],
+    );
+    assert_eq!(r.status, Status::Pass);
+    assert_eq!(
+        r.summary,
+        "ebay: 2 orders behind, lag 3m within max_lag 10m; oldest unsynced order 11-2 updated 2024-05-01T09:57:00Z"
+    );
+    let urls = fake.urls();
+    assert_eq!(urls[1], "http://e/identity/v1/oauth2/token");
+    assert_eq!(
+        urls[2],
+        "http://e/sell/fulfillment/v1/order?filter=lastmodifieddate:%5B2024-05-01T09:56:59.999Z..%5D&limit=200&offset=0"
+    );
+    assert_eq!(urls[3], "http://e/sell/fulfillment/v1/order?offset=1");
+    assert_eq!(
+        fake.calls()[2].header_value("Authorization"),
+        Some("Bearer v^1.1#i")
+    );
+}

@@ -1,0 +1,1518 @@
+//! The marketplace checks against local fakes of the providers' APIs: first
+//! the fakes themselves (documented behaviour, Amazon bodies validated
+//! against the official SP-API models), then `order-sync-lag` and
+//! `inventory-drift` through `rollbackctl plugin test`, then a rollback by a
+//! running agent when a release stops syncing orders.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::marketplace_fakes::*;
+use crate::support::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------ the fakes
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn lwa_token(m: &Marketplace) -> String {
+    let a = call(
+        m.port,
+        "POST",
+        "/auth/o2/token",
+        &[FORM],
+        &form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", AMAZON_REFRESH_TOKEN),
+            ("client_id", AMAZON_CLIENT_ID),
+            ("client_secret", AMAZON_CLIENT_SECRET),
+        ]),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.value()["access_token"].as_str().unwrap().to_string()
+}
+
+/// `Basic base64(user:password)`.
+fn basic_auth(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64_encode(format!("{user}:{password}").as_bytes())
+    )
+}
+
+fn amazon_get(m: &Marketplace, token: &str, target: &str) -> Answer {
+    call(m.port, "GET", target, &[("x-amz-access-token", token)], "")
+}
+
+fn ago(d: Duration) -> i64 {
+    now_ms() - d.as_millis() as i64
+}
+
+/// Gives `m` five orders `id(0)`..`id(4)`, updated a minute apart from two
+/// hours ago (whole seconds), two to a page; returns the first update time.
+fn five_orders(m: &Marketplace, id: impl Fn(i64) -> String) -> i64 {
+    let t = ago(2 * 60 * MIN) / 1000 * 1000;
+    m.set_orders((0..5).map(|i| Order::at(&id(i), t + i * 60_000)).collect());
+    m.set_page_size(2);
+    t
+}
+
+/// Reads the pages from `first` on, each of which must answer 200; `next`
+/// finds the target of the following page in a page. Returns the pages.
+fn follow_pages(
+    first: &str,
+    get: impl Fn(&str) -> Answer,
+    next: impl Fn(&Value) -> Option<String>,
+) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut target = first.to_string();
+    loop {
+        let a = get(&target);
+        assert_eq!(a.status, 200, "{target}: {}", a.body);
+        let page = a.value();
+        let after = next(&page);
+        pages.push(page);
+        match after {
+            Some(t) => target = t,
+            None => return pages,
+        }
+    }
+}
+
+#[test]
+fn marketplace_fakes_times_round_trip() {
+    let t = parse_time("2024-02-29T23:59:58Z").unwrap();
+    assert_eq!(rfc3339(t), "2024-02-29T23:59:58Z");
+    assert_eq!(rfc3339_millis(t + 7), "2024-02-29T23:59:58.007Z");
+    assert_eq!(parse_time("2024-02-29T23:59:58.007Z"), Some(t + 7));
+    assert_eq!(parse_time("2024-03-01T01:59:58+02:00"), Some(t));
+    assert_eq!(parse_time("2024-02-29T18:59:58-0500"), Some(t));
+    assert_eq!(parse_time("2024-02-29"), Some(t - 86_398_000));
+    assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+    for bad in [
+        "yesterday",
+        "2024-13-01T00:00:00Z",
+        "2024-02-29T24:00:00Z",
+        "",
+    ] {
+        assert_eq!(parse_time(bad), None, "{bad}");
+    }
+    let now = now_ms() / 1000 * 1000;
+    assert_eq!(parse_time(&rfc3339(now)), Some(now));
+    assert_eq!(base64_encode(b"id:secret"), "aWQ6c2VjcmV0");
+}
+
+#[test]
+fn marketplace_fake_amazon_follows_lwa_and_orders_v0() {
+    let m = Marketplace::start(Provider::Amazon);
+    // LWA: form body only, the right client, the right refresh token.
+    let post = |body: &str, headers: &[(&str, &str)]| {
+        call(m.port, "POST", "/auth/o2/token", headers, body)
+    };
+    let good = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", AMAZON_REFRESH_TOKEN),
+        ("client_id", AMAZON_CLIENT_ID),
+        ("client_secret", AMAZON_CLIENT_SECRET),
+    ];
+    let a = post(&form(&good), &[("content-type", "application/json")]);
+    assert_eq!(
+        (a.status, a.value()["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let mut wrong = good;
+    wrong[3].1 = "nope";
+    let a = post(&form(&wrong), &[FORM]);
+    assert_eq!(a.status, 401);
+    assert_eq!(a.value()["error"], "invalid_client");
+    assert!(a.value()["error_description"].is_string());
+    let mut wrong = good;
+    wrong[1].1 = "Atzr|other";
+    assert_eq!(
+        post(&form(&wrong), &[FORM]).value()["error"],
+        "invalid_grant"
+    );
+    m.set_expires_in(60);
+    let a = post(&form(&good), &[FORM]);
+    let v = a.value();
+    assert!(v["access_token"].as_str().unwrap().starts_with("Atza|"));
+    assert_eq!(v["token_type"], "bearer");
+    assert_eq!(v["expires_in"], 60);
+    assert!(a.header_value("x-amzn-RequestId").is_some());
+
+    // Orders: token, marketplace and a time filter are required.
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let since = rfc3339(ago(3 * 60 * MIN));
+    let list =
+        format!("/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&LastUpdatedAfter={since}");
+    let a = call(m.port, "GET", &list, &[], "");
+    assert_eq!(a.status, 403);
+    assert_eq!(a.value()["errors"][0]["code"], "Unauthorized");
+    let a = amazon_get(
+        &m,
+        &token,
+        &format!("/orders/v0/orders?LastUpdatedAfter={since}"),
+    );
+    assert_eq!(
+        (a.status, a.value()["errors"][0]["code"].as_str()),
+        (400, Some("InvalidInput"))
+    );
+    let a = amazon_get(
+        &m,
+        &token,
+        &format!("/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}"),
+    );
+    assert_eq!(a.status, 400);
+    let both = format!("{list}&CreatedAfter={since}");
+    assert_eq!(amazon_get(&m, &token, &both).status, 400);
+
+    // "After (or at)": an order updated exactly at the bound is listed.
+    let bound = ago(60 * MIN) / 1000 * 1000;
+    m.set_orders(vec![
+        Order::at("111-0000001-0000001", bound - 1000),
+        Order::at("111-0000001-0000002", bound),
+        Order::at("111-0000001-0000003", bound + 60_000),
+        Order::at("111-0000001-0000004", bound + 120_000),
+        Order::at("111-0000001-0000005", bound + 180_000),
+    ]);
+    m.set_page_size(2);
+    let first = format!(
+        "/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&LastUpdatedAfter={}",
+        encode(&rfc3339(bound))
+    );
+    let get = |target: &str| {
+        let a = amazon_get(&m, &token, target);
+        assert!(
+            a.header_value("x-amzn-RateLimit-Limit").is_some(),
+            "{}",
+            a.body
+        );
+        a
+    };
+    let pages = follow_pages(&first, get, |v| {
+        let next = v["payload"]["NextToken"].as_str()?;
+        // Page tokens hold `+`, `/` and `=`: sent raw, `+` means a space.
+        let raw = format!("/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&NextToken={next}");
+        assert_eq!(
+            amazon_get(&m, &token, &raw).status,
+            400,
+            "unencoded NextToken"
+        );
+        Some(format!(
+            "/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&NextToken={}",
+            encode(next)
+        ))
+    });
+    let ids: Vec<&str> = pages
+        .iter()
+        .flat_map(|v| v["payload"]["Orders"].as_array().unwrap())
+        .map(|o| o["AmazonOrderId"].as_str().unwrap())
+        .collect();
+    assert_eq!(pages.len(), 2);
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(!ids.contains(&"111-0000001-0000001"));
+
+    // LastUpdatedBefore must be at least two minutes old.
+    let before = format!("{first}&LastUpdatedBefore={}", encode(&rfc3339(now_ms())));
+    assert_eq!(amazon_get(&m, &token, &before).status, 400);
+
+    // Expired tokens: the documented 403 with its details.
+    m.expire_tokens();
+    let a = amazon_get(&m, &token, &first);
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.value()["errors"][0]["details"],
+        "The access token you provided has expired."
+    );
+    m.issue_expired_tokens(1);
+    let born_dead = lwa_token(&m);
+    assert_eq!(amazon_get(&m, &born_dead, &first).status, 403);
+    let fresh = lwa_token(&m);
+    assert_eq!(amazon_get(&m, &fresh, &first).status, 200);
+    let a = amazon_get(&m, "Atza|made-up", &first);
+    assert!(a.value()["errors"][0]["details"]
+        .as_str()
+        .unwrap()
+        .contains("invalid"));
+
+    // Programmed failures: a 429 burst in the documented shape.
+    m.fail_next(
+        "/orders/v0/orders",
+        Failure::RateLimited {
+            retry_after: Some(1),
+        },
+    );
+    let a = amazon_get(&m, &fresh, &first);
+    assert_eq!(a.status, 429);
+    assert_eq!(a.value()["errors"][0]["code"], "QuotaExceeded");
+    assert_eq!(a.header_value("retry-after"), Some("1"));
+    assert!(a.header_value("x-amzn-RateLimit-Limit").is_some());
+    assert_eq!(
+        amazon_get(&m, &fresh, &first).status,
+        200,
+        "one failure only"
+    );
+    let errors = m.errors();
+    assert!(errors.contains(&"QuotaExceeded".to_string()), "{errors:?}");
+    assert!(m.requests("/auth/o2/token").len() >= 6);
+}
+
+#[test]
+fn marketplace_fake_amazon_inventory_summaries() {
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_stock(vec![
+        Stock::new("SKU-A", 5).reserved(2),
+        Stock::new("SKU-B", 0),
+        Stock::new("SKU-C", 12),
+    ]);
+    let token = lwa_token(&m);
+    let base = format!(
+        "/fba/inventory/v1/summaries?granularityType=Marketplace&granularityId={AMAZON_MARKETPLACE}&marketplaceIds={AMAZON_MARKETPLACE}"
+    );
+    let a = amazon_get(
+        &m,
+        &token,
+        &format!("{base}&details=true&sellerSkus=SKU-A,SKU-C"),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.value();
+    let s = v["payload"]["inventorySummaries"].as_array().unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0]["sellerSku"], "SKU-A");
+    assert_eq!(s[0]["inventoryDetails"]["fulfillableQuantity"], 5);
+    assert_eq!(
+        s[0]["totalQuantity"], 7,
+        "reserved units count in the total"
+    );
+    assert_eq!(
+        v["payload"]["granularity"]["granularityType"],
+        "Marketplace"
+    );
+    // Without details=true there are no inventoryDetails.
+    let v = amazon_get(&m, &token, &format!("{base}&sellerSkus=SKU-A")).value();
+    assert!(v["payload"]["inventorySummaries"][0]["inventoryDetails"].is_null());
+    let no_type = base.replace("granularityType=Marketplace&", "");
+    assert_eq!(amazon_get(&m, &token, &no_type).status, 400);
+    let two = base.replace(
+        &format!("marketplaceIds={AMAZON_MARKETPLACE}"),
+        &format!("marketplaceIds={AMAZON_MARKETPLACE},A2EUQ1WTGCTBG2"),
+    );
+    assert_eq!(amazon_get(&m, &token, &two).status, 400);
+    // Paged with pagination.nextToken.
+    m.set_page_size(2);
+    let v = amazon_get(&m, &token, &format!("{base}&details=true")).value();
+    let next = v["pagination"]["nextToken"].as_str().unwrap();
+    let v = amazon_get(
+        &m,
+        &token,
+        &format!("{base}&details=true&nextToken={}", encode(next)),
+    )
+    .value();
+    assert_eq!(v["payload"]["inventorySummaries"][0]["sellerSku"], "SKU-C");
+    assert!(v["pagination"]["nextToken"].is_null());
+}
+
+/// The response schema of `operation` for `status` in an SP-API model, with
+/// the model's definitions, as a Draft 4 validator (Swagger 2.0 schemas are
+/// a Draft 4 subset; `x-` extensions are ignored as unknown keywords).
+fn sp_api_validator(model: &str, path: &str, status: u16) -> jsonschema::Validator {
+    let file = repo().join("tests/api-models/amazon-sp-api").join(model);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let response = &doc["paths"][path]["get"]["responses"][status.to_string()];
+    let reference = response["schema"]["$ref"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{model} {path} has no schema for {status}"));
+    let schema = json!({
+        "definitions": doc["definitions"],
+        "allOf": [{"$ref": reference}],
+    });
+    jsonschema::draft4::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
+}
+
+pub(crate) fn assert_valid(model: &str, path: &str, what: &str, a: &Answer) {
+    let v = a.value();
+    let validator = sp_api_validator(model, path, a.status);
+    let errors: Vec<String> = validator
+        .iter_errors(&v)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} ({}) does not match {model}: {errors:?}\n{}",
+        a.status,
+        a.body
+    );
+}
+
+#[test]
+fn marketplace_fake_amazon_bodies_match_the_sp_api_models() {
+    const ORDERS: (&str, &str) = ("ordersV0.json", "/orders/v0/orders");
+    const FBA: (&str, &str) = ("fbaInventory.json", "/fba/inventory/v1/summaries");
+
+    // The validators do reject what the models forbid.
+    let bad_order = json!({"payload": {"Orders": [{"AmazonOrderId": "1", "PurchaseDate": "x", "LastUpdateDate": "x", "OrderStatus": "Lost"}]}});
+    assert!(!sp_api_validator(ORDERS.0, ORDERS.1, 200).is_valid(&bad_order));
+    let no_status = json!({"payload": {"Orders": [{"AmazonOrderId": "1", "PurchaseDate": "x", "LastUpdateDate": "x"}]}});
+    assert!(!sp_api_validator(ORDERS.0, ORDERS.1, 200).is_valid(&no_status));
+    let bad_time = json!({"payload": {"granularity": {}, "inventorySummaries": [{"lastUpdatedTime": "yesterday"}]}});
+    assert!(!sp_api_validator(FBA.0, FBA.1, 200).is_valid(&bad_time));
+    let no_message = json!({"errors": [{"code": "InvalidInput"}]});
+    assert!(!sp_api_validator(ORDERS.0, ORDERS.1, 400).is_valid(&no_message));
+
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_orders(
+        (0..5)
+            .map(|i| Order::updated_ago(&format!("114-{i:07}-1234567"), i * MIN))
+            .collect(),
+    );
+    m.set_stock(vec![
+        Stock::new("SKU-A", 3).reserved(1),
+        Stock::new("SKU-B", 9),
+        Stock::new("SKU-C", 0),
+    ]);
+    m.set_page_size(2);
+    let token = lwa_token(&m);
+    let orders = format!(
+        "/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&LastUpdatedAfter={}",
+        encode(&rfc3339(ago(60 * MIN)))
+    );
+    let fba = format!(
+        "/fba/inventory/v1/summaries?details=true&granularityType=Marketplace&granularityId={AMAZON_MARKETPLACE}&marketplaceIds={AMAZON_MARKETPLACE}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for ((model, path), target) in [(ORDERS, orders.clone()), (FBA, fba.clone())] {
+        let mut check = |what: &str, a: Answer| {
+            assert_valid(model, path, what, &a);
+            seen.insert((path, a.status));
+        };
+        let first = amazon_get(&m, &token, &target);
+        let next = first.value()["payload"]["NextToken"]
+            .as_str()
+            .or(first.value()["pagination"]["nextToken"].as_str())
+            .map(str::to_string)
+            .expect("a second page");
+        check("first page", first);
+        let key = if path == ORDERS.1 {
+            "NextToken"
+        } else {
+            "nextToken"
+        };
+        let last = if path == ORDERS.1 {
+            format!(
+                "/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&{key}={}",
+                encode(&next)
+            )
+        } else {
+            format!("{fba}&{key}={}", encode(&next))
+        };
+        check("next page", amazon_get(&m, &token, &last));
+        check(
+            "without details",
+            amazon_get(&m, &token, &target.replace("details=true&", "")),
+        );
+        check(
+            "bad input",
+            amazon_get(
+                &m,
+                &token,
+                &target.replace("arketplaceIds=", "arketplaceIds=XX"),
+            ),
+        );
+        check("no token", call(m.port, "GET", &target, &[], ""));
+        check(
+            "unknown token",
+            amazon_get(&m, &token.replace("Atza|", "Atza|x"), &target),
+        );
+        for status in [404, 500, 503, 400, 403] {
+            m.fail_next(path, Failure::Status(status));
+            check("programmed", amazon_get(&m, &token, &target));
+        }
+        m.fail_next(path, Failure::RateLimited { retry_after: None });
+        check("throttled", amazon_get(&m, &token, &target));
+    }
+    // Empty results and expired tokens, for the orders.
+    m.set_orders(Vec::new());
+    assert_valid(
+        ORDERS.0,
+        ORDERS.1,
+        "no orders",
+        &amazon_get(&m, &token, &orders),
+    );
+    m.expire_tokens();
+    assert_valid(
+        ORDERS.0,
+        ORDERS.1,
+        "expired",
+        &amazon_get(&m, &token, &orders),
+    );
+    for path in [ORDERS.1, FBA.1] {
+        for status in [200, 400, 403, 404, 429, 500, 503] {
+            assert!(
+                seen.contains(&(path, status)),
+                "{path} {status} not generated"
+            );
+        }
+    }
+}
+
+/// A signed Shopee shop-level call.
+fn shopee_get(m: &Marketplace, path: &str, params: &str, key: &str, ts: i64) -> Answer {
+    let sign = shopee_sign(
+        key,
+        SHOPEE_PARTNER_ID,
+        path,
+        ts,
+        SHOPEE_ACCESS_TOKEN,
+        SHOPEE_SHOP_ID,
+    );
+    let target = format!(
+        "{path}?partner_id={SHOPEE_PARTNER_ID}&timestamp={ts}&access_token={SHOPEE_ACCESS_TOKEN}&shop_id={SHOPEE_SHOP_ID}&sign={sign}&{params}"
+    );
+    call(m.port, "GET", &target, &[], "")
+}
+
+#[test]
+fn marketplace_fake_shopee_checks_signatures_and_parameters() {
+    // The HMAC itself is the standard one: RFC 4231, test case 2.
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"Jefe").unwrap();
+    hmac::Mac::update(&mut mac, b"what do ya want for nothing?");
+    let digest: String = hmac::Mac::finalize(mac)
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        digest,
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+
+    let m = Marketplace::start(Provider::Shopee);
+    let t0 = now_ms() / 1000;
+    m.set_orders(vec![
+        Order::at("240501AAAA0001", (t0 - 7200) * 1000),
+        Order::at("240501AAAA0002", (t0 - 3600) * 1000),
+        Order::at("240501AAAA0003", (t0 - 1800) * 1000),
+    ]);
+    m.set_page_size(2);
+    let list = "/api/v2/order/get_order_list";
+    let range = format!(
+        "time_range_field=update_time&time_from={}&time_to={t0}&page_size=50",
+        t0 - 7200
+    );
+    let first_page = format!("{range}&cursor=");
+    // Signed with the partner key, now.
+    let signed = |path: &str, params: &str| shopee_get(&m, path, params, SHOPEE_PARTNER_KEY, t0);
+    let a = signed(list, &first_page);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.value();
+    assert_eq!(v["error"], "");
+    assert!(v["request_id"].is_string());
+    assert_eq!(v["response"]["more"], true);
+    assert_eq!(
+        v["response"]["order_list"][0]["order_sn"], "240501AAAA0001",
+        "time_from is inclusive"
+    );
+    let cursor = v["response"]["next_cursor"].as_str().unwrap();
+    let v = signed(list, &format!("{range}&cursor={cursor}")).value();
+    assert_eq!(v["response"]["more"], false);
+    assert_eq!(v["response"]["next_cursor"], "");
+    assert_eq!(v["response"]["order_list"][0]["order_sn"], "240501AAAA0003");
+
+    // Sign, timestamp, token, range, page size and cursor are all checked.
+    let a = shopee_get(&m, list, &first_page, "not-the-key", t0);
+    assert_eq!(
+        (a.status, a.value()["error"].as_str()),
+        (403, Some("error_sign"))
+    );
+    assert_eq!(a.value()["message"], "Wrong sign.");
+    let a = shopee_get(&m, list, &first_page, SHOPEE_PARTNER_KEY, t0 - 301);
+    assert_eq!(a.value()["error"], "error_param");
+    assert_eq!(a.value()["message"], "Invalid timestamp");
+    let wide = format!(
+        "time_range_field=update_time&time_from={}&time_to={t0}&page_size=50&cursor=",
+        t0 - 16 * 86_400
+    );
+    assert_eq!(signed(list, &wide).value()["error"], "error_param");
+    assert_eq!(signed(list, &range).value()["error"], "error_param");
+    let big = range.replace("page_size=50", "page_size=101");
+    assert_eq!(
+        signed(list, &format!("{big}&cursor=")).value()["error"],
+        "error_param"
+    );
+    let unsigned = format!("{list}?partner_id={SHOPEE_PARTNER_ID}&timestamp={t0}&shop_id={SHOPEE_SHOP_ID}&{range}&cursor=");
+    assert_eq!(
+        call(m.port, "GET", &unsigned, &[], "").value()["error"],
+        "error_param"
+    );
+
+    // Details carry the update time in unix seconds.
+    let detail = "/api/v2/order/get_order_detail";
+    let v = signed(detail, "order_sn_list=240501AAAA0003,240501AAAA0001").value();
+    let orders = v["response"]["order_list"].as_array().unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0]["update_time"], t0 - 1800);
+    assert!(orders[0]["create_time"].is_i64());
+
+    // Stock: per item, or per model for items with variations.
+    m.set_stock(vec![
+        Stock::new("TEE-S", 4).item(1001, Some(5001)),
+        Stock::new("TEE-M", 6).reserved(1).item(1001, Some(5002)),
+        Stock::new("MUG", 9).item(1002, None),
+    ]);
+    let v = signed(
+        "/api/v2/product/get_item_base_info",
+        "item_id_list=1001,1002",
+    )
+    .value();
+    let items = v["response"]["item_list"].as_array().unwrap();
+    assert_eq!(items[0]["has_model"], true);
+    assert_eq!(items[1]["item_sku"], "MUG");
+    assert_eq!(
+        items[1]["stock_info_v2"]["summary_info"]["total_available_stock"],
+        9
+    );
+    let v = signed("/api/v2/product/get_model_list", "item_id=1001").value();
+    let models = v["response"]["model"].as_array().unwrap();
+    assert_eq!(models[1]["model_sku"], "TEE-M");
+    assert_eq!(
+        models[1]["stock_info_v2"]["summary_info"]["total_available_stock"],
+        6
+    );
+
+    // An expired access token is error_auth.
+    m.expire_tokens();
+    let a = signed(list, &first_page);
+    assert_eq!(
+        (a.status, a.value()["error"].as_str()),
+        (403, Some("error_auth"))
+    );
+    assert_eq!(
+        m.errors(),
+        [
+            "error_sign",
+            "error_param",
+            "error_param",
+            "error_param",
+            "error_param",
+            "error_param",
+            "error_auth"
+        ]
+    );
+}
+
+fn walmart_headers<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("WM_SVC.NAME", "Walmart Marketplace"),
+        ("WM_QOS.CORRELATION_ID", "0f8e9d7c-test"),
+        ("Accept", "application/json"),
+    ];
+    h.extend_from_slice(extra);
+    h
+}
+
+#[test]
+fn marketplace_fake_walmart_token_headers_and_cursor_paging() {
+    let m = Marketplace::start(Provider::Walmart);
+    let basic = basic_auth(WALMART_CLIENT_ID, WALMART_CLIENT_SECRET);
+    let body = "grant_type=client_credentials";
+    let token_call = |headers: &[(&str, &str)]| call(m.port, "POST", "/v3/token", headers, body);
+    // Each required header is named when it is missing.
+    let a = token_call(&[
+        ("Authorization", &basic),
+        FORM,
+        ("WM_QOS.CORRELATION_ID", "1"),
+        ("Accept", "application/json"),
+    ]);
+    assert_eq!(a.status, 400);
+    let e = &a.value()["error"][0];
+    assert_eq!(e["code"], "INVALID_REQUEST_HEADER.GMP_GATEWAY_API");
+    assert_eq!(e["field"], "WM_SVC.NAME");
+    assert_eq!(e["severity"], "ERROR");
+    let a = token_call(&[
+        ("Authorization", &basic),
+        FORM,
+        ("WM_SVC.NAME", "x"),
+        ("Accept", "application/json"),
+    ]);
+    assert_eq!(a.value()["error"][0]["field"], "WM_QOS.CORRELATION_ID");
+    let a = token_call(&walmart_headers(&[
+        ("Authorization", "Basic Zm9vOmJhcg=="),
+        FORM,
+    ]));
+    assert_eq!(
+        (a.status, a.value()["error"][0]["code"].as_str()),
+        (401, Some("UNAUTHORIZED.GMP_GATEWAY_API"))
+    );
+    let a = token_call(&walmart_headers(&[("Authorization", &basic), FORM]));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.value();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 900);
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let xml = token_call(&[
+        ("WM_SVC.NAME", "x"),
+        ("WM_QOS.CORRELATION_ID", "1"),
+        ("Accept", "application/xml"),
+        ("Authorization", &basic),
+        FORM,
+    ]);
+    assert!(xml.body.starts_with("<?xml"), "{}", xml.body);
+
+    // Orders: the token header; paged by nextCursor; nothing found is a 404.
+    let t = five_orders(&m, |i| format!("CO-{i}"));
+    let first = format!(
+        "/v3/orders?lastModifiedStartDate={}&limit=100",
+        rfc3339(t + 60_000)
+    );
+    let a = call(
+        m.port,
+        "GET",
+        &first,
+        &walmart_headers(&[("WM_SEC.ACCESS_TOKEN", "bogus")]),
+        "",
+    );
+    assert_eq!(
+        (a.status, a.value()["error"][0]["code"].as_str()),
+        (401, Some("UNAUTHORIZED.GMP_GATEWAY_API"))
+    );
+    let get = |target: &str| {
+        call(
+            m.port,
+            "GET",
+            target,
+            &walmart_headers(&[("WM_SEC.ACCESS_TOKEN", &token)]),
+            "",
+        )
+    };
+    let pages = follow_pages(&first, get, |v| {
+        let next = v["list"]["meta"]["nextCursor"].as_str()?;
+        assert!(next.starts_with('?'));
+        Some(format!("/v3/orders{next}"))
+    });
+    let mut ids = Vec::new();
+    for v in &pages {
+        assert_eq!(v["list"]["meta"]["totalCount"], 4);
+        for o in v["list"]["elements"]["order"].as_array().unwrap() {
+            assert!(o["orderDate"].is_i64());
+            let lines = o["orderLines"]["orderLine"].as_array().unwrap();
+            assert!(lines.iter().all(|l| l["statusDate"].is_i64()));
+            ids.push(o["customerOrderId"].as_str().unwrap());
+        }
+    }
+    assert_eq!(ids, ["CO-1", "CO-2", "CO-3", "CO-4"]);
+    let none = format!(
+        "/v3/orders?lastModifiedStartDate={}",
+        rfc3339(now_ms() + 60_000)
+    );
+    let a = get(&none);
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        a.value()["errors"]["error"][0]["code"],
+        "CONTENT_NOT_FOUND.GMP_ORDER_API"
+    );
+    m.expire_tokens();
+    assert_eq!(get(&first).status, 401);
+}
+
+#[test]
+fn marketplace_fake_ebay_token_scopes_and_offset_paging() {
+    let m = Marketplace::start(Provider::Ebay);
+    let basic = basic_auth(EBAY_CLIENT_ID, EBAY_CLIENT_SECRET);
+    let token_call = |auth: &str, scope: &str| {
+        let mut f = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", EBAY_REFRESH_TOKEN),
+        ];
+        if !scope.is_empty() {
+            f.push(("scope", scope));
+        }
+        call(
+            m.port,
+            "POST",
+            "/identity/v1/oauth2/token",
+            &[("Authorization", auth), FORM],
+            &form(&f),
+        )
+    };
+    let a = token_call("Basic Zm9vOmJhcg==", "");
+    assert_eq!(
+        (a.status, a.value()["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let a = token_call(&basic, "https://api.ebay.com/oauth/api_scope/sell.finances");
+    assert_eq!(a.value()["error"], "invalid_scope");
+    let a = token_call(
+        &basic,
+        "https://api.ebay.com/oauth/api_scope/sell.inventory.readonly",
+    );
+    let no_orders = a.value()["access_token"].as_str().unwrap().to_string();
+    let a = token_call(&basic, EBAY_GRANTED_SCOPES[1]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.value();
+    assert_eq!(v["token_type"], "User Access Token");
+    assert_eq!(v["expires_in"], 7200);
+    let token = v["access_token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("v^1.1#"));
+
+    let t = five_orders(&m, |i| format!("12-0000{i}-00000"));
+    let filter = format!("lastmodifieddate:%5B{}..%5D", rfc3339_millis(t + 60_000));
+    let get = |target: &str, token: &str| {
+        call(
+            m.port,
+            "GET",
+            target,
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        )
+    };
+    let first = format!("/sell/fulfillment/v1/order?filter={filter}&limit=50&offset=0");
+    let a = get(&first, "v^1.1#made-up");
+    assert_eq!(a.status, 401);
+    assert_eq!(a.value()["errors"][0]["errorId"], 1001);
+    assert_eq!(a.value()["errors"][0]["domain"], "OAuth");
+    assert_eq!(
+        get(&first, &no_orders).status,
+        403,
+        "a token without the fulfillment scope"
+    );
+    let seconds = format!(
+        "/sell/fulfillment/v1/order?filter=lastmodifieddate:%5B{}..%5D",
+        rfc3339(t)
+    );
+    assert_eq!(get(&seconds, &token).status, 400, "dates need milliseconds");
+    let pages = follow_pages(
+        &first,
+        |target| get(target, &token),
+        |v| {
+            Some(
+                v["next"]
+                    .as_str()?
+                    .strip_prefix(&m.url())
+                    .unwrap()
+                    .to_string(),
+            )
+        },
+    );
+    let mut ids = Vec::new();
+    for v in &pages {
+        assert_eq!(v["total"], 4);
+        for o in v["orders"].as_array().unwrap() {
+            assert!(o["lastModifiedDate"].as_str().unwrap().ends_with(".000Z"));
+            ids.push(o["orderId"].as_str().unwrap());
+        }
+    }
+    assert_eq!(ids.len(), 4);
+    let offsets: Vec<String> = m
+        .requests("/sell/fulfillment/v1/order")
+        .iter()
+        .filter(|l| l.status == 200)
+        .filter_map(|l| l.param("offset").map(str::to_string))
+        .collect();
+    assert_eq!(offsets, ["0", "2"]);
+}
+
+// ------------------------------------------------------------ the plugins
+
+/// What `rollbackctl plugin test --json` said.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    out: Value,
+    stderr: String,
+}
+
+impl Run {
+    fn status(&self) -> &str {
+        self.out["status"].as_str().unwrap_or("")
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.out["metrics"][name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no metric {name}: {self:?}"))
+    }
+
+    fn retries(&self) -> u64 {
+        self.out["http_retries"].as_u64().unwrap_or(0)
+    }
+
+    fn expect(&self, code: i32, status: &str, what: &str) {
+        assert!(
+            self.code == code && self.status() == status,
+            "{what}: expected {status} (exit {code}), got exit {}: {}\n{}",
+            self.code,
+            self.out,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `rollbackctl plugin test PLUGIN` with the fake's config and secrets,
+/// `config` on top (a key given again replaces the fake's), and the fake's
+/// host plus `ports` allowed.
+fn run_plugin(
+    name: &str,
+    m: &Marketplace,
+    config: &[(&str, String)],
+    secrets: &[(&str, &str)],
+    ports: &[u16],
+) -> Run {
+    let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let config = overridden(m.config(), &config);
+    let secrets = overridden(m.secrets(), secrets);
+    let mut hosts = vec![m.host()];
+    hosts.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    // Room for 429 back-off; every server here answers at once otherwise.
+    let out = plugin_test(
+        name,
+        &hosts,
+        &as_refs(&config),
+        &as_refs(&secrets),
+        &["--timeout", "20s"],
+    );
+    for (name, value) in m.secrets() {
+        assert!(
+            !out.stdout.contains(&value),
+            "secret {name} shown: {}",
+            out.stdout
+        );
+    }
+    Run {
+        code: out.code,
+        out: serde_json::from_str(&out.stdout).unwrap_or(Value::Null),
+        stderr: out.stderr,
+    }
+}
+
+/// `base` with each pair of `over` in place of the pair of its key.
+fn overridden(mut base: Vec<(String, String)>, over: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in over {
+        base.retain(|(key, _)| key != k);
+        base.push((k.to_string(), v.to_string()));
+    }
+    base
+}
+
+fn as_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// The app's sync status endpoint, answering `body` with `status`.
+fn app_answering(status: u16, body: &str) -> u16 {
+    let body = body.to_string();
+    http_server(move |_| HttpReply::json(status, &body))
+}
+
+/// The app, in sync up to `last` (ms).
+fn app_synced_to(last: i64) -> u16 {
+    app_answering(
+        200,
+        &json!({"last_order_update": rfc3339(last)}).to_string(),
+    )
+}
+
+fn sync_config(app: u16, max_lag: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "app_status_url",
+            format!("http://127.0.0.1:{app}/sync/status"),
+        ),
+        ("max_lag", max_lag.to_string()),
+    ]
+}
+
+fn order_sync(m: &Marketplace, app: u16, max_lag: &str) -> Run {
+    run_plugin("order-sync-lag", m, &sync_config(app, max_lag), &[], &[app])
+}
+
+/// Orders listed in an order that is not by time, the newest `newest` ago.
+fn scrambled_orders(prefix: &str, newest: Duration) -> Vec<Order> {
+    vec![
+        Order::updated_ago(&format!("{prefix}-0002"), 120 * MIN),
+        Order::updated_ago(&format!("{prefix}-0004"), newest),
+        Order::updated_ago(&format!("{prefix}-0001"), 180 * MIN),
+        Order::updated_ago(&format!("{prefix}-0003"), 60 * MIN),
+    ]
+}
+
+fn order_id(p: Provider, n: usize) -> String {
+    match p {
+        Provider::Amazon => format!("114-{n:07}-0000001"),
+        Provider::Shopee => format!("2405{n:02}ABCD{n:04}"),
+        Provider::Walmart => format!("{}", 1_581_000_000_000u64 + n as u64),
+        Provider::Ebay => format!("14-{n:05}-12345"),
+    }
+}
+
+/// A fake of `p` listing `scrambled_orders`, the newest updated `newest`
+/// ago, and an app that has synced that order, to the second: an order
+/// updated exactly then is listed ("after or at") but is not behind.
+fn in_sync(p: Provider, newest: Duration) -> (Marketplace, u16) {
+    let m = Marketplace::start(p);
+    let orders = scrambled_orders(&order_id(p, 0), newest);
+    let app = app_synced_to(orders[1].updated_ms);
+    m.set_orders(orders);
+    (m, app)
+}
+
+/// Runs `f` for each provider and reports every provider that failed, not
+/// only the first.
+fn each(providers: &[Provider], f: impl Fn(Provider)) {
+    let failed: Vec<&str> = providers
+        .iter()
+        .filter(|&&p| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p))).is_err())
+        .map(|p| p.name())
+        .collect();
+    assert!(failed.is_empty(), "failed for {failed:?} (messages above)");
+}
+
+#[test]
+fn marketplace_order_sync_passes_when_the_app_is_in_sync() {
+    each(&Provider::ALL, |p| {
+        let (m, app) = in_sync(p, 20 * MIN);
+        let r = order_sync(&m, app, "10m");
+        r.expect(0, "pass", p.name());
+        assert_eq!(r.metric("orders_behind"), 0.0, "{}: {:?}", p.name(), r);
+        assert_eq!(r.metric("lag_seconds"), 0.0, "{}", p.name());
+    });
+}
+
+#[test]
+fn marketplace_order_sync_passes_when_no_new_orders_exist() {
+    each(&Provider::ALL, |p| {
+        let m = Marketplace::start(p);
+        let app = app_synced_to(ago(180 * MIN));
+        let r = order_sync(&m, app, "10m");
+        r.expect(0, "pass", p.name());
+        assert_eq!(r.metric("orders_behind"), 0.0, "{}", p.name());
+        assert_eq!(r.metric("lag_seconds"), 0.0, "{}", p.name());
+        if p == Provider::Walmart {
+            // Walmart answers "nothing found" with a 404, which means zero orders.
+            assert!(m
+                .errors()
+                .contains(&"CONTENT_NOT_FOUND.GMP_ORDER_API".to_string()));
+        }
+    });
+}
+
+#[test]
+fn marketplace_order_sync_fails_when_orders_wait_longer_than_max_lag() {
+    each(&Provider::ALL, |p| {
+        let m = Marketplace::start(p);
+        let app = app_synced_to(ago(150 * MIN));
+        // Behind but recent: within max_lag.
+        let mut orders = vec![
+            Order::updated_ago(&order_id(p, 1), 200 * MIN),
+            Order::updated_ago(&order_id(p, 2), 2 * MIN),
+        ];
+        m.set_orders(orders.clone());
+        let r = order_sync(&m, app, "10m");
+        r.expect(0, "pass", &format!("{} within max_lag", p.name()));
+        assert_eq!(r.metric("orders_behind"), 1.0, "{}", p.name());
+        let lag = r.metric("lag_seconds");
+        assert!((100.0..=300.0).contains(&lag), "{}: lag {lag}", p.name());
+
+        // Waiting 90 minutes: past max_lag. The oldest waiting order is not first.
+        orders.push(Order::updated_ago(&order_id(p, 3), 30 * MIN));
+        orders.push(Order::updated_ago(&order_id(p, 4), 90 * MIN));
+        m.set_orders(orders);
+        let r = order_sync(&m, app, "10m");
+        r.expect(3, "fail", &format!("{} past max_lag", p.name()));
+        assert_eq!(r.metric("orders_behind"), 3.0, "{}", p.name());
+        let lag = r.metric("lag_seconds");
+        assert!((5400.0..=5600.0).contains(&lag), "{}: lag {lag}", p.name());
+        assert!(!r.out["summary"].as_str().unwrap_or("").is_empty());
+
+        // A wider max_lag tolerates the same backlog (config handling is
+        // shared by the providers: one is enough).
+        if p == Provider::Amazon {
+            order_sync(&m, app, "2h").expect(0, "pass", "max_lag 2h");
+        }
+    });
+}
+
+#[test]
+fn marketplace_order_sync_follows_every_page() {
+    each(&Provider::ALL, |p| {
+        let m = Marketplace::start(p);
+        m.set_page_size(2);
+        let app = app_synced_to(ago(150 * MIN));
+        // Five waiting orders on three pages; the oldest is on the last one.
+        let mut orders: Vec<Order> = [20, 40, 60, 80]
+            .iter()
+            .enumerate()
+            .map(|(i, min)| Order::updated_ago(&order_id(p, i + 1), *min * MIN))
+            .collect();
+        orders.push(Order::updated_ago(&order_id(p, 9), 100 * MIN));
+        m.set_orders(orders);
+        let r = order_sync(&m, app, "10m");
+        r.expect(3, "fail", p.name());
+        assert_eq!(r.metric("orders_behind"), 5.0, "{}: {:?}", p.name(), r);
+        let lag = r.metric("lag_seconds");
+        assert!((6000.0..=6200.0).contains(&lag), "{}: lag {lag}", p.name());
+
+        let pages: Vec<Logged> = m
+            .requests(p.orders_path())
+            .into_iter()
+            .filter(|l| l.status == 200)
+            .collect();
+        assert_eq!(pages.len(), 3, "{}: {pages:#?}", p.name());
+        let follow: Vec<Option<&str>> = pages
+            .iter()
+            .map(|l| match p {
+                Provider::Amazon => l.param("NextToken"),
+                Provider::Shopee => l.param("cursor"),
+                Provider::Walmart => l.param("soIndex"),
+                Provider::Ebay => l.param("offset"),
+            })
+            .collect();
+        match p {
+            Provider::Amazon => {
+                assert!(follow[0].is_none() && follow[1].is_some() && follow[2].is_some());
+                assert_ne!(follow[1], follow[2]);
+            }
+            Provider::Shopee => assert_eq!(follow, [Some(""), Some("2"), Some("4")]),
+            Provider::Walmart => {
+                assert_eq!(follow, [None, Some("2"), Some("4")]);
+                assert!(pages[1..]
+                    .iter()
+                    .all(|l| l.param("hasMoreElements") == Some("true")));
+            }
+            Provider::Ebay => {
+                assert!(matches!(follow[0], None | Some("0")), "{follow:?}");
+                assert_eq!(follow[1..], [Some("2"), Some("4")]);
+            }
+        }
+    });
+}
+
+#[test]
+fn marketplace_order_sync_reads_at_most_max_pages() {
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_page_size(2);
+    let app = app_synced_to(ago(150 * MIN));
+    m.set_orders(
+        (1..=7)
+            .map(|i| Order::updated_ago(&order_id(Provider::Amazon, i), i as u32 * 10 * MIN))
+            .collect(),
+    );
+    let mut config = sync_config(app, "10m");
+    config.push(("max_pages", "2".into()));
+    let r = run_plugin("order-sync-lag", &m, &config, &[], &[app]);
+    assert_ne!(r.status(), "pass", "a backlog is never a pass: {r:?}");
+    let listed = m.requests(Provider::Amazon.orders_path()).len();
+    assert!(listed <= 2, "{listed} listing requests with max_pages = 2");
+}
+
+#[test]
+fn marketplace_order_sync_refreshes_an_expired_token() {
+    each(
+        &[Provider::Amazon, Provider::Walmart, Provider::Ebay],
+        |p| {
+            let (m, app) = in_sync(p, 5 * MIN);
+            // The first token is dead on the server although expires_in says not.
+            m.issue_expired_tokens(1);
+            let r = order_sync(&m, app, "10m");
+            r.expect(0, "pass", p.name());
+            let token_path = p.token_path().unwrap();
+            let grants = m.requests(token_path);
+            assert_eq!(grants.len(), 2, "{}: one refresh", p.name());
+            for g in &grants {
+                assert_eq!(g.request.method, "POST");
+                match p {
+                    Provider::Amazon => {
+                        assert_eq!(g.form("grant_type").as_deref(), Some("refresh_token"))
+                    }
+                    Provider::Walmart => {
+                        assert_eq!(g.form("grant_type").as_deref(), Some("client_credentials"))
+                    }
+                    _ => assert!(g
+                        .header("authorization")
+                        .is_some_and(|a| a.starts_with("Basic "))),
+                }
+            }
+            let refused = m
+                .requests(p.orders_path())
+                .iter()
+                .filter(|l| l.status == 401 || l.status == 403)
+                .count();
+            assert_eq!(refused, 1, "{}: {:?}", p.name(), m.errors());
+        },
+    );
+}
+
+#[test]
+fn marketplace_order_sync_rides_out_a_429_burst() {
+    each(&Provider::ALL, |p| {
+        let (m, app) = in_sync(p, 5 * MIN);
+        m.fail_next(p.orders_path(), Failure::RateLimited { retry_after: None });
+        m.fail_next(
+            p.orders_path(),
+            Failure::RateLimited {
+                retry_after: Some(1),
+            },
+        );
+        let r = order_sync(&m, app, "10m");
+        r.expect(0, "pass", p.name());
+        assert!(r.retries() >= 2, "{}: {r:?}", p.name());
+        let statuses: Vec<u16> = m
+            .requests(p.orders_path())
+            .iter()
+            .map(|l| l.status)
+            .collect();
+        assert_eq!(statuses[..3], [429, 429, 200], "{}", p.name());
+    });
+}
+
+#[test]
+fn marketplace_order_sync_errors_when_shopee_refuses_the_signature() {
+    let m = Marketplace::start(Provider::Shopee);
+    m.set_orders(scrambled_orders("2405ZZ", 5 * MIN));
+    let app = app_synced_to(ago(60 * MIN));
+    let r = run_plugin(
+        "order-sync-lag",
+        &m,
+        &sync_config(app, "10m"),
+        &[("partner_key", "0000-not-the-partner-key")],
+        &[app],
+    );
+    r.expect(1, "error", "wrong partner_key");
+    assert!(
+        m.errors().contains(&"error_sign".to_string()),
+        "{:?}",
+        m.errors()
+    );
+    assert!(
+        m.log().iter().all(|l| l.status != 200),
+        "nothing was answered with data"
+    );
+}
+
+#[test]
+fn marketplace_order_sync_beyond_shopees_15_day_window_still_fails() {
+    // A sync stuck for 20 days: Shopee lists at most 15 days per call.
+    let m = Marketplace::start(Provider::Shopee);
+    m.set_orders(vec![
+        Order::updated_ago("240401OLD0001", 19 * 24 * 60 * MIN),
+        Order::updated_ago("240520NEW0001", 60 * MIN),
+    ]);
+    let app = app_synced_to(ago(20 * 24 * 60 * MIN));
+    let r = order_sync(&m, app, "10m");
+    r.expect(3, "fail", "stuck 20 days");
+    assert!(r.metric("orders_behind") >= 1.0);
+    assert!(
+        !m.errors().contains(&"error_param".to_string()),
+        "every listing stayed within the documented limits: {:?}",
+        m.errors()
+    );
+}
+
+#[test]
+fn marketplace_order_sync_errors_on_bad_answers_instead_of_passing() {
+    each(&Provider::ALL, |p| {
+        let m = Marketplace::start(p);
+        m.set_orders(scrambled_orders(&order_id(p, 0), 5 * MIN));
+        let app = app_synced_to(ago(60 * MIN));
+
+        m.fail_next(p.orders_path(), Failure::Malformed);
+        order_sync(&m, app, "10m").expect(1, "error", &format!("{}: malformed listing", p.name()));
+
+        m.fail_next(p.orders_path(), Failure::Status(500));
+        order_sync(&m, app, "10m").expect(1, "error", &format!("{}: 500", p.name()));
+
+        let wrong: &[(&str, &str)] = match p {
+            Provider::Amazon | Provider::Walmart | Provider::Ebay => &[("client_secret", "wrong")],
+            Provider::Shopee => &[("access_token", "wrong")],
+        };
+        run_plugin(
+            "order-sync-lag",
+            &m,
+            &sync_config(app, "10m"),
+            wrong,
+            &[app],
+        )
+        .expect(1, "error", &format!("{}: wrong credentials", p.name()));
+    });
+    // The app's side: broken JSON, a time that is not RFC 3339, a 500.
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_orders(scrambled_orders("114-0000000", 5 * MIN));
+    for (status, body) in [
+        (200, r#"{"last_order_update": "2024-05-01T1"#),
+        (200, r#"{"last_order_update": "yesterday"}"#),
+        (200, r#"{"orders": 3}"#),
+        (500, r#"{"error": "down"}"#),
+    ] {
+        let app = app_answering(status, body);
+        order_sync(&m, app, "10m").expect(1, "error", &format!("app answering {status} {body}"));
+    }
+}
+
+// ------------------------------------------------------------ inventory
+
+fn inventory_app(stock: &[Stock], provider: Provider) -> u16 {
+    app_answering(200, &inventory_json(stock, provider))
+}
+
+/// The app's inventory export of `stock`, as `provider`'s entries need it.
+fn inventory_json(stock: &[Stock], provider: Provider) -> String {
+    let list: Vec<Value> = stock
+        .iter()
+        .map(|s| {
+            let mut v = json!({"sku": s.sku, "quantity": s.quantity});
+            if provider == Provider::Shopee {
+                v["item_id"] = json!(s.item_id);
+                if let Some(m) = s.model_id {
+                    v["model_id"] = json!(m);
+                }
+            }
+            v
+        })
+        .collect();
+    Value::Array(list).to_string()
+}
+
+fn inventory(m: &Marketplace, app: u16, extra: &[(&str, String)]) -> Run {
+    let mut config = vec![(
+        "app_inventory_url",
+        format!("http://127.0.0.1:{app}/inventory"),
+    )];
+    config.extend(extra.iter().cloned());
+    run_plugin("inventory-drift", m, &config, &[], &[app])
+}
+
+/// Ten SKUs; on Shopee, three items with variations and four without.
+fn catalogue(provider: Provider) -> Vec<Stock> {
+    (0..10)
+        .map(|i| {
+            let s = Stock::new(&format!("SKU-{i:03}"), 10 + i).reserved(i % 3);
+            match provider {
+                Provider::Shopee if i < 6 => s.item(7000 + i as u64 / 2, Some(9000 + i as u64)),
+                Provider::Shopee => s.item(8000 + i as u64, None),
+                _ => s,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn marketplace_inventory_drift_pass_fail_and_error() {
+    each(&[Provider::Amazon, Provider::Shopee], |p| {
+        let m = Marketplace::start(p);
+        let stock = catalogue(p);
+        m.set_stock(stock.clone());
+        m.set_page_size(4);
+
+        // Same quantities (reserved units are not sellable): pass.
+        let app = inventory_app(&stock, p);
+        let r = inventory(&m, app, &[]);
+        r.expect(0, "pass", p.name());
+        assert_eq!(r.metric("skus_checked"), 10.0, "{}", p.name());
+        assert_eq!(r.metric("skus_drifted"), 0.0, "{}", p.name());
+        assert_eq!(r.metric("drifted_ratio"), 0.0, "{}", p.name());
+
+        // Two of ten off by 3: 20 % > 5 %.
+        let mut off = stock.clone();
+        off[1].quantity += 3;
+        off[7].quantity -= 3;
+        let app = inventory_app(&off, p);
+        let r = inventory(&m, app, &[]);
+        r.expect(3, "fail", p.name());
+        assert_eq!(r.metric("skus_drifted"), 2.0, "{}", p.name());
+        assert!((r.metric("drifted_ratio") - 0.2).abs() < 1e-9, "{r:?}");
+        // ...within a tolerance of 3 units, or a ratio of 25 %: pass (the
+        // comparison is shared by the providers: one is enough).
+        if p == Provider::Amazon {
+            inventory(&m, app, &[("tolerance", "3".into())]).expect(0, "pass", "tolerance 3");
+            inventory(&m, app, &[("max_drifted_ratio", "0.25".into())]).expect(
+                0,
+                "pass",
+                "ratio 0.25",
+            );
+        }
+
+        // Errors, never a pass: broken JSON from either side.
+        let path = match p {
+            Provider::Amazon => "/fba/inventory/v1/summaries",
+            _ => "/api/v2/product/get_item_base_info",
+        };
+        m.fail_next(path, Failure::Malformed);
+        inventory(&m, app, &[]).expect(1, "error", &format!("{}: malformed", p.name()));
+        let broken = app_answering(200, r#"[{"sku": "SKU-000", "quantity": "#);
+        inventory(&m, broken, &[]).expect(1, "error", &format!("{}: app JSON", p.name()));
+    });
+}
+
+#[test]
+fn marketplace_inventory_drift_samples_at_most_sample_size() {
+    let m = Marketplace::start(Provider::Amazon);
+    let stock: Vec<Stock> = (0..60)
+        .map(|i| Stock::new(&format!("S-{i:02}"), i))
+        .collect();
+    m.set_stock(stock.clone());
+    let app = inventory_app(&stock, Provider::Amazon);
+    let r = inventory(&m, app, &[]);
+    r.expect(0, "pass", "60 SKUs");
+    assert_eq!(r.metric("skus_checked"), 50.0);
+    for l in m.requests("/fba/inventory/v1/summaries") {
+        let asked = l.param("sellerSkus").map_or(0, |s| s.split(',').count());
+        assert!(asked <= 50, "sellerSkus holds at most 50: {asked}");
+    }
+    let r = inventory(&m, app, &[("sample_size", "5".into())]);
+    assert_eq!(r.metric("skus_checked"), 5.0, "{r:?}");
+}
+
+// ------------------------------------------------------------ end to end
+
+/// The app of the shop: its sync status follows the release `current`
+/// points at (`sync` in release.json, read on every request): "ok" is in
+/// sync up to `synced`, anything else is stuck at `stuck`.
+fn sync_app(root: &Path, synced: i64, stuck: i64) -> u16 {
+    let release = root.join("current/release.json");
+    http_server(move |_| {
+        let text = std::fs::read_to_string(&release).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let last = if v["sync"] == "ok" { synced } else { stuck };
+        HttpReply::json(
+            200,
+            &json!({"last_order_update": rfc3339(last)}).to_string(),
+        )
+    })
+}
+
+#[test]
+fn marketplace_order_sync_lag_rolls_back_a_release_that_stops_syncing() {
+    let m = Marketplace::start(Provider::Amazon);
+    let orders = scrambled_orders("114-7000000", 5 * MIN);
+    let synced = orders[1].updated_ms;
+    m.set_orders(orders);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let [good, bad] = [("1.0.0", "ok"), ("1.1.0", "stuck")].map(|(v, sync)| {
+        let release = json!({"version": v, "sync": sync}).to_string();
+        release_source(dir.path(), v, &[("release.json", release)])
+    });
+    let app = sync_app(&root, synced, ago(61 * MIN));
+    let config = check_config(
+        "1500ms",
+        "order-sync",
+        "order-sync-lag",
+        &format!(
+            r#"interval = "300ms"
+fail_after = 2
+timeout = "5s"
+allow_hosts = ["{market}", "127.0.0.1:{app}"]
+config = {{ provider = "amazon", endpoint = "{url}", token_url = "{url}/auth/o2/token", marketplace_ids = "{AMAZON_MARKETPLACE}", app_status_url = "http://127.0.0.1:{app}/sync/status", max_lag = "10m" }}
+secrets = {{ client_id = "env:SHOP_LWA_CLIENT_ID", client_secret = "env:SHOP_LWA_CLIENT_SECRET", refresh_token = "env:SHOP_LWA_REFRESH_TOKEN" }}
+"#,
+            market = m.host(),
+            url = m.url(),
+        ),
+    );
+    let agent = Agent::start_in_with_env(
+        dir,
+        &config,
+        &[
+            ("SHOP_LWA_CLIENT_ID", AMAZON_CLIENT_ID),
+            ("SHOP_LWA_CLIENT_SECRET", AMAZON_CLIENT_SECRET),
+            ("SHOP_LWA_REFRESH_TOKEN", AMAZON_REFRESH_TOKEN),
+        ],
+    );
+    let history = deploy_good_then_bad(&agent, &good, &bad, |_| {});
+    assert_rolled_back_by(&history, "order-sync");
+    // The secrets reached the plugin: tokens were issued with them.
+    assert!(m.requests("/auth/o2/token").iter().any(|l| l.status == 200));
+    assert_eq!(agent.json(&["status", "shop"])["active"], "1.0.0");
+}
+
+#[test]
+fn marketplace_inventory_drift_rolls_back_a_release_that_miscounts_stock() {
+    let p = Provider::Shopee;
+    let m = Marketplace::start(p);
+    let stock = catalogue(p);
+    m.set_stock(stock.clone());
+    // 1.1.0 double-counts every other SKU: half the sample drifts.
+    let mut miscounted = stock.clone();
+    for s in miscounted.iter_mut().step_by(2) {
+        s.quantity *= 2;
+    }
+    let (good_json, bad_json) = (inventory_json(&stock, p), inventory_json(&miscounted, p));
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("shop/current/release.json");
+    // The app's export follows the release `current` points at.
+    let app = http_server(move |_| {
+        let text = std::fs::read_to_string(&release).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let body = if v["stock"] == "ok" {
+            &good_json
+        } else {
+            &bad_json
+        };
+        HttpReply::json(200, body)
+    });
+    let [good, bad] = [("1.0.0", "ok"), ("1.1.0", "miscounted")].map(|(v, stock)| {
+        let release = json!({"version": v, "stock": stock}).to_string();
+        release_source(dir.path(), v, &[("release.json", release)])
+    });
+    let mut config: Vec<String> = m
+        .config()
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", json!(v)))
+        .collect();
+    config.push(format!(
+        "app_inventory_url = \"http://127.0.0.1:{app}/inventory\""
+    ));
+    // Secrets reach the agent as env: references.
+    let env: Vec<(String, String)> = m
+        .secrets()
+        .into_iter()
+        .map(|(k, v)| (format!("SHOP_SHOPEE_{}", k.to_uppercase()), v))
+        .collect();
+    let secrets: Vec<String> = m
+        .secrets()
+        .iter()
+        .map(|(k, _)| format!("{k} = \"env:SHOP_SHOPEE_{}\"", k.to_uppercase()))
+        .collect();
+    let config = check_config(
+        "1500ms",
+        "stock",
+        "inventory-drift",
+        &format!(
+            "interval = \"300ms\"\nfail_after = 2\ntimeout = \"5s\"\n\
+             allow_hosts = [\"{}\", \"127.0.0.1:{app}\"]\nconfig = {{ {} }}\nsecrets = {{ {} }}\n",
+            m.host(),
+            config.join(", "),
+            secrets.join(", ")
+        ),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = Agent::start_in_with_env(dir, &config, &env);
+    let history = deploy_good_then_bad(&agent, &good, &bad, |_| {});
+    let summary = assert_rolled_back_by(&history, "stock");
+    assert!(
+        summary.contains("SKU-"),
+        "the summary names SKUs: {summary}"
+    );
+    // Every call was signed correctly: the fake refused none.
+    assert!(m
+        .requests("/api/v2/product/get_item_base_info")
+        .iter()
+        .all(|l| l.status == 200));
+    assert_eq!(agent.json(&["status", "shop"])["active"], "1.0.0");
+}
