@@ -206,6 +206,12 @@ pub fn format_duration_ms(ms: u64) -> String {
             format!("{ms}ms")
         };
     }
+    // Under a minute, tenths rounded up: a lag just over a limit never reads
+    // as equal to it.
+    let tenths = ms.div_ceil(100);
+    if tenths < 600 && !ms.is_multiple_of(1000) {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
     let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
     let mut out = String::new();
     let mut rest = secs;
@@ -310,6 +316,10 @@ mod tests {
         assert_eq!(format_duration_ms(0), "0s");
         assert_eq!(format_duration_ms(450), "450ms");
         assert_eq!(format_duration_ms(725_000), "12m5s");
+        assert_eq!(format_duration_ms(8_000), "8s");
+        assert_eq!(format_duration_ms(8_001), "8.1s");
+        assert_eq!(format_duration_ms(8_400), "8.4s");
+        assert_eq!(format_duration_ms(59_950), "59s");
         assert_eq!(format_duration_ms(5_400_000), "1h30m");
         assert_eq!(format_duration_ms(3_600_000), "1h");
         assert_eq!(format_duration_ms(3_601_000), "1h");
