@@ -752,6 +752,10 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 print_json(if app.is_some() { &raw["apps"][0] } else { &raw })?;
                 return Ok(ExitCode::SUCCESS);
             }
+            if r.apps.is_empty() {
+                out("no apps: add [apps.NAME] blocks to the agent's config\n")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut rows = vec![["APP", "STATE", "ACTIVE", "LAST GOOD", "REASON"]
                 .map(String::from)
                 .to_vec()];

@@ -312,3 +312,12 @@ fn completions_and_man_page_need_no_agent() {
     );
     assert_eq!(ctl_with(none, &["completions", "tcsh"]).code, 2);
 }
+
+#[test]
+fn status_without_apps_says_how_to_add_one() {
+    let agent = Agent::start("");
+    let out = agent.ctl(&["status"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("no apps"), "{}", out.stdout);
+    assert_eq!(agent.json(&["status"])["apps"], serde_json::json!([]));
+}
