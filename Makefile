@@ -57,8 +57,8 @@ dist: assets
 	rm -rf target/dist/rollback-agent-$(VERSION)
 	mkdir -p target/dist/rollback-agent-$(VERSION)
 	cp -r target/assets/. target/dist/rollback-agent-$(VERSION)/
-	cp packaging/install.sh packaging/rollbackd.service packaging/agent.toml \
-		packaging/rollback-agent.sysusers packaging/rollback-agent.tmpfiles LICENSE target/dist/rollback-agent-$(VERSION)/
+	cp -r packaging/install.sh packaging/rollbackd.service packaging/agent.toml \
+		packaging/sysusers.d packaging/tmpfiles.d LICENSE target/dist/rollback-agent-$(VERSION)/
 	tar -C target/dist -czf target/dist/rollback-agent-$(VERSION)-$(ARCH)-linux.tar.gz rollback-agent-$(VERSION)
 	@echo "dist: target/dist/rollback-agent-$(VERSION)-$(ARCH)-linux.tar.gz"
 

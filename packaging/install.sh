@@ -45,7 +45,7 @@ else
     files="$here"
 fi
 for f in "$assets/bin/rollbackd" "$assets/bin/rollbackctl" "$files/rollbackd.service" \
-    "$files/agent.toml" "$files/rollback-agent.sysusers" "$files/rollback-agent.tmpfiles"; do
+    "$files/agent.toml" "$files/sysusers.d/rollback-agent.conf" "$files/tmpfiles.d/rollback-agent.conf"; do
     [ -f "$f" ] || { echo "install.sh: $f is missing (in a source tree, run make assets)" >&2; exit 1; }
 done
 
@@ -84,8 +84,8 @@ install -m 0644 "$assets"/man/*.1.gz "$root$prefix/share/man/man1/"
 install -m 0644 "$assets/completions/rollbackctl.bash" "$root$prefix/share/bash-completion/completions/rollbackctl"
 install -m 0644 "$assets/completions/_rollbackctl" "$root$prefix/share/zsh/vendor-completions/_rollbackctl"
 install -m 0644 "$assets/completions/rollbackctl.fish" "$root$prefix/share/fish/vendor_completions.d/rollbackctl.fish"
-install -m 0644 "$files/rollback-agent.sysusers" "$root$prefix/lib/sysusers.d/rollback-agent.conf"
-install -m 0644 "$files/rollback-agent.tmpfiles" "$root$prefix/lib/tmpfiles.d/rollback-agent.conf"
+install -m 0644 "$files/sysusers.d/rollback-agent.conf" "$root$prefix/lib/sysusers.d/rollback-agent.conf"
+install -m 0644 "$files/tmpfiles.d/rollback-agent.conf" "$root$prefix/lib/tmpfiles.d/rollback-agent.conf"
 # The unit names /usr/bin/rollbackd and the plugins under /usr/lib: follow --prefix.
 sed -e "s|/usr/bin/rollbackd|$prefix/bin/rollbackd|" "$files/rollbackd.service" >"$unit.tmp"
 chmod 0644 "$unit.tmp"
