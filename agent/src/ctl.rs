@@ -44,7 +44,7 @@ pub const EXIT_ROLLED_BACK: u8 = 3;
 or a failing `plugin test`.\n\n\
 Examples:\n  rollbackctl status\n  rollbackctl deploy shop ./build --version 1.4.2 --wait\n  \
 rollbackctl rollback shop --reason \"wrong prices\"\n  rollbackctl history shop --limit 50\n  \
-rollbackctl incident shop > incident.md"
+rollbackctl watch shop\n  rollbackctl incident shop > incident.md"
 )]
 pub struct Cli {
     /// The agent's control socket.
