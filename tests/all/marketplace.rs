@@ -469,20 +469,189 @@ fn marketplace_fake_amazon_bodies_match_the_sp_api_models() {
     }
 }
 
-/// A signed Shopee shop-level call.
+/// A signed Shopee shop-level call with the authorization's access token.
 fn shopee_get(m: &Marketplace, path: &str, params: &str, key: &str, ts: i64) -> Answer {
-    let sign = shopee_sign(
-        key,
+    shopee_get_with(m, path, params, key, ts, SHOPEE_ACCESS_TOKEN)
+}
+
+/// A signed Shopee shop-level call with `token`.
+fn shopee_get_with(
+    m: &Marketplace,
+    path: &str,
+    params: &str,
+    key: &str,
+    ts: i64,
+    token: &str,
+) -> Answer {
+    let sign = shopee_sign(key, SHOPEE_PARTNER_ID, path, ts, token, SHOPEE_SHOP_ID);
+    let target = format!(
+        "{path}?partner_id={SHOPEE_PARTNER_ID}&timestamp={ts}&access_token={token}&shop_id={SHOPEE_SHOP_ID}&sign={sign}&{params}"
+    );
+    call(m.port, "GET", &target, &[], "")
+}
+
+const SHOPEE_REFRESH: &str = "/api/v2/auth/access_token/get";
+
+/// `POST` of `body` to Shopee's token refresh, signed as a public call
+/// with `key` at `ts`.
+fn shopee_refresh(m: &Marketplace, body: &Value, key: &str, ts: i64) -> Answer {
+    let sign = shopee_public_sign(key, SHOPEE_PARTNER_ID, SHOPEE_REFRESH, ts);
+    let target =
+        format!("{SHOPEE_REFRESH}?partner_id={SHOPEE_PARTNER_ID}&timestamp={ts}&sign={sign}");
+    call(
+        m.port,
+        "POST",
+        &target,
+        &[("content-type", "application/json")],
+        &body.to_string(),
+    )
+}
+
+fn refresh_body(refresh_token: &str) -> Value {
+    json!({"refresh_token": refresh_token, "partner_id": SHOPEE_PARTNER_ID, "shop_id": SHOPEE_SHOP_ID})
+}
+
+#[test]
+fn marketplace_fake_shopee_refreshes_and_rotates_tokens() {
+    let m = Marketplace::start(Provider::Shopee);
+    let t0 = now_ms() / 1000;
+    let refresh = |body: &Value| shopee_refresh(&m, body, SHOPEE_PARTNER_KEY, t0);
+    let refused = |a: &Answer| {
+        (
+            a.status,
+            a.value()["error"].as_str().unwrap_or("").to_string(),
+            a.value()["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let seed = refresh_body(SHOPEE_REFRESH_TOKEN);
+
+    // The public signature: partner_id, path and timestamp, nothing else.
+    let a = shopee_refresh(&m, &seed, "not-the-key", t0);
+    assert_eq!(refused(&a).1, "error_sign");
+    let shop_sign = shopee_sign(
+        SHOPEE_PARTNER_KEY,
         SHOPEE_PARTNER_ID,
-        path,
-        ts,
+        SHOPEE_REFRESH,
+        t0,
         SHOPEE_ACCESS_TOKEN,
         SHOPEE_SHOP_ID,
     );
-    let target = format!(
-        "{path}?partner_id={SHOPEE_PARTNER_ID}&timestamp={ts}&access_token={SHOPEE_ACCESS_TOKEN}&shop_id={SHOPEE_SHOP_ID}&sign={sign}&{params}"
+    let a = call(
+        m.port,
+        "POST",
+        &format!("{SHOPEE_REFRESH}?partner_id={SHOPEE_PARTNER_ID}&timestamp={t0}&sign={shop_sign}"),
+        &[("content-type", "application/json")],
+        &seed.to_string(),
     );
-    call(m.port, "GET", &target, &[], "")
+    assert_eq!(
+        refused(&a).1,
+        "error_sign",
+        "a shop-level sign is not the public one"
+    );
+    let unsigned = format!("{SHOPEE_REFRESH}?partner_id={SHOPEE_PARTNER_ID}&timestamp={t0}");
+    let a = call(
+        m.port,
+        "POST",
+        &unsigned,
+        &[("content-type", "application/json")],
+        &seed.to_string(),
+    );
+    assert_eq!(
+        refused(&a),
+        (400, "error_param".into(), "Missing sign.".into())
+    );
+    // Stale timestamps, the body's ids and its type.
+    let a = shopee_refresh(&m, &seed, SHOPEE_PARTNER_KEY, t0 - 301);
+    assert_eq!(
+        refused(&a),
+        (403, "error_param".into(), "Invalid timestamp".into())
+    );
+    let mut body = seed.clone();
+    body["partner_id"] = json!(SHOPEE_PARTNER_ID.to_string());
+    assert_eq!(
+        refused(&refresh(&body)).2,
+        "Invalid partner_id.",
+        "an integer"
+    );
+    let mut body = seed.clone();
+    body["shop_id"] = json!(1);
+    assert_eq!(refused(&refresh(&body)).2, "Invalid shop_id.");
+    let sign = shopee_public_sign(SHOPEE_PARTNER_KEY, SHOPEE_PARTNER_ID, SHOPEE_REFRESH, t0);
+    let as_form = call(
+        m.port,
+        "POST",
+        &format!("{SHOPEE_REFRESH}?partner_id={SHOPEE_PARTNER_ID}&timestamp={t0}&sign={sign}"),
+        &[FORM],
+        &form(&[("refresh_token", SHOPEE_REFRESH_TOKEN)]),
+    );
+    assert_eq!(refused(&as_form).1, "error_param");
+    let a = refresh(&refresh_body("made-up"));
+    assert_eq!(
+        refused(&a),
+        (403, "error_auth".into(), "Invalid refresh_token".into())
+    );
+    assert_eq!(
+        m.shopee_refresh_token(),
+        SHOPEE_REFRESH_TOKEN,
+        "nothing rotated yet"
+    );
+
+    // A refresh: a new access token and a new refresh token; the old one is dead.
+    let a = refresh(&seed);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.value();
+    assert_eq!(
+        (v["error"].as_str(), v["message"].as_str()),
+        (Some(""), Some(""))
+    );
+    assert_eq!(v["expire_in"], 14_400);
+    assert_eq!(
+        (v["partner_id"].as_u64(), v["shop_id"].as_u64()),
+        (Some(SHOPEE_PARTNER_ID), Some(SHOPEE_SHOP_ID))
+    );
+    assert!(v["request_id"].is_string());
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let rotated = v["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(token, SHOPEE_ACCESS_TOKEN);
+    assert_ne!(rotated, SHOPEE_REFRESH_TOKEN);
+    assert_eq!(m.shopee_refresh_token(), rotated);
+    assert_eq!(
+        refused(&refresh(&seed)).2,
+        "Invalid refresh_token",
+        "used once"
+    );
+    m.set_orders(vec![Order::at("240501AAAA0001", (t0 - 60) * 1000)]);
+    let list = "/api/v2/order/get_order_list";
+    let params = format!(
+        "time_range_field=update_time&time_from={}&time_to={t0}&page_size=50&cursor=",
+        t0 - 600
+    );
+    let get = |token: &str| shopee_get_with(&m, list, &params, SHOPEE_PARTNER_KEY, t0, token);
+    assert_eq!(get(&token).status, 200, "the new access token works");
+
+    // The lifetime is configurable; access tokens expire server-side on demand.
+    m.set_expires_in(60);
+    let v = refresh(&refresh_body(&rotated)).value();
+    assert_eq!(v["expire_in"], 60);
+    let newest = v["access_token"].as_str().unwrap().to_string();
+    m.expire_tokens();
+    for t in [&token, &newest] {
+        let a = get(t);
+        assert_eq!(
+            refused(&a),
+            (403, "error_auth".into(), "Invalid access_token.".into())
+        );
+    }
+
+    // Re-authorizing the shop replaces the refresh token.
+    let current = m.shopee_refresh_token();
+    let fresh = m.reauthorize_shopee();
+    assert_eq!(refused(&refresh(&refresh_body(&current))).1, "error_auth");
+    assert_eq!(refresh(&refresh_body(&fresh)).status, 200);
+    let issued = m.issued_tokens();
+    for t in [SHOPEE_REFRESH_TOKEN, &rotated, &fresh, &token, &newest] {
+        assert!(issued.iter().any(|i| i == t), "{t} is listed as issued");
+    }
 }
 
 #[test]
@@ -871,24 +1040,42 @@ fn run_plugin(
     secrets: &[(&str, &str)],
     ports: &[u16],
 ) -> Run {
+    let secrets = overridden(m.secrets(), secrets);
+    run_plugin_with(name, m, config, &secrets, ports, &[])
+}
+
+/// [`run_plugin`] with exactly `secrets` (none of the fake's added) and
+/// `extra` arguments. No secret given, and no token the fake issued, may
+/// show in the output.
+fn run_plugin_with(
+    name: &str,
+    m: &Marketplace,
+    config: &[(&str, String)],
+    secrets: &[(String, String)],
+    ports: &[u16],
+    extra: &[&str],
+) -> Run {
     let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let config = overridden(m.config(), &config);
-    let secrets = overridden(m.secrets(), secrets);
     let mut hosts = vec![m.host()];
     hosts.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
     // Room for 429 back-off; every server here answers at once otherwise.
-    let out = plugin_test(
-        name,
-        &hosts,
-        &as_refs(&config),
-        &as_refs(&secrets),
-        &["--timeout", "20s"],
+    let mut args = vec!["--timeout", "20s"];
+    args.extend_from_slice(extra);
+    let out = plugin_test(name, &hosts, &as_refs(&config), &as_refs(secrets), &args);
+    let mut hidden = m.secrets();
+    hidden.extend(secrets.iter().cloned());
+    hidden.extend(
+        m.issued_tokens()
+            .into_iter()
+            .map(|t| ("(a token the fake issued)".to_string(), t)),
     );
-    for (name, value) in m.secrets() {
+    for (name, value) in hidden {
         assert!(
-            !out.stdout.contains(&value),
-            "secret {name} shown: {}",
-            out.stdout
+            !out.stdout.contains(&value) && !out.stderr.contains(&value),
+            "secret {name} shown: {}\n{}",
+            out.stdout,
+            out.stderr
         );
     }
     Run {
@@ -1203,6 +1390,157 @@ fn marketplace_order_sync_errors_when_shopee_refuses_the_signature() {
         m.log().iter().all(|l| l.status != 200),
         "nothing was answered with data"
     );
+}
+
+/// The Shopee fake's partner key and `extra` secrets, nothing else.
+fn shopee_secrets(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all = vec![("partner_key".to_string(), SHOPEE_PARTNER_KEY.to_string())];
+    all.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    all
+}
+
+/// The `shopee-token` state in a `--kv` file.
+fn shopee_state(kv: &Path) -> Value {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(kv).unwrap()).unwrap();
+    let state = file["shopee-token"].as_str().expect("shopee-token stored");
+    serde_json::from_str(state).unwrap()
+}
+
+/// The refresh token each refresh request sent, in order.
+fn refreshes_sent(m: &Marketplace) -> Vec<String> {
+    m.requests(SHOPEE_REFRESH)
+        .iter()
+        .map(|l| {
+            let body: Value = serde_json::from_slice(&l.request.body).unwrap();
+            body["refresh_token"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn marketplace_shopee_refresh_token_rotates_through_kv() {
+    let (m, app) = in_sync(Provider::Shopee, 5 * MIN);
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.json");
+    let sync = |secrets: &[(String, String)], kv: &Path| {
+        let kv = ["--kv", kv.to_str().unwrap()];
+        run_plugin_with(
+            "order-sync-lag",
+            &m,
+            &sync_config(app, "10m"),
+            secrets,
+            &[app],
+            &kv,
+        )
+    };
+    let only_refresh = shopee_secrets(&[("refresh_token", SHOPEE_REFRESH_TOKEN)]);
+
+    // Only a refresh token: one refresh, then the orders with the new token.
+    sync(&only_refresh, &kv).expect(0, "pass", "first run");
+    assert_eq!(refreshes_sent(&m), [SHOPEE_REFRESH_TOKEN]);
+    let rotated = m.shopee_refresh_token();
+    assert_ne!(rotated, SHOPEE_REFRESH_TOKEN);
+    let state = shopee_state(&kv);
+    assert_eq!(
+        state["refresh_token"], rotated,
+        "kv holds the live refresh token"
+    );
+    let token = state["access_token"].as_str().unwrap().to_string();
+    let listed = m.requests(Provider::Shopee.orders_path());
+    assert!(!listed.is_empty());
+    assert!(listed
+        .iter()
+        .all(|l| l.param("access_token") == Some(token.as_str())));
+
+    // The next run reuses the stored token.
+    sync(&only_refresh, &kv).expect(0, "pass", "second run");
+    assert_eq!(m.requests(SHOPEE_REFRESH).len(), 1, "no refresh");
+
+    // Expired at Shopee: one refused call, one refresh with the rotated
+    // token from kv (not the configured one), then a pass.
+    m.expire_tokens();
+    sync(&only_refresh, &kv).expect(0, "pass", "after expiry");
+    assert_eq!(refreshes_sent(&m), [SHOPEE_REFRESH_TOKEN, rotated.as_str()]);
+    assert_eq!(m.errors(), ["error_auth"]);
+    assert_eq!(shopee_state(&kv)["refresh_token"], m.shopee_refresh_token());
+
+    // A store without that state (a renamed entry, say) starts from the
+    // configured token, rotated away since: an error naming the cause.
+    let r = sync(&only_refresh, &dir.path().join("empty.json"));
+    r.expect(1, "error", "refused refresh token");
+    let summary = r.out["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("shopee refresh token refused (error_auth: Invalid refresh_token"),
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with("set a new `refresh_token` secret from the seller's re-authorisation"),
+        "{summary}"
+    );
+
+    // The seller authorised again: the new secret seeds the state again,
+    // although kv holds a live token of the old one.
+    let fresh = m.reauthorize_shopee();
+    sync(&shopee_secrets(&[("refresh_token", &fresh)]), &kv).expect(0, "pass", "new secret");
+    assert_eq!(refreshes_sent(&m).last(), Some(&fresh));
+    assert_eq!(shopee_state(&kv)["refresh_token"], m.shopee_refresh_token());
+}
+
+#[test]
+fn marketplace_shopee_access_token_is_tried_before_a_refresh() {
+    let p = Provider::Shopee;
+    let m = Marketplace::start(p);
+    let stock = catalogue(p);
+    m.set_stock(stock.clone());
+    let app = inventory_app(&stock, p);
+    let dir = tempfile::tempdir().unwrap();
+    let config = [(
+        "app_inventory_url",
+        format!("http://127.0.0.1:{app}/inventory"),
+    )];
+    let check = |secrets: &[(String, String)], kv: &Path| {
+        let kv = ["--kv", kv.to_str().unwrap()];
+        run_plugin_with("inventory-drift", &m, &config, secrets, &[app], &kv)
+    };
+
+    // Only an access token: used as it is, nothing stored for it.
+    let kv = dir.path().join("access-only.json");
+    check(
+        &shopee_secrets(&[("access_token", SHOPEE_ACCESS_TOKEN)]),
+        &kv,
+    )
+    .expect(0, "pass", "access token only");
+    let file = std::fs::read_to_string(&kv).unwrap();
+    assert!(!file.contains("shopee-token"), "{file}");
+
+    // Both: the access token first, no refresh while Shopee accepts it.
+    let kv = dir.path().join("both.json");
+    let both = shopee_secrets(&[
+        ("access_token", SHOPEE_ACCESS_TOKEN),
+        ("refresh_token", SHOPEE_REFRESH_TOKEN),
+    ]);
+    check(&both, &kv).expect(0, "pass", "configured access token");
+    assert!(m.requests(SHOPEE_REFRESH).is_empty());
+    assert!(m
+        .log()
+        .iter()
+        .all(|l| l.param("access_token") == Some(SHOPEE_ACCESS_TOKEN)));
+
+    // Expired: refused once, refreshed with the configured refresh token.
+    m.expire_tokens();
+    check(&both, &kv).expect(0, "pass", "refreshed");
+    assert_eq!(refreshes_sent(&m), [SHOPEE_REFRESH_TOKEN]);
+    assert_eq!(m.errors(), ["error_auth"]);
+    assert_eq!(shopee_state(&kv)["refresh_token"], m.shopee_refresh_token());
+
+    // With only the access token, an expired one stays an error.
+    let kv = dir.path().join("access-only.json");
+    check(
+        &shopee_secrets(&[("access_token", SHOPEE_ACCESS_TOKEN)]),
+        &kv,
+    )
+    .expect(1, "error", "expired access token, no refresh token");
+    assert_eq!(m.requests(SHOPEE_REFRESH).len(), 1);
 }
 
 #[test]

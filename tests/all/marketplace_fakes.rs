@@ -1,7 +1,8 @@
 //! Local fakes of the marketplace APIs that the `order-sync-lag` and
 //! `inventory-drift` plugins call: Amazon (Login with Amazon, SP-API Orders
-//! v0 and FBA Inventory v1), Shopee Open Platform v2, Walmart Marketplace and
-//! eBay (OAuth and Sell Fulfillment v1).
+//! v0 and FBA Inventory v1), Shopee Open Platform v2 (token refresh, orders
+//! and products), Walmart Marketplace and eBay (OAuth and Sell Fulfillment
+//! v1).
 //!
 //! Each fake serves on 127.0.0.1 and is written from the providers' published
 //! documents, not from the plugins: paths, parameters, authentication,
@@ -32,6 +33,8 @@ pub const SHOPEE_PARTNER_KEY: &str =
     "4a6f6b65724b65792d666f722d74657374696e672d6f6e6c792d313233343536";
 pub const SHOPEE_SHOP_ID: u64 = 600_112_233;
 pub const SHOPEE_ACCESS_TOKEN: &str = "6b4a4e4f50515253545556575859";
+/// The refresh token of the shop's authorization; it rotates on each use.
+pub const SHOPEE_REFRESH_TOKEN: &str = "52656672657368546f6b656e2d73686f70";
 
 pub const WALMART_CLIENT_ID: &str = "8f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b";
 pub const WALMART_CLIENT_SECRET: &str = "AKfW-fake-walmart-client-secret-0123";
@@ -85,11 +88,11 @@ impl Provider {
         }
     }
 
-    /// The OAuth token path; Shopee's access token is handed over as a secret.
+    /// The path that issues access tokens.
     pub fn token_path(self) -> Option<&'static str> {
         match self {
             Provider::Amazon => Some("/auth/o2/token"),
-            Provider::Shopee => None,
+            Provider::Shopee => Some("/api/v2/auth/access_token/get"),
             Provider::Walmart => Some("/v3/token"),
             Provider::Ebay => Some("/identity/v1/oauth2/token"),
         }
@@ -278,6 +281,10 @@ struct State {
     cursors: HashMap<String, Cursor>,
     log: Vec<Logged>,
     seq: u64,
+    /// The one Shopee refresh token accepted now.
+    shopee_refresh: String,
+    /// Every Shopee refresh token issued, the current one included.
+    shopee_refresh_issued: Vec<String>,
 }
 
 /// One running fake marketplace.
@@ -306,6 +313,7 @@ impl Marketplace {
             stock: Vec::new(),
             page_size: 100,
             expires_in: match provider {
+                Provider::Shopee => 14_400,
                 Provider::Walmart => 900,
                 Provider::Ebay => 7200,
                 _ => 3600,
@@ -316,6 +324,8 @@ impl Marketplace {
             cursors: HashMap::new(),
             log: Vec::new(),
             seq: 0,
+            shopee_refresh: SHOPEE_REFRESH_TOKEN.to_string(),
+            shopee_refresh_issued: vec![SHOPEE_REFRESH_TOKEN.to_string()],
         }));
         let shared = state.clone();
         let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
@@ -359,7 +369,7 @@ impl Marketplace {
         self.lock().page_size = n.max(1);
     }
 
-    /// `expires_in` of the tokens issued from now on.
+    /// `expires_in` (Shopee: `expire_in`) of the tokens issued from now on.
     pub fn set_expires_in(&self, seconds: u64) {
         self.lock().expires_in = seconds;
     }
@@ -371,11 +381,34 @@ impl Marketplace {
         self.lock().born_expired = n;
     }
 
-    /// Expires every token issued so far (Shopee's access token too).
+    /// Expires every access token issued so far (Shopee's too, the
+    /// authorization's and refreshed ones; not its refresh token).
     pub fn expire_tokens(&self) {
         for t in self.lock().tokens.values_mut() {
             t.expires_ms = 0;
         }
+    }
+
+    /// The Shopee refresh token the fake accepts now (the newest issued).
+    pub fn shopee_refresh_token(&self) -> String {
+        self.lock().shopee_refresh.clone()
+    }
+
+    /// The seller authorizes the Shopee app again: a new refresh token,
+    /// returned; the previous one stops working.
+    pub fn reauthorize_shopee(&self) -> String {
+        let mut st = self.lock();
+        let id = st.next_id();
+        st.rotate_shopee_refresh(id)
+    }
+
+    /// Every access and refresh token the fake issued or accepts: none may
+    /// show in a plugin's output.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let st = self.lock();
+        let mut all: Vec<String> = st.tokens.keys().cloned().collect();
+        all.extend(st.shopee_refresh_issued.iter().cloned());
+        all
     }
 
     /// Answers the next request whose path is `path` with `failure`
@@ -571,6 +604,14 @@ impl State {
                 Some(t) => TokenState::Live(t.scopes.clone()),
             },
         }
+    }
+
+    /// Replaces the Shopee refresh token with a new one, returned.
+    fn rotate_shopee_refresh(&mut self, id: u64) -> String {
+        let token = format!("{:016x}{id:016x}", fnv(&format!("shopee-refresh-{id}")));
+        self.shopee_refresh = token.clone();
+        self.shopee_refresh_issued.push(token.clone());
+        token
     }
 
     /// Registers where the next page starts; returns an opaque token.
@@ -1101,7 +1142,43 @@ fn hmac_hex(key: &str, data: &str) -> String {
         .collect()
 }
 
+/// `sign` of a public call (no shop, no access token, such as the token
+/// refresh): lower-case hex HMAC-SHA256 with the partner key over
+/// partner_id, path and timestamp.
+pub fn shopee_public_sign(
+    partner_key: &str,
+    partner_id: u64,
+    path: &str,
+    timestamp: i64,
+) -> String {
+    hmac_hex(partner_key, &format!("{partner_id}{path}{timestamp}"))
+}
+
+/// What every call must carry: the common parameters `required`, the
+/// partner's id, and a timestamp at most 5 minutes off. `None` means go on.
+fn shopee_common(cx: &Ctx, required: &[&str]) -> Option<Reply> {
+    for k in required {
+        if cx.param(k).is_none_or(str::is_empty) {
+            return Some(shopee_param(&format!("Missing {k}.")));
+        }
+    }
+    let partner_id = cx.param("partner_id").and_then(|v| v.parse::<u64>().ok());
+    if partner_id != Some(SHOPEE_PARTNER_ID) {
+        return Some(shopee_param("Invalid partner_id."));
+    }
+    let Some(timestamp) = cx.param("timestamp").and_then(|v| v.parse::<i64>().ok()) else {
+        return Some(shopee_error(403, "error_param", "Invalid timestamp"));
+    };
+    if (cx.now / 1000 - timestamp).abs() > SHOPEE_TIMESTAMP_WINDOW {
+        return Some(shopee_error(403, "error_param", "Invalid timestamp"));
+    }
+    None
+}
+
 fn shopee(st: &mut State, cx: &Ctx) -> Reply {
+    if (cx.req.method.as_str(), cx.path) == ("POST", "/api/v2/auth/access_token/get") {
+        return shopee_refresh(st, cx);
+    }
     let known = [
         "/api/v2/order/get_order_list",
         "/api/v2/order/get_order_detail",
@@ -1111,20 +1188,9 @@ fn shopee(st: &mut State, cx: &Ctx) -> Reply {
     if cx.req.method != "GET" || !known.contains(&cx.path) {
         return shopee_error(404, "error_not_found", "Wrong api path or method.");
     }
-    for k in ["partner_id", "timestamp", "access_token", "shop_id", "sign"] {
-        if cx.param(k).is_none_or(str::is_empty) {
-            return shopee_param(&format!("Missing {k}."));
-        }
-    }
-    let partner_id = cx.param("partner_id").and_then(|v| v.parse::<u64>().ok());
-    if partner_id != Some(SHOPEE_PARTNER_ID) {
-        return shopee_param("Invalid partner_id.");
-    }
-    let Some(timestamp) = cx.param("timestamp").and_then(|v| v.parse::<i64>().ok()) else {
-        return shopee_error(403, "error_param", "Invalid timestamp");
-    };
-    if (cx.now / 1000 - timestamp).abs() > SHOPEE_TIMESTAMP_WINDOW {
-        return shopee_error(403, "error_param", "Invalid timestamp");
+    let common = ["partner_id", "timestamp", "access_token", "shop_id", "sign"];
+    if let Some(refused) = shopee_common(cx, &common) {
+        return refused;
     }
     let token = cx.param("access_token").unwrap_or_default();
     let shop_id = cx.param("shop_id").unwrap_or_default();
@@ -1154,6 +1220,69 @@ fn shopee(st: &mut State, cx: &Ctx) -> Reply {
         "/api/v2/product/get_item_base_info" => shopee_item_base_info(st, cx),
         _ => shopee_model_list(st, cx),
     }
+}
+
+/// `GetAccessToken` with a refresh token: a public call, signed over
+/// partner_id, path and timestamp only, with a JSON body of
+/// `refresh_token`, `partner_id` and `shop_id` (integers). The refresh
+/// token must be the newest one; each use rotates it.
+fn shopee_refresh(st: &mut State, cx: &Ctx) -> Reply {
+    if let Some(refused) = shopee_common(cx, &["partner_id", "timestamp", "sign"]) {
+        return refused;
+    }
+    let expected = hmac_hex(
+        SHOPEE_PARTNER_KEY,
+        &format!(
+            "{}{}{}",
+            cx.param("partner_id").unwrap_or_default(),
+            cx.path,
+            cx.param("timestamp").unwrap_or_default()
+        ),
+    );
+    if cx.param("sign") != Some(expected.as_str()) {
+        return shopee_error(403, "error_sign", "Wrong sign.");
+    }
+    let json = cx
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body: Value = match serde_json::from_slice(&cx.req.body) {
+        Ok(v @ Value::Object(_)) if json => v,
+        _ => return shopee_param("Request body must be a JSON object."),
+    };
+    let Some(refresh) = body["refresh_token"].as_str().filter(|t| !t.is_empty()) else {
+        return shopee_param("Missing refresh_token.");
+    };
+    if body["partner_id"].as_u64() != Some(SHOPEE_PARTNER_ID) {
+        return shopee_param("Invalid partner_id.");
+    }
+    match body["shop_id"].as_u64() {
+        Some(SHOPEE_SHOP_ID) => {}
+        Some(_) => return shopee_param("Invalid shop_id."),
+        None => return shopee_param("Missing shop_id."),
+    }
+    if refresh != st.shopee_refresh {
+        return shopee_error(403, "error_auth", "Invalid refresh_token");
+    }
+    let id = st.next_id();
+    let refresh_token = st.rotate_shopee_refresh(id);
+    let access_token = st.issue_token(
+        format!("{:016x}{id:016x}", fnv(&format!("shopee-access-{id}"))),
+        Vec::new(),
+        cx.now,
+    );
+    Reply::json(
+        200,
+        json!({
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "expire_in": st.expires_in,
+            "partner_id": SHOPEE_PARTNER_ID,
+            "shop_id": SHOPEE_SHOP_ID,
+            "request_id": request_id(),
+            "error": "",
+            "message": "",
+        }),
+    )
 }
 
 fn shopee_order_list(st: &mut State, cx: &Ctx) -> Reply {

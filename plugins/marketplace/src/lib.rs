@@ -3,11 +3,13 @@
 //!
 //! - [`amazon`]: Login with Amazon (LWA) refresh-token grant and SP-API calls
 //!   with `x-amz-access-token`.
-//! - [`shopee`]: Shopee Open Platform v2 request signing and its error shape.
+//! - [`shopee`]: Shopee Open Platform v2 request signing, its error shape and
+//!   access tokens refreshed with a rotating refresh token.
 //! - [`walmart`]: Walmart Marketplace client-credentials token and headers.
 //! - [`ebay`]: eBay refresh-token grant and bearer calls.
-//! - [`token`]: the access-token cache in `kv` (with expiry) and the
-//!   "on 401/403, drop the token, fetch another and retry once" rule.
+//! - [`token`]: the access-token cache in `kv` (with expiry; Shopee's
+//!   rotating refresh token is kept in the same entry) and the "on 401/403,
+//!   drop the token, fetch another and retry once" rule.
 //! - [`errors`]: readable texts from the providers' error bodies.
 //! - [`time`]: RFC 3339 parsing and formatting, durations like `1h30m`.
 //! - [`transport`]: outbound calls behind a trait, so everything above can be

@@ -1,6 +1,6 @@
-//! Shopee Open Platform v2: signed shop-level calls.
+//! Shopee Open Platform v2: signed shop-level calls and their access token.
 //!
-//! Every call carries the common query parameters `partner_id`,
+//! Every shop-level call carries the common query parameters `partner_id`,
 //! `timestamp` (Unix seconds from the host clock; Shopee refuses ones more
 //! than 5 minutes off), `access_token`, `shop_id` and
 //! `sign = hex(HMAC-SHA256(partner_key, partner_id + path + timestamp + access_token + shop_id))`
@@ -10,20 +10,50 @@
 //! `{"error":"error_auth","message":"...","request_id":"..."}`: a non-empty
 //! `error` is an error whatever the status. Data is under `response`.
 //!
+//! Access tokens live 4 hours. With only the secret `access_token`, it is
+//! used as it is (the operator keeps it current). With the secret
+//! `refresh_token`, tokens come from the public API [`REFRESH_PATH`]:
+//! `POST ?partner_id=..&timestamp=..&sign=..`, signed over
+//! `partner_id + path + timestamp` only, with the JSON body
+//! `{"refresh_token","partner_id","shop_id"}`, answered with an
+//! `access_token`, its `expire_in` and a new `refresh_token`. Refresh tokens
+//! rotate: the one just used stops working. So the newest is kept in `kv`
+//! under [`TOKEN_KEY`] with the access token (a [`crate::token::Cached`]
+//! entry, tied to a fingerprint of the configured refresh token), and it is
+//! stored before the new access token is used. The configured secret only
+//! seeds that state, again whenever it changes; a configured
+//! `access_token` is then the first token tried. An `error_auth` answer to
+//! a token that did not come from a refresh of this run refreshes once and
+//! retries once.
+//!
 //! Config: `endpoint` (default `https://partner.shopeemobile.com`),
-//! `partner_id`, `shop_id` (required integers). Secrets: `partner_key`,
-//! `access_token`. Shopee access tokens live 4 hours; refreshing them (with
-//! the refresh token) is left to the operator's secret management.
+//! `partner_id`, `shop_id` (required integers). Secrets: `partner_key`, and
+//! `refresh_token` or `access_token` (or both).
+
+use std::cell::RefCell;
 
 use hmac::{Hmac, KeyInit, Mac};
 use rollback_plugin_sdk::config::Config;
+use rollback_plugin_sdk::http::Response;
+use rollback_plugin_sdk::log;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::token::hex;
+use crate::token::{self, hex, Cached};
 use crate::transport::{self, Call, Transport};
 use crate::{errors, Provider};
+
+/// The `kv` key of the token state (refresh-token mode only).
+pub const TOKEN_KEY: &str = "shopee-token";
+
+/// The public API that trades a refresh token for a new access token.
+pub const REFRESH_PATH: &str = "/api/v2/auth/access_token/get";
+
+/// A Shopee access token's lifetime, in seconds: also the most a configured
+/// `access_token` of unknown age can have left.
+pub const ACCESS_TOKEN_LIFETIME_S: u64 = 14_400;
 
 /// `partner_id + path + timestamp + access_token + shop_id`, the text a
 /// shop-level call signs.
@@ -37,6 +67,12 @@ pub fn base_string(
     format!("{partner_id}{path}{timestamp}{access_token}{shop_id}")
 }
 
+/// `partner_id + path + timestamp`, the text a public (not shop-level) call
+/// such as [`REFRESH_PATH`] signs.
+pub fn public_base_string(partner_id: u64, path: &str, timestamp: u64) -> String {
+    format!("{partner_id}{path}{timestamp}")
+}
+
 /// Lower-case hex HMAC-SHA256 of `base` keyed with `partner_key`.
 pub fn sign(partner_key: &str, base: &str) -> String {
     // HMAC takes keys of any length, so this cannot fail.
@@ -48,6 +84,56 @@ pub fn sign(partner_key: &str, base: &str) -> String {
     hex(&mac.finalize().into_bytes())
 }
 
+/// Where the access token comes from.
+enum Auth {
+    /// Only `access_token` is configured: used as it is.
+    Fixed(String),
+    /// `refresh_token` is configured: it seeds the state in `kv`, and
+    /// `first` (a configured `access_token`) is the first token tried.
+    Refresh { seed: String, first: Option<String> },
+}
+
+/// The access token of this run. `may_refresh`: it was not issued by a
+/// refresh of this run, so an `error_auth` answer may mean it expired.
+struct Current {
+    token: String,
+    may_refresh: bool,
+}
+
+/// A Shopee answer that carries no data.
+struct Failed {
+    /// The whole error text: call, status and Shopee's error.
+    text: String,
+    /// Shopee's `error: message [request_id]`, when it sent one.
+    detail: Option<String>,
+    /// Shopee said `error_auth`.
+    auth: bool,
+}
+
+impl Failed {
+    fn other(text: String) -> Failed {
+        Failed {
+            text,
+            detail: None,
+            auth: false,
+        }
+    }
+}
+
+/// The answer of [`REFRESH_PATH`]. No `Debug`: it holds secrets.
+#[derive(Deserialize)]
+struct RefreshAnswer {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: String,
+    #[serde(default = "default_expire_in")]
+    expire_in: u64,
+}
+
+fn default_expire_in() -> u64 {
+    ACCESS_TOKEN_LIFETIME_S
+}
+
 /// A Shopee shop. No `Debug`: it holds secrets.
 pub struct Shopee {
     /// Base URL without a trailing `/`.
@@ -57,43 +143,60 @@ pub struct Shopee {
     /// The shop's id.
     pub shop_id: u64,
     partner_key: String,
-    access_token: String,
+    auth: Auth,
+    current: RefCell<Option<Current>>,
 }
 
 impl Shopee {
     /// Reads `endpoint`, `partner_id`, `shop_id` and the secrets
-    /// `partner_key` and `access_token`.
+    /// `partner_key`, `refresh_token` and `access_token` (at least one of
+    /// the two).
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let id = |key: &str| -> Result<u64, String> {
             config
                 .parse::<u64>(key)?
                 .ok_or_else(|| format!("config `{key}` is required"))
         };
+        let endpoint = crate::endpoint(config, Provider::Shopee);
+        let partner_id = id("partner_id")?;
+        let shop_id = id("shop_id")?;
+        let partner_key = config.required_secret("partner_key")?;
+        let access_token = config.secret("access_token");
+        let auth = match config.secret("refresh_token") {
+            Some(seed) => Auth::Refresh {
+                seed,
+                first: access_token,
+            },
+            None => Auth::Fixed(access_token.ok_or(
+                "secret `refresh_token` (or an `access_token` kept current elsewhere) is required",
+            )?),
+        };
         Ok(Shopee {
-            endpoint: crate::endpoint(config, Provider::Shopee),
-            partner_id: id("partner_id")?,
-            shop_id: id("shop_id")?,
-            partner_key: config.required_secret("partner_key")?,
-            access_token: config.required_secret("access_token")?,
+            endpoint,
+            partner_id,
+            shop_id,
+            partner_key,
+            auth,
+            current: RefCell::new(None),
         })
     }
 
-    /// The signed URL of `path` with the `query` pairs (values encoded here)
-    /// after the common parameters.
-    pub fn url(&self, path: &str, timestamp: u64, query: &[(&str, &str)]) -> String {
-        let base = base_string(
-            self.partner_id,
-            path,
-            timestamp,
-            &self.access_token,
-            self.shop_id,
-        );
+    /// The signed URL of `path` with `access_token` and the `query` pairs
+    /// (values encoded here) after the common parameters.
+    pub fn url(
+        &self,
+        path: &str,
+        timestamp: u64,
+        access_token: &str,
+        query: &[(&str, &str)],
+    ) -> String {
+        let base = base_string(self.partner_id, path, timestamp, access_token, self.shop_id);
         let sign = sign(&self.partner_key, &base);
         let mut url = format!(
             "{}{path}?partner_id={}&timestamp={timestamp}&access_token={}&shop_id={}&sign={sign}",
             self.endpoint,
             self.partner_id,
-            transport::encode(&self.access_token),
+            transport::encode(access_token),
             self.shop_id,
         );
         for (key, value) in query {
@@ -105,46 +208,228 @@ impl Shopee {
         url
     }
 
+    /// The refresh request for `refresh_token`, signed at `timestamp`.
+    pub fn refresh_call(&self, refresh_token: &str, timestamp: u64) -> Call {
+        let base = public_base_string(self.partner_id, REFRESH_PATH, timestamp);
+        let url = format!(
+            "{}{REFRESH_PATH}?partner_id={}&timestamp={timestamp}&sign={}",
+            self.endpoint,
+            self.partner_id,
+            sign(&self.partner_key, &base)
+        );
+        let body = json!({
+            "refresh_token": refresh_token,
+            "partner_id": self.partner_id,
+            "shop_id": self.shop_id,
+        });
+        Call::post_json(url, &body).header("Accept", "application/json")
+    }
+
     /// `GET path` signed now, returning the answer's `response` as `T`.
+    /// With a refresh token, an `error_auth` answer to a stored token
+    /// refreshes it and sends the call once more.
     pub fn get<T: DeserializeOwned>(
         &self,
         transport: &dyn Transport,
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, String> {
-        let call = Call::get(self.url(path, transport.now_ms() / 1000, query))
-            .header("Accept", "application/json");
-        let response = transport::send(transport, &call)?;
-        let body: Result<Value, _> = serde_json::from_slice(response.body());
-        let body = match body {
-            Ok(body) if body["error"].as_str().is_some_and(|e| !e.is_empty()) => {
-                return Err(format!(
-                    "{} -> HTTP {}: {}",
-                    call.target(),
-                    response.status(),
-                    errors::describe_json(&body).unwrap_or_default()
-                ));
+        let (access_token, may_refresh) = self.access_token(transport)?;
+        match self.get_with(transport, path, query, &access_token) {
+            Err(failed) if failed.auth && may_refresh => {
+                log::info!(
+                    "GET {}{path} -> error_auth with a stored access token; refreshing it and retrying once",
+                    self.endpoint
+                );
+                let access_token = self.refresh(transport)?;
+                self.get_with(transport, path, query, &access_token)
+                    .map_err(|f| f.text)
             }
-            _ if !response.is_success() => {
-                return Err(transport::status_error(&call, &response));
-            }
-            Ok(body) => body,
-            Err(e) => return Err(format!("{}: unexpected answer: {e}", call.target())),
-        };
-        match body.get("response") {
-            Some(data) if !data.is_null() => T::deserialize(data)
-                .map_err(|e| format!("{}: unexpected `response`: {e}", call.target())),
-            _ => Err(format!("{}: the answer has no `response`", call.target())),
+            result => result.map_err(|f| f.text),
         }
+    }
+
+    fn get_with<T: DeserializeOwned>(
+        &self,
+        transport: &dyn Transport,
+        path: &str,
+        query: &[(&str, &str)],
+        access_token: &str,
+    ) -> Result<T, Failed> {
+        let url = self.url(path, transport.now_ms() / 1000, access_token, query);
+        let call = Call::get(url).header("Accept", "application/json");
+        let response = transport::send(transport, &call).map_err(Failed::other)?;
+        let body = answer(&call, &response)?;
+        match body.get("response") {
+            Some(data) if !data.is_null() => T::deserialize(data).map_err(|e| {
+                Failed::other(format!("{}: unexpected `response`: {e}", call.target()))
+            }),
+            _ => Err(Failed::other(format!(
+                "{}: the answer has no `response`",
+                call.target()
+            ))),
+        }
+    }
+
+    /// What identifies the token state in `kv`: the shop and the configured
+    /// refresh token. Not the configured `access_token`: changing only that
+    /// must not throw away the rotated refresh token.
+    fn owner(&self, seed: &str) -> String {
+        format!(
+            "{}\n{}\n{}\n{seed}",
+            self.endpoint, self.partner_id, self.shop_id
+        )
+    }
+
+    /// The `kv` state of the configured refresh token, if any.
+    fn stored(&self, seed: &str) -> Option<Cached> {
+        token::load(TOKEN_KEY, &self.owner(seed)).filter(|c| c.refresh_token.is_some())
+    }
+
+    /// The access token to use, and whether an `error_auth` answer to it
+    /// may be cured by a refresh.
+    fn access_token(&self, transport: &dyn Transport) -> Result<(String, bool), String> {
+        let (seed, first) = match &self.auth {
+            Auth::Fixed(access_token) => return Ok((access_token.clone(), false)),
+            Auth::Refresh { seed, first } => (seed, first),
+        };
+        if let Some(current) = self.current.borrow().as_ref() {
+            return Ok((current.token.clone(), current.may_refresh));
+        }
+        let now = transport.now_ms();
+        let access_token = match (self.stored(seed), first) {
+            (Some(entry), _) if entry.is_fresh(now) => entry.access_token,
+            (Some(_), _) | (None, None) => return Ok((self.refresh(transport)?, false)),
+            (None, Some(first)) => {
+                // Its age is unknown, but it cannot have more than a new
+                // token's lifetime left.
+                let mut entry = Cached::new(
+                    first,
+                    now,
+                    ACCESS_TOKEN_LIFETIME_S * 1000,
+                    &self.owner(seed),
+                );
+                entry.refresh_token = Some(seed.clone());
+                if let Err(err) = token::store(TOKEN_KEY, &entry) {
+                    log::warn!("could not store the shopee token state: {err}");
+                }
+                first.clone()
+            }
+        };
+        self.remember(&access_token, true);
+        Ok((access_token, true))
+    }
+
+    fn remember(&self, access_token: &str, may_refresh: bool) {
+        *self.current.borrow_mut() = Some(Current {
+            token: access_token.to_string(),
+            may_refresh,
+        });
+    }
+
+    /// A new access token, from the newest refresh token held (the one in
+    /// `kv`, else the configured one). The rotated refresh token is stored
+    /// before the access token is returned: once Shopee has answered, the
+    /// one just used is dead, and a run that used the new access token
+    /// without keeping its refresh token would lock every later run out.
+    fn refresh(&self, transport: &dyn Transport) -> Result<String, String> {
+        let Auth::Refresh { seed, .. } = &self.auth else {
+            return Err("no `refresh_token` secret to refresh the shopee access token with".into());
+        };
+        let owner = self.owner(seed);
+        let used = self
+            .stored(seed)
+            .and_then(|c| c.refresh_token)
+            .unwrap_or_else(|| seed.clone());
+        let call = self.refresh_call(&used, transport.now_ms() / 1000);
+        let response = transport::send(transport, &call)
+            .map_err(|e| format!("refreshing the shopee access token: {e}"))?;
+        let body = answer(&call, &response).map_err(|failed| match failed.detail {
+            Some(detail) if failed.auth || detail.to_ascii_lowercase().contains("refresh_token") => {
+                format!(
+                    "shopee refresh token refused ({detail}): set a new `refresh_token` secret from the seller's re-authorisation"
+                )
+            }
+            _ => format!("refreshing the shopee access token: {}", failed.text),
+        })?;
+        // Serde's text is not quoted: it can hold part of the body, and this
+        // body holds tokens.
+        let fresh: RefreshAnswer = serde_json::from_value(body).map_err(|_| {
+            format!(
+                "refreshing the shopee access token: {}: the answer has no `access_token`",
+                call.target()
+            )
+        })?;
+        if fresh.access_token.is_empty() {
+            return Err(format!(
+                "refreshing the shopee access token: {}: empty `access_token`",
+                call.target()
+            ));
+        }
+        let mut entry = Cached::new(
+            &fresh.access_token,
+            transport.now_ms(),
+            fresh.expire_in.saturating_mul(1000),
+            &owner,
+        );
+        // An answer without a new refresh token leaves the used one current.
+        entry.refresh_token = Some(if fresh.refresh_token.is_empty() {
+            used
+        } else {
+            fresh.refresh_token
+        });
+        token::store(TOKEN_KEY, &entry).map_err(|e| {
+            format!(
+                "shopee issued a new refresh token that could not be kept ({e}); the old one no longer works: set a new `refresh_token` secret from the seller's re-authorisation"
+            )
+        })?;
+        log::debug!(
+            "shopee access token refreshed, valid for {}s",
+            fresh.expire_in
+        );
+        self.remember(&fresh.access_token, false);
+        Ok(fresh.access_token)
+    }
+}
+
+/// The JSON body of a Shopee answer with data, or why there is none: a
+/// non-empty `error` (whatever the status), a non-2xx status, or a body that
+/// is not JSON.
+fn answer(call: &Call, response: &Response) -> Result<Value, Failed> {
+    let body: Result<Value, _> = serde_json::from_slice(response.body());
+    match body {
+        Ok(body) if body["error"].as_str().is_some_and(|e| !e.is_empty()) => {
+            let detail = errors::describe_json(&body).unwrap_or_default();
+            Err(Failed {
+                text: format!("{} -> HTTP {}: {detail}", call.target(), response.status()),
+                auth: body["error"] == "error_auth",
+                detail: Some(detail),
+            })
+        }
+        _ if !response.is_success() => Err(Failed::other(transport::status_error(call, response))),
+        Ok(body) => Ok(body),
+        Err(e) => Err(Failed::other(format!(
+            "{}: unexpected answer: {e}",
+            call.target()
+        ))),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
+    use rollback_plugin_sdk::kv;
+
     use super::*;
     use crate::transport::fake::Fake;
 
     const KEY: &str = "shpk4e6f5a4b7c8d9e0f1a2b3c4d5e6f7a8b";
+    /// 2024-05-01T10:00:00Z.
+    const T0: u64 = 1_714_557_600_000;
+    const OK: &str = r#"{"error":"","message":"","request_id":"r","response":{"more":false}}"#;
+    const EXPIRED: &str =
+        r#"{"error":"error_auth","message":"Invalid access_token.","request_id":"x"}"#;
 
     #[test]
     fn signature_matches_an_independent_hmac() {
@@ -166,14 +451,35 @@ mod tests {
         );
     }
 
-    fn shop() -> Shopee {
-        let config = Config::from_pairs(&[
+    #[test]
+    fn public_signature_matches_an_independent_hmac() {
+        let base = public_base_string(2_001_887, REFRESH_PATH, 1_714_557_600);
+        assert_eq!(base, "2001887/api/v2/auth/access_token/get1714557600");
+        // python3: hmac.new(KEY.encode(), base.encode(), hashlib.sha256).hexdigest()
+        assert_eq!(
+            sign(KEY, &base),
+            "839e7ca3dc2dc73b76fef9e5a011f4931476673cff2d674c333a2434c8a098e9"
+        );
+    }
+
+    fn config<'a>(secrets: &[(&str, &str)]) -> Config<'a> {
+        let mut all = vec![("partner_key", KEY)];
+        all.extend_from_slice(secrets);
+        Config::from_pairs(&[
             ("partner_id", "2001887"),
             ("shop_id", " 14701711 "),
             ("endpoint", "http://127.0.0.1:7/"),
         ])
-        .with_secrets(&[("partner_key", KEY), ("access_token", "6c6f6e67746f6b656e")]);
-        Shopee::from_config(&config).expect("valid")
+        .with_secrets(&all)
+    }
+
+    fn shop() -> Shopee {
+        Shopee::from_config(&config(&[("access_token", "6c6f6e67746f6b656e")])).expect("valid")
+    }
+
+    /// A client with `secrets`: a new one per run, as the plugins make.
+    fn refreshing(secrets: &[(&str, &str)]) -> Shopee {
+        Shopee::from_config(&config(secrets)).expect("valid")
     }
 
     #[test]
@@ -182,6 +488,7 @@ mod tests {
             shop().url(
                 "/api/v2/order/get_order_list",
                 1_714_557_600,
+                "6c6f6e67746f6b656e",
                 &[("cursor", ""), ("time_range_field", "update_time")]
             ),
             "http://127.0.0.1:7/api/v2/order/get_order_list?partner_id=2001887&timestamp=1714557600\
@@ -196,6 +503,31 @@ mod tests {
         assert_eq!(
             Shopee::from_config(&Config::from_pairs(&[("partner_id", "1")])).err(),
             Some("config `shop_id` is required".to_string())
+        );
+        assert_eq!(
+            Shopee::from_config(&config(&[])).err(),
+            Some(
+                "secret `refresh_token` (or an `access_token` kept current elsewhere) is required"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn refresh_requests_are_signed_public_calls() {
+        let call = refreshing(&[("refresh_token", "seed")]).refresh_call("r|1", 1_714_557_600);
+        assert_eq!(call.method, "POST");
+        assert_eq!(
+            call.url,
+            "http://127.0.0.1:7/api/v2/auth/access_token/get?partner_id=2001887&timestamp=1714557600\
+             &sign=839e7ca3dc2dc73b76fef9e5a011f4931476673cff2d674c333a2434c8a098e9"
+        );
+        assert_eq!(call.header_value("content-type"), Some("application/json"));
+        let body: Value =
+            serde_json::from_slice(call.body.as_deref().expect("body")).expect("json");
+        assert_eq!(
+            body,
+            json!({"refresh_token": "r|1", "partner_id": 2_001_887, "shop_id": 14_701_711})
         );
     }
 
@@ -226,6 +558,7 @@ mod tests {
         assert_eq!(v["more"], false);
         assert!(fake.calls()[0].url.contains("&timestamp=1714557600&"));
         let next_error = || s.get::<Value>(&fake, "/api/v2/x", &[]).err();
+        // Only an access token: an error_auth answer is an error, no refresh.
         for expected in [
             "GET http://127.0.0.1:7/api/v2/x -> HTTP 200: error_auth: Invalid access_token. [request_id r2]",
             "GET http://127.0.0.1:7/api/v2/x -> HTTP 403: error_sign: Wrong sign. [request_id r3]",
@@ -235,5 +568,224 @@ mod tests {
             assert_eq!(next_error().as_deref(), Some(expected));
         }
         assert!(next_error().is_some());
+        assert_eq!(fake.calls().len(), 6);
+        assert_eq!(kv::get(TOKEN_KEY), None, "nothing is stored");
+    }
+
+    fn refreshed(access_token: &str, refresh_token: &str) -> String {
+        format!(
+            r#"{{"access_token":"{access_token}","refresh_token":"{refresh_token}","expire_in":14400,"partner_id":2001887,"shop_id":14701711,"request_id":"t","error":"","message":""}}"#
+        )
+    }
+
+    /// A scripted server that also notes, at each call, the refresh token
+    /// `kv` held.
+    struct Watched {
+        fake: Fake,
+        stored: RefCell<Vec<Option<String>>>,
+    }
+
+    impl Watched {
+        fn new(now_ms: u64) -> Self {
+            Watched {
+                fake: Fake::new(now_ms, &[]),
+                stored: RefCell::new(Vec::new()),
+            }
+        }
+
+        /// Answers the next calls with `bodies`, all HTTP 200.
+        fn answer(&self, bodies: &[&str]) {
+            let mut answers = self.fake.answers.borrow_mut();
+            answers.extend(bodies.iter().map(|b| (200, (*b).to_string())));
+        }
+
+        /// Per call: the refresh token sent, or the access token used.
+        fn sent(&self) -> Vec<String> {
+            self.fake
+                .calls()
+                .iter()
+                .map(|call| match &call.body {
+                    Some(body) => {
+                        let body: Value = serde_json::from_slice(body).expect("json");
+                        format!("refresh {}", body["refresh_token"].as_str().expect("token"))
+                    }
+                    None => {
+                        let (_, rest) = call.url.split_once("access_token=").expect("token");
+                        format!("use {}", rest.split('&').next().unwrap_or_default())
+                    }
+                })
+                .collect()
+        }
+
+        fn stored(&self) -> Vec<Option<String>> {
+            self.stored.borrow().clone()
+        }
+    }
+
+    impl Transport for Watched {
+        fn send(&self, call: &Call) -> Result<Response, rollback_plugin_sdk::http::Error> {
+            self.stored.borrow_mut().push(stored_refresh_token());
+            self.fake.send(call)
+        }
+
+        fn now_ms(&self) -> u64 {
+            self.fake.now_ms()
+        }
+    }
+
+    fn stored_refresh_token() -> Option<String> {
+        kv::get_json::<Cached>(TOKEN_KEY)
+            .expect("json")
+            .and_then(|c| c.refresh_token)
+    }
+
+    fn get(shop: &Shopee, transport: &dyn Transport) -> Result<Value, String> {
+        shop.get(transport, "/api/v2/x", &[])
+    }
+
+    #[test]
+    fn the_refresh_token_rotates_through_kv() {
+        let w = Watched::new(T0);
+        let run = || refreshing(&[("refresh_token", "seed")]);
+        w.answer(&[&refreshed("a1", "r1"), OK]);
+        get(&run(), &w).expect("first run");
+        assert_eq!(w.sent(), ["refresh seed", "use a1"]);
+        assert_eq!(
+            w.stored(),
+            [None, Some("r1".to_string())],
+            "the rotated refresh token is stored before the new access token is used"
+        );
+        // An hour later: the stored token, no refresh.
+        w.fake.now.set(T0 + 3_600_000);
+        w.answer(&[OK]);
+        get(&run(), &w).expect("second run");
+        assert_eq!(w.sent()[2..], ["use a1"]);
+        // At expiry minus the margin: refreshed with the rotated token, not
+        // the configured one.
+        w.fake.now.set(T0 + 14_400_000 - 60_000);
+        w.answer(&[&refreshed("a2", "r2"), OK]);
+        get(&run(), &w).expect("third run");
+        assert_eq!(w.sent()[3..], ["refresh r1", "use a2"]);
+        assert_eq!(w.stored()[4], Some("r2".to_string()));
+        let entry: Cached = kv::get_json(TOKEN_KEY).expect("json").expect("stored");
+        assert_eq!(entry.access_token, "a2");
+        assert_eq!(entry.expires_at_ms, T0 + 2 * (14_400_000 - 60_000));
+    }
+
+    #[test]
+    fn error_auth_refreshes_once_and_retries_once() {
+        let w = Watched::new(T0);
+        let run = || refreshing(&[("refresh_token", "seed")]);
+        w.answer(&[&refreshed("a1", "r1"), OK]);
+        get(&run(), &w).expect("first run");
+        // a1 expired early: refreshed once, the call sent again, and the
+        // rest of the run uses the new token.
+        let shop = run();
+        w.answer(&[EXPIRED, &refreshed("a2", "r2"), OK, OK]);
+        get(&shop, &w).expect("retried");
+        get(&shop, &w).expect("same run");
+        assert_eq!(w.sent()[2..], ["use a1", "refresh r1", "use a2", "use a2"]);
+        // Refused again right after a refresh: that is the error.
+        let shop = run();
+        w.answer(&[EXPIRED, &refreshed("a3", "r3"), EXPIRED, EXPIRED]);
+        assert_eq!(
+            get(&shop, &w).err().as_deref(),
+            Some("GET http://127.0.0.1:7/api/v2/x -> HTTP 200: error_auth: Invalid access_token. [request_id x]")
+        );
+        assert!(get(&shop, &w).is_err(), "no second refresh in a run");
+        assert_eq!(w.sent()[6..], ["use a2", "refresh r2", "use a3", "use a3"]);
+        assert_eq!(stored_refresh_token().as_deref(), Some("r3"));
+    }
+
+    #[test]
+    fn a_configured_access_token_is_tried_first() {
+        let w = Watched::new(T0);
+        let secrets = [("refresh_token", "seed"), ("access_token", "first")];
+        w.answer(&[OK]);
+        get(&refreshing(&secrets), &w).expect("first run");
+        assert_eq!(w.sent(), ["use first"]);
+        let entry: Cached = kv::get_json(TOKEN_KEY).expect("json").expect("seeded");
+        assert_eq!(entry.refresh_token.as_deref(), Some("seed"));
+        assert_eq!(
+            entry.expires_at_ms,
+            T0 + 14_400_000 - 60_000,
+            "4 hours at most"
+        );
+        // Refused: refreshed with the configured refresh token.
+        w.answer(&[EXPIRED, &refreshed("a1", "r1"), OK]);
+        get(&refreshing(&secrets), &w).expect("refreshed");
+        assert_eq!(w.sent()[1..], ["use first", "refresh seed", "use a1"]);
+        // A changed `access_token` alone keeps the state (and its rotated
+        // refresh token).
+        w.answer(&[OK]);
+        get(
+            &refreshing(&[("refresh_token", "seed"), ("access_token", "other")]),
+            &w,
+        )
+        .expect("stored token");
+        assert_eq!(w.sent()[4..], ["use a1"]);
+    }
+
+    #[test]
+    fn a_new_refresh_token_secret_seeds_again() {
+        let w = Watched::new(T0);
+        w.answer(&[&refreshed("a1", "r1"), OK]);
+        get(&refreshing(&[("refresh_token", "seed")]), &w).expect("first run");
+        // The seller authorised again: the new secret replaces the state.
+        w.answer(&[&refreshed("b1", "s1"), OK]);
+        get(&refreshing(&[("refresh_token", "seed2")]), &w).expect("new seed");
+        assert_eq!(w.sent()[2..], ["refresh seed2", "use b1"]);
+        assert_eq!(stored_refresh_token().as_deref(), Some("s1"));
+        // The same secret again: the stored state, rotated from it.
+        w.answer(&[OK]);
+        get(&refreshing(&[("refresh_token", "seed2")]), &w).expect("stored");
+        assert_eq!(w.sent()[4..], ["use b1"]);
+    }
+
+    #[test]
+    fn a_refused_refresh_token_says_what_to_do() {
+        let refused =
+            r#"{"error":"error_auth","message":"Invalid refresh_token","request_id":"q"}"#;
+        let fake = Fake::new(T0, &[(403, refused)]);
+        let shop = refreshing(&[("refresh_token", "seed-secret")]);
+        assert_eq!(
+            get(&shop, &fake).err().as_deref(),
+            Some("shopee refresh token refused (error_auth: Invalid refresh_token [request_id q]): set a new `refresh_token` secret from the seller's re-authorisation")
+        );
+        assert_eq!(kv::get(TOKEN_KEY), None);
+        let fake = Fake::new(
+            T0,
+            &[
+                (
+                    400,
+                    r#"{"error":"error_param","message":"Invalid shop_id.","request_id":"p"}"#,
+                ),
+                (500, "busy"),
+                (
+                    200,
+                    r#"{"error":"","message":"","refresh_token":"seed-secret-2"}"#,
+                ),
+                (200, r#"{"error":"","access_token":"","refresh_token":"r"}"#),
+            ],
+        );
+        let target = "POST http://127.0.0.1:7/api/v2/auth/access_token/get";
+        for expected in [
+            format!("refreshing the shopee access token: {target} -> HTTP 400: error_param: Invalid shop_id. [request_id p]"),
+            format!("refreshing the shopee access token: {target} -> HTTP 500: busy"),
+            format!("refreshing the shopee access token: {target}: the answer has no `access_token`"),
+            format!("refreshing the shopee access token: {target}: empty `access_token`"),
+        ] {
+            let shop = refreshing(&[("refresh_token", "seed-secret")]);
+            assert_eq!(get(&shop, &fake).err(), Some(expected));
+        }
+        assert_eq!(kv::get(TOKEN_KEY), None);
+        let shop = refreshing(&[("refresh_token", "seed-secret")]);
+        let err = get(&shop, &fake).expect_err("no answer");
+        assert_eq!(
+            err,
+            format!(
+                "refreshing the shopee access token: {target}: transport error: connection refused"
+            )
+        );
     }
 }

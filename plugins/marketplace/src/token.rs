@@ -6,6 +6,11 @@
 //! A cached token is only reused by the same credentials: the entry stores a
 //! SHA-256 fingerprint of the token URL and client id, so a changed config
 //! fetches a new token at once.
+//!
+//! [`Cached`], [`load`] and [`store`] are the cache itself; providers whose
+//! token exchange does not fit [`TokenSource`] (Shopee: a signed JSON call
+//! and a refresh token that rotates) build on them, so every token shares
+//! one expiry rule.
 
 use rollback_plugin_sdk::http::Response;
 use rollback_plugin_sdk::{kv, log};
@@ -32,12 +37,55 @@ fn default_expires_in() -> u64 {
     3600
 }
 
-/// The `kv` entry of a cached token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Cached {
-    access_token: String,
-    expires_at_ms: u64,
-    owner: String,
+/// The `kv` entry of a cached token. No `Debug`: it holds secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cached {
+    /// The access token.
+    pub access_token: String,
+    /// When it stops being reused: [`SAFETY_MARGIN_MS`] before it expires.
+    pub expires_at_ms: u64,
+    /// SHA-256 fingerprint of the credentials it belongs to.
+    pub owner: String,
+    /// The newest refresh token, for providers whose refresh tokens rotate
+    /// (Shopee): after a refresh only this one is still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+impl Cached {
+    /// An entry for `access_token`, valid for `lifetime_ms` from `now_ms`,
+    /// belonging to `owner` (hashed here). It counts as expired
+    /// [`SAFETY_MARGIN_MS`] early, or half its lifetime early for tokens
+    /// shorter than twice that.
+    pub fn new(access_token: &str, now_ms: u64, lifetime_ms: u64, owner: &str) -> Self {
+        let margin = SAFETY_MARGIN_MS.min(lifetime_ms / 2);
+        Cached {
+            access_token: access_token.to_string(),
+            expires_at_ms: now_ms.saturating_add(lifetime_ms - margin),
+            owner: fingerprint(owner),
+            refresh_token: None,
+        }
+    }
+
+    /// Whether the access token may still be used at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms
+    }
+}
+
+/// The entry under `key` when it belongs to `owner` (unhashed), fresh or
+/// not; an unreadable entry counts as none.
+pub fn load(key: &str, owner: &str) -> Option<Cached> {
+    let cached = kv::get_json::<Cached>(key).unwrap_or_else(|err| {
+        log::warn!("ignoring the cached token: {err}");
+        None
+    })?;
+    (cached.owner == fingerprint(owner)).then_some(cached)
+}
+
+/// Stores `entry` under `key`.
+pub fn store(key: &str, entry: &Cached) -> Result<(), String> {
+    kv::set_json(key, entry)
 }
 
 /// Something that can fetch an access token: one per provider.
@@ -56,14 +104,8 @@ pub trait TokenSource {
 /// A token for `source`: the cached one if still valid, else a new one
 /// (then cached). The flag says whether it came from the cache.
 pub fn get(source: &dyn TokenSource, transport: &dyn Transport) -> Result<(String, bool), String> {
-    let now = transport.now_ms();
-    let owner = fingerprint(&source.owner());
-    let cached = kv::get_json::<Cached>(source.cache_key()).unwrap_or_else(|err| {
-        log::warn!("ignoring the cached token: {err}");
-        None
-    });
-    if let Some(c) = cached {
-        if c.owner == owner && now < c.expires_at_ms {
+    if let Some(c) = load(source.cache_key(), &source.owner()) {
+        if c.is_fresh(transport.now_ms()) {
             return Ok((c.access_token, true));
         }
     }
@@ -91,14 +133,13 @@ pub fn fetch(source: &dyn TokenSource, transport: &dyn Transport) -> Result<Stri
             call.target()
         ));
     }
-    let lifetime_ms = answer.expires_in.saturating_mul(1000);
-    let margin = SAFETY_MARGIN_MS.min(lifetime_ms / 2);
-    let entry = Cached {
-        access_token: answer.access_token.clone(),
-        expires_at_ms: transport.now_ms().saturating_add(lifetime_ms - margin),
-        owner: fingerprint(&source.owner()),
-    };
-    if let Err(err) = kv::set_json(source.cache_key(), &entry) {
+    let entry = Cached::new(
+        &answer.access_token,
+        transport.now_ms(),
+        answer.expires_in.saturating_mul(1000),
+        &source.owner(),
+    );
+    if let Err(err) = store(source.cache_key(), &entry) {
         // Still usable for this run; the next run fetches again.
         log::warn!("could not cache the access token: {err}");
     }
@@ -211,6 +252,14 @@ mod tests {
         let cached: Cached = kv::get_json("test-token").expect("json").expect("cached");
         assert_eq!(cached.expires_at_ms, 30_000);
         assert_ne!(cached.owner, "a");
+        assert!(!cached.is_fresh(30_000));
+        let stored = kv::get("test-token").expect("stored");
+        assert!(
+            !String::from_utf8_lossy(&stored).contains("refresh_token"),
+            "only rotating providers store a refresh token"
+        );
+        assert!(load("test-token", "a").is_some());
+        assert!(load("test-token", "b").is_none(), "other credentials");
     }
 
     #[test]

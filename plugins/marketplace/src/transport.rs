@@ -49,6 +49,16 @@ impl Call {
         }
     }
 
+    /// `POST url` with `value` as an `application/json` body.
+    pub fn post_json(url: impl Into<String>, value: &serde_json::Value) -> Self {
+        Call {
+            method: "POST".to_string(),
+            url: url.into(),
+            headers: vec![("Content-Type".to_string(), "application/json".to_string())],
+            body: Some(value.to_string().into_bytes()),
+        }
+    }
+
     /// Adds a header.
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {

@@ -396,14 +396,17 @@ fn shopee_errors_are_errors() {
         ("shop_id", "2"),
     ]);
     let check = |answers: &[(u16, &str)]| run(&s, "2024-05-01T09:50:00Z", answers);
-    let (_, r) = check(&[(
-        200,
-        r#"{"error":"error_auth","message":"Invalid access_token.","request_id":"r"}"#,
-    )]);
+    // The config has a refresh token: a refused token is refreshed once, and
+    // the refusal of the new one is the error.
+    let refused = r#"{"error":"error_auth","message":"Invalid access_token.","request_id":"r"}"#;
+    let refreshed = r#"{"error":"","message":"","request_id":"t","access_token":"new","refresh_token":"rotated","expire_in":14400}"#;
+    let (fake, r) = check(&[(200, refused), (200, refreshed), (200, refused)]);
     assert_eq!(
         r.err().as_deref(),
         Some("GET http://shopee/api/v2/order/get_order_list -> HTTP 200: error_auth: Invalid access_token. [request_id r]")
     );
+    assert!(fake.urls()[2].starts_with("http://shopee/api/v2/auth/access_token/get?"));
+    assert_eq!(fake.calls().len(), 4);
     let list = r#"{"error":"","response":{"more":false,"order_list":[{"order_sn":"A"}]}}"#;
     let (_, r) = check(&[
         (200, list),
