@@ -185,6 +185,9 @@ pub struct PluginEntry {
     pub memory_limit: u64,
     /// Cap on one HTTP response body, in bytes.
     pub max_response_bytes: u64,
+    /// A kv store shared with the app's other entries of the same scope;
+    /// `None`: the entry's own.
+    pub kv_scope: Option<String>,
     /// Hosts the plugin may reach over HTTP.
     pub allow_hosts: Vec<HostRule>,
     /// Plain values handed to the plugin.
@@ -442,6 +445,7 @@ struct RawCheck {
     timeout: Option<String>,
     memory_limit: Option<String>,
     max_response_bytes: Option<String>,
+    kv_scope: Option<String>,
     #[serde(default)]
     allow_hosts: Vec<String>,
     #[serde(default)]
@@ -460,6 +464,7 @@ struct RawHook {
     timeout: Option<String>,
     memory_limit: Option<String>,
     max_response_bytes: Option<String>,
+    kv_scope: Option<String>,
     #[serde(default)]
     allow_hosts: Vec<String>,
     #[serde(default)]
@@ -475,6 +480,7 @@ struct RawEntry {
     timeout: Option<String>,
     memory_limit: Option<String>,
     max_response_bytes: Option<String>,
+    kv_scope: Option<String>,
     allow_hosts: Vec<String>,
     config: BTreeMap<String, toml::Value>,
     secrets: BTreeMap<String, String>,
@@ -488,6 +494,7 @@ macro_rules! raw_entry {
             timeout: $raw.timeout,
             memory_limit: $raw.memory_limit,
             max_response_bytes: $raw.max_response_bytes,
+            kv_scope: $raw.kv_scope,
             allow_hosts: $raw.allow_hosts,
             config: $raw.config,
             secrets: $raw.secrets,
@@ -989,6 +996,14 @@ impl Validator<'_> {
             1024,
             MAX_RESPONSE_LIMIT,
         )?;
+        if let Some(scope) = &raw.kv_scope {
+            if !valid_name(scope) {
+                return Err(self.err(
+                    format!("{key}.kv_scope"),
+                    "must be a name: [A-Za-z0-9._-], 1 to 64 characters, not starting with . or -",
+                ));
+            }
+        }
         let mut allow_hosts = Vec::with_capacity(raw.allow_hosts.len());
         for (i, entry) in raw.allow_hosts.iter().enumerate() {
             allow_hosts.push(
@@ -1043,6 +1058,7 @@ impl Validator<'_> {
             timeout: self.duration(&format!("{key}.timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
             memory_limit,
             max_response_bytes,
+            kv_scope: raw.kv_scope,
             allow_hosts,
             config,
             secrets,

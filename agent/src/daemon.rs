@@ -74,27 +74,38 @@ impl Compiled {
         }
     }
 
-    fn sandbox(&self, store: &Store) -> anyhow::Result<Arc<Sandbox>> {
-        let kv = store.kv_space(&self.app, &format!("{}:{}", self.kind(), self.name));
-        Ok(Sandbox::new(
-            Grants {
-                app: self.app.clone(),
-                entry: self.name.clone(),
-                plugin: self
-                    .entry
-                    .plugin
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                allow_hosts: self.entry.allow_hosts.clone(),
-                config: self.entry.config.clone(),
-                secrets: self.secrets.clone(),
-                timeout: self.entry.timeout,
-                memory_limit: self.entry.memory_limit,
-                max_response_bytes: self.entry.max_response_bytes,
-            },
-            Arc::new(kv),
-        )?)
+    fn sandbox(
+        &self,
+        store: &Store,
+        turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> anyhow::Result<Arc<Sandbox>> {
+        // Entries of one app that name the same kv_scope share one store
+        // (e.g. two checks refreshing one rotating marketplace token).
+        let space = match &self.entry.kv_scope {
+            Some(scope) => format!("scope:{scope}"),
+            None => format!("{}:{}", self.kind(), self.name),
+        };
+        let kv = Arc::new(store.kv_space(&self.app, &space));
+        let grants = Grants {
+            app: self.app.clone(),
+            entry: self.name.clone(),
+            plugin: self
+                .entry
+                .plugin
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            allow_hosts: self.entry.allow_hosts.clone(),
+            config: self.entry.config.clone(),
+            secrets: self.secrets.clone(),
+            timeout: self.entry.timeout,
+            memory_limit: self.entry.memory_limit,
+            max_response_bytes: self.entry.max_response_bytes,
+        };
+        Ok(match turn {
+            Some(turn) => Sandbox::new_shared(grants, kv, turn)?,
+            None => Sandbox::new(grants, kv)?,
+        })
     }
 
     fn view(&self) -> PluginView {
@@ -117,6 +128,7 @@ impl Compiled {
             timeout_ms: self.entry.timeout.as_millis() as u64,
             memory_limit: self.entry.memory_limit,
             max_response_bytes: self.entry.max_response_bytes,
+            kv_scope: self.entry.kv_scope.clone(),
             on: match &self.role {
                 Role::Hook { on } => on.iter().map(|e| e.as_str().to_string()).collect(),
                 Role::Check { .. } => Vec::new(),
@@ -203,8 +215,15 @@ async fn compile(host: &Arc<PluginHost>, config: &Config) -> anyhow::Result<Vec<
 /// Gives each compiled entry its sandbox and groups them per app.
 fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
     let mut loaded: Loaded = BTreeMap::new();
+    // One turn per (app, kv_scope): entries sharing a store run one at a time.
+    let mut turns: BTreeMap<(&str, &str), Arc<tokio::sync::Mutex<()>>> = BTreeMap::new();
     for c in compiled {
-        let sandbox = c.sandbox(store)?;
+        let turn = c
+            .entry
+            .kv_scope
+            .as_deref()
+            .map(|scope| turns.entry((c.app.as_str(), scope)).or_default().clone());
+        let sandbox = c.sandbox(store, turn)?;
         let (checks, hooks) = loaded.entry(c.app.clone()).or_default();
         match &c.role {
             Role::Check {

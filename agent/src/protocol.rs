@@ -503,6 +503,9 @@ pub struct PluginView {
     pub memory_limit: u64,
     /// Cap on one HTTP response body, bytes.
     pub max_response_bytes: u64,
+    /// The shared kv store it uses, if not its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_scope: Option<String>,
     /// For hooks: the events it is called for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<String>,

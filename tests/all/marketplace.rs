@@ -1779,6 +1779,41 @@ secrets = {{ client_id = "env:SHOP_LWA_CLIENT_ID", client_secret = "env:SHOP_LWA
     assert_eq!(agent.json(&["status", "shop"])["active"], "1.0.0");
 }
 
+/// The `allow_hosts`, `config` and `secrets` lines of an agent config entry
+/// against `m` (plus `config` and the app `ports`), secrets as `env:`
+/// references named with `prefix`; and the environment they need.
+fn agent_entry(
+    m: &Marketplace,
+    prefix: &str,
+    config: &[(&str, String)],
+    secrets: &[(String, String)],
+    ports: &[u16],
+) -> (String, Vec<(String, String)>) {
+    let mut values: Vec<String> = m
+        .config()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .chain(config.iter().map(|(k, v)| (*k, v.clone())))
+        .map(|(k, v)| format!("{k} = {}", json!(v)))
+        .collect();
+    values.dedup();
+    let var = |k: &str| format!("SHOP_{prefix}{}", k.to_uppercase());
+    let refs: Vec<String> = secrets
+        .iter()
+        .map(|(k, _)| format!("{k} = \"env:{}\"", var(k)))
+        .collect();
+    let env = secrets.iter().map(|(k, v)| (var(k), v.clone())).collect();
+    let mut hosts = vec![format!("{:?}", m.host())];
+    hosts.extend(ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")));
+    let lines = format!(
+        "allow_hosts = [{}]\nconfig = {{ {} }}\nsecrets = {{ {} }}\n",
+        hosts.join(", "),
+        values.join(", "),
+        refs.join(", ")
+    );
+    (lines, env)
+}
+
 #[test]
 fn marketplace_inventory_drift_rolls_back_a_release_that_miscounts_stock() {
     let p = Provider::Shopee;
@@ -1808,36 +1843,21 @@ fn marketplace_inventory_drift_rolls_back_a_release_that_miscounts_stock() {
         let release = json!({"version": v, "stock": stock}).to_string();
         release_source(dir.path(), v, &[("release.json", release)])
     });
-    let mut config: Vec<String> = m
-        .config()
-        .iter()
-        .map(|(k, v)| format!("{k} = {}", json!(v)))
-        .collect();
-    config.push(format!(
-        "app_inventory_url = \"http://127.0.0.1:{app}/inventory\""
-    ));
-    // Secrets reach the agent as env: references.
-    let env: Vec<(String, String)> = m
-        .secrets()
-        .into_iter()
-        .map(|(k, v)| (format!("SHOP_SHOPEE_{}", k.to_uppercase()), v))
-        .collect();
-    let secrets: Vec<String> = m
-        .secrets()
-        .iter()
-        .map(|(k, _)| format!("{k} = \"env:SHOP_SHOPEE_{}\"", k.to_uppercase()))
-        .collect();
+    let (entry, env) = agent_entry(
+        &m,
+        "",
+        &[(
+            "app_inventory_url",
+            format!("http://127.0.0.1:{app}/inventory"),
+        )],
+        &m.secrets(),
+        &[app],
+    );
     let config = check_config(
         "1500ms",
         "stock",
         "inventory-drift",
-        &format!(
-            "interval = \"300ms\"\nfail_after = 2\ntimeout = \"5s\"\n\
-             allow_hosts = [\"{}\", \"127.0.0.1:{app}\"]\nconfig = {{ {} }}\nsecrets = {{ {} }}\n",
-            m.host(),
-            config.join(", "),
-            secrets.join(", ")
-        ),
+        &format!("interval = \"300ms\"\nfail_after = 2\ntimeout = \"5s\"\n{entry}"),
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let agent = Agent::start_in_with_env(dir, &config, &env);
@@ -1853,4 +1873,48 @@ fn marketplace_inventory_drift_rolls_back_a_release_that_miscounts_stock() {
         .iter()
         .all(|l| l.status == 200));
     assert_eq!(agent.json(&["status", "shop"])["active"], "1.0.0");
+}
+
+#[test]
+fn marketplace_shopee_checks_of_one_shop_share_rotating_tokens_through_kv_scope() {
+    let p = Provider::Shopee;
+    let (m, sync) = in_sync(p, 5 * MIN);
+    let stock = catalogue(p);
+    m.set_stock(stock.clone());
+    let stock_app = inventory_app(&stock, p);
+    // Tokens that live 2 s: the bake sees several refreshes, each rotating
+    // the refresh token that both checks depend on.
+    m.set_expires_in(2);
+    let secrets = shopee_secrets(&[("refresh_token", SHOPEE_REFRESH_TOKEN)]);
+    let entry = |name: &str, plugin: &str, config: &[(&str, String)], app: u16| {
+        let (lines, env) = agent_entry(&m, "SHOPEE_", config, &secrets, &[app]);
+        let text = format!(
+            "[[apps.shop.checks]]\nname = \"{name}\"\nplugin = \"{}\"\ninterval = \"250ms\"\n\
+             fail_after = 2\ntimeout = \"5s\"\nkv_scope = \"shopee-shop\"\n{lines}\n",
+            crate::support::plugin(plugin).display()
+        );
+        (text, env)
+    };
+    let (orders, env) = entry("orders", "order-sync-lag", &sync_config(sync, "10m"), sync);
+    let inventory_url = format!("http://127.0.0.1:{stock_app}/inventory");
+    let (stock_entry, _) = entry(
+        "stock",
+        "inventory-drift",
+        &[("app_inventory_url", inventory_url)],
+        stock_app,
+    );
+    let config =
+        format!("[apps.shop]\nroot = \"{{dir}}/shop\"\nbake = \"5s\"\n\n{orders}{stock_entry}");
+    let dir = tempfile::tempdir().unwrap();
+    let release = release_source(dir.path(), "1.0.0", &[("release.json", "{}".into())]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = Agent::start_in_with_env(dir, &config, &env);
+    let out = agent.deploy(release.to_str().unwrap(), "1.0.0", true);
+    assert_eq!(out.code, 0, "both checks pass through the bake: {out:?}");
+    let refreshes = m.requests(SHOPEE_REFRESH);
+    assert!(refreshes.len() >= 2, "tokens were refreshed: {refreshes:?}");
+    assert!(
+        refreshes.iter().all(|l| l.status == 200),
+        "no refresh token was refused: {refreshes:?}"
+    );
 }

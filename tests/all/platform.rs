@@ -255,3 +255,76 @@ fn pins_and_secrets_are_checked_before_start() {
     );
     assert!(agent.stop().success());
 }
+
+/// `count` and `runs` of each check in `status shop --json`.
+fn counts(agent: &Agent) -> Vec<(String, f64, u64)> {
+    let status = agent.json(&["status", "shop"]);
+    status["checks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, c)| {
+            (
+                name.clone(),
+                c["metrics"]["count"].as_f64().unwrap_or(0.0),
+                c["runs"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn entries_with_one_kv_scope_share_their_kv_store() {
+    let counter = |name: &str, scope: &str| {
+        format!(
+            "[[apps.shop.checks]]\nname = \"{name}\"\nplugin = \"{}\"\ninterval = \"100ms\"\n{scope}\n",
+            fixture("kv-counter.wat")
+        )
+    };
+    let config = format!(
+        "[apps.shop]\nroot = \"{{dir}}/shop\"\nbake = \"1h\"\n\n{}{}{}",
+        counter("a", "kv_scope = \"tokens\""),
+        counter("b", "kv_scope = \"tokens\""),
+        counter("own", "")
+    );
+    let agent = Agent::start(&config);
+    let release = example_release("1.0.0");
+    assert_eq!(
+        agent.deploy(release.to_str().unwrap(), "1.0.0", false).code,
+        0
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        let seen = counts(&agent);
+        if seen.len() == 3 && seen.iter().all(|(_, _, runs)| *runs >= 3) {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checks did not run: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let get = |n: &str| seen.iter().find(|(name, _, _)| name == n).unwrap().clone();
+    let ((_, a, runs_a), (_, b, runs_b), (_, own, runs_own)) = (get("a"), get("b"), get("own"));
+    // Its own store counts only its own runs (the count of the last
+    // recorded run: at most one run behind).
+    assert!(
+        own as u64 <= runs_own && own as u64 + 1 >= runs_own,
+        "{seen:?}"
+    );
+    // A shared one counts the runs of both entries.
+    assert!(a.max(b) as u64 > runs_a.max(runs_b), "{seen:?}");
+    let plugins = agent.json(&["plugins", "shop"]);
+    assert!(
+        plugins.to_string().contains("\"kv_scope\":\"tokens\""),
+        "{plugins}"
+    );
+
+    // A scope that is not a name is refused with the key.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(dir.path(), &config.replace("\"tokens\"", "\"../x\""));
+    let (code, err) = rollbackd_run(&bad, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("kv_scope"), "{err}");
+}

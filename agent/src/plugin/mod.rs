@@ -381,6 +381,9 @@ pub struct Sandbox {
     client: reqwest::Client,
     kv: Arc<dyn Kv>,
     log_budget: Mutex<LogBudget>,
+    /// Held for the whole of each call by the entries that share a kv
+    /// store, so that their read-modify-write sequences never interleave.
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 fn url_allowed(rules: &[HostRule], url: &url::Url) -> Result<(), String> {
@@ -403,6 +406,25 @@ fn url_allowed(rules: &[HostRule], url: &url::Url) -> Result<(), String> {
 impl Sandbox {
     /// Builds the sandbox for one plugin entry.
     pub fn new(grants: Grants, kv: Arc<dyn Kv>) -> Result<Arc<Sandbox>, PluginError> {
+        Sandbox::build(grants, kv, None)
+    }
+
+    /// Builds the sandbox of an entry that shares `kv` with others: calls of
+    /// sandboxes with the same `turn` run one at a time (waiting for the turn
+    /// does not count against the call's deadline).
+    pub fn new_shared(
+        grants: Grants,
+        kv: Arc<dyn Kv>,
+        turn: Arc<tokio::sync::Mutex<()>>,
+    ) -> Result<Arc<Sandbox>, PluginError> {
+        Sandbox::build(grants, kv, Some(turn))
+    }
+
+    fn build(
+        grants: Grants,
+        kv: Arc<dyn Kv>,
+        turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Result<Arc<Sandbox>, PluginError> {
         let rules = grants.allow_hosts.clone();
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
             // `previous()` holds the original URL plus every redirect so far.
@@ -429,6 +451,7 @@ impl Sandbox {
                 used: 0,
                 dropped: 0,
             }),
+            turn,
         }))
     }
 
@@ -874,6 +897,10 @@ impl Plugin {
         sandbox: &Arc<Sandbox>,
         call: impl for<'a> FnOnce(&'a mut Store<HostState>) -> CallFuture<'a, T>,
     ) -> CallReport<T> {
+        let _turn = match &sandbox.turn {
+            Some(turn) => Some(turn.clone().lock_owned().await),
+            None => None,
+        };
         let started = Instant::now();
         let grants = sandbox.grants();
         let timeout = grants.timeout;
