@@ -305,6 +305,11 @@ fn size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("`{s}` is not a size like 64MiB ({e})"))
 }
 
+/// The agent's error reply as a command error: its message and Varlink name.
+fn remote_error(e: RemoteError) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e.message, e.name)
+}
+
 /// A connection to the agent.
 pub struct Client {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
@@ -333,10 +338,7 @@ impl Client {
         method: &str,
         parameters: serde_json::Value,
     ) -> anyhow::Result<(T, serde_json::Value)> {
-        match self.call(method, parameters).await? {
-            Ok(reply) => Ok(reply),
-            Err(e) => bail!("{} ({})", e.message, e.name),
-        }
+        self.call(method, parameters).await?.map_err(remote_error)
     }
 
     /// Sends one call and reads its reply.
@@ -534,10 +536,7 @@ async fn watch(client: &mut Client, app: Option<String>, json: bool) -> anyhow::
         .await?;
     let colour = COLOUR_OUT.load(Ordering::Relaxed);
     loop {
-        let (parameters, continues) = match client.next_reply().await? {
-            Ok(r) => r,
-            Err(e) => bail!("{} ({})", e.message, e.name),
-        };
+        let (parameters, continues) = client.next_reply().await?.map_err(remote_error)?;
         let reply: protocol::WatchReply =
             serde_json::from_value(parameters).context("the agent sent an unexpected reply")?;
         if json {
@@ -849,10 +848,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             // A check's result is shown when it changes, not on every run.
             let mut last_outcome = std::collections::HashMap::new();
             let raw = loop {
-                let (parameters, continues) = match client.next_reply().await? {
-                    Ok(r) => r,
-                    Err(e) => bail!("{} ({})", e.message, e.name),
-                };
+                let (parameters, continues) = client.next_reply().await?.map_err(remote_error)?;
                 if !continues {
                     break parameters;
                 }

@@ -845,16 +845,6 @@ secrets = {{ bearer_token = "file:{{dir}}/prom-token" }}
 // ---------------------------------------------------------------------------
 // Stateful checks through `rollbackctl plugin test --kv`
 
-/// A server answering every request with the body currently in the cell.
-fn switchable_server(content_type: &'static str, body: &str) -> (u16, Arc<Mutex<String>>) {
-    let cell = Arc::new(Mutex::new(body.to_string()));
-    let served = cell.clone();
-    let port = http_server(move |_| {
-        HttpReply::new(200, served.lock().unwrap().clone()).header("content-type", content_type)
-    });
-    (port, cell)
-}
-
 /// `plugin test NAME --kv FILE --phase PHASE --release VERSION`: exit code and report.
 fn stateful_run(
     name: &str,
@@ -876,7 +866,7 @@ fn stateful_run(
 fn price_guard_passes_and_fails_through_plugin_test_with_a_kv_file() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("price-guard.json");
-    let (port, prices) = switchable_server("application/json", &good_prices(40));
+    let (port, set_prices) = text_server(good_prices(40), |text| HttpReply::json(200, text));
     let url = format!("http://127.0.0.1:{port}/prices");
     let config = [("prices_url", url.as_str()), ("max_change", "30%")];
 
@@ -889,7 +879,7 @@ fn price_guard_passes_and_fails_through_plugin_test_with_a_kv_file() {
     assert_eq!((code, r["status"].as_str()), (0, Some("pass")), "{r}");
     assert_eq!(r["metrics"]["skus_changed"], 0.0, "{r}");
     // 1.1.0 after a botched batch update: fail (exit 3), the worst SKU named.
-    *prices.lock().unwrap() = botched_prices(40);
+    set_prices(botched_prices(40));
     let (code, r) = stateful_run("price-guard", port, &config, &kv, "bake", "1.1.0");
     assert_eq!((code, r["status"].as_str()), (3, Some("fail")), "{r}");
     assert!(r["summary"].as_str().unwrap().contains("SKU-1"), "{r}");
@@ -900,7 +890,7 @@ fn price_guard_passes_and_fails_through_plugin_test_with_a_kv_file() {
 fn marketplace_errors_passes_and_fails_through_plugin_test_with_a_kv_file() {
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("marketplace-errors.json");
-    let (port, metrics) = switchable_server("text/plain; version=0.0.4", &exposition(1000, 0, 0));
+    let (port, set_metrics) = text_server(exposition(1000, 0, 0), |text| HttpReply::new(200, text));
     let url = format!("http://127.0.0.1:{port}/metrics");
     let config = [("metrics_url", url.as_str())];
     let run = || stateful_run("marketplace-errors", port, &config, &kv, "bake", "1.1.0");
@@ -909,13 +899,13 @@ fn marketplace_errors_passes_and_fails_through_plugin_test_with_a_kv_file() {
     let (code, r) = run();
     assert_eq!((code, r["status"].as_str()), (0, Some("warn")), "{r}");
     // 200 more calls, 2 of them 429: 1% errors, under the default 5%.
-    *metrics.lock().unwrap() = exposition(1198, 2, 0);
+    set_metrics(exposition(1198, 2, 0));
     let (code, r) = run();
     assert_eq!((code, r["status"].as_str()), (0, Some("pass")), "{r}");
     assert_eq!(r["metrics"]["requests"], 200.0, "{r}");
     assert_eq!(r["metrics"]["rate_limited"], 2.0, "{r}");
     // 100 more, 30 of them 503 and 10 429: 40% errors.
-    *metrics.lock().unwrap() = exposition(1258, 12, 30);
+    set_metrics(exposition(1258, 12, 30));
     let (code, r) = run();
     assert_eq!((code, r["status"].as_str()), (3, Some("fail")), "{r}");
     assert_eq!(r["metrics"]["errors"], 40.0, "{r}");

@@ -1789,14 +1789,11 @@ fn agent_entry(
     secrets: &[(String, String)],
     ports: &[u16],
 ) -> (String, Vec<(String, String)>) {
-    let mut values: Vec<String> = m
-        .config()
+    let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let values: Vec<String> = overridden(m.config(), &config)
         .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .chain(config.iter().map(|(k, v)| (*k, v.clone())))
         .map(|(k, v)| format!("{k} = {}", json!(v)))
         .collect();
-    values.dedup();
     let var = |k: &str| format!("SHOP_{prefix}{}", k.to_uppercase());
     let refs: Vec<String> = secrets
         .iter()
