@@ -16,7 +16,8 @@ const MIN: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------ the fakes
 
-fn form(pairs: &[(&str, &str)]) -> String {
+/// `application/x-www-form-urlencoded` text of `pairs`.
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={}", encode(v)))

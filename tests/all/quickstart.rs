@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::marketplace::assert_valid;
+use crate::marketplace::{assert_valid, form};
 use crate::marketplace_fakes::{call, encode, now_ms, parse_time, rfc3339, Answer};
 use crate::support::*;
 
@@ -95,14 +95,6 @@ fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 fn lwa(port: u16, client_secret: &str, refresh_token: &str) -> Answer {
