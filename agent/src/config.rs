@@ -30,6 +30,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_FAIL_AFTER: u32 = 3;
 const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 const MIN_HISTORY_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Upper bound of windows (bake, history retention, failure-ratio window).
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Upper bound of intervals and deadlines (check interval, timeouts).
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 /// Default memory cap of one plugin call.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 const MAX_MEMORY_LIMIT: u64 = 4 * 1024 * 1024 * 1024;
@@ -519,6 +523,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 30s or 5m ({e})"))
 }
 
+/// Parses a duration that must be greater than zero and at most `max`.
+pub fn bounded_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if d > max {
+        return Err(format!(
+            "`{}` is too long: at most {}",
+            text.trim(),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -642,17 +662,17 @@ impl Validator<'_> {
             .collect()
     }
 
+    /// A positive duration of at most `max` (so that no clock arithmetic on
+    /// it can overflow).
     fn duration(
         &self,
         key: &str,
         text: Option<String>,
         default: Duration,
+        max: Duration,
     ) -> Result<Duration, ConfigError> {
         let Some(text) = text else { return Ok(default) };
-        let d = parse_duration(&text).map_err(|m| self.err(key, m))?;
-        if d.is_zero() {
-            return Err(self.err(key, "must be greater than zero"));
-        }
+        let d = bounded_duration(&text, max).map_err(|m| self.err(key, m))?;
         Ok(d)
     }
 
@@ -661,6 +681,7 @@ impl Validator<'_> {
             "agent.history_retention",
             raw.agent.history_retention.clone(),
             DEFAULT_HISTORY_RETENTION,
+            MAX_WINDOW,
         )?;
         if history_retention < MIN_HISTORY_RETENTION {
             return Err(self.err(
@@ -774,12 +795,13 @@ impl Validator<'_> {
         Ok(AppConfig {
             name: name.to_string(),
             root: self.resolve(&raw.root),
-            bake: self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE)?,
+            bake: self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE, MAX_WINDOW)?,
             restart,
             restart_timeout: self.duration(
                 &format!("{key}.restart_timeout"),
                 raw.restart_timeout,
                 DEFAULT_RESTART_TIMEOUT,
+                MAX_DEADLINE,
             )?,
             checks,
             hooks,
@@ -825,7 +847,12 @@ impl Validator<'_> {
                 ))
             }
         };
-        let interval = self.duration(&format!("{key}.interval"), raw.interval, DEFAULT_INTERVAL)?;
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            raw.interval,
+            DEFAULT_INTERVAL,
+            MAX_DEADLINE,
+        )?;
         let rule = match (raw.failure_ratio, raw.window) {
             (None, None) => FailureRule::Consecutive(fail_after),
             (Some(_), _) if raw.fail_after.is_some() => {
@@ -847,8 +874,12 @@ impl Validator<'_> {
                         "failure_ratio needs a window, e.g. \"5m\"",
                     )
                 })?;
-                let window =
-                    self.duration(&format!("{key}.window"), Some(window), DEFAULT_INTERVAL)?;
+                let window = self.duration(
+                    &format!("{key}.window"),
+                    Some(window),
+                    DEFAULT_INTERVAL,
+                    MAX_WINDOW,
+                )?;
                 if window < interval {
                     return Err(self.err(
                         format!("{key}.window"),
@@ -1055,7 +1086,12 @@ impl Validator<'_> {
         Ok(PluginEntry {
             plugin: self.resolve(&raw.plugin),
             sha256,
-            timeout: self.duration(&format!("{key}.timeout"), raw.timeout, DEFAULT_TIMEOUT)?,
+            timeout: self.duration(
+                &format!("{key}.timeout"),
+                raw.timeout,
+                DEFAULT_TIMEOUT,
+                MAX_DEADLINE,
+            )?,
             memory_limit,
             max_response_bytes,
             kv_scope: raw.kv_scope,
@@ -1168,6 +1204,18 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
             invalid_key(&format!("{base}bake = \"0s\"\n")),
             "apps.shop.bake"
         );
+        // Durations that would overflow clock arithmetic are refused up front.
+        for (key, text) in [
+            ("bake", "18446744073709551615s"),
+            ("bake", "100000000000h"),
+            ("bake", "367d"),
+            ("restart_timeout", "25h"),
+        ] {
+            assert_eq!(
+                invalid_key(&format!("{base}{key} = \"{text}\"\n")),
+                format!("apps.shop.{key}")
+            );
+        }
         assert_eq!(
             invalid_key(&format!("{base}restart = []\n")),
             "apps.shop.restart"
@@ -1181,6 +1229,12 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
             invalid_key(&format!("{base}{check}interval = \"-1s\"\n")),
             "apps.shop.checks[0].interval"
         );
+        for (key, text) in [("interval", "2d"), ("timeout", "18446744073709551615s")] {
+            assert_eq!(
+                invalid_key(&format!("{base}{check}{key} = \"{text}\"\n")),
+                format!("apps.shop.checks[0].{key}")
+            );
+        }
         assert_eq!(
             invalid_key(&format!("{base}{check}memory_limit = \"lots\"\n")),
             "apps.shop.checks[0].memory_limit"

@@ -290,13 +290,7 @@ fn host_rule(s: &str) -> Result<HostRule, String> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s).and_then(|d| {
-        if d.is_zero() {
-            Err("must be greater than zero".into())
-        } else {
-            Ok(d)
-        }
-    })
+    crate::config::bounded_duration(s, crate::config::MAX_DEADLINE)
 }
 
 fn size(s: &str) -> Result<u64, String> {

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AppConfig, HookEvent};
@@ -736,7 +737,12 @@ impl Supervisor {
             let tx = self.done_tx.clone();
             tokio::spawn(async move {
                 let at_ms = now_ms();
-                let report = plugin.check(&sandbox, &input).await;
+                // Whatever happens in the call, a result comes back, so the
+                // check's in-flight flag is always released.
+                let report = std::panic::AssertUnwindSafe(plugin.check(&sandbox, &input))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| CallReport::host_failure("the check call panicked"));
                 let _ = tx
                     .send(CheckDone {
                         generation,
@@ -774,6 +780,7 @@ impl Supervisor {
             Err(CallError::Trap(_)) => Some("trap"),
             Err(CallError::Plugin(_)) => Some("plugin"),
             Err(CallError::BadOutput(_)) => Some("bad-output"),
+            Err(CallError::Host(_)) => Some("host"),
             Ok(_) => None,
         };
         crate::metrics::global().check(

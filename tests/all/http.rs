@@ -199,3 +199,24 @@ async fn oversized_bodies_and_dead_servers() {
     let res = r.result.unwrap();
     assert_eq!(res.status, Status::Fail, "{}", res.summary);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_any_size_ends_the_call_without_a_panic() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = hits.clone();
+    let port = http_server(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HttpReply::new(503, "busy").header("Retry-After", "18446744073709551615")
+    });
+    let allow = [format!("127.0.0.1:{port}")];
+    let url = format!("http://127.0.0.1:{port}/health");
+    let result = probe(&url, &allow, T).await.result.unwrap();
+    // No retry can finish within the deadline: the 503 is the answer.
+    assert_eq!(result.status, Status::Fail, "{}", result.summary);
+    assert!(result.summary.contains("503"), "{}", result.summary);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The same through `rollbackctl plugin test`: a verdict, not exit 101.
+    let out = crate::support::plugin_test("http-probe", &allow, &[("url", url.as_str())], &[], &[]);
+    assert_eq!(out.code, 3, "{out:?}");
+}

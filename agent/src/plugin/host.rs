@@ -303,8 +303,12 @@ impl http::Host for HostState {
             let status = resp.status().as_u16();
             if matches!(status, 429 | 503) && retries < MAX_RETRIES {
                 let wait = retry_delay(resp.headers(), retries);
-                // Only wait if a retry can still finish before the deadline.
-                if Instant::now() + wait < self.deadline {
+                // Only wait if a retry can still finish before the deadline
+                // (a server's `Retry-After` may be any number).
+                if Instant::now()
+                    .checked_add(wait)
+                    .is_some_and(|at| at < self.deadline)
+                {
                     drop(resp);
                     tracing::debug!(app = %self.sandbox.grants().app, %status, ?wait, "retrying");
                     tokio::time::sleep(wait).await;

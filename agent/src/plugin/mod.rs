@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
@@ -130,6 +131,9 @@ pub enum CallError {
     Plugin(String),
     /// The plugin returned something the host refuses.
     BadOutput(String),
+    /// The host failed while serving the call (a bug caught at the call's
+    /// boundary, so that it costs one result, never the agent).
+    Host(String),
 }
 
 impl fmt::Display for CallError {
@@ -141,6 +145,7 @@ impl fmt::Display for CallError {
             CallError::Trap(m) => write!(f, "plugin trapped: {m}"),
             CallError::Plugin(m) => write!(f, "plugin error: {m}"),
             CallError::BadOutput(m) => write!(f, "invalid plugin output: {m}"),
+            CallError::Host(m) => write!(f, "host failure during the call: {m}"),
         }
     }
 }
@@ -226,6 +231,19 @@ pub struct CallReport<T = CheckResult> {
     pub http_retries: u32,
     /// Wall time of the call.
     pub elapsed: Duration,
+}
+
+impl<T> CallReport<T> {
+    /// A report for a call the host could not complete.
+    pub fn host_failure(what: &str) -> Self {
+        CallReport {
+            result: Err(CallError::Host(what.to_string())),
+            logs: Vec::new(),
+            http_requests: 0,
+            http_retries: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
 }
 
 /// A switch of `current`, as told to hooks.
@@ -929,17 +947,29 @@ impl Plugin {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let outcome = tokio::time::timeout(timeout + DEADLINE_MARGIN, call(&mut store)).await;
+        // A panic in a host import (a bug, or a value we failed to bound)
+        // ends this call with an error instead of unwinding into the caller.
+        let guarded = std::panic::AssertUnwindSafe(call(&mut store)).catch_unwind();
+        let outcome = tokio::time::timeout(timeout + DEADLINE_MARGIN, guarded).await;
         let result = match outcome {
             Err(_) => Err(CallError::Timeout(timeout)),
-            Ok(Err(e)) => Err(describe_trap(&e, timeout, grants.memory_limit)),
-            Ok(Ok(Err(message))) => {
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                tracing::error!(app = %grants.app, "host panic during a plugin call: {what}");
+                Err(CallError::Host(what))
+            }
+            Ok(Ok(Err(e))) => Err(describe_trap(&e, timeout, grants.memory_limit)),
+            Ok(Ok(Ok(Err(message)))) => {
                 match returned_text(sandbox.redact(&message), "an error text") {
                     Ok(m) => Err(CallError::Plugin(m)),
                     Err(e) => Err(e),
                 }
             }
-            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Ok(Ok(value)))) => Ok(value),
         };
         let mut state = store.into_data();
         state.drain_stdio();
@@ -1021,10 +1051,7 @@ fn wrong_world<T>(world: World) -> CallReport<T> {
             "the plugin was not loaded as a `{}` plugin",
             world.name()
         ))),
-        logs: Vec::new(),
-        http_requests: 0,
-        http_retries: 0,
-        elapsed: Duration::ZERO,
+        ..CallReport::host_failure("")
     }
 }
 
