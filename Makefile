@@ -3,6 +3,9 @@
 # target/plugins/<name>.wasm.
 
 CARGO ?= cargo
+# The crash tests' fail points (agent/src/failpoint.rs) are compiled into the
+# development build only; release builds (packages) never have them.
+DEV_FEATURES ?= --features rollback-agent/failpoints
 
 .PHONY: all build plugins test demo lint bench clean release assets deb rpm dist
 
@@ -10,7 +13,7 @@ all: build plugins
 
 ## Host: the agent and the componentize tool (root workspace).
 build:
-	$(CARGO) build --workspace
+	$(CARGO) build --workspace $(DEV_FEATURES)
 
 ## Guest plugins -> target/plugins/*.wasm (components).
 plugins:
@@ -19,7 +22,7 @@ plugins:
 ## All tests: the agent's unit and end-to-end tests (they need the built
 ## plugins) and the guest plugins' own unit tests (native target).
 test: plugins python-example varlink-client
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace $(DEV_FEATURES)
 	cd plugins && $(CARGO) test --workspace
 
 ## The quickstart (examples/quickstart): deploy a good and a broken release

@@ -212,7 +212,7 @@ fn command_error(e: CommandError) -> RemoteError {
         }
         CommandError::Release(ReleaseError::AlreadyExists { .. }) => error::RELEASE_EXISTS,
         CommandError::Release(_) => error::DEPLOY_FAILED,
-        CommandError::Store(_) => error::INTERNAL,
+        CommandError::Store(_) | CommandError::Journal(_) => error::INTERNAL,
         CommandError::ShuttingDown => error::SHUTTING_DOWN,
         CommandError::Vetoed { .. } => error::VETOED,
         CommandError::NothingActive { .. } => error::NO_ACTIVE_RELEASE,
@@ -499,6 +499,7 @@ impl Control {
                 bake_until_ms: rec.bake_until_ms,
                 checks: rec.checks,
                 paused: rec.paused,
+                store_unwritable: self.store.unwritable(),
             });
         }
         to_value(&protocol::StatusReply { apps })

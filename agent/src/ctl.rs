@@ -762,6 +762,12 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 ]);
             }
             out(&table(&rows))?;
+            if let Some(why) = r.apps.iter().find_map(|a| a.store_unwritable.as_ref()) {
+                out(&format!(
+                    "\nwarning: the agent's state store cannot be written ({why}); \
+                     this status may be stale, events are queued until it can\n"
+                ))?;
+            }
             for a in &r.apps {
                 if a.checks.is_empty() {
                     continue;

@@ -282,8 +282,16 @@ impl Running {
     fn start_app(&self, app: &AppConfig, loaded: &mut Loaded) -> anyhow::Result<AppHandle> {
         let (checks, hooks) = loaded.remove(&app.name).unwrap_or_default();
         let snapshots = crate::snapshot::Snapshots::new(&self.config.agent.state_dir);
-        Supervisor::start(app.clone(), self.store.clone(), checks, hooks, snapshots)
-            .with_context(|| format!("app `{}` (root {})", app.name, app.root.display()))
+        let journal = crate::journal::Journal::new(&self.config.agent.state_dir);
+        Supervisor::start(
+            app.clone(),
+            self.store.clone(),
+            checks,
+            hooks,
+            snapshots,
+            journal,
+        )
+        .with_context(|| format!("app `{}` (root {})", app.name, app.root.display()))
     }
 
     /// Reads the config file again. An invalid config (or plugin) keeps the

@@ -45,6 +45,16 @@ pub(crate) fn create_unique(
 /// Replaces `path` with `bytes` in one step: written to a fresh temporary file
 /// beside it, then renamed over it, so a reader sees the old or the new file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+/// Like [`write_atomic`], and durable when it returns: the temporary file is
+/// fsynced before the rename and the directory after it.
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -53,16 +63,42 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = create_unique(dir, &format!(".{name}."), |p| {
+    let prefix = format!(".{name}.");
+    let tmp = create_unique(dir, &prefix, |p| {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(p)
-            .and_then(|mut f| io::Write::write_all(&mut f, bytes))
-    })?;
+            .and_then(|mut f| {
+                io::Write::write_all(&mut f, bytes)?;
+                if durable {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+    })
+    // A write that failed half way (a full disk) leaves no temporary behind.
+    .inspect_err(|_| remove_temps(dir, &prefix))?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })
+    })?;
+    if durable {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Removes files in `dir` whose name starts with `prefix` (temporaries of
+/// an interrupted write); best effort.
+pub(crate) fn remove_temps(dir: &Path, prefix: &str) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// `rename(2)` that refuses to replace an existing `to` where the platform allows

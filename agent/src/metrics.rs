@@ -44,6 +44,7 @@ pub struct Metrics {
     check_seconds: Histograms,
     plugin_errors: Family<Labels, Counter>,
     http_retries: Family<Labels, Counter>,
+    store_writable: Gauge,
 }
 
 fn check_histogram() -> Histogram {
@@ -68,6 +69,13 @@ impl Metrics {
         let check_seconds = Histograms::new_with_constructor(check_histogram as fn() -> Histogram);
         let plugin_errors = Family::<Labels, Counter>::default();
         let http_retries = Family::<Labels, Counter>::default();
+        let store_writable = Gauge::default();
+        store_writable.set(1);
+        registry.register(
+            "store_writable",
+            "1 while the state store can be written, 0 after a write failed (events are queued)",
+            store_writable.clone(),
+        );
         registry.register(
             "deploys",
             "Deploys by outcome (good, rolled-back, degraded, refused)",
@@ -95,7 +103,7 @@ impl Metrics {
         );
         registry.register(
             "plugin_errors",
-            "Plugin calls that produced no verdict, by kind (timeout, trap, plugin, bad-output)",
+            "Plugin calls that produced no verdict, by kind (timeout, trap, plugin, bad-output, host)",
             plugin_errors.clone(),
         );
         registry.register(
@@ -112,7 +120,13 @@ impl Metrics {
             check_seconds,
             plugin_errors,
             http_retries,
+            store_writable,
         }
+    }
+
+    /// Whether the last write to the state store worked.
+    pub fn store_writable(&self, ok: bool) {
+        self.store_writable.set(i64::from(ok));
     }
 
     /// A deploy of `app` ended with `outcome`.

@@ -272,6 +272,10 @@ pub struct AppStatus {
     /// Automatic actions are frozen.
     #[serde(default)]
     pub paused: bool,
+    /// Why the state store cannot be written, while that lasts: this
+    /// status may be stale and events wait in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_unwritable: Option<String>,
 }
 
 /// `Status` reply.

@@ -354,6 +354,44 @@ impl Snapshots {
         Ok(())
     }
 
+    /// Removes what interrupted work left for `app`: snapshot directories
+    /// being built or deleted, snapshots of releases not in `releases` (a
+    /// snapshot never outlives its release), and the temporary files of an
+    /// interrupted restore beside each of the live `files`. Returns what it
+    /// removed; best effort (what cannot be removed now is tried next time).
+    pub fn clean(&self, app: &str, releases: &[String], files: &[PathBuf]) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        if crate::config::valid_name(app) {
+            if let Ok(rd) = fs::read_dir(self.dir.join(app)) {
+                for entry in rd.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let stale = name.starts_with(TMP_PREFIX)
+                        || name.starts_with(OLD_PREFIX)
+                        || (Version::parse(&name).is_ok() && !releases.contains(&name));
+                    if stale && remove_tree(&entry.path()).is_ok() {
+                        removed.push(entry.path());
+                    }
+                }
+            }
+        }
+        for live in files {
+            let (Some(parent), Some(prefix)) = (live.parent(), restore_prefix(live)) else {
+                continue;
+            };
+            let Ok(rd) = fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                let temp = entry.file_name().to_string_lossy().starts_with(&prefix)
+                    && entry.file_type().is_ok_and(|t| t.is_file());
+                if temp && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(entry.path());
+                }
+            }
+        }
+        removed
+    }
+
     /// The versions that have a complete snapshot of `app`, sorted by name.
     pub fn list(&self, app: &str) -> Result<Vec<String>, SnapshotError> {
         if !crate::config::valid_name(app) {
@@ -643,19 +681,26 @@ fn is_plain_name(s: &str) -> bool {
     !s.is_empty() && !s.starts_with('.') && !s.contains('/') && s != MANIFEST && s.len() <= NAME_MAX
 }
 
+/// The name prefix of the temporary files a restore of `live` writes beside
+/// it: `.<name>.restore-` (the name cut to 200 bytes).
+fn restore_prefix(live: &Path) -> Option<String> {
+    let name = live.file_name()?.to_str()?;
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(".{}.restore-", &name[..end]))
+}
+
 /// Replaces the live file `entry.path` with the verified copy at `stored`
 /// atomically: temporary file beside it, fsync, rename over it, fsync its directory.
 fn restore_file(dir: &Path, entry: &Entry, stored: &Path) -> Result<(), SnapshotError> {
     let live = &entry.path;
     let parent = live.parent().unwrap_or(Path::new("/"));
-    let name = live.file_name().and_then(|s| s.to_str()).unwrap_or("file");
-    let mut end = name.len().min(200);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
+    let prefix = restore_prefix(live).unwrap_or_else(|| ".file.restore-".into());
     let (tmp, mut out) = {
         let mut file = None;
-        let tmp = create_unique(parent, &format!(".{}.restore-", &name[..end]), |p| {
+        let tmp = create_unique(parent, &prefix, |p| {
             file = Some(
                 OpenOptions::new()
                     .read(true)

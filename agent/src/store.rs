@@ -1,7 +1,7 @@
 //! The agent's persistent state in sled: apps, releases and the audit log.
 //!
 //! Owns three trees: `apps` (one record per app: state, active version, last
-//! good version, the pending activation intent, last check results),
+//! good version, last check results),
 //! `releases` (one record per app and version) and `events` (an append-only
 //! log, keyed by app and a monotonically increasing id, newest last).
 //! Records are JSON so that they stay readable and forward compatible.
@@ -125,19 +125,6 @@ pub struct CheckStatus {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// An activation about to happen, written before `current` is swapped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    /// The version active before, if any.
-    pub from: Option<String>,
-    /// The version being activated.
-    pub to: String,
-    /// Why (`deploy`, `rollback: ...`).
-    pub why: String,
-    /// When the intent was recorded.
-    pub at_ms: u64,
-}
-
 /// One app's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
@@ -153,8 +140,6 @@ pub struct AppRecord {
     pub reason: Option<String>,
     /// When the bake of the active release ends (while baking).
     pub bake_until_ms: Option<u64>,
-    /// An activation in flight (recorded before, cleared after).
-    pub intent: Option<Intent>,
     /// Last result per check name.
     #[serde(default)]
     pub checks: BTreeMap<String, CheckStatus>,
@@ -179,7 +164,6 @@ impl AppRecord {
             last_good: None,
             reason: None,
             bake_until_ms: None,
-            intent: None,
             checks: BTreeMap::new(),
             paused: false,
             restored: false,
@@ -399,6 +383,19 @@ pub struct Store {
     kv: sled::Tree,
     /// Every recorded event is also published here, for live watchers.
     feed: crate::live::Feed,
+    /// Whether writes fail, and the events waiting for them to work again.
+    health: std::sync::Arc<Health>,
+}
+
+/// Most events kept in memory while the store cannot be written.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+#[derive(Default)]
+struct Health {
+    /// The last write error, while writes fail.
+    unwritable: std::sync::Mutex<Option<String>>,
+    /// Events that could not be written yet, oldest first.
+    queued: std::sync::Mutex<std::collections::VecDeque<Event>>,
 }
 
 /// One plugin entry's key-value space (tree `kv`, keys `app NUL entry NUL key`).
@@ -495,7 +492,37 @@ impl Store {
             kv: db.open_tree("kv")?,
             db,
             feed: crate::live::Feed::default(),
+            health: Default::default(),
         })
+    }
+
+    /// Why the store cannot be written, while that lasts (the last write
+    /// failed); `None` when the last write worked.
+    pub fn unwritable(&self) -> Option<String> {
+        lock(&self.health.unwritable).clone()
+    }
+
+    /// Notes the outcome of a write.
+    fn wrote<T>(&self, r: Result<T>) -> Result<T> {
+        let was = {
+            let mut u = lock(&self.health.unwritable);
+            match &r {
+                Ok(_) => u.take(),
+                Err(e) => {
+                    if u.is_none() {
+                        tracing::error!("the state store cannot be written: {e}");
+                        crate::metrics::global().store_writable(false);
+                    }
+                    *u = Some(e.to_string());
+                    None
+                }
+            }
+        };
+        if was.is_some() {
+            tracing::info!("the state store can be written again");
+            crate::metrics::global().store_writable(true);
+        }
+        r
     }
 
     /// The live feed: recorded events, and what the supervisors publish.
@@ -532,8 +559,13 @@ impl Store {
     pub fn put_app(&self, mut rec: AppRecord) -> Result<()> {
         rec.updated_at_ms = now_ms();
         let key = rec.name.as_bytes().to_vec();
-        self.apps.insert(&key, encode(&key, &rec)?)?;
-        self.flush()
+        let r = (|| {
+            self.apps.insert(&key, encode(&key, &rec)?)?;
+            self.flush()
+        })();
+        self.wrote(r)?;
+        self.write_queued();
+        Ok(())
     }
 
     /// Writes the app's record without waiting for the disk (for check results).
@@ -566,14 +598,20 @@ impl Store {
     /// Writes a release record durably.
     pub fn put_release(&self, rec: &ReleaseRecord) -> Result<()> {
         let key = release_key(&rec.app, &rec.version);
-        self.releases.insert(&key, encode(&key, rec)?)?;
-        self.flush()
+        let r = (|| {
+            self.releases.insert(&key, encode(&key, rec)?)?;
+            self.flush()
+        })();
+        self.wrote(r)
     }
 
     /// Removes a release record (its directory is gone).
     pub fn delete_release(&self, app: &str, version: &str) -> Result<()> {
-        self.releases.remove(release_key(app, version))?;
-        self.flush()
+        let r = (|| {
+            self.releases.remove(release_key(app, version))?;
+            self.flush()
+        })();
+        self.wrote(r)
     }
 
     /// The key-value space of one plugin entry (`check:NAME`, `hook:NAME`) of an app.
@@ -588,14 +626,61 @@ impl Store {
     }
 
     /// Appends an event durably and returns it with its id.
-    pub fn record(&self, mut event: Event) -> Result<Event> {
-        event.id = self.db.generate_id()?;
-        let mut key = app_prefix(&event.app);
-        key.extend_from_slice(&event.id.to_be_bytes());
-        self.events.insert(&key, encode(&key, &event)?)?;
-        self.flush()?;
-        self.feed.publish(crate::live::LiveEvent::recorded(&event));
+    ///
+    /// An event that cannot be written is logged, published and queued in
+    /// memory (at most 10,000, the oldest dropped first); queued events are
+    /// written, in order, before the next event or app record that can be.
+    pub fn record(&self, event: Event) -> Result<Event> {
+        self.write_queued();
+        match self.insert_event(event.clone(), true) {
+            Ok(event) => Ok(event),
+            Err(e) => {
+                tracing::warn!(
+                    app = %event.app,
+                    kind = event.kind.as_str(),
+                    version = event.version.as_deref().unwrap_or(""),
+                    reason = event.reason.as_deref().unwrap_or(""),
+                    "event not recorded yet (store unwritable), queued"
+                );
+                self.feed.publish(crate::live::LiveEvent::recorded(&event));
+                let mut q = lock(&self.health.queued);
+                if q.len() >= MAX_QUEUED_EVENTS {
+                    q.pop_front();
+                }
+                q.push_back(event);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one event; `publish` it to the live feed once written.
+    fn insert_event(&self, mut event: Event, publish: bool) -> Result<Event> {
+        let r = (|| {
+            event.id = self.db.generate_id()?;
+            let mut key = app_prefix(&event.app);
+            key.extend_from_slice(&event.id.to_be_bytes());
+            self.events.insert(&key, encode(&key, &event)?)?;
+            self.flush()
+        })();
+        self.wrote(r)?;
+        if publish {
+            self.feed.publish(crate::live::LiveEvent::recorded(&event));
+        }
         Ok(event)
+    }
+
+    /// Writes queued events, oldest first, until one fails.
+    fn write_queued(&self) {
+        loop {
+            let Some(event) = lock(&self.health.queued).pop_front() else {
+                return;
+            };
+            // Published when it happened; only written now.
+            if self.insert_event(event.clone(), false).is_err() {
+                lock(&self.health.queued).push_front(event);
+                return;
+            }
+        }
     }
 
     /// Removes events older than `cutoff_ms` (any app); returns how many.
@@ -627,6 +712,11 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

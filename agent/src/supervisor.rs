@@ -20,6 +20,8 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AppConfig, HookEvent};
+use crate::journal::{Journal, JournalError};
+use crate::lifecycle::{Intent, Op, Recovery, Step};
 use crate::plugin::{
     CallError, CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo,
     Sandbox, Status, Transition,
@@ -31,8 +33,8 @@ use crate::policy::{
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, Intent, ReleaseRecord,
-    ReleaseState, Store, StoreError,
+    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, ReleaseRecord, ReleaseState,
+    Store, StoreError,
 };
 
 /// Why a command was refused or failed.
@@ -80,6 +82,9 @@ pub enum CommandError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The intent journal could not be written (nothing was changed).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// A pre-activate hook refused the activation.
     #[error("hook `{hook}` vetoed the activation of {version}: {reason}")]
     Vetoed {
@@ -401,6 +406,12 @@ pub struct Supervisor {
     checks: Vec<LoadedCheck>,
     hooks: Arc<Vec<LoadedHook>>,
     snapshots: Snapshots,
+    journal: Journal,
+    /// The operation in progress, as journaled.
+    intent: Option<Intent>,
+    /// Steps of an interrupted operation that start-up left to the task
+    /// (the restart command is async).
+    recovering: Option<Intent>,
     rec: AppRecord,
     /// Bumped on every activation so that results of an older watch are dropped.
     generation: u64,
@@ -441,6 +452,7 @@ impl Supervisor {
         checks: Vec<LoadedCheck>,
         hooks: Vec<LoadedHook>,
         snapshots: Snapshots,
+        journal: Journal,
     ) -> Result<AppHandle, CommandError> {
         let (tx, rx) = mpsc::channel(16);
         let (done_tx, done_rx) = mpsc::channel(64);
@@ -454,6 +466,9 @@ impl Supervisor {
             checks,
             hooks: Arc::new(hooks),
             snapshots,
+            journal,
+            intent: None,
+            recovering: None,
             rec,
             generation: 0,
             watch: None,
@@ -479,6 +494,58 @@ impl Supervisor {
     fn save(&mut self) -> Result<(), StoreError> {
         crate::metrics::global().state(&self.cfg.name, self.rec.state.as_str());
         self.store.put_app(self.rec.clone())
+    }
+
+    /// Bookkeeping after the disk already changed: a store that cannot be
+    /// written is logged (its events queued), never a reason to stop.
+    fn save_or_log(&mut self) {
+        let r = self.save();
+        self.log_err(r);
+    }
+
+    fn record_or_log(&self, ev: Event) {
+        self.log_err(self.store.record(ev).map(drop));
+    }
+
+    fn new_intent(&self, op: Op, to: &str, why: &str, actor: &Actor, steps: Vec<Step>) -> Intent {
+        Intent {
+            op,
+            from: self.rec.active.clone(),
+            to: (!to.is_empty()).then(|| to.to_string()),
+            why: why.to_string(),
+            actor: actor.name.clone(),
+            check: None,
+            automatic: false,
+            source: None,
+            steps,
+            at_ms: now_ms(),
+        }
+    }
+
+    /// Journals an operation before its first side effect.
+    fn begin_op(&mut self, intent: Intent) -> Result<(), JournalError> {
+        let r = self.journal.save(&self.cfg.name, &intent);
+        self.intent = Some(intent);
+        r
+    }
+
+    /// Journals that `step` of the operation in progress is done.
+    fn step_done(&mut self, step: &Step) {
+        let Some(intent) = self.intent.as_mut() else {
+            return;
+        };
+        intent.done(step);
+        if let Err(e) = self.journal.save(&self.cfg.name, intent) {
+            tracing::error!(app = %self.cfg.name, "{e}");
+        }
+    }
+
+    /// Ends the operation in progress.
+    fn end_op(&mut self) {
+        self.intent = None;
+        if let Err(e) = self.journal.clear(&self.cfg.name) {
+            tracing::error!(app = %self.cfg.name, "{e}");
+        }
     }
 
     fn release_rec(&self, version: &str) -> Result<ReleaseRecord, StoreError> {
@@ -515,15 +582,66 @@ impl Supervisor {
         self.store.put_release(&r)
     }
 
-    /// Makes the store agree with the disk: `current` is the truth.
+    /// Makes the store agree with the disk: `current` is the truth. An
+    /// operation the journal names as interrupted is planned here
+    /// (`lifecycle::recover`); a deploy that never went live is undone at
+    /// once, the steps that remain are done by the task before anything
+    /// else (`finish_recovery`).
     fn reconcile(&mut self) -> Result<(), CommandError> {
         self.dir.ensure_layout()?;
         for leftover in self.dir.clean_leftovers()? {
             tracing::warn!(app = %self.app(), path = %leftover.display(), "removed leftover of interrupted work");
         }
+        let mut notes = Vec::new();
         let current = self.dir.current()?.map(|v| v.to_string());
+        let intent = match self.journal.load(self.app()) {
+            Ok(i) => i,
+            Err(e) => {
+                notes.push(format!("unreadable intent journal ignored: {e}"));
+                None
+            }
+        };
+        if let Some(intent) = intent {
+            let disk = DiskFacts {
+                dir: &self.dir,
+                current: current.clone(),
+            };
+            let to = intent.to.clone().unwrap_or_default();
+            match crate::lifecycle::recover(&intent, &disk) {
+                Recovery::Abandon { version } => {
+                    if let Ok(v) = Version::parse(&version) {
+                        self.dir.remove(&v)?;
+                    }
+                    if self.store.release(self.app(), &version)?.is_some() {
+                        self.store.delete_release(self.app(), &version)?;
+                    }
+                    notes.push(format!(
+                        "the deploy of {version} was interrupted before it went live: \
+                         its staged copy was removed, deploy it again"
+                    ));
+                    self.journal.clear(self.app())?;
+                }
+                Recovery::Nothing => {
+                    notes.push(format!(
+                        "interrupted {} of {}: nothing left to do",
+                        intent.op.as_str(),
+                        if to.is_empty() { "releases" } else { &to }
+                    ));
+                    self.journal.clear(self.app())?;
+                }
+                Recovery::Finish(steps) => {
+                    self.recovering = Some(Intent { steps, ..intent });
+                }
+            }
+        }
+        let recovering_from = self
+            .recovering
+            .as_ref()
+            .filter(|i| i.op == Op::Rollback)
+            .and_then(|i| i.from.clone());
         let known = self.store.releases(self.app())?;
-        for v in self.dir.list()? {
+        let on_disk = self.dir.list()?;
+        for v in &on_disk {
             // A drop-in waiting for the watcher is not a release yet.
             // With `watch`, unknown directories are the watcher's (complete once
             // their `.ready` marker appears); only what `current` runs is adopted.
@@ -544,28 +662,22 @@ impl Supervisor {
                 self.store.delete_release(self.app(), &r.version)?;
             }
         }
-        let mut notes = Vec::new();
-        let intent = self.rec.intent.take();
-        if let Some(intent) = &intent {
-            notes.push(format!(
-                "interrupted activation of {} (from {}): current is {}",
-                intent.to,
-                intent.from.as_deref().unwrap_or("nothing"),
-                current.as_deref().unwrap_or("missing")
-            ));
+        let names: Vec<String> = on_disk.iter().map(|v| v.to_string()).collect();
+        for removed in self.snapshots.clean(self.app(), &names, &self.cfg.snapshot) {
+            tracing::warn!(app = %self.app(), path = %removed.display(), "removed leftover of interrupted work");
+            notes.push(format!("removed {}", removed.display()));
         }
         // A release still marked active that `current` no longer points at was
-        // being rolled back when the agent stopped: finish the bookkeeping.
+        // being rolled back when the agent stopped: finish the bookkeeping
+        // (the rollback being finished does its own).
         for r in self.store.releases(self.app())? {
-            if r.state != ReleaseState::Active || current.as_deref() == Some(r.version.as_str()) {
+            if r.state != ReleaseState::Active
+                || current.as_deref() == Some(r.version.as_str())
+                || recovering_from.as_deref() == Some(r.version.as_str())
+            {
                 continue;
             }
-            let why = intent
-                .as_ref()
-                .filter(|i| i.from.as_deref() == Some(r.version.as_str()))
-                .and_then(|i| i.why.strip_prefix("rollback: "))
-                .map(str::to_string)
-                .unwrap_or_else(|| "left during an interrupted rollback".to_string());
+            let why = "left during an interrupted rollback".to_string();
             self.set_release_state(&r.version, ReleaseState::Failed, Some(why.clone()))?;
             let ev = self
                 .event(Actor::agent(), EventKind::RolledBack)
@@ -585,6 +697,23 @@ impl Supervisor {
                 current.as_deref().unwrap_or("none")
             ));
             self.rec.active = current.clone();
+        }
+        // The history names what `current` runs, even if the swap's own
+        // event was lost in the crash.
+        if let Some(v) = &current {
+            let last = self
+                .store
+                .history(self.app(), 10_000)?
+                .into_iter()
+                .find(|e| e.kind == EventKind::Activated);
+            if last.as_ref().and_then(|e| e.version.as_deref()) != Some(v.as_str()) {
+                let ev = self
+                    .event(Actor::agent(), EventKind::Activated)
+                    .version(v.as_str())
+                    .swap(last.and_then(|e| e.version), v.as_str())
+                    .reason("recorded at start-up: current names it");
+                self.store.record(ev)?;
+            }
         }
         self.rec.last_good = self.newest_good(None)?;
         self.store.record(
@@ -636,6 +765,104 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Does the steps of an interrupted operation that start-up left (see
+    /// `reconcile`), before the task takes any command, and records what it
+    /// completed as a `reconciled` event.
+    async fn finish_recovery(&mut self) {
+        let Some(intent) = self.recovering.take() else {
+            return;
+        };
+        let steps = intent.steps.clone();
+        let done = Intent::steps_text(&steps);
+        let to = intent.to.clone().unwrap_or_default();
+        tracing::warn!(app = %self.app(), op = intent.op.as_str(), steps = %done, "finishing an interrupted operation");
+        self.intent = Some(intent.clone());
+        let agent = Actor::agent();
+        match intent.op {
+            Op::Prune => {
+                for step in &steps {
+                    if let Step::Remove { version } = step {
+                        self.remove_release(version).await;
+                    }
+                    self.step_done(step);
+                }
+                self.end_op();
+            }
+            Op::Deploy => {
+                // The release is live but its restart never completed.
+                self.stop_watch();
+                match self.restart(&to).await {
+                    Ok(()) => {
+                        self.step_done(&Step::Restart);
+                        self.end_op();
+                        let left = self
+                            .rec
+                            .bake_until_ms
+                            .map(|until| Duration::from_millis(until.saturating_sub(now_ms())))
+                            .unwrap_or(self.cfg.bake);
+                        let previous = self.rec.last_good.clone().filter(|g| *g != to);
+                        let r = self.begin_watch(&to, previous, Phase::Bake, left);
+                        self.log_err(r);
+                        self.save_or_log();
+                    }
+                    Err(reason) => {
+                        self.auto_rollback(&to, reason, None).await;
+                    }
+                }
+            }
+            Op::Rollback | Op::Activate => {
+                if steps.contains(&Step::Swap) {
+                    let Ok(v) = Version::parse(&to) else { return };
+                    if let Err(e) = self
+                        .activate(intent.op, &v, agent.clone(), &intent.why)
+                        .await
+                    {
+                        self.end_op();
+                        self.degrade(
+                            &to,
+                            &format!("cannot finish the interrupted {}: {e}", intent.op.as_str()),
+                        );
+                        return;
+                    }
+                    self.step_done(&Step::Swap);
+                }
+                if intent.op == Op::Rollback {
+                    let failed = intent.from.clone().unwrap_or_default();
+                    self.rec.state = AppState::RollingBack;
+                    self.complete_rollback(
+                        &failed,
+                        &to,
+                        Some(failed.clone()),
+                        &format!("{} (completed at start-up)", intent.why),
+                        agent,
+                        intent.check.clone(),
+                    )
+                    .await;
+                    self.rec.restored = intent.automatic;
+                    self.save_or_log();
+                } else {
+                    self.stop_watch();
+                    let restarted = self.restart(&to).await;
+                    self.step_done(&Step::Restart);
+                    self.end_op();
+                    let r = self.begin_watch(&to, None, Phase::Steady, Duration::ZERO);
+                    self.log_err(r);
+                    if let Err(why) = restarted {
+                        self.degrade(&to, &why);
+                    }
+                }
+            }
+        }
+        let ev = self
+            .event(Actor::agent(), EventKind::Reconciled)
+            .reason(format!(
+                "finished the interrupted {} of {}: {done}",
+                intent.op.as_str(),
+                if to.is_empty() { "releases" } else { &to }
+            ));
+        self.record_or_log(ev);
+    }
+
     fn begin_watch(
         &mut self,
         version: &str,
@@ -684,6 +911,7 @@ impl Supervisor {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
+        self.finish_recovery().await;
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -995,23 +1223,29 @@ impl Supervisor {
         if plan.is_empty() {
             return;
         }
+        let steps = plan
+            .iter()
+            .map(|v| Step::Remove {
+                version: v.to_string(),
+            })
+            .collect();
+        let intent = self.new_intent(Op::Prune, "", "keep_releases", &Actor::agent(), steps);
+        if let Err(e) = self.begin_op(intent) {
+            // Pruning can wait for a journal that works.
+            tracing::warn!(app = %self.app(), "not pruning: {e}");
+            self.intent = None;
+            return;
+        }
         let mut removed = Vec::new();
         for v in plan {
-            let (dir, version) = (self.dir.clone(), v.clone());
-            match blocking(move || dir.remove(&version)).await {
-                Ok(()) | Err(ReleaseError::NotFound { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(app = %self.app(), version = %v, "cannot prune: {e}");
-                    continue;
-                }
+            if self.remove_release(v.as_str()).await {
+                removed.push(v.to_string());
             }
-            let r = self.store.delete_release(self.app(), v.as_str());
-            self.log_err(r);
-            if let Err(e) = self.snapshots.remove(self.app(), v.as_str()) {
-                tracing::warn!(app = %self.app(), version = %v, "cannot remove snapshot: {e}");
-            }
-            removed.push(v.to_string());
+            self.step_done(&Step::Remove {
+                version: v.to_string(),
+            });
         }
+        self.end_op();
         if !removed.is_empty() {
             let ev = self
                 .event(Actor::agent(), EventKind::Pruned)
@@ -1019,8 +1253,32 @@ impl Supervisor {
                     "removed {} (keep_releases = {keep})",
                     removed.join(", ")
                 ));
-            self.log_err(self.store.record(ev).map(drop));
+            self.record_or_log(ev);
         }
+    }
+
+    /// Removes one release: its snapshot first (so that no snapshot outlives
+    /// its release), then its directory, then its record. False if the
+    /// directory could not be removed.
+    async fn remove_release(&mut self, version: &str) -> bool {
+        let Ok(v) = Version::parse(version) else {
+            return false;
+        };
+        if let Err(e) = self.snapshots.remove(self.app(), version) {
+            tracing::warn!(app = %self.app(), %version, "cannot remove snapshot: {e}");
+        }
+        crate::failpoint::hit("prune.before-remove");
+        let dir = self.dir.clone();
+        match blocking(move || dir.remove(&v)).await {
+            Ok(()) | Err(ReleaseError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(app = %self.app(), %version, "cannot prune: {e}");
+                return false;
+            }
+        }
+        let r = self.store.delete_release(self.app(), version);
+        self.log_err(r);
+        true
     }
 
     fn finish_waiters(&mut self, outcome: DeployOutcome) {
@@ -1231,24 +1489,46 @@ impl Supervisor {
             .into());
         }
         let from = self.rec.active.clone();
+        self.begin_op(self.new_intent(
+            Op::Activate,
+            version.as_str(),
+            "activate (operator, no analysis)",
+            &actor,
+            vec![Step::Swap, Step::Restart],
+        ))?;
         if from.as_deref() != Some(version.as_str()) {
             self.take_snapshot(from.as_deref());
-            self.activate(&version, actor.clone(), "activate (operator, no analysis)")
-                .await?;
+            if let Err(e) = self
+                .activate(
+                    Op::Activate,
+                    &version,
+                    actor.clone(),
+                    "activate (operator, no analysis)",
+                )
+                .await
+            {
+                self.end_op();
+                return Err(e);
+            }
         }
-        self.set_release_state(
+        self.step_done(&Step::Swap);
+        let r = self.set_release_state(
             version.as_str(),
             ReleaseState::Good,
             Some(format!("activated by {}", actor.name)),
-        )?;
-        self.rec.last_good = self.newest_good(None)?;
+        );
+        self.log_err(r);
+        self.rec.last_good = self.newest_good(None).unwrap_or(self.rec.last_good.take());
         self.stop_watch();
         let restarted = self.restart(version.as_str()).await;
-        self.begin_watch(version.as_str(), None, Phase::Steady, Duration::ZERO)?;
+        self.step_done(&Step::Restart);
+        self.end_op();
+        let r = self.begin_watch(version.as_str(), None, Phase::Steady, Duration::ZERO);
+        self.log_err(r);
         self.rec.state = AppState::Healthy;
         self.rec.reason = None;
         self.rec.restored = false;
-        self.save()?;
+        self.save_or_log();
         if let Err(why) = restarted {
             self.degrade(version.as_str(), &why);
         } else {
@@ -1282,6 +1562,8 @@ impl Supervisor {
     }
 
     /// Stages, activates and restarts; `Ok(None)` means the bake has begun.
+    /// Whatever fails before the release goes live leaves the app as it was
+    /// (its state, and no trace of the release unless a hook vetoed it).
     async fn deploy(
         &mut self,
         source: PathBuf,
@@ -1298,8 +1580,64 @@ impl Supervisor {
             });
         }
         let prior_state = self.rec.state;
+        let r = self.deploy_steps(source, &version, actor, meta).await;
+        if r.is_err() {
+            self.undo_deploy(&version, prior_state).await;
+        }
+        r
+    }
+
+    /// After a deploy failed before its swap: the app gets its state back, the
+    /// journal is cleared and an unvetoed copy is removed, freeing its version.
+    async fn undo_deploy(&mut self, version: &Version, prior: AppState) {
+        if self.dir.current().ok().flatten().as_ref() == Some(version) {
+            return;
+        }
+        let vetoed = matches!(
+            self.store.release(self.app(), version.as_str()),
+            Ok(Some(r)) if r.state == ReleaseState::Failed
+        );
+        if !vetoed {
+            if self.dir.exists(version) {
+                let (dir, v) = (self.dir.clone(), version.clone());
+                if let Err(e) = blocking(move || dir.remove(&v)).await {
+                    tracing::warn!(app = %self.app(), "cannot remove refused release: {e}");
+                }
+            }
+            if let Ok(Some(_)) = self.store.release(self.app(), version.as_str()) {
+                let r = self.store.delete_release(self.app(), version.as_str());
+                self.log_err(r);
+            }
+        }
+        if self.rec.state == AppState::Deploying {
+            self.rec.state = prior;
+            self.save_or_log();
+        }
+        if self.intent.as_ref().is_some_and(|i| i.op == Op::Deploy) {
+            self.end_op();
+        }
+    }
+
+    async fn deploy_steps(
+        &mut self,
+        source: PathBuf,
+        version: &Version,
+        actor: Actor,
+        meta: DeployMeta,
+    ) -> Result<Option<DeployOutcome>, CommandError> {
+        let mut intent = self.new_intent(
+            Op::Deploy,
+            version.as_str(),
+            "deploy",
+            &actor,
+            vec![Step::Stage, Step::Swap, Step::Restart],
+        );
+        intent.source = Some(source.display().to_string());
+        // Nothing changes unless the deploy could be journaled first.
+        self.begin_op(intent)?;
         self.rec.state = AppState::Deploying;
         self.save()?;
+        crate::failpoint::hit("deploy.before-stage");
         let staged = {
             let (dir, src, v, limits) = (
                 self.dir.clone(),
@@ -1310,34 +1648,27 @@ impl Supervisor {
             blocking(move || dir.stage(&src, &v, &limits)).await
         };
         if let Err(e) = staged {
-            self.rec.state = prior_state;
-            self.save()?;
             let ev = self
                 .event(actor, EventKind::DeployFailed)
                 .version(version.as_str())
                 .reason(e.to_string());
-            self.store.record(ev)?;
+            self.record_or_log(ev);
             return Err(e.into());
         }
-        let manifest =
-            match crate::release::read_manifest(&self.dir.release_path(&version), &version) {
-                Ok(m) => m.unwrap_or_default(),
-                Err(e) => {
-                    // A bad manifest is bad input: the staged copy goes, nothing else changed.
-                    let (dir, v) = (self.dir.clone(), version.clone());
-                    if let Err(rm) = blocking(move || dir.remove(&v)).await {
-                        tracing::warn!(app = %self.app(), "cannot remove refused release: {rm}");
-                    }
-                    self.rec.state = prior_state;
-                    self.save()?;
-                    let ev = self
-                        .event(actor, EventKind::DeployFailed)
-                        .version(version.as_str())
-                        .reason(e.to_string());
-                    self.store.record(ev)?;
-                    return Err(e.into());
-                }
-            };
+        crate::failpoint::hit("deploy.after-stage");
+        let manifest = match crate::release::read_manifest(&self.dir.release_path(version), version)
+        {
+            Ok(m) => m.unwrap_or_default(),
+            Err(e) => {
+                // A bad manifest is bad input: the staged copy goes, nothing else changed.
+                let ev = self
+                    .event(actor, EventKind::DeployFailed)
+                    .version(version.as_str())
+                    .reason(e.to_string());
+                self.record_or_log(ev);
+                return Err(e.into());
+            }
+        };
         let mut r = self.release_rec(version.as_str())?;
         r.source = Some(source.display().to_string());
         r.commit = meta.commit.or(manifest.commit);
@@ -1359,6 +1690,7 @@ impl Supervisor {
             .version(version.as_str())
             .reason(what);
         self.store.record(ev)?;
+        self.step_done(&Step::Stage);
 
         let from = self.rec.active.clone();
         let transition = Transition {
@@ -1370,14 +1702,12 @@ impl Supervisor {
         if let Err((hook, why)) = self.pre_activate(&transition).await {
             let reason = format!("vetoed by hook `{hook}`: {why}");
             self.mark_failed(version.as_str(), &reason)?;
-            self.rec.state = prior_state;
-            self.save()?;
             let ev = self
                 .event(actor, EventKind::DeployFailed)
                 .version(version.as_str())
                 .hook(hook.clone())
                 .reason(reason);
-            self.store.record(ev)?;
+            self.record_or_log(ev);
             return Err(CommandError::Vetoed {
                 hook,
                 version: version.to_string(),
@@ -1385,12 +1715,13 @@ impl Supervisor {
             });
         }
         self.take_snapshot(from.as_deref());
-        if let Err(e) = self.activate(&version, actor.clone(), "deploy").await {
-            self.rec.state = prior_state;
-            self.save()?;
-            return Err(e);
-        }
-        self.set_release_state(version.as_str(), ReleaseState::Active, None)?;
+        self.activate(Op::Deploy, version, actor.clone(), "deploy")
+            .await?;
+        crate::failpoint::hit("deploy.before-restart");
+        self.step_done(&Step::Swap);
+        // Live from here on: bookkeeping that fails is logged, never a reason to stop.
+        let r = self.set_release_state(version.as_str(), ReleaseState::Active, None);
+        self.log_err(r);
         // A new release is live: the loop guard of an earlier rollback no longer applies.
         self.rec.restored = false;
         // No check runs against a release that is still starting: watch after the restart.
@@ -1400,6 +1731,8 @@ impl Supervisor {
                 self.auto_rollback(version.as_str(), reason, None).await,
             ));
         }
+        self.step_done(&Step::Restart);
+        self.end_op();
         self.notify(
             HookEvent::Activated,
             LifecycleEvent::Activated(Transition {
@@ -1414,54 +1747,55 @@ impl Supervisor {
             .clone()
             .filter(|g| g != version.as_str())
             .or(from);
-        self.begin_watch(version.as_str(), previous, Phase::Bake, self.cfg.bake)?;
+        let r = self.begin_watch(version.as_str(), previous, Phase::Bake, self.cfg.bake);
+        self.log_err(r);
         self.rec.state = AppState::Baking;
         self.rec.reason = None;
-        self.save()?;
+        self.save_or_log();
         tracing::info!(app = %self.app(), %version, bake = %humantime::format_duration(self.cfg.bake), "baking");
         Ok(None)
     }
 
-    /// Points `current` at `version`: intent, swap, outcome.
+    /// Points `current` at `version` and records it. Only a failed swap is
+    /// an error: once `current` changed, bookkeeping failures are logged.
     async fn activate(
         &mut self,
+        op: Op,
         version: &Version,
         actor: Actor,
         why: &str,
     ) -> Result<(), CommandError> {
         let from = self.rec.active.clone();
-        self.rec.intent = Some(Intent {
-            from: from.clone(),
-            to: version.to_string(),
-            why: why.to_string(),
-            at_ms: now_ms(),
-        });
-        self.save()?;
+        crate::failpoint::hit_in(op.as_str(), "before-swap");
         let swapped = {
             let (dir, v) = (self.dir.clone(), version.clone());
             blocking(move || dir.activate(&v)).await
         };
-        self.rec.intent = None;
         if let Err(e) = swapped {
-            self.save()?;
             let ev = self
                 .event(actor, EventKind::DeployFailed)
                 .version(version.as_str())
                 .reason(format!("activation failed: {e}"));
-            self.store.record(ev)?;
+            self.record_or_log(ev);
             return Err(e.into());
         }
+        crate::failpoint::hit_in(op.as_str(), "after-swap");
         self.rec.active = Some(version.to_string());
-        self.save()?;
-        let mut r = self.release_rec(version.as_str())?;
-        r.activated_at_ms = Some(now_ms());
-        self.store.put_release(&r)?;
+        self.save_or_log();
+        match self.release_rec(version.as_str()) {
+            Ok(mut r) => {
+                r.activated_at_ms = Some(now_ms());
+                let r = self.store.put_release(&r);
+                self.log_err(r);
+            }
+            Err(e) => self.log_err(Err(e)),
+        }
         let ev = self
             .event(actor, EventKind::Activated)
             .version(version.as_str())
             .swap(from, version.as_str())
             .reason(why);
-        self.store.record(ev)?;
+        self.record_or_log(ev);
         Ok(())
     }
 
@@ -1719,7 +2053,7 @@ impl Supervisor {
         crate::metrics::global().rollback(&self.cfg.name, "operator");
         // The operator chose the target: automatic rollbacks may act again.
         self.rec.restored = false;
-        self.save()?;
+        self.save_or_log();
         self.finish_waiters(DeployOutcome::RolledBack {
             to: done.to.clone(),
             reason,
@@ -1763,57 +2097,118 @@ impl Supervisor {
             },
         };
         let prior_state = self.rec.state;
+        let mut intent = self.new_intent(
+            Op::Rollback,
+            target.as_str(),
+            &reason,
+            &actor,
+            vec![Step::Swap, Step::Restore, Step::Restart],
+        );
+        intent.from = Some(failed.to_string());
+        intent.check = check.clone();
+        intent.automatic = actor == Actor::agent();
+        // Safety first: a rollback goes ahead even if it cannot be journaled.
+        if let Err(e) = self.begin_op(intent) {
+            tracing::error!(app = %self.app(), "rolling back without a journal: {e}");
+        }
         self.rec.state = AppState::RollingBack;
-        self.save()?;
+        self.save_or_log();
         let from = self.rec.active.clone();
         if let Err(e) = self
-            .activate(&target, actor.clone(), &format!("rollback: {reason}"))
+            .activate(
+                Op::Rollback,
+                &target,
+                actor.clone(),
+                &format!("rollback: {reason}"),
+            )
             .await
         {
             self.rec.state = prior_state;
-            self.save()?;
+            self.save_or_log();
+            self.end_op();
             return Err(e);
         }
-        self.mark_failed(failed, &reason)?;
+        self.step_done(&Step::Swap);
+        self.complete_rollback(failed, target.as_str(), from, &reason, actor, check)
+            .await;
+        Ok(RollbackDone {
+            from: Some(failed.to_string()),
+            to: target.to_string(),
+        })
+    }
+
+    /// What follows the swap of a rollback: the release left is marked
+    /// failed, the state files `target` expects are restored, its restart
+    /// command runs, and the journal is cleared. Restore or restart failing
+    /// degrades the app.
+    async fn complete_rollback(
+        &mut self,
+        failed: &str,
+        target: &str,
+        from: Option<String>,
+        reason: &str,
+        actor: Actor,
+        check: Option<String>,
+    ) {
+        let r = self.mark_failed(failed, reason);
+        self.log_err(r);
         let mut ev = self
             .event(actor.clone(), EventKind::RolledBack)
             .version(failed)
-            .swap(from, target.as_str())
-            .reason(reason.clone());
+            .swap(from, target)
+            .reason(reason);
         // An automatic rollback names the check that caused it.
         if let Some(c) = &check {
             ev = ev.check(c.clone());
         }
-        self.store.record(ev)?;
+        self.record_or_log(ev);
         self.notify(
             HookEvent::RolledBack,
             LifecycleEvent::RolledBack(RollbackInfo {
                 app: self.cfg.name.clone(),
                 from: self.release_info(failed),
-                to: self.release_info(target.as_str()),
-                reason: reason.clone(),
+                to: self.release_info(target),
+                reason: reason.to_string(),
                 check,
                 actor: actor.name,
             }),
         );
         tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
         self.stop_watch();
-        let restored = self.restore_snapshot(target.as_str());
-        let restarted = self.restart(target.as_str()).await;
-        self.begin_watch(target.as_str(), None, Phase::Steady, Duration::ZERO)?;
+        crate::failpoint::hit("rollback.before-restore");
+        let restored = self.restore_snapshot(target);
+        self.step_done(&Step::Restore);
+        crate::failpoint::hit("rollback.before-restart");
+        let restarted = self.restart(target).await;
+        self.step_done(&Step::Restart);
+        self.end_op();
+        let r = self.begin_watch(target, None, Phase::Steady, Duration::ZERO);
+        self.log_err(r);
         self.rec.state = AppState::Healthy;
         self.rec.reason = Some(format!("rolled back from {failed}: {reason}"));
-        self.save()?;
+        self.save_or_log();
         if let Err(why) = restarted {
-            self.degrade(target.as_str(), &why);
+            self.degrade(target, &why);
         } else if !restored {
             let why = format!("the state files of {target} could not be restored (see history)");
-            self.degrade(target.as_str(), &why);
+            self.degrade(target, &why);
         }
-        Ok(RollbackDone {
-            from: Some(failed.to_string()),
-            to: target.to_string(),
-        })
+    }
+}
+
+/// What `lifecycle::recover` is told about the app's directory.
+struct DiskFacts<'a> {
+    dir: &'a AppDir,
+    current: Option<String>,
+}
+
+impl crate::lifecycle::Disk for DiskFacts<'_> {
+    fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
+    fn has_release(&self, version: &str) -> bool {
+        Version::parse(version).is_ok_and(|v| self.dir.exists(&v))
     }
 }
 

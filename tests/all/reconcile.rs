@@ -5,9 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use rollback_agent::config::AppConfig;
+use rollback_agent::journal::Journal;
+use rollback_agent::lifecycle::{Intent, Op, Step};
 use rollback_agent::release::{AppDir, StageLimits, Version};
 use rollback_agent::store::{
-    now_ms, AppRecord, AppState, EventKind, Intent, ReleaseRecord, ReleaseState, Store,
+    now_ms, AppRecord, AppState, EventKind, ReleaseRecord, ReleaseState, Store,
 };
 use rollback_agent::supervisor::{AppHandle, Supervisor};
 
@@ -52,6 +54,7 @@ fn start(tmp: &tempfile::TempDir, root: &Path, store: &Store, bake: Duration) ->
         Vec::new(),
         Vec::new(),
         snapshots,
+        Journal::new(tmp.path()),
     )
     .unwrap()
 }
@@ -107,19 +110,27 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
     let mut rec = AppRecord::new("shop");
     rec.state = AppState::Deploying;
     rec.active = Some("1.0.0".into());
-    rec.intent = Some(Intent {
-        from: Some("1.0.0".into()),
-        to: "1.0.1".into(),
-        why: "deploy".into(),
-        at_ms: now_ms(),
-    });
     store.put_app(rec).unwrap();
+    // The deploy had swapped and was about to run the restart command.
+    let journal = Journal::new(tmp.path());
+    let intent = Intent {
+        op: Op::Deploy,
+        from: Some("1.0.0".into()),
+        to: Some("1.0.1".into()),
+        why: "deploy".into(),
+        actor: "root".into(),
+        check: None,
+        automatic: false,
+        source: None,
+        steps: vec![Step::Restart],
+        at_ms: now_ms(),
+    };
+    journal.save("shop", &intent).unwrap();
 
     let _handle = start(&tmp, &root, &store, Duration::from_millis(300));
     let rec = store.app("shop").unwrap().unwrap();
     assert_eq!(rec.active.as_deref(), Some("1.0.1"), "the symlink wins");
     assert_eq!(rec.state, AppState::Baking, "an unbaked release is baked");
-    assert!(rec.intent.is_none());
     assert_eq!(
         store.release("shop", "1.0.1").unwrap().unwrap().state,
         ReleaseState::Active
@@ -127,20 +138,75 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
     assert!(!root.join("current.tmp-dead").exists());
     assert!(!root.join("releases/.staging-dead").exists());
     assert_eq!(dir.current().unwrap().unwrap().as_str(), "1.0.1");
-    let history = store.history("shop", 10).unwrap();
-    let note = history
-        .iter()
-        .find(|e| e.kind == EventKind::Reconciled)
-        .expect("a reconciled event");
-    assert!(note
-        .reason
-        .as_deref()
-        .unwrap()
-        .contains("interrupted activation of 1.0.1"));
-
     // With no checks configured, the bake passes once its window is over.
     let rec = wait_for(&store, |r| r.state == AppState::Healthy).await;
     assert_eq!(rec.last_good.as_deref(), Some("1.0.1"));
+    // Start-up finished what the journal named and said so.
+    let history = store.history("shop", 20).unwrap();
+    let note = history
+        .iter()
+        .find(|e| {
+            e.kind == EventKind::Reconciled
+                && e.reason.as_deref().unwrap_or_default().contains("finished")
+        })
+        .expect("a reconciled event");
+    assert!(
+        note.reason
+            .as_deref()
+            .unwrap()
+            .contains("finished the interrupted deploy of 1.0.1: restart"),
+        "{note:?}"
+    );
+    assert!(Journal::new(tmp.path()).load("shop").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_interrupted_deploy_that_never_went_live_is_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shop");
+    // 1.0.1 was published by staging, but `current` still names 1.0.0.
+    let dir = layout(&root, "1.0.0");
+    let store = Store::open(&tmp.path().join("db")).unwrap();
+    store
+        .put_release(&record("1.0.0", ReleaseState::Good))
+        .unwrap();
+    let intent = Intent {
+        op: Op::Deploy,
+        from: Some("1.0.0".into()),
+        to: Some("1.0.1".into()),
+        why: "deploy".into(),
+        actor: "root".into(),
+        check: None,
+        automatic: false,
+        source: Some("/src/1.0.1".into()),
+        steps: vec![Step::Stage, Step::Swap, Step::Restart],
+        at_ms: now_ms(),
+    };
+    Journal::new(tmp.path()).save("shop", &intent).unwrap();
+
+    let _handle = start(&tmp, &root, &store, Duration::from_secs(60));
+    assert!(
+        !dir.exists(&Version::parse("1.0.1").unwrap()),
+        "the staged copy is removed, freeing its version"
+    );
+    assert!(store.release("shop", "1.0.1").unwrap().is_none());
+    let rec = store.app("shop").unwrap().unwrap();
+    assert_eq!(rec.active.as_deref(), Some("1.0.0"));
+    assert_eq!(rec.state, AppState::Healthy);
+    let note = store
+        .history("shop", 10)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Reconciled)
+        .expect("a reconciled event");
+    assert!(
+        note.reason
+            .as_deref()
+            .unwrap()
+            .contains("before it went live"),
+        "{note:?}"
+    );
+    assert!(Journal::new(tmp.path()).load("shop").unwrap().is_none());
 }
 
 #[tokio::test]
