@@ -67,7 +67,8 @@ dist: assets
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(DEV_FEATURES) -- -D warnings
 
 clean:
 	$(CARGO) clean

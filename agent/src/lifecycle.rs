@@ -221,6 +221,7 @@ pub fn recover(intent: &Intent, disk: &impl Disk) -> Recovery {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -64,7 +64,7 @@ fn seed() -> u64 {
 }
 
 /// One app `shop` with a short bake and a fast health check.
-fn crash_config(port: u16) -> String {
+pub(crate) fn crash_config(port: u16) -> String {
     format!(
         r#"[apps.shop]
 root = "{{dir}}/shop"
@@ -142,17 +142,6 @@ type DiskState = (Option<PathBuf>, Vec<String>, Vec<String>);
 /// What the test can see of the app root: `current`'s target and the
 /// entries of the root and of `releases/`.
 fn disk_state(root: &Path) -> DiskState {
-    let listing = |p: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(p)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
     (
         std::fs::read_link(root.join("current")).ok(),
         listing(root),
@@ -193,6 +182,19 @@ fn names(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The sorted entry names of `dir` (none if it cannot be read).
+pub(crate) fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// `<root>/current`'s target; it must always exist and be a symlink.
 fn current_link(root: &Path, ctx: &str) -> PathBuf {
     let link = root.join("current");
@@ -216,7 +218,7 @@ fn status_key(s: &Value) -> (Value, Value, Value) {
 }
 
 /// Waits until the app is neither deploying, baking nor rolling back.
-fn settle(agent: &Agent, ctx: &str) -> String {
+pub(crate) fn settle(agent: &Agent, ctx: &str) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let s = agent.json(&["status", "shop"]);
@@ -237,7 +239,7 @@ fn settle(agent: &Agent, ctx: &str) -> String {
 /// then checks that they agree. Returns what is odd but not required here:
 /// releases `active` in the store that `current` does not point at (version,
 /// description).
-fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<(String, String)> {
+pub(crate) fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<(String, String)> {
     let deadline = Instant::now() + PATIENCE;
     let releases_dir = root.join("releases");
     loop {

@@ -9,6 +9,8 @@ mod control;
 mod crash;
 mod deploy;
 mod dropin;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod fixtures_ext;
 mod hooks;
 mod http;

@@ -354,14 +354,28 @@ impl Agent {
 
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("agent not running");
+        let child = self.child.take().expect("agent not running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
         // A clean shutdown is prompt, even with a plugin spinning in a check.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_child(
+            child,
+            Duration::from_secs(30),
+            "exit within 30 s of SIGTERM",
+        )
+    }
+
+    /// Waits for `child` to exit (killing it and failing past `patience`).
+    fn wait_child(
+        &self,
+        mut child: Child,
+        patience: Duration,
+        what: &str,
+    ) -> std::process::ExitStatus {
+        let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
@@ -369,12 +383,9 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "rollbackd did not exit within 30 s of SIGTERM:\n{}",
-                    self.log()
-                );
+                panic!("rollbackd did not {what}:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -387,6 +398,24 @@ impl Agent {
         )
         .unwrap();
         child.wait().unwrap();
+    }
+
+    /// Sets (or, with `None`, removes) a variable of the daemon's
+    /// environment for its next start.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            self.env.push((name.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits for the daemon to exit by itself (60 s at most) and returns
+    /// its status.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.take().expect("agent not running");
+        self.wait_child(child, Duration::from_secs(60), "exit by itself")
     }
 
     /// The daemon's process id.
