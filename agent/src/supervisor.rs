@@ -1034,7 +1034,14 @@ impl Supervisor {
                 metrics,
             },
         );
-        if let Err(e) = self.store.put_app_lazy(&self.rec) {
+        // While the store cannot be written, every result tries a durable
+        // save: the first that works writes the queued events too.
+        let r = if self.store.unwritable().is_some() {
+            self.store.put_app(self.rec.clone())
+        } else {
+            self.store.put_app_lazy(&self.rec)
+        };
+        if let Err(e) = r {
             tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
         }
         self.store

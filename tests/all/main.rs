@@ -25,5 +25,6 @@ mod quickstart;
 mod reconcile;
 mod reload;
 mod sandbox;
+mod store_full;
 mod support;
 mod varlink;
