@@ -827,7 +827,10 @@ impl Supervisor {
                     self.step_done(&Step::Swap);
                 }
                 if intent.op == Op::Rollback {
-                    let failed = intent.from.clone().unwrap_or_default();
+                    let Some(failed) = intent.from.clone().filter(|f| *f != to) else {
+                        self.end_op();
+                        return;
+                    };
                     self.rec.state = AppState::RollingBack;
                     self.complete_rollback(
                         &failed,
