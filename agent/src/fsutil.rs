@@ -78,7 +78,7 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
             })
     })
     // A write that failed half way (a full disk) leaves no temporary behind.
-    .inspect_err(|_| remove_temps(dir, &prefix))?;
+    .inspect_err(|_| drop(remove_temps(dir, &prefix)))?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
@@ -89,16 +89,21 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 }
 
 /// Removes files in `dir` whose name starts with `prefix` (temporaries of
-/// an interrupted write); best effort.
-pub(crate) fn remove_temps(dir: &Path, prefix: &str) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
+/// an interrupted write); best effort. Returns what it removed.
+pub(crate) fn remove_temps(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
     for entry in rd.flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix)
             && entry.file_type().is_ok_and(|t| t.is_file())
+            && fs::remove_file(entry.path()).is_ok()
         {
-            let _ = fs::remove_file(entry.path());
+            removed.push(entry.path());
         }
     }
+    removed
 }
 
 /// `rename(2)` that refuses to replace an existing `to` where the platform allows

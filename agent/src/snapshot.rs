@@ -375,18 +375,8 @@ impl Snapshots {
             }
         }
         for live in files {
-            let (Some(parent), Some(prefix)) = (live.parent(), restore_prefix(live)) else {
-                continue;
-            };
-            let Ok(rd) = fs::read_dir(parent) else {
-                continue;
-            };
-            for entry in rd.flatten() {
-                let temp = entry.file_name().to_string_lossy().starts_with(&prefix)
-                    && entry.file_type().is_ok_and(|t| t.is_file());
-                if temp && fs::remove_file(entry.path()).is_ok() {
-                    removed.push(entry.path());
-                }
+            if let (Some(parent), Some(prefix)) = (live.parent(), restore_prefix(live)) {
+                removed.extend(crate::fsutil::remove_temps(parent, &prefix));
             }
         }
         removed

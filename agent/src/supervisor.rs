@@ -507,11 +507,18 @@ impl Supervisor {
         self.log_err(self.store.record(ev).map(drop));
     }
 
-    fn new_intent(&self, op: Op, to: &str, why: &str, actor: &Actor, steps: Vec<Step>) -> Intent {
+    fn new_intent(
+        &self,
+        op: Op,
+        to: Option<&str>,
+        why: &str,
+        actor: &Actor,
+        steps: Vec<Step>,
+    ) -> Intent {
         Intent {
             op,
             from: self.rec.active.clone(),
-            to: (!to.is_empty()).then(|| to.to_string()),
+            to: to.map(str::to_string),
             why: why.to_string(),
             actor: actor.name.clone(),
             check: None,
@@ -522,11 +529,12 @@ impl Supervisor {
         }
     }
 
-    /// Journals an operation before its first side effect.
+    /// Journals an operation before its first side effect; only a
+    /// journaled operation has its later steps journaled.
     fn begin_op(&mut self, intent: Intent) -> Result<(), JournalError> {
-        let r = self.journal.save(&self.cfg.name, &intent);
+        self.journal.save(&self.cfg.name, &intent)?;
         self.intent = Some(intent);
-        r
+        Ok(())
     }
 
     /// Journals that `step` of the operation in progress is done.
@@ -601,6 +609,7 @@ impl Supervisor {
                 None
             }
         };
+        let interrupted = intent.is_some();
         if let Some(intent) = intent {
             let disk = DiskFacts {
                 dir: &self.dir,
@@ -690,6 +699,9 @@ impl Supervisor {
                 r.version
             ));
         }
+        // The swap's own `activated` event can only be lost to a crash of a
+        // journaled operation, or before the agent kept a journal.
+        let check_activated = interrupted || self.rec.active != current;
         if self.rec.active != current {
             notes.push(format!(
                 "store said active {}, disk says {}",
@@ -700,7 +712,7 @@ impl Supervisor {
         }
         // The history names what `current` runs, even if the swap's own
         // event was lost in the crash.
-        if let Some(v) = &current {
+        if let Some(v) = current.as_ref().filter(|_| check_activated) {
             let last = self
                 .store
                 .history(self.app(), 10_000)?
@@ -742,12 +754,7 @@ impl Supervisor {
                         self.set_release_state(&v, ReleaseState::Active, None)?;
                         self.rec.bake_until_ms = None;
                     }
-                    // An interrupted bake resumes for what is left of its window.
-                    let left = self
-                        .rec
-                        .bake_until_ms
-                        .map(|until| Duration::from_millis(until.saturating_sub(now_ms())))
-                        .unwrap_or(self.cfg.bake);
+                    let left = self.bake_left();
                     self.begin_watch(&v, previous, Phase::Bake, left)?;
                     self.rec.state = AppState::Baking;
                 } else {
@@ -795,11 +802,7 @@ impl Supervisor {
                     Ok(()) => {
                         self.step_done(&Step::Restart);
                         self.end_op();
-                        let left = self
-                            .rec
-                            .bake_until_ms
-                            .map(|until| Duration::from_millis(until.saturating_sub(now_ms())))
-                            .unwrap_or(self.cfg.bake);
+                        let left = self.bake_left();
                         let previous = self.rec.last_good.clone().filter(|g| *g != to);
                         let r = self.begin_watch(&to, previous, Phase::Bake, left);
                         self.log_err(r);
@@ -812,7 +815,10 @@ impl Supervisor {
             }
             Op::Rollback | Op::Activate => {
                 if steps.contains(&Step::Swap) {
-                    let Ok(v) = Version::parse(&to) else { return };
+                    let Ok(v) = Version::parse(&to) else {
+                        self.end_op();
+                        return;
+                    };
                     if let Err(e) = self
                         .activate(intent.op, &v, agent.clone(), &intent.why)
                         .await
@@ -864,6 +870,15 @@ impl Supervisor {
                 if to.is_empty() { "releases" } else { &to }
             ));
         self.record_or_log(ev);
+    }
+
+    /// What is left of the recorded bake window (an interrupted bake
+    /// resumes for that), or a whole bake if none is recorded.
+    fn bake_left(&self) -> Duration {
+        self.rec
+            .bake_until_ms
+            .map(|until| Duration::from_millis(until.saturating_sub(now_ms())))
+            .unwrap_or(self.cfg.bake)
     }
 
     fn begin_watch(
@@ -1239,11 +1254,10 @@ impl Supervisor {
                 version: v.to_string(),
             })
             .collect();
-        let intent = self.new_intent(Op::Prune, "", "keep_releases", &Actor::agent(), steps);
+        let intent = self.new_intent(Op::Prune, None, "keep_releases", &Actor::agent(), steps);
         if let Err(e) = self.begin_op(intent) {
             // Pruning can wait for a journal that works.
             tracing::warn!(app = %self.app(), "not pruning: {e}");
-            self.intent = None;
             return;
         }
         let mut removed = Vec::new();
@@ -1501,7 +1515,7 @@ impl Supervisor {
         let from = self.rec.active.clone();
         self.begin_op(self.new_intent(
             Op::Activate,
-            version.as_str(),
+            Some(version.as_str()),
             "activate (operator, no analysis)",
             &actor,
             vec![Step::Swap, Step::Restart],
@@ -1603,10 +1617,14 @@ impl Supervisor {
         if self.dir.current().ok().flatten().as_ref() == Some(version) {
             return;
         }
-        let vetoed = matches!(
-            self.store.release(self.app(), version.as_str()),
-            Ok(Some(r)) if r.state == ReleaseState::Failed
-        );
+        let record = self
+            .store
+            .release(self.app(), version.as_str())
+            .ok()
+            .flatten();
+        let vetoed = record
+            .as_ref()
+            .is_some_and(|r| r.state == ReleaseState::Failed);
         if !vetoed {
             if self.dir.exists(version) {
                 let (dir, v) = (self.dir.clone(), version.clone());
@@ -1614,7 +1632,7 @@ impl Supervisor {
                     tracing::warn!(app = %self.app(), "cannot remove refused release: {e}");
                 }
             }
-            if let Ok(Some(_)) = self.store.release(self.app(), version.as_str()) {
+            if record.is_some() {
                 let r = self.store.delete_release(self.app(), version.as_str());
                 self.log_err(r);
             }
@@ -1637,7 +1655,7 @@ impl Supervisor {
     ) -> Result<Option<DeployOutcome>, CommandError> {
         let mut intent = self.new_intent(
             Op::Deploy,
-            version.as_str(),
+            Some(version.as_str()),
             "deploy",
             &actor,
             vec![Step::Stage, Step::Swap, Step::Restart],
@@ -1657,20 +1675,15 @@ impl Supervisor {
             );
             blocking(move || dir.stage(&src, &v, &limits)).await
         };
-        if let Err(e) = staged {
-            let ev = self
-                .event(actor, EventKind::DeployFailed)
-                .version(version.as_str())
-                .reason(e.to_string());
-            self.record_or_log(ev);
-            return Err(e.into());
-        }
-        crate::failpoint::hit("deploy.after-stage");
-        let manifest = match crate::release::read_manifest(&self.dir.release_path(version), version)
-        {
+        // A failed staging or a bad manifest is bad input: `undo_deploy`
+        // removes the staged copy, nothing else changed.
+        let manifest = staged.and_then(|_| {
+            crate::failpoint::hit("deploy.after-stage");
+            crate::release::read_manifest(&self.dir.release_path(version), version)
+        });
+        let manifest = match manifest {
             Ok(m) => m.unwrap_or_default(),
             Err(e) => {
-                // A bad manifest is bad input: the staged copy goes, nothing else changed.
                 let ev = self
                     .event(actor, EventKind::DeployFailed)
                     .version(version.as_str())
@@ -2109,7 +2122,7 @@ impl Supervisor {
         let prior_state = self.rec.state;
         let mut intent = self.new_intent(
             Op::Rollback,
-            target.as_str(),
+            Some(target.as_str()),
             &reason,
             &actor,
             vec![Step::Swap, Step::Restore, Step::Restart],

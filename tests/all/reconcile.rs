@@ -45,6 +45,22 @@ fn record(version: &str, state: ReleaseState) -> ReleaseRecord {
     }
 }
 
+/// The journaled deploy of 1.0.1 over 1.0.0, with `steps` left.
+fn deploy_of_1_0_1(steps: Vec<Step>) -> Intent {
+    Intent {
+        op: Op::Deploy,
+        from: Some("1.0.0".into()),
+        to: Some("1.0.1".into()),
+        why: "deploy".into(),
+        actor: "root".into(),
+        check: None,
+        automatic: false,
+        source: Some("/src/1.0.1".into()),
+        steps,
+        at_ms: now_ms(),
+    }
+}
+
 /// Starts a supervisor without checks or hooks for the app at `root`.
 fn start(tmp: &tempfile::TempDir, root: &Path, store: &Store, bake: Duration) -> AppHandle {
     let snapshots = rollback_agent::snapshot::Snapshots::new(tmp.path());
@@ -113,18 +129,7 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
     store.put_app(rec).unwrap();
     // The deploy had swapped and was about to run the restart command.
     let journal = Journal::new(tmp.path());
-    let intent = Intent {
-        op: Op::Deploy,
-        from: Some("1.0.0".into()),
-        to: Some("1.0.1".into()),
-        why: "deploy".into(),
-        actor: "root".into(),
-        check: None,
-        automatic: false,
-        source: None,
-        steps: vec![Step::Restart],
-        at_ms: now_ms(),
-    };
+    let intent = deploy_of_1_0_1(vec![Step::Restart]);
     journal.save("shop", &intent).unwrap();
 
     let _handle = start(&tmp, &root, &store, Duration::from_millis(300));
@@ -170,18 +175,7 @@ async fn an_interrupted_deploy_that_never_went_live_is_undone() {
     store
         .put_release(&record("1.0.0", ReleaseState::Good))
         .unwrap();
-    let intent = Intent {
-        op: Op::Deploy,
-        from: Some("1.0.0".into()),
-        to: Some("1.0.1".into()),
-        why: "deploy".into(),
-        actor: "root".into(),
-        check: None,
-        automatic: false,
-        source: Some("/src/1.0.1".into()),
-        steps: vec![Step::Stage, Step::Swap, Step::Restart],
-        at_ms: now_ms(),
-    };
+    let intent = deploy_of_1_0_1(vec![Step::Stage, Step::Swap, Step::Restart]);
     Journal::new(tmp.path()).save("shop", &intent).unwrap();
 
     let _handle = start(&tmp, &root, &store, Duration::from_secs(60));
