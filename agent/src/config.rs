@@ -166,6 +166,16 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    /// The name used in config, status and reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 /// How plugin errors (trap, timeout, bad output) count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {

@@ -212,7 +212,9 @@ fn command_error(e: CommandError) -> RemoteError {
         }
         CommandError::Release(ReleaseError::AlreadyExists { .. }) => error::RELEASE_EXISTS,
         CommandError::Release(_) => error::DEPLOY_FAILED,
-        CommandError::Store(_) | CommandError::Journal(_) => error::INTERNAL,
+        CommandError::Store(_) | CommandError::Journal(_) | CommandError::Internal(_) => {
+            error::INTERNAL
+        }
         CommandError::ShuttingDown => error::SHUTTING_DOWN,
         CommandError::Vetoed { .. } => error::VETOED,
         CommandError::NothingActive { .. } => error::NO_ACTIVE_RELEASE,

@@ -16,6 +16,7 @@ pub mod incident;
 pub mod journal;
 pub mod lifecycle;
 pub mod live;
+pub mod machine;
 pub mod metrics;
 pub mod plugin;
 pub mod policy;

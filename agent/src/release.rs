@@ -690,35 +690,6 @@ pub fn read_manifest(
     Ok(Some(m))
 }
 
-/// Which releases to prune to keep at most `keep` (>=1) releases: oldest first by
-/// the given order, never any in `protected` (active, last good, rollback target).
-///
-/// Pure: `releases_oldest_first` is the caller's order (e.g. by staging time),
-/// not sorted here. A `keep` of 0 counts as 1. A version listed twice counts
-/// once; protected versions that are not in the list are ignored. If the
-/// protected releases alone reach `keep`, every unprotected one is pruned (the
-/// result can then leave more than `keep`). The result is in the given order,
-/// oldest first, without duplicates.
-pub fn prune_plan(
-    releases_oldest_first: &[Version],
-    protected: &[Version],
-    keep: usize,
-) -> Vec<Version> {
-    let keep = keep.max(1);
-    let mut seen = std::collections::HashSet::new();
-    let distinct: Vec<&Version> = releases_oldest_first
-        .iter()
-        .filter(|v| seen.insert(*v))
-        .collect();
-    let excess = distinct.len().saturating_sub(keep);
-    distinct
-        .into_iter()
-        .filter(|v| !protected.contains(v))
-        .take(excess)
-        .cloned()
-        .collect()
-}
-
 /// The parent of `p`, or `.` for a bare relative name.
 fn parent_or_dot(p: &Path) -> &Path {
     match p.parent() {
@@ -2472,84 +2443,5 @@ mod tests {
             "copies at most max"
         );
         assert_eq!(out, [1u8; 4]);
-    }
-
-    fn vs(names: &[&str]) -> Vec<Version> {
-        names.iter().map(|n| v(n)).collect()
-    }
-
-    #[test]
-    fn prune_plan_table() {
-        let all = vs(&["1", "2", "3", "4", "5"]);
-        let cases: &[(&[&str], usize, &[&str])] = &[
-            (&[], 5, &[]),
-            (&[], 6, &[]),
-            (&[], 3, &["1", "2"]),
-            (&[], 1, &["1", "2", "3", "4"]),
-            (&[], 0, &["1", "2", "3", "4"]), // keep 0 counts as 1
-            (&["5"], 2, &["1", "2", "3"]),
-            (&["1"], 2, &["2", "3", "4"]), // the oldest is protected: skip it
-            (&["1", "3"], 3, &["2", "4"]),
-            (&["1", "3", "5"], 2, &["2", "4"]), // protected alone exceed keep
-            (&["1", "3", "5"], 3, &["2", "4"]), // protected alone reach keep
-            (&["1", "2", "3", "4", "5"], 1, &[]),
-            (&["9"], 4, &["1"]), // unknown protected versions are ignored
-        ];
-        for (protected, keep, expected) in cases {
-            assert_eq!(
-                prune_plan(&all, &vs(protected), *keep),
-                vs(expected),
-                "protected {protected:?}, keep {keep}"
-            );
-        }
-        assert_eq!(prune_plan(&[], &[], 3), Vec::<Version>::new());
-        // The caller's order is the age order (not sorted by name).
-        assert_eq!(
-            prune_plan(&vs(&["b", "a", "c"]), &vs(&["c"]), 1),
-            vs(&["b", "a"])
-        );
-        // Duplicates count once and are returned once.
-        assert_eq!(prune_plan(&vs(&["1", "1", "2", "3"]), &[], 2), vs(&["1"]));
-    }
-
-    #[test]
-    fn prune_plan_exhaustive() {
-        // Every protected subset of up to 6 releases, every keep 0..=7.
-        for n in 0..=6usize {
-            let all: Vec<Version> = (0..n).map(|i| v(&format!("r{i}"))).collect();
-            for mask in 0..(1u32 << n) {
-                let protected: Vec<Version> = all
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .map(|(_, r)| r.clone())
-                    .collect();
-                let unprotected: Vec<Version> = all
-                    .iter()
-                    .filter(|r| !protected.contains(r))
-                    .cloned()
-                    .collect();
-                for keep in 0..=7usize {
-                    let plan = prune_plan(&all, &protected, keep);
-                    let ctx = format!("n {n}, protected {protected:?}, keep {keep}: {plan:?}");
-                    // Never a protected one; the oldest unprotected ones, in order.
-                    assert!(plan.iter().all(|r| !protected.contains(r)), "{ctx}");
-                    assert_eq!(plan[..], unprotected[..plan.len()], "{ctx}");
-                    let left = n - plan.len();
-                    let keep1 = keep.max(1);
-                    // Exactly as many as needed to get down to `keep`, limited
-                    // by what is unprotected.
-                    assert_eq!(
-                        plan.len(),
-                        unprotected.len().min(n.saturating_sub(keep1)),
-                        "{ctx}"
-                    );
-                    // At most `keep` remain unless only protected ones remain.
-                    assert!(left <= keep1 || plan.len() == unprotected.len(), "{ctx}");
-                    // Never below `keep` through pruning.
-                    assert!(plan.is_empty() || left >= keep1, "{ctx}");
-                }
-            }
-        }
     }
 }

@@ -22,14 +22,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{AppConfig, HookEvent};
 use crate::journal::{Journal, JournalError};
 use crate::lifecycle::{Intent, Op, Recovery, Step};
+use crate::machine::{
+    Answer, CheckSpec, Count, Effect, Facts, Flow, Input, Machine, Note, Refusal, Settings, Start,
+    Tell, Veto,
+};
+pub use crate::machine::{DeployOutcome, RollbackDone};
 use crate::plugin::{
     CallError, CallReport, CheckInput, LifecycleEvent, Phase, Plugin, ReleaseInfo, RollbackInfo,
     Sandbox, Status, Transition,
 };
-use crate::policy::{
-    bake_verdict, steady_action, BakeVerdict, CheckTracker, Health, OnError, Outcome, Rule,
-    Severity, SteadyAction,
-};
+use crate::policy::{OnError, Outcome, Rule, Severity};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::snapshot::Snapshots;
 use crate::store::{
@@ -95,30 +97,12 @@ pub enum CommandError {
         /// The hook's error.
         reason: String,
     },
+    /// A fault of the agent itself.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The supervisor is gone (the agent is shutting down).
     #[error("the agent is shutting down")]
     ShuttingDown,
-}
-
-/// How a deploy ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeployOutcome {
-    /// Activated and baking (the caller did not wait).
-    Baking,
-    /// Passed its bake: marked good.
-    Good,
-    /// Failed and was rolled back to `to`.
-    RolledBack {
-        /// The release restored.
-        to: String,
-        /// Why.
-        reason: String,
-    },
-    /// Failed and nothing could be restored; the app waits for an operator.
-    Degraded {
-        /// Why.
-        reason: String,
-    },
 }
 
 /// What the operator said about a release when deploying it.
@@ -128,15 +112,6 @@ pub struct DeployMeta {
     pub commit: Option<String>,
     /// `--message`.
     pub message: Option<String>,
-}
-
-/// The result of a successful rollback command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollbackDone {
-    /// The release that was active.
-    pub from: Option<String>,
-    /// The release now active.
-    pub to: String,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -377,20 +352,7 @@ impl AppHandle {
     }
 }
 
-/// The watch over the active release: its checks' trackers and timers.
-struct Watch {
-    version: String,
-    activated_at_ms: Option<u64>,
-    previous: Option<ReleaseInfo>,
-    phase: Phase,
-    bake_until: Option<Instant>,
-    trackers: Vec<CheckTracker>,
-    next_due: Vec<Instant>,
-    in_flight: Vec<bool>,
-    /// Whether the unhealthy state of a check was already recorded (steady phase).
-    reported: Vec<bool>,
-}
-
+/// A check call's result, on its way back to the task.
 struct CheckDone {
     generation: u64,
     index: usize,
@@ -398,7 +360,21 @@ struct CheckDone {
     at_ms: u64,
 }
 
-/// One app's supervisor.
+/// The reply of the command being handled.
+enum Pending {
+    Deploy(Reply<DeployOutcome>),
+    Switch(Reply<RollbackDone>),
+    Pause(Reply<()>),
+}
+
+/// What a deploy in progress needs beyond its version (not the machine's).
+struct DeploySource {
+    path: PathBuf,
+    meta: DeployMeta,
+    actor: Actor,
+}
+
+/// One app's supervisor: the shell around its `Machine`.
 pub struct Supervisor {
     cfg: AppConfig,
     dir: AppDir,
@@ -407,15 +383,21 @@ pub struct Supervisor {
     hooks: Arc<Vec<LoadedHook>>,
     snapshots: Snapshots,
     journal: Journal,
+    machine: Machine,
     /// The operation in progress, as journaled.
     intent: Option<Intent>,
-    /// Steps of an interrupted operation that start-up left to the task
-    /// (the restart command is async).
+    /// An interrupted operation that start-up left to the task.
     recovering: Option<Intent>,
     rec: AppRecord,
-    /// Bumped on every activation so that results of an older watch are dropped.
-    generation: u64,
-    watch: Option<Watch>,
+    /// The reply of the command being handled, and what its deploy stages.
+    pending: Option<Pending>,
+    source: Option<DeploySource>,
+    /// The error behind the last failed effect, for the reply.
+    failure: Option<CommandError>,
+    /// The check result being fed to the machine (its text and figures).
+    report: Option<(CallReport, u64)>,
+    /// The releases the current watch (its generation) tells its checks about.
+    watch_info: Option<(u64, ReleaseInfo, Option<ReleaseInfo>)>,
     waiters: Vec<Reply<DeployOutcome>>,
     done_tx: mpsc::Sender<CheckDone>,
     done_rx: mpsc::Receiver<CheckDone>,
@@ -443,6 +425,80 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// What the machine sees of the store and the disk.
+struct Known<'a> {
+    app: &'a str,
+    dir: &'a AppDir,
+    store: &'a Store,
+}
+
+impl Facts for Known<'_> {
+    fn on_disk(&self, version: &str) -> bool {
+        Version::parse(version).is_ok_and(|v| self.dir.exists(&v))
+    }
+
+    fn recorded(&self, version: &str) -> bool {
+        matches!(self.store.release(self.app, version), Ok(Some(_)))
+    }
+
+    fn newest_good(&self, except: Option<&str>) -> Option<String> {
+        newest_good(self.store, self.app, except).unwrap_or_else(|e| {
+            tracing::error!(app = %self.app, "state store: {e}");
+            None
+        })
+    }
+}
+
+/// Facts of an app not yet looked at (the machine before `reconcile`).
+struct NoFacts;
+
+impl Facts for NoFacts {
+    fn on_disk(&self, _: &str) -> bool {
+        false
+    }
+
+    fn recorded(&self, _: &str) -> bool {
+        false
+    }
+
+    fn newest_good(&self, _: Option<&str>) -> Option<String> {
+        None
+    }
+}
+
+/// The most recently activated good release other than `except`: the
+/// rollback target, and what `last_good` shows.
+fn newest_good(
+    store: &Store,
+    app: &str,
+    except: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .releases(app)?
+        .into_iter()
+        .filter(|r| r.state == ReleaseState::Good && Some(r.version.as_str()) != except)
+        .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
+        .map(|r| r.version))
+}
+
+/// The machine's view of an app's settings and checks.
+fn settings(cfg: &AppConfig, checks: &[LoadedCheck]) -> Settings {
+    Settings {
+        bake: cfg.bake,
+        auto_rollback: cfg.auto_rollback,
+        checks: checks
+            .iter()
+            .map(|c| CheckSpec {
+                name: c.name.clone(),
+                interval: c.interval,
+                rule: c.rule,
+                on_error: c.on_error,
+                severity: c.severity,
+            })
+            .collect(),
+    }
+}
+
 impl Supervisor {
     /// Reconciles the app's store records with its directory and spawns its
     /// task. Returns the handle to send commands to it.
@@ -460,6 +516,14 @@ impl Supervisor {
         let rec = store
             .app(&cfg.name)?
             .unwrap_or_else(|| AppRecord::new(&cfg.name));
+        let machine = Machine::new(
+            settings(&cfg, &checks),
+            Start::Empty,
+            rec.paused,
+            rec.restored,
+            &NoFacts,
+            Instant::now(),
+        );
         let mut sup = Supervisor {
             dir,
             store,
@@ -467,11 +531,15 @@ impl Supervisor {
             hooks: Arc::new(hooks),
             snapshots,
             journal,
+            machine,
             intent: None,
             recovering: None,
             rec,
-            generation: 0,
-            watch: None,
+            pending: None,
+            source: None,
+            failure: None,
+            report: None,
+            watch_info: None,
             waiters: Vec::new(),
             done_tx,
             done_rx,
@@ -491,7 +559,17 @@ impl Supervisor {
         Event::new(&self.cfg.name, actor, kind)
     }
 
+    /// Writes the app's record as the machine has it.
     fn save(&mut self) -> Result<(), StoreError> {
+        let m = &self.machine;
+        self.rec.state = m.state().app_state();
+        self.rec.active = m.active().map(str::to_string);
+        self.rec.reason = m.reason().map(str::to_string);
+        self.rec.paused = m.paused();
+        self.rec.restored = m.restored();
+        self.rec.bake_until_ms = m.bake_until().map(|until| {
+            now_ms() + until.saturating_duration_since(Instant::now()).as_millis() as u64
+        });
         crate::metrics::global().state(&self.cfg.name, self.rec.state.as_str());
         self.store.put_app(self.rec.clone())
     }
@@ -507,34 +585,10 @@ impl Supervisor {
         self.log_err(self.store.record(ev).map(drop));
     }
 
-    fn new_intent(
-        &self,
-        op: Op,
-        to: Option<&str>,
-        why: &str,
-        actor: &Actor,
-        steps: Vec<Step>,
-    ) -> Intent {
-        Intent {
-            op,
-            from: self.rec.active.clone(),
-            to: to.map(str::to_string),
-            why: why.to_string(),
-            actor: actor.name.clone(),
-            check: None,
-            automatic: false,
-            source: None,
-            steps,
-            at_ms: now_ms(),
+    fn log_err(&self, r: Result<(), StoreError>) {
+        if let Err(e) = r {
+            tracing::error!(app = %self.app(), "state store: {e}");
         }
-    }
-
-    /// Journals an operation before its first side effect; only a
-    /// journaled operation has its later steps journaled.
-    fn begin_op(&mut self, intent: Intent) -> Result<(), JournalError> {
-        self.journal.save(&self.cfg.name, &intent)?;
-        self.intent = Some(intent);
-        Ok(())
     }
 
     /// Journals that `step` of the operation in progress is done.
@@ -588,6 +642,10 @@ impl Supervisor {
         }
         r.reason = reason;
         self.store.put_release(&r)
+    }
+
+    fn newest_good(&self, except: Option<&str>) -> Result<Option<String>, StoreError> {
+        newest_good(&self.store, self.app(), except)
     }
 
     /// Makes the store agree with the disk: `current` is the truth. An
@@ -738,15 +796,10 @@ impl Supervisor {
                 .reason(notes.join("; "));
             self.store.record(ev)?;
         }
-        match current {
-            None => {
-                self.rec.state = AppState::Empty;
-                self.rec.bake_until_ms = None;
-                self.save()?;
-            }
+        let start = match current {
+            None => Start::Empty,
             Some(v) => {
                 let r = self.release_rec(&v)?;
-                let previous = self.rec.last_good.clone().filter(|g| *g != v);
                 // A staged release under `current` was swapped in just before a
                 // crash, before it was marked active: it has not been baked.
                 if matches!(r.state, ReleaseState::Active | ReleaseState::Staged) {
@@ -754,21 +807,38 @@ impl Supervisor {
                         self.set_release_state(&v, ReleaseState::Active, None)?;
                         self.rec.bake_until_ms = None;
                     }
-                    let left = self.bake_left();
-                    self.begin_watch(&v, previous, Phase::Bake, left)?;
-                    self.rec.state = AppState::Baking;
+                    Start::Baking {
+                        version: v,
+                        left: self.bake_left(),
+                    }
+                } else if self.rec.state == AppState::Degraded {
+                    Start::Degraded {
+                        version: v,
+                        reason: self.rec.reason.clone().unwrap_or_default(),
+                    }
                 } else {
-                    self.begin_watch(&v, previous, Phase::Steady, Duration::ZERO)?;
-                    self.rec.state = if self.rec.state == AppState::Degraded {
-                        AppState::Degraded
-                    } else {
-                        AppState::Healthy
-                    };
-                    self.rec.bake_until_ms = None;
+                    Start::Steady {
+                        version: v,
+                        note: self.rec.reason.clone(),
+                    }
                 }
-                self.save()?;
             }
-        }
+        };
+        let facts = Known {
+            app: &self.cfg.name,
+            dir: &self.dir,
+            store: &self.store,
+        };
+        self.machine = Machine::new(
+            settings(&self.cfg, &self.checks),
+            start,
+            self.rec.paused,
+            self.rec.restored,
+            &facts,
+            Instant::now(),
+        );
+        self.rec.checks.clear();
+        self.save()?;
         Ok(())
     }
 
@@ -784,9 +854,9 @@ impl Supervisor {
         let to = intent.to.clone().unwrap_or_default();
         tracing::warn!(app = %self.app(), op = intent.op.as_str(), steps = %done, "finishing an interrupted operation");
         self.intent = Some(intent.clone());
-        let agent = Actor::agent();
-        match intent.op {
-            Op::Prune => {
+        match Flow::recovered(&intent, steps.clone(), self.bake_left()) {
+            Some(flow) => self.drive(Input::Recover(flow)).await,
+            None => {
                 for step in &steps {
                     if let Step::Remove { version } = step {
                         self.remove_release(version).await;
@@ -794,72 +864,6 @@ impl Supervisor {
                     self.step_done(step);
                 }
                 self.end_op();
-            }
-            Op::Deploy => {
-                // The release is live but its restart never completed.
-                self.stop_watch();
-                match self.restart(&to).await {
-                    Ok(()) => {
-                        self.step_done(&Step::Restart);
-                        self.end_op();
-                        let left = self.bake_left();
-                        let previous = self.rec.last_good.clone().filter(|g| *g != to);
-                        let r = self.begin_watch(&to, previous, Phase::Bake, left);
-                        self.log_err(r);
-                        self.save_or_log();
-                    }
-                    Err(reason) => {
-                        self.auto_rollback(&to, reason, None).await;
-                    }
-                }
-            }
-            Op::Rollback | Op::Activate => {
-                if steps.contains(&Step::Swap) {
-                    let Ok(v) = Version::parse(&to) else {
-                        self.end_op();
-                        return;
-                    };
-                    if let Err(e) = self
-                        .activate(intent.op, &v, agent.clone(), &intent.why)
-                        .await
-                    {
-                        self.end_op();
-                        self.degrade(
-                            &to,
-                            &format!("cannot finish the interrupted {}: {e}", intent.op.as_str()),
-                        );
-                        return;
-                    }
-                    self.step_done(&Step::Swap);
-                }
-                if intent.op == Op::Rollback {
-                    let Some(failed) = intent.from.clone().filter(|f| *f != to) else {
-                        self.end_op();
-                        return;
-                    };
-                    self.rec.state = AppState::RollingBack;
-                    self.complete_rollback(
-                        &failed,
-                        &to,
-                        Some(failed.clone()),
-                        &format!("{} (completed at start-up)", intent.why),
-                        agent,
-                        intent.check.clone(),
-                    )
-                    .await;
-                    self.rec.restored = intent.automatic;
-                    self.save_or_log();
-                } else {
-                    self.stop_watch();
-                    let restarted = self.restart(&to).await;
-                    self.step_done(&Step::Restart);
-                    self.end_op();
-                    let r = self.begin_watch(&to, None, Phase::Steady, Duration::ZERO);
-                    self.log_err(r);
-                    if let Err(why) = restarted {
-                        self.degrade(&to, &why);
-                    }
-                }
             }
         }
         let ev = self
@@ -881,147 +885,387 @@ impl Supervisor {
             .unwrap_or(self.cfg.bake)
     }
 
-    fn begin_watch(
-        &mut self,
-        version: &str,
-        previous: Option<String>,
-        phase: Phase,
-        bake: Duration,
-    ) -> Result<(), StoreError> {
-        self.generation += 1;
-        let now = Instant::now();
-        let active = self.release_rec(version)?;
-        let previous = match previous {
-            Some(p) => Some(info(
-                self.app(),
-                self.store.release(self.app(), &p)?.as_ref(),
-                &p,
-            )),
-            None => None,
-        };
-        let n = self.checks.len();
-        self.watch = Some(Watch {
-            version: version.to_string(),
-            activated_at_ms: active.activated_at_ms,
-            previous,
-            phase,
-            bake_until: (phase == Phase::Bake).then(|| now + bake),
-            trackers: self
-                .checks
-                .iter()
-                .map(|c| CheckTracker::new(c.rule, c.on_error))
-                .collect(),
-            // The first run waits one interval: the app was just (re)started.
-            next_due: self.checks.iter().map(|c| now + c.interval).collect(),
-            in_flight: vec![false; n],
-            reported: vec![false; n],
-        });
-        self.rec.checks.clear();
-        self.rec.bake_until_ms = (phase == Phase::Bake).then(|| now_ms() + bake.as_millis() as u64);
-        Ok(())
-    }
-
-    /// Stops watching (results of calls in flight are dropped).
-    fn stop_watch(&mut self) {
-        self.generation += 1;
-        self.watch = None;
-    }
-
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
         self.finish_recovery().await;
         loop {
-            let wake = self.next_wake();
+            let wake = self.machine.next_wake();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
                 Some(done) = self.done_rx.recv() => self.on_result(done).await,
-                _ = sleep_until_opt(wake) => self.on_timer().await,
+                _ = sleep_until_opt(wake) => self.drive(Input::Tick).await,
             }
         }
         tracing::info!(app = %self.app(), "supervisor stopped");
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        let w = self.watch.as_ref()?;
-        let checks = w
-            .next_due
-            .iter()
-            .zip(&w.in_flight)
-            .filter(|(_, busy)| !**busy)
-            .map(|(due, _)| *due);
-        checks.chain(w.bake_until).min()
+    /// Feeds `input` to the machine and performs what it says, feeding each
+    /// effect's result back, until the machine has nothing left to do.
+    async fn drive(&mut self, input: Input) {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            let facts = Known {
+                app: &self.cfg.name,
+                dir: &self.dir,
+                store: &self.store,
+            };
+            let effects = self.machine.step(input, Instant::now(), &facts);
+            for effect in effects {
+                if let Some(result) = self.perform(effect).await {
+                    next = Some(result);
+                }
+            }
+        }
     }
 
-    async fn on_timer(&mut self) {
-        let now = Instant::now();
-        let generation = self.generation;
-        let app = self.cfg.name.clone();
-        let Some(w) = self.watch.as_mut() else { return };
-        for (i, check) in self.checks.iter().enumerate() {
-            if w.in_flight[i] || w.next_due[i] > now {
-                continue;
+    /// Performs one effect; returns its result for the machine, if it has one.
+    async fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Begin(intent) => return Some(Input::Journaled(self.begin_op(intent))),
+            Effect::StepDone(step) => self.step_done(&step),
+            Effect::End => self.end_op(),
+            Effect::Stage { version } => return Some(Input::Staged(self.stage(&version).await)),
+            Effect::Vet {
+                version,
+                from,
+                actor,
+            } => {
+                let r = self.pre_activate(&version, from.as_deref(), &actor).await;
+                return Some(Input::Cleared(r));
             }
-            w.in_flight[i] = true;
-            w.next_due[i] = now + check.interval;
-            let input = CheckInput {
-                app: app.clone(),
-                check: check.name.clone(),
-                active: ReleaseInfo {
-                    app: app.clone(),
-                    version: w.version.clone(),
-                    activated_at_ms: w.activated_at_ms,
-                },
-                previous: w.previous.clone(),
-                phase: w.phase,
-                now_ms: now_ms(),
-            };
-            let plugin = check.plugin.clone();
-            let sandbox = check.sandbox.clone();
-            let tx = self.done_tx.clone();
-            tokio::spawn(async move {
-                let at_ms = now_ms();
-                // Whatever happens in the call, a result comes back, so the
-                // check's in-flight flag is always released.
-                let report = std::panic::AssertUnwindSafe(plugin.check(&sandbox, &input))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| CallReport::host_failure("the check call panicked"));
-                let _ = tx
-                    .send(CheckDone {
-                        generation,
-                        index: i,
-                        report,
-                        at_ms,
-                    })
-                    .await;
-            });
+            Effect::Snapshot { of } => self.take_snapshot(&of),
+            Effect::Swap { op, to, actor, why } => {
+                return Some(Input::Swapped(self.swap(op, &to, actor, &why).await))
+            }
+            Effect::Restore { of } => {
+                crate::failpoint::hit("rollback.before-restore");
+                return Some(Input::Restored(self.restore_snapshot(&of)));
+            }
+            Effect::Restart { op, version } => {
+                crate::failpoint::hit_in(op.as_str(), "before-restart");
+                return Some(Input::Restarted(self.restart(&version).await));
+            }
+            Effect::Discard { version } => self.discard(&version).await,
+            Effect::Release {
+                version,
+                state,
+                reason,
+            } => {
+                let r = self.set_release_state(&version, state, reason);
+                self.log_err(r);
+                if matches!(state, ReleaseState::Good | ReleaseState::Failed) {
+                    match self.newest_good(None) {
+                        Ok(good) => self.rec.last_good = good,
+                        Err(e) => self.log_err(Err(e)),
+                    }
+                }
+                if state == ReleaseState::Good {
+                    tracing::info!(app = %self.app(), %version, "release marked good");
+                }
+            }
+            Effect::Record(note) => self.record_or_log(self.note_event(note)),
+            Effect::Save => self.save_or_log(),
+            Effect::Watch { .. } => self.rec.checks.clear(),
+            Effect::RunCheck {
+                index,
+                generation,
+                version,
+                phase,
+            } => self.run_check(index, generation, &version, phase),
+            Effect::RecordCheck {
+                index,
+                outcome,
+                consecutive_failures,
+                runs,
+            } => self.record_check(index, outcome, consecutive_failures, runs),
+            Effect::Notify(tell) => self.notify(tell),
+            Effect::Prune => self.prune_releases().await,
+            Effect::Count(count) => {
+                let metrics = crate::metrics::global();
+                match count {
+                    Count::Deploy(outcome) => metrics.deploy(&self.cfg.name, outcome),
+                    Count::Rollback(kind) => metrics.rollback(&self.cfg.name, kind),
+                }
+            }
+            Effect::Reply(answer) => self.answer(answer),
         }
-        self.evaluate_bake().await;
+        None
+    }
+
+    /// Journals an operation before its first side effect. A journal that
+    /// cannot be written is cleared, so that no older entry is taken for it.
+    fn begin_op(&mut self, mut intent: Intent) -> Result<(), String> {
+        intent.at_ms = now_ms();
+        if intent.op == Op::Deploy {
+            intent.source = self.source.as_ref().map(|s| s.path.display().to_string());
+        }
+        match self.journal.save(&self.cfg.name, &intent) {
+            Ok(()) => {
+                self.intent = Some(intent);
+                Ok(())
+            }
+            Err(e) => {
+                if intent.op == Op::Rollback {
+                    // The machine goes ahead all the same: safety first.
+                    tracing::error!(app = %self.app(), "rolling back without a journal: {e}");
+                } else {
+                    tracing::error!(app = %self.app(), op = intent.op.as_str(), "cannot journal: {e}");
+                }
+                self.end_op();
+                let text = e.to_string();
+                self.failure = Some(e.into());
+                Err(text)
+            }
+        }
+    }
+
+    fn note_event(&self, note: Note) -> Event {
+        let mut ev = self.event(note.actor, note.kind).reason(note.reason);
+        ev.version = note.version;
+        ev.check = note.check;
+        ev.hook = note.hook;
+        if let Some((from, to)) = note.swap {
+            ev = ev.swap(from, to);
+        }
+        ev
+    }
+
+    /// Stages the deploy's source as `version` and records the release; the
+    /// error is kept for the reply.
+    async fn stage(&mut self, version: &str) -> Result<(), String> {
+        let r = self.stage_recorded(version).await;
+        r.map_err(|e| {
+            let text = e.to_string();
+            self.failure = Some(e);
+            text
+        })
+    }
+
+    async fn stage_recorded(&mut self, version: &str) -> Result<(), CommandError> {
+        let version = Version::parse(version)?;
+        let Some(source) = self.source.as_ref() else {
+            return Err(CommandError::Internal("a deploy without a source".into()));
+        };
+        let (source, meta, actor) = (
+            source.path.clone(),
+            source.meta.clone(),
+            source.actor.clone(),
+        );
+        crate::failpoint::hit("deploy.before-stage");
+        let staged = {
+            let (dir, src, v, limits) = (
+                self.dir.clone(),
+                source.clone(),
+                version.clone(),
+                self.limits.clone(),
+            );
+            blocking(move || dir.stage(&src, &v, &limits)).await
+        };
+        let manifest = staged
+            .and_then(|_| {
+                crate::failpoint::hit("deploy.after-stage");
+                crate::release::read_manifest(&self.dir.release_path(&version), &version)
+            })?
+            .unwrap_or_default();
+        let mut r = self.release_rec(version.as_str())?;
+        r.source = Some(source.display().to_string());
+        r.commit = meta.commit.or(manifest.commit);
+        r.tag = manifest.tag;
+        r.message = meta.message.or(manifest.summary);
+        self.store.put_release(&r)?;
+        let mut what = format!("from {}", source.display());
+        if let Some(c) = &r.commit {
+            what.push_str(&format!("; commit {c}"));
+        }
+        if let Some(t) = &r.tag {
+            what.push_str(&format!("; tag {t}"));
+        }
+        if let Some(m) = &r.message {
+            what.push_str(&format!(": {m}"));
+        }
+        let ev = self
+            .event(actor, EventKind::Staged)
+            .version(version.as_str())
+            .reason(what);
+        self.store.record(ev)?;
+        Ok(())
+    }
+
+    /// Removes a deploy's copy that never went live, freeing its version.
+    async fn discard(&mut self, version: &str) {
+        let Ok(version) = Version::parse(version) else {
+            return;
+        };
+        if self.dir.current().ok().flatten().as_ref() == Some(&version) {
+            return;
+        }
+        if self.dir.exists(&version) {
+            let (dir, v) = (self.dir.clone(), version.clone());
+            if let Err(e) = blocking(move || dir.remove(&v)).await {
+                tracing::warn!(app = %self.app(), "cannot remove refused release: {e}");
+            }
+        }
+        if let Ok(Some(_)) = self.store.release(self.app(), version.as_str()) {
+            let r = self.store.delete_release(self.app(), version.as_str());
+            self.log_err(r);
+        }
+    }
+
+    /// Points `current` at `to` and records the swap. Only a failed swap is
+    /// an error: once `current` changed, bookkeeping failures are logged.
+    async fn swap(&mut self, op: Op, to: &str, actor: Actor, why: &str) -> Result<(), String> {
+        let from = self.rec.active.clone();
+        let version = match Version::parse(to) {
+            Ok(v) => v,
+            Err(e) => {
+                let text = e.to_string();
+                self.failure = Some(e.into());
+                return Err(text);
+            }
+        };
+        crate::failpoint::hit_in(op.as_str(), "before-swap");
+        let swapped = {
+            let (dir, v) = (self.dir.clone(), version.clone());
+            blocking(move || dir.activate(&v)).await
+        };
+        if let Err(e) = swapped {
+            let text = e.to_string();
+            self.failure = Some(e.into());
+            return Err(text);
+        }
+        crate::failpoint::hit_in(op.as_str(), "after-swap");
+        self.rec.active = Some(to.to_string());
+        match self.release_rec(to) {
+            Ok(mut r) => {
+                r.activated_at_ms = Some(now_ms());
+                let r = self.store.put_release(&r);
+                self.log_err(r);
+            }
+            Err(e) => self.log_err(Err(e)),
+        }
+        let ev = self
+            .event(actor, EventKind::Activated)
+            .version(to)
+            .swap(from, to)
+            .reason(why);
+        self.record_or_log(ev);
+        Ok(())
+    }
+
+    /// Runs the restart command, recording the outcome; Err carries the reason.
+    async fn restart(&mut self, version: &str) -> Result<(), String> {
+        let Some(argv) = self.cfg.restart.clone() else {
+            return Ok(());
+        };
+        let r = crate::restart::run(
+            &argv,
+            self.app(),
+            version,
+            &self.cfg.root,
+            self.cfg.restart_timeout,
+        )
+        .await;
+        let (kind, reason) = match &r {
+            Ok(()) => (EventKind::Restarted, argv.join(" ")),
+            Err(e) => (EventKind::RestartFailed, e.to_string()),
+        };
+        let ev = self
+            .event(Actor::agent(), kind)
+            .version(version)
+            .reason(reason.clone());
+        self.record_or_log(ev);
+        r.map_err(|_| format!("restart failed: {reason}"))
+    }
+
+    /// The releases the current watch tells its checks about (looked up once
+    /// per watch).
+    fn watch_releases(&mut self) -> Option<(ReleaseInfo, Option<ReleaseInfo>)> {
+        let (version, previous, generation) = self.machine.watching()?;
+        if self.watch_info.as_ref().map(|w| w.0) != Some(generation) {
+            let (version, previous) = (version.to_string(), previous.map(str::to_string));
+            let active = self.release_info(&version);
+            let previous = previous.map(|p| self.release_info(&p));
+            self.watch_info = Some((generation, active, previous));
+        }
+        self.watch_info
+            .as_ref()
+            .map(|(_, a, p)| (a.clone(), p.clone()))
+    }
+
+    fn run_check(&mut self, index: usize, generation: u64, version: &str, phase: Phase) {
+        let Some((active, previous)) = self.watch_releases() else {
+            return;
+        };
+        let Some(check) = self.checks.get(index) else {
+            return;
+        };
+        debug_assert_eq!(active.version, version);
+        let input = CheckInput {
+            app: self.cfg.name.clone(),
+            check: check.name.clone(),
+            active,
+            previous,
+            phase,
+            now_ms: now_ms(),
+        };
+        let plugin = check.plugin.clone();
+        let sandbox = check.sandbox.clone();
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let at_ms = now_ms();
+            // Whatever happens in the call, a result comes back, so the
+            // check's in-flight flag is always released.
+            let report = std::panic::AssertUnwindSafe(plugin.check(&sandbox, &input))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| CallReport::host_failure("the check call panicked"));
+            let _ = tx
+                .send(CheckDone {
+                    generation,
+                    index,
+                    report,
+                    at_ms,
+                })
+                .await;
+        });
     }
 
     async fn on_result(&mut self, done: CheckDone) {
-        if done.generation != self.generation {
-            return;
-        }
-        let Some(w) = self.watch.as_mut() else { return };
-        let check = &self.checks[done.index];
-        w.in_flight[done.index] = false;
-        let (outcome, summary, metrics) = match &done.report.result {
-            Ok(r) => (
-                match r.status {
-                    Status::Pass => Outcome::Pass,
-                    Status::Warn => Outcome::Warn,
-                    Status::Fail => Outcome::Fail,
-                },
-                r.summary.clone(),
-                r.metrics.clone(),
-            ),
-            Err(e) => (Outcome::Error, e.to_string(), Default::default()),
+        let (outcome, summary) = match &done.report.result {
+            Ok(r) => (outcome_of(r.status), r.summary.clone()),
+            Err(e) => (Outcome::Error, e.to_string()),
         };
-        let error_kind = match &done.report.result {
+        self.report = Some((done.report, done.at_ms));
+        self.drive(Input::CheckDone {
+            generation: done.generation,
+            index: done.index,
+            outcome,
+            summary,
+        })
+        .await;
+        self.report = None;
+    }
+
+    /// Stores a check's latest result and publishes it.
+    fn record_check(
+        &mut self,
+        index: usize,
+        outcome: Outcome,
+        consecutive_failures: u32,
+        runs: u64,
+    ) {
+        let (Some((report, at_ms)), Some(check)) = (self.report.as_ref(), self.checks.get(index))
+        else {
+            return;
+        };
+        let (summary, metrics) = match &report.result {
+            Ok(r) => (r.summary.clone(), r.metrics.clone()),
+            Err(e) => (e.to_string(), Default::default()),
+        };
+        let error_kind = match &report.result {
             Err(CallError::Timeout(_)) => Some("timeout"),
             Err(CallError::Trap(_)) => Some("trap"),
             Err(CallError::Plugin(_)) => Some("plugin"),
@@ -1033,22 +1277,23 @@ impl Supervisor {
             &self.cfg.name,
             &check.name,
             outcome.as_str(),
-            done.report.elapsed,
-            done.report.http_retries,
+            report.elapsed,
+            report.http_retries,
             error_kind,
         );
-        let health = w.trackers[done.index].observe(Instant::now(), outcome);
         tracing::debug!(app = %self.cfg.name, check = %check.name, outcome = outcome.as_str(), %summary, "check result");
+        let duration_ms = report.elapsed.as_millis() as u64;
+        let at_ms = *at_ms;
         self.rec.checks.insert(
             check.name.clone(),
             CheckStatus {
                 outcome: outcome.as_str().to_string(),
                 summary: summary.clone(),
-                at_ms: done.at_ms,
-                duration_ms: done.report.elapsed.as_millis() as u64,
-                consecutive_failures: w.trackers[done.index].consecutive_failures(),
-                runs: w.trackers[done.index].runs(),
-                http_retries: done.report.http_retries,
+                at_ms,
+                duration_ms,
+                consecutive_failures,
+                runs,
+                http_retries: report.http_retries,
                 metrics,
             },
         );
@@ -1062,161 +1307,18 @@ impl Supervisor {
         if let Err(e) = r {
             tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
         }
+        let version = self.machine.watching().map(|w| w.0).unwrap_or_default();
         self.store
             .feed()
             .publish(crate::live::LiveEvent::check_result(
                 &self.cfg.name,
-                &w.version,
+                version,
                 &check.name,
                 outcome.as_str(),
                 &summary,
-                done.at_ms,
-                done.report.elapsed.as_millis() as u64,
+                at_ms,
+                duration_ms,
             ));
-        let newly_unhealthy = health == Health::Unhealthy && !w.reported[done.index];
-        w.reported[done.index] = health == Health::Unhealthy;
-        let baking = w.phase == Phase::Bake;
-        let version = w.version.clone();
-        // During an active bake a critical failure is the bake's to decide;
-        // paused, it is only recorded.
-        if newly_unhealthy && (!baking || check.severity == Severity::Warning || self.rec.paused) {
-            let (name, severity) = (check.name.clone(), check.severity);
-            self.on_unhealthy(&version, &name, severity, &summary).await;
-        }
-        self.evaluate_bake().await;
-    }
-
-    /// A check turned unhealthy outside the bake (or a warning check did):
-    /// alert, roll back or degrade, as the policy says.
-    async fn on_unhealthy(
-        &mut self,
-        version: &str,
-        check: &str,
-        severity: Severity,
-        summary: &str,
-    ) {
-        let acting = !self.rec.paused && self.rec.state != AppState::Degraded;
-        let action = if acting {
-            steady_action(severity, self.cfg.auto_rollback, self.rec.restored)
-        } else {
-            SteadyAction::Alert
-        };
-        let when = if self.rec.state == AppState::Baking {
-            "during the bake"
-        } else {
-            "after the bake"
-        };
-        let mut why = format!("{when} ({}): {summary}", severity_name(severity));
-        if !acting {
-            why.push_str(if self.rec.paused {
-                " [paused: no action]"
-            } else {
-                " [degraded: no action]"
-            });
-        }
-        let ev = self
-            .event(Actor::agent(), EventKind::CheckFailed)
-            .version(version)
-            .check(check)
-            .reason(why);
-        self.log_err(self.store.record(ev).map(drop));
-        let reason = format!("check `{check}` {}: {summary}", self.rule_text(check));
-        match action {
-            SteadyAction::Alert => {}
-            SteadyAction::Rollback => {
-                self.auto_rollback(version, reason, Some(check.to_string()))
-                    .await;
-            }
-            SteadyAction::Degrade => {
-                let reason = format!("the release restored by a rollback failed too: {reason}");
-                self.degrade(version, &reason);
-            }
-        }
-    }
-
-    /// How a check's rule reads in a reason: "failed 3 time(s) in a row".
-    fn rule_text(&self, check: &str) -> String {
-        match self.checks.iter().find(|c| c.name == check).map(|c| c.rule) {
-            Some(Rule::Consecutive(n)) => format!("failed {n} time(s) in a row"),
-            Some(Rule::Ratio { ratio, window }) => format!(
-                "failed more than {}% of its runs over {}",
-                (ratio * 100.0 * 1000.0).round() / 1000.0,
-                humantime::format_duration(window)
-            ),
-            None => "failed".into(),
-        }
-    }
-
-    async fn evaluate_bake(&mut self) {
-        let Some(w) = self.watch.as_ref() else { return };
-        let Some(until) = w.bake_until else { return };
-        if self.rec.paused {
-            return;
-        }
-        let now = Instant::now();
-        let health: Vec<(Health, Severity)> = w
-            .trackers
-            .iter()
-            .zip(&self.checks)
-            .map(|(t, c)| (t.health(now), c.severity))
-            .collect();
-        match bake_verdict(now, until, &health) {
-            BakeVerdict::Pending => {}
-            BakeVerdict::Passed => {
-                let version = w.version.clone();
-                if let Err(e) = self.mark_good(&version) {
-                    tracing::error!(app = %self.app(), "cannot mark {version} good: {e}");
-                }
-                // Prune before answering, so a waiting deploy sees the final layout.
-                self.prune_releases().await;
-                self.finish_waiters(DeployOutcome::Good);
-            }
-            BakeVerdict::Failed(i) => {
-                let version = w.version.clone();
-                let name = self.checks[i].name.clone();
-                let summary = self
-                    .rec
-                    .checks
-                    .get(&name)
-                    .map(|c| c.summary.clone())
-                    .unwrap_or_default();
-                let reason = format!("check `{name}` {}: {summary}", self.rule_text(&name));
-                let ev = self
-                    .event(Actor::agent(), EventKind::CheckFailed)
-                    .version(version.clone())
-                    .check(name.clone())
-                    .reason(summary);
-                self.log_err(self.store.record(ev).map(drop));
-                self.auto_rollback(&version, reason, Some(name)).await;
-            }
-        }
-    }
-
-    fn log_err(&self, r: Result<(), StoreError>) {
-        if let Err(e) = r {
-            tracing::error!(app = %self.app(), "state store: {e}");
-        }
-    }
-
-    fn mark_good(&mut self, version: &str) -> Result<(), StoreError> {
-        self.set_release_state(version, ReleaseState::Good, None)?;
-        self.rec.last_good = Some(version.to_string());
-        self.rec.state = AppState::Healthy;
-        self.rec.reason = None;
-        self.rec.bake_until_ms = None;
-        if let Some(w) = self.watch.as_mut() {
-            w.phase = Phase::Steady;
-            w.bake_until = None;
-        }
-        self.save()?;
-        self.store.record(
-            self.event(Actor::agent(), EventKind::MarkedGood)
-                .version(version)
-                .reason("passed its bake"),
-        )?;
-        tracing::info!(app = %self.app(), %version, "release passed its bake");
-        crate::metrics::global().deploy(&self.cfg.name, "good");
-        Ok(())
     }
 
     /// Removes the oldest releases beyond `keep_releases` (and their
@@ -1244,22 +1346,33 @@ impl Supervisor {
             .flatten()
             .filter_map(|v| Version::parse(&v).ok())
             .collect();
-        let plan = crate::release::prune_plan(&order, &protected, keep);
+        let plan = crate::policy::prune_plan(&order, &protected, keep);
         if plan.is_empty() {
             return;
         }
-        let steps = plan
-            .iter()
-            .map(|v| Step::Remove {
-                version: v.to_string(),
-            })
-            .collect();
-        let intent = self.new_intent(Op::Prune, None, "keep_releases", &Actor::agent(), steps);
-        if let Err(e) = self.begin_op(intent) {
+        let intent = Intent {
+            op: Op::Prune,
+            from: self.rec.active.clone(),
+            to: None,
+            why: "keep_releases".into(),
+            actor: Actor::agent().name,
+            check: None,
+            automatic: true,
+            source: None,
+            steps: plan
+                .iter()
+                .map(|v| Step::Remove {
+                    version: v.to_string(),
+                })
+                .collect(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.journal.save(&self.cfg.name, &intent) {
             // Pruning can wait for a journal that works.
             tracing::warn!(app = %self.app(), "not pruning: {e}");
             return;
         }
+        self.intent = Some(intent);
         let mut removed = Vec::new();
         for v in plan {
             if self.remove_release(v.as_str()).await {
@@ -1311,6 +1424,64 @@ impl Supervisor {
         }
     }
 
+    /// Sends the machine's answer where it belongs.
+    fn answer(&mut self, answer: Answer) {
+        match (answer, self.pending.take()) {
+            (Answer::Deploy(r), Some(Pending::Deploy(tx))) => {
+                let r = r.map_err(|e| self.refusal(e));
+                let _ = tx.send(r);
+            }
+            (Answer::Park, Some(Pending::Deploy(tx))) => self.waiters.push(tx),
+            (Answer::Switch(r), Some(Pending::Switch(tx))) => {
+                let r = r.map_err(|e| self.refusal(e));
+                let _ = tx.send(r);
+            }
+            (Answer::Paused, Some(Pending::Pause(tx))) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Answer::Waiters(outcome), pending) => {
+                self.pending = pending;
+                self.finish_waiters(outcome);
+            }
+            (_, pending) => self.pending = pending,
+        }
+    }
+
+    fn refusal(&mut self, r: Refusal) -> CommandError {
+        let app = self.cfg.name.clone();
+        match r {
+            Refusal::Busy(state) => CommandError::Busy {
+                app,
+                state: state.as_str(),
+            },
+            Refusal::ReleaseExists(version) => CommandError::ReleaseExists { app, version },
+            Refusal::NothingActive => CommandError::NothingActive { app },
+            Refusal::NoTarget => CommandError::NoRollbackTarget { app },
+            Refusal::AlreadyActive(version) => CommandError::AlreadyActive { app, version },
+            Refusal::NotFound(v) => match Version::parse(&v) {
+                Ok(version) => ReleaseError::NotFound {
+                    path: self.dir.release_path(&version),
+                    version,
+                }
+                .into(),
+                Err(e) => e.into(),
+            },
+            Refusal::Vetoed {
+                hook,
+                version,
+                reason,
+            } => CommandError::Vetoed {
+                hook,
+                version,
+                reason,
+            },
+            Refusal::Failed => self
+                .failure
+                .take()
+                .unwrap_or_else(|| CommandError::Internal("the operation failed".into())),
+        }
+    }
+
     async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Deploy {
@@ -1320,43 +1491,48 @@ impl Supervisor {
                 wait,
                 meta,
                 reply,
-            } => match self.deploy(source, version, actor, meta).await {
-                Ok(None) if wait => self.waiters.push(reply),
-                Ok(None) => {
-                    let _ = reply.send(Ok(DeployOutcome::Baking));
-                }
-                Ok(Some(outcome)) => {
-                    let _ = reply.send(Ok(outcome));
-                }
-                Err(e) => {
-                    crate::metrics::global().deploy(&self.cfg.name, "refused");
-                    let _ = reply.send(Err(e));
-                }
-            },
+            } => {
+                self.pending = Some(Pending::Deploy(reply));
+                self.source = Some(DeploySource {
+                    path: source,
+                    meta,
+                    actor: actor.clone(),
+                });
+                let version = version.to_string();
+                self.drive(Input::Deploy {
+                    version,
+                    actor,
+                    wait,
+                })
+                .await;
+                self.source = None;
+            }
             Command::Rollback {
                 to,
                 reason,
                 actor,
                 reply,
             } => {
-                let r = self.manual_rollback(to, reason, actor).await;
-                let _ = reply.send(r);
+                self.pending = Some(Pending::Switch(reply));
+                let to = to.map(|v| v.to_string());
+                self.drive(Input::Rollback { to, reason, actor }).await;
             }
             Command::Activate {
                 version,
                 actor,
                 reply,
             } => {
-                let r = self.operator_activate(version, actor).await;
-                let _ = reply.send(r);
+                self.pending = Some(Pending::Switch(reply));
+                let version = version.to_string();
+                self.drive(Input::Activate { version, actor }).await;
             }
             Command::Pause {
                 paused,
                 actor,
                 reply,
             } => {
-                let r = self.set_paused(paused, actor);
-                let _ = reply.send(r);
+                self.pending = Some(Pending::Pause(reply));
+                self.drive(Input::Pause { paused, actor }).await;
             }
             Command::Reload {
                 cfg,
@@ -1364,7 +1540,7 @@ impl Supervisor {
                 hooks,
                 reply,
             } => {
-                self.reload(*cfg, checks, hooks);
+                self.reload(*cfg, checks, hooks).await;
                 let _ = reply.send(Ok(()));
             }
             Command::CheckNow { reply } => {
@@ -1372,42 +1548,27 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
         }
+        self.failure = None;
+        // Every command is answered, even one the machine left unanswered.
+        let unanswered = CommandError::Internal("the command was not answered".into());
+        match self.pending.take() {
+            Some(Pending::Deploy(tx)) => drop(tx.send(Err(unanswered))),
+            Some(Pending::Switch(tx)) => drop(tx.send(Err(unanswered))),
+            Some(Pending::Pause(tx)) => drop(tx.send(Err(unanswered))),
+            None => {}
+        }
     }
 
     /// Takes new settings, checks and hooks. Checks whose name and rule are
     /// unchanged keep their state (a changed plugin is swapped in between two
     /// runs); if the set of checks changed, the watch starts again with what
     /// is left of the bake.
-    fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
-        let same_checks = self.checks.len() == checks.len()
-            && self
-                .checks
-                .iter()
-                .zip(&checks)
-                .all(|(a, b)| a.name == b.name && a.rule == b.rule && a.on_error == b.on_error);
+    async fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
         self.cfg = cfg;
         self.hooks = Arc::new(hooks);
         self.checks = checks;
-        if !same_checks {
-            if let (Some(active), Some(w)) = (self.rec.active.clone(), self.watch.as_ref()) {
-                let phase = w.phase;
-                let left = w
-                    .bake_until
-                    .map(|u| u.saturating_duration_since(Instant::now()))
-                    .unwrap_or_default();
-                let previous = w.previous.as_ref().map(|p| p.version.clone());
-                let r = self.begin_watch(&active, previous, phase, left);
-                self.log_err(r);
-                let r = self.save();
-                self.log_err(r);
-            }
-        } else if let Some(w) = self.watch.as_mut() {
-            // Intervals may have changed: due no later than one new interval from now.
-            let now = Instant::now();
-            for (due, c) in w.next_due.iter_mut().zip(&self.checks) {
-                *due = (*due).min(now + c.interval);
-            }
-        }
+        self.drive(Input::Reload(settings(&self.cfg, &self.checks)))
+            .await;
         let ev = self
             .event(Actor::agent(), EventKind::Reloaded)
             .reason(format!(
@@ -1415,29 +1576,13 @@ impl Supervisor {
                 self.checks.len(),
                 self.hooks.len()
             ));
-        self.log_err(self.store.record(ev).map(drop));
+        self.record_or_log(ev);
         tracing::info!(app = %self.app(), "config reloaded");
-    }
-
-    fn set_paused(&mut self, paused: bool, actor: Actor) -> Result<(), CommandError> {
-        if self.rec.paused == paused {
-            return Ok(());
-        }
-        self.rec.paused = paused;
-        self.save()?;
-        let (kind, what) = if paused {
-            (EventKind::Paused, "automatic actions frozen")
-        } else {
-            (EventKind::Resumed, "automatic actions resumed")
-        };
-        let ev = self.event(actor, kind).reason(what);
-        self.store.record(ev)?;
-        Ok(())
     }
 
     /// Runs every check once now, outside the policy (nothing is decided).
     async fn check_now(&mut self) -> Result<Vec<CheckRun>, CommandError> {
-        let Some(active) = self.rec.active.clone() else {
+        let Some(active) = self.machine.active().map(str::to_string) else {
             return Err(CommandError::NothingActive {
                 app: self.cfg.name.clone(),
             });
@@ -1449,11 +1594,7 @@ impl Supervisor {
             previous: self
                 .newest_good(Some(&active))?
                 .map(|p| self.release_info(&p)),
-            phase: if self.rec.state == AppState::Baking {
-                Phase::Bake
-            } else {
-                Phase::Steady
-            },
+            phase: self.machine.phase(),
             now_ms: now_ms(),
         };
         let mut runs = Vec::with_capacity(self.checks.len());
@@ -1462,494 +1603,21 @@ impl Supervisor {
                 check: c.name.clone(),
                 ..input.clone()
             };
-            {
-                let report = c.plugin.check(&c.sandbox, &input).await;
-                let (outcome, summary, metrics) = match report.result {
-                    Ok(r) => (
-                        match r.status {
-                            Status::Pass => "pass",
-                            Status::Warn => "warn",
-                            Status::Fail => "fail",
-                        },
-                        r.summary,
-                        r.metrics,
-                    ),
-                    Err(e) => ("error", e.to_string(), Default::default()),
-                };
-                runs.push(CheckRun {
-                    name: c.name.clone(),
-                    severity: severity_name(c.severity),
-                    outcome: outcome.to_string(),
-                    summary,
-                    metrics,
-                    duration_ms: report.elapsed.as_millis() as u64,
-                });
-            }
+            let report = c.plugin.check(&c.sandbox, &input).await;
+            let (outcome, summary, metrics) = match report.result {
+                Ok(r) => (outcome_of(r.status), r.summary, r.metrics),
+                Err(e) => (Outcome::Error, e.to_string(), Default::default()),
+            };
+            runs.push(CheckRun {
+                name: c.name.clone(),
+                severity: c.severity.as_str(),
+                outcome: outcome.as_str().to_string(),
+                summary,
+                metrics,
+                duration_ms: report.elapsed.as_millis() as u64,
+            });
         }
         Ok(runs)
-    }
-
-    /// The operator's emergency switch: activates `version` without a bake
-    /// (the operator vouches for it), clearing `degraded`.
-    async fn operator_activate(
-        &mut self,
-        version: Version,
-        actor: Actor,
-    ) -> Result<RollbackDone, CommandError> {
-        if matches!(
-            self.rec.state,
-            AppState::Deploying | AppState::RollingBack | AppState::Baking
-        ) {
-            return Err(CommandError::Busy {
-                app: self.cfg.name.clone(),
-                state: self.rec.state.as_str(),
-            });
-        }
-        if !self.dir.exists(&version) {
-            return Err(ReleaseError::NotFound {
-                path: self.dir.release_path(&version),
-                version,
-            }
-            .into());
-        }
-        let from = self.rec.active.clone();
-        self.begin_op(self.new_intent(
-            Op::Activate,
-            Some(version.as_str()),
-            "activate (operator, no analysis)",
-            &actor,
-            vec![Step::Swap, Step::Restart],
-        ))?;
-        if from.as_deref() != Some(version.as_str()) {
-            self.take_snapshot(from.as_deref());
-            if let Err(e) = self
-                .activate(
-                    Op::Activate,
-                    &version,
-                    actor.clone(),
-                    "activate (operator, no analysis)",
-                )
-                .await
-            {
-                self.end_op();
-                return Err(e);
-            }
-        }
-        self.step_done(&Step::Swap);
-        let r = self.set_release_state(
-            version.as_str(),
-            ReleaseState::Good,
-            Some(format!("activated by {}", actor.name)),
-        );
-        self.log_err(r);
-        self.rec.last_good = self.newest_good(None).unwrap_or(self.rec.last_good.take());
-        self.stop_watch();
-        let restarted = self.restart(version.as_str()).await;
-        self.step_done(&Step::Restart);
-        self.end_op();
-        let r = self.begin_watch(version.as_str(), None, Phase::Steady, Duration::ZERO);
-        self.log_err(r);
-        self.rec.state = AppState::Healthy;
-        self.rec.reason = None;
-        self.rec.restored = false;
-        self.save_or_log();
-        if let Err(why) = restarted {
-            self.degrade(version.as_str(), &why);
-        } else {
-            self.notify(
-                HookEvent::Activated,
-                LifecycleEvent::Activated(Transition {
-                    app: self.cfg.name.clone(),
-                    from: from.as_deref().map(|v| self.release_info(v)),
-                    to: self.release_info(version.as_str()),
-                    actor: actor.name.clone(),
-                }),
-            );
-        }
-        self.prune_releases().await;
-        Ok(RollbackDone {
-            from,
-            to: version.to_string(),
-        })
-    }
-
-    fn busy(&self) -> Result<(), CommandError> {
-        match self.rec.state {
-            AppState::Deploying | AppState::Baking | AppState::RollingBack => {
-                Err(CommandError::Busy {
-                    app: self.cfg.name.clone(),
-                    state: self.rec.state.as_str(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Stages, activates and restarts; `Ok(None)` means the bake has begun.
-    /// Whatever fails before the release goes live leaves the app as it was
-    /// (its state, and no trace of the release unless a hook vetoed it).
-    async fn deploy(
-        &mut self,
-        source: PathBuf,
-        version: Version,
-        actor: Actor,
-        meta: DeployMeta,
-    ) -> Result<Option<DeployOutcome>, CommandError> {
-        self.busy()?;
-        if self.dir.exists(&version) || self.store.release(self.app(), version.as_str())?.is_some()
-        {
-            return Err(CommandError::ReleaseExists {
-                app: self.cfg.name.clone(),
-                version: version.to_string(),
-            });
-        }
-        let prior_state = self.rec.state;
-        let r = self.deploy_steps(source, &version, actor, meta).await;
-        if r.is_err() {
-            self.undo_deploy(&version, prior_state).await;
-        }
-        r
-    }
-
-    /// After a deploy failed before its swap: the app gets its state back, the
-    /// journal is cleared and an unvetoed copy is removed, freeing its version.
-    async fn undo_deploy(&mut self, version: &Version, prior: AppState) {
-        if self.dir.current().ok().flatten().as_ref() == Some(version) {
-            return;
-        }
-        let record = self
-            .store
-            .release(self.app(), version.as_str())
-            .ok()
-            .flatten();
-        let vetoed = record
-            .as_ref()
-            .is_some_and(|r| r.state == ReleaseState::Failed);
-        if !vetoed {
-            if self.dir.exists(version) {
-                let (dir, v) = (self.dir.clone(), version.clone());
-                if let Err(e) = blocking(move || dir.remove(&v)).await {
-                    tracing::warn!(app = %self.app(), "cannot remove refused release: {e}");
-                }
-            }
-            if record.is_some() {
-                let r = self.store.delete_release(self.app(), version.as_str());
-                self.log_err(r);
-            }
-        }
-        if self.rec.state == AppState::Deploying {
-            self.rec.state = prior;
-            self.save_or_log();
-        }
-        if self.intent.as_ref().is_some_and(|i| i.op == Op::Deploy) {
-            self.end_op();
-        }
-    }
-
-    async fn deploy_steps(
-        &mut self,
-        source: PathBuf,
-        version: &Version,
-        actor: Actor,
-        meta: DeployMeta,
-    ) -> Result<Option<DeployOutcome>, CommandError> {
-        let mut intent = self.new_intent(
-            Op::Deploy,
-            Some(version.as_str()),
-            "deploy",
-            &actor,
-            vec![Step::Stage, Step::Swap, Step::Restart],
-        );
-        intent.source = Some(source.display().to_string());
-        // Nothing changes unless the deploy could be journaled first.
-        self.begin_op(intent)?;
-        self.rec.state = AppState::Deploying;
-        self.save()?;
-        crate::failpoint::hit("deploy.before-stage");
-        let staged = {
-            let (dir, src, v, limits) = (
-                self.dir.clone(),
-                source.clone(),
-                version.clone(),
-                self.limits.clone(),
-            );
-            blocking(move || dir.stage(&src, &v, &limits)).await
-        };
-        // A failed staging or a bad manifest is bad input: `undo_deploy`
-        // removes the staged copy, nothing else changed.
-        let manifest = staged.and_then(|_| {
-            crate::failpoint::hit("deploy.after-stage");
-            crate::release::read_manifest(&self.dir.release_path(version), version)
-        });
-        let manifest = match manifest {
-            Ok(m) => m.unwrap_or_default(),
-            Err(e) => {
-                let ev = self
-                    .event(actor, EventKind::DeployFailed)
-                    .version(version.as_str())
-                    .reason(e.to_string());
-                self.record_or_log(ev);
-                return Err(e.into());
-            }
-        };
-        let mut r = self.release_rec(version.as_str())?;
-        r.source = Some(source.display().to_string());
-        r.commit = meta.commit.or(manifest.commit);
-        r.tag = manifest.tag;
-        r.message = meta.message.or(manifest.summary);
-        self.store.put_release(&r)?;
-        let mut what = format!("from {}", source.display());
-        if let Some(c) = &r.commit {
-            what.push_str(&format!("; commit {c}"));
-        }
-        if let Some(t) = &r.tag {
-            what.push_str(&format!("; tag {t}"));
-        }
-        if let Some(m) = &r.message {
-            what.push_str(&format!(": {m}"));
-        }
-        let ev = self
-            .event(actor.clone(), EventKind::Staged)
-            .version(version.as_str())
-            .reason(what);
-        self.store.record(ev)?;
-        self.step_done(&Step::Stage);
-
-        let from = self.rec.active.clone();
-        let transition = Transition {
-            app: self.cfg.name.clone(),
-            from: from.as_deref().map(|v| self.release_info(v)),
-            to: self.release_info(version.as_str()),
-            actor: actor.name.clone(),
-        };
-        if let Err((hook, why)) = self.pre_activate(&transition).await {
-            let reason = format!("vetoed by hook `{hook}`: {why}");
-            self.mark_failed(version.as_str(), &reason)?;
-            let ev = self
-                .event(actor, EventKind::DeployFailed)
-                .version(version.as_str())
-                .hook(hook.clone())
-                .reason(reason);
-            self.record_or_log(ev);
-            return Err(CommandError::Vetoed {
-                hook,
-                version: version.to_string(),
-                reason: why,
-            });
-        }
-        self.take_snapshot(from.as_deref());
-        self.activate(Op::Deploy, version, actor.clone(), "deploy")
-            .await?;
-        crate::failpoint::hit("deploy.before-restart");
-        self.step_done(&Step::Swap);
-        // Live from here on: bookkeeping that fails is logged, never a reason to stop.
-        let r = self.set_release_state(version.as_str(), ReleaseState::Active, None);
-        self.log_err(r);
-        // A new release is live: the loop guard of an earlier rollback no longer applies.
-        self.rec.restored = false;
-        // No check runs against a release that is still starting: watch after the restart.
-        self.stop_watch();
-        if let Err(reason) = self.restart(version.as_str()).await {
-            return Ok(Some(
-                self.auto_rollback(version.as_str(), reason, None).await,
-            ));
-        }
-        self.step_done(&Step::Restart);
-        self.end_op();
-        self.notify(
-            HookEvent::Activated,
-            LifecycleEvent::Activated(Transition {
-                to: self.release_info(version.as_str()),
-                ..transition
-            }),
-        );
-        // The previous good release is the rollback target the checks are told about.
-        let previous = self
-            .rec
-            .last_good
-            .clone()
-            .filter(|g| g != version.as_str())
-            .or(from);
-        let r = self.begin_watch(version.as_str(), previous, Phase::Bake, self.cfg.bake);
-        self.log_err(r);
-        self.rec.state = AppState::Baking;
-        self.rec.reason = None;
-        self.save_or_log();
-        tracing::info!(app = %self.app(), %version, bake = %humantime::format_duration(self.cfg.bake), "baking");
-        Ok(None)
-    }
-
-    /// Points `current` at `version` and records it. Only a failed swap is
-    /// an error: once `current` changed, bookkeeping failures are logged.
-    async fn activate(
-        &mut self,
-        op: Op,
-        version: &Version,
-        actor: Actor,
-        why: &str,
-    ) -> Result<(), CommandError> {
-        let from = self.rec.active.clone();
-        crate::failpoint::hit_in(op.as_str(), "before-swap");
-        let swapped = {
-            let (dir, v) = (self.dir.clone(), version.clone());
-            blocking(move || dir.activate(&v)).await
-        };
-        if let Err(e) = swapped {
-            let ev = self
-                .event(actor, EventKind::DeployFailed)
-                .version(version.as_str())
-                .reason(format!("activation failed: {e}"));
-            self.record_or_log(ev);
-            return Err(e.into());
-        }
-        crate::failpoint::hit_in(op.as_str(), "after-swap");
-        self.rec.active = Some(version.to_string());
-        self.save_or_log();
-        match self.release_rec(version.as_str()) {
-            Ok(mut r) => {
-                r.activated_at_ms = Some(now_ms());
-                let r = self.store.put_release(&r);
-                self.log_err(r);
-            }
-            Err(e) => self.log_err(Err(e)),
-        }
-        let ev = self
-            .event(actor, EventKind::Activated)
-            .version(version.as_str())
-            .swap(from, version.as_str())
-            .reason(why);
-        self.record_or_log(ev);
-        Ok(())
-    }
-
-    /// Runs the restart command, recording the outcome; Err carries the reason.
-    async fn restart(&mut self, version: &str) -> Result<(), String> {
-        let Some(argv) = self.cfg.restart.clone() else {
-            return Ok(());
-        };
-        let r = crate::restart::run(
-            &argv,
-            self.app(),
-            version,
-            &self.cfg.root,
-            self.cfg.restart_timeout,
-        )
-        .await;
-        let (kind, reason) = match &r {
-            Ok(()) => (EventKind::Restarted, argv.join(" ")),
-            Err(e) => (EventKind::RestartFailed, e.to_string()),
-        };
-        let ev = self
-            .event(Actor::agent(), kind)
-            .version(version)
-            .reason(reason.clone());
-        self.log_err(self.store.record(ev).map(drop));
-        r.map_err(|_| format!("restart failed: {reason}"))
-    }
-
-    /// The most recently activated good release other than `except`: the
-    /// rollback target, and what `last_good` shows.
-    fn newest_good(&self, except: Option<&str>) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .store
-            .releases(self.app())?
-            .into_iter()
-            .filter(|r| r.state == ReleaseState::Good && Some(r.version.as_str()) != except)
-            .max_by_key(|r| r.activated_at_ms.or(r.decided_at_ms).unwrap_or(0))
-            .map(|r| r.version))
-    }
-
-    /// Marks `version` failed; it is never chosen automatically again.
-    fn mark_failed(&mut self, version: &str, reason: &str) -> Result<(), StoreError> {
-        self.set_release_state(version, ReleaseState::Failed, Some(reason.to_string()))?;
-        self.rec.last_good = self.newest_good(None)?;
-        Ok(())
-    }
-
-    /// Swaps back after `failed` was judged unhealthy (or failed to restart).
-    async fn auto_rollback(
-        &mut self,
-        failed: &str,
-        reason: String,
-        check: Option<String>,
-    ) -> DeployOutcome {
-        // A rollback during a deploy's bake or restart is that deploy's outcome.
-        let deploying = matches!(self.rec.state, AppState::Baking | AppState::Deploying);
-        let metrics = crate::metrics::global();
-        let outcome = self.rollback_inner(failed, reason, check).await;
-        if deploying {
-            let name = match &outcome {
-                DeployOutcome::RolledBack { .. } => "rolled-back",
-                DeployOutcome::Degraded { .. } => "degraded",
-                DeployOutcome::Good => "good",
-                DeployOutcome::Baking => "baking",
-            };
-            metrics.deploy(&self.cfg.name, name);
-        }
-        if matches!(outcome, DeployOutcome::RolledBack { .. }) {
-            metrics.rollback(&self.cfg.name, "automatic");
-        }
-        outcome
-    }
-
-    async fn rollback_inner(
-        &mut self,
-        failed: &str,
-        reason: String,
-        check: Option<String>,
-    ) -> DeployOutcome {
-        match self
-            .rollback_to(failed, None, reason.clone(), Actor::agent(), check)
-            .await
-        {
-            Ok(done) => {
-                // Loop guard: if the restored release fails too, degrade, never swap again.
-                self.rec.restored = true;
-                let r = self.save();
-                self.log_err(r);
-                let outcome = DeployOutcome::RolledBack {
-                    to: done.to,
-                    reason,
-                };
-                self.finish_waiters(outcome.clone());
-                outcome
-            }
-            Err(e) => {
-                let reason = format!("{reason}; rollback impossible: {e}");
-                let marked = self.mark_failed(failed, &reason);
-                self.log_err(marked);
-                self.degrade(failed, &reason);
-                let outcome = DeployOutcome::Degraded { reason };
-                self.finish_waiters(outcome.clone());
-                outcome
-            }
-        }
-    }
-
-    fn degrade(&mut self, version: &str, reason: &str) {
-        tracing::error!(app = %self.app(), %version, "degraded: {reason}");
-        self.rec.state = AppState::Degraded;
-        self.rec.reason = Some(reason.to_string());
-        self.rec.bake_until_ms = None;
-        if let Some(w) = self.watch.as_mut() {
-            w.phase = Phase::Steady;
-            w.bake_until = None;
-        }
-        let r = self.save();
-        self.log_err(r);
-        let ev = self
-            .event(Actor::agent(), EventKind::Degraded)
-            .version(version)
-            .reason(reason);
-        self.log_err(self.store.record(ev).map(drop));
-        self.notify(
-            HookEvent::Degraded,
-            LifecycleEvent::Degraded {
-                app: self.cfg.name.clone(),
-                version: Some(version.to_string()),
-                reason: reason.to_string(),
-            },
-        );
     }
 
     /// The release as described to plugins.
@@ -1960,8 +1628,7 @@ impl Supervisor {
 
     /// Copies the app's state files for the release about to be left (so a
     /// rollback to it can restore the data it expects).
-    fn take_snapshot(&mut self, from: Option<&str>) {
-        let Some(from) = from else { return };
+    fn take_snapshot(&mut self, from: &str) {
         if self.cfg.snapshot.is_empty() {
             return;
         }
@@ -1979,7 +1646,7 @@ impl Supervisor {
             .event(Actor::agent(), kind)
             .version(from)
             .reason(reason);
-        self.log_err(self.store.record(ev).map(drop));
+        self.record_or_log(ev);
     }
 
     /// Restores the state files saved when `to` was left; false if that failed.
@@ -2000,14 +1667,25 @@ impl Supervisor {
             ),
         };
         let ev = self.event(Actor::agent(), kind).version(to).reason(reason);
-        self.log_err(self.store.record(ev).map(drop));
+        self.record_or_log(ev);
         ok
     }
 
     /// Runs the pre-activate hooks in order; the first error (of any kind:
     /// a hook that traps or times out also vetoes) stops the activation.
-    async fn pre_activate(&self, t: &Transition) -> Result<(), (String, String)> {
-        let event = LifecycleEvent::PreActivate(t.clone());
+    async fn pre_activate(
+        &self,
+        version: &str,
+        from: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(), Veto> {
+        let t = Transition {
+            app: self.cfg.name.clone(),
+            from: from.map(|v| self.release_info(v)),
+            to: self.release_info(version),
+            actor: actor.name.clone(),
+        };
+        let event = LifecycleEvent::PreActivate(t);
         for h in self
             .hooks
             .iter()
@@ -2017,20 +1695,66 @@ impl Supervisor {
             record_hook(
                 &self.store,
                 &self.cfg.name,
-                &t.to.version,
+                version,
                 h,
                 HookEvent::PreActivate,
                 &report.result,
             );
             if let Err(e) = report.result {
-                return Err((h.name.clone(), e.to_string()));
+                return Err(Veto {
+                    hook: h.name.clone(),
+                    reason: e.to_string(),
+                });
             }
         }
         Ok(())
     }
 
-    /// Tells the hooks subscribed to `kind` about `event`, without waiting.
-    fn notify(&self, kind: HookEvent, event: LifecycleEvent) {
+    /// Tells the hooks subscribed to the event about it, without waiting.
+    fn notify(&self, tell: Tell) {
+        let app = self.cfg.name.clone();
+        let (kind, event) = match tell {
+            Tell::Activated { from, to, actor } => (
+                HookEvent::Activated,
+                LifecycleEvent::Activated(Transition {
+                    app,
+                    from: from.as_deref().map(|v| self.release_info(v)),
+                    to: self.release_info(&to),
+                    actor,
+                }),
+            ),
+            Tell::RolledBack {
+                from,
+                to,
+                reason,
+                check,
+                actor,
+            } => {
+                tracing::warn!(app = %self.app(), %from, %to, "rolled back: {reason}");
+                (
+                    HookEvent::RolledBack,
+                    LifecycleEvent::RolledBack(RollbackInfo {
+                        app,
+                        from: self.release_info(&from),
+                        to: self.release_info(&to),
+                        reason,
+                        check,
+                        actor,
+                    }),
+                )
+            }
+            Tell::Degraded { version, reason } => {
+                tracing::error!(app = %self.app(), version = ?version, "degraded: {reason}");
+                (
+                    HookEvent::Degraded,
+                    LifecycleEvent::Degraded {
+                        app,
+                        version,
+                        reason,
+                    },
+                )
+            }
+        };
         if !self.hooks.iter().any(|h| h.on.contains(&kind)) {
             return;
         }
@@ -2051,171 +1775,13 @@ impl Supervisor {
             }
         });
     }
+}
 
-    async fn manual_rollback(
-        &mut self,
-        to: Option<Version>,
-        reason: Option<String>,
-        actor: Actor,
-    ) -> Result<RollbackDone, CommandError> {
-        if matches!(self.rec.state, AppState::Deploying | AppState::RollingBack) {
-            return Err(CommandError::Busy {
-                app: self.cfg.name.clone(),
-                state: self.rec.state.as_str(),
-            });
-        }
-        let Some(active) = self.rec.active.clone() else {
-            return Err(CommandError::NoRollbackTarget {
-                app: self.cfg.name.clone(),
-            });
-        };
-        let reason = reason.unwrap_or_else(|| format!("requested by {}", actor.name));
-        let done = self
-            .rollback_to(&active, to, reason.clone(), actor, None)
-            .await?;
-        crate::metrics::global().rollback(&self.cfg.name, "operator");
-        // The operator chose the target: automatic rollbacks may act again.
-        self.rec.restored = false;
-        self.save_or_log();
-        self.finish_waiters(DeployOutcome::RolledBack {
-            to: done.to.clone(),
-            reason,
-        });
-        Ok(done)
-    }
-
-    /// Marks `failed` failed and activates `to` (or the last good release).
-    async fn rollback_to(
-        &mut self,
-        failed: &str,
-        to: Option<Version>,
-        reason: String,
-        actor: Actor,
-        check: Option<String>,
-    ) -> Result<RollbackDone, CommandError> {
-        let target = match to {
-            Some(v) if v.as_str() == failed => {
-                return Err(CommandError::AlreadyActive {
-                    app: self.cfg.name.clone(),
-                    version: v.to_string(),
-                })
-            }
-            Some(v) => {
-                if !self.dir.exists(&v) {
-                    return Err(ReleaseError::NotFound {
-                        path: self.dir.release_path(&v),
-                        version: v,
-                    }
-                    .into());
-                }
-                v
-            }
-            None => match self.newest_good(Some(failed))? {
-                Some(v) => Version::parse(&v)?,
-                None => {
-                    return Err(CommandError::NoRollbackTarget {
-                        app: self.cfg.name.clone(),
-                    })
-                }
-            },
-        };
-        let prior_state = self.rec.state;
-        let mut intent = self.new_intent(
-            Op::Rollback,
-            Some(target.as_str()),
-            &reason,
-            &actor,
-            vec![Step::Swap, Step::Restore, Step::Restart],
-        );
-        intent.from = Some(failed.to_string());
-        intent.check = check.clone();
-        intent.automatic = actor == Actor::agent();
-        // Safety first: a rollback goes ahead even if it cannot be journaled.
-        if let Err(e) = self.begin_op(intent) {
-            tracing::error!(app = %self.app(), "rolling back without a journal: {e}");
-        }
-        self.rec.state = AppState::RollingBack;
-        self.save_or_log();
-        let from = self.rec.active.clone();
-        if let Err(e) = self
-            .activate(
-                Op::Rollback,
-                &target,
-                actor.clone(),
-                &format!("rollback: {reason}"),
-            )
-            .await
-        {
-            self.rec.state = prior_state;
-            self.save_or_log();
-            self.end_op();
-            return Err(e);
-        }
-        self.step_done(&Step::Swap);
-        self.complete_rollback(failed, target.as_str(), from, &reason, actor, check)
-            .await;
-        Ok(RollbackDone {
-            from: Some(failed.to_string()),
-            to: target.to_string(),
-        })
-    }
-
-    /// What follows the swap of a rollback: the release left is marked
-    /// failed, the state files `target` expects are restored, its restart
-    /// command runs, and the journal is cleared. Restore or restart failing
-    /// degrades the app.
-    async fn complete_rollback(
-        &mut self,
-        failed: &str,
-        target: &str,
-        from: Option<String>,
-        reason: &str,
-        actor: Actor,
-        check: Option<String>,
-    ) {
-        let r = self.mark_failed(failed, reason);
-        self.log_err(r);
-        let mut ev = self
-            .event(actor.clone(), EventKind::RolledBack)
-            .version(failed)
-            .swap(from, target)
-            .reason(reason);
-        // An automatic rollback names the check that caused it.
-        if let Some(c) = &check {
-            ev = ev.check(c.clone());
-        }
-        self.record_or_log(ev);
-        self.notify(
-            HookEvent::RolledBack,
-            LifecycleEvent::RolledBack(RollbackInfo {
-                app: self.cfg.name.clone(),
-                from: self.release_info(failed),
-                to: self.release_info(target),
-                reason: reason.to_string(),
-                check,
-                actor: actor.name,
-            }),
-        );
-        tracing::warn!(app = %self.app(), from = %failed, to = %target, "rolled back: {reason}");
-        self.stop_watch();
-        crate::failpoint::hit("rollback.before-restore");
-        let restored = self.restore_snapshot(target);
-        self.step_done(&Step::Restore);
-        crate::failpoint::hit("rollback.before-restart");
-        let restarted = self.restart(target).await;
-        self.step_done(&Step::Restart);
-        self.end_op();
-        let r = self.begin_watch(target, None, Phase::Steady, Duration::ZERO);
-        self.log_err(r);
-        self.rec.state = AppState::Healthy;
-        self.rec.reason = Some(format!("rolled back from {failed}: {reason}"));
-        self.save_or_log();
-        if let Err(why) = restarted {
-            self.degrade(target, &why);
-        } else if !restored {
-            let why = format!("the state files of {target} could not be restored (see history)");
-            self.degrade(target, &why);
-        }
+fn outcome_of(status: Status) -> Outcome {
+    match status {
+        Status::Pass => Outcome::Pass,
+        Status::Warn => Outcome::Warn,
+        Status::Fail => Outcome::Fail,
     }
 }
 
@@ -2274,13 +1840,6 @@ fn record_hook(
     }
     if let Err(e) = store.record(ev) {
         tracing::error!(%app, "state store: {e}");
-    }
-}
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "critical",
-        Severity::Warning => "warning",
     }
 }
 
