@@ -157,24 +157,7 @@ pub enum FailureRule {
     },
 }
 
-/// What an unhealthy check does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    /// Rolls back (during the bake, or always with `auto_rollback = "always"`).
-    Critical,
-    /// Only records and alerts.
-    Warning,
-}
-
-impl Severity {
-    /// The name used in config, status and reasons.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-        }
-    }
-}
+pub use crate::domain::Severity;
 
 /// How plugin errors (trap, timeout, bad output) count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -436,17 +436,7 @@ impl Control {
                     .app(&p.app)
                     .map_err(internal)?
                     .and_then(|a| a.active);
-                let checks = runs
-                    .into_iter()
-                    .map(|r| protocol::CheckRunView {
-                        name: r.name,
-                        severity: r.severity.to_string(),
-                        outcome: r.outcome,
-                        summary: r.summary,
-                        metrics: r.metrics,
-                        duration_ms: r.duration_ms,
-                    })
-                    .collect();
+                let checks = runs.into_iter().map(protocol::CheckRunView::from).collect();
                 to_value(&protocol::CheckReply {
                     app: p.app,
                     version,
@@ -493,15 +483,8 @@ impl Control {
                 .map_err(internal)?
                 .unwrap_or_else(|| crate::store::AppRecord::new(&name));
             apps.push(protocol::AppStatus {
-                app: rec.name,
-                state: rec.state.as_str().to_string(),
-                active: rec.active,
-                last_good: rec.last_good,
-                reason: rec.reason,
-                bake_until_ms: rec.bake_until_ms,
-                checks: rec.checks,
-                paused: rec.paused,
                 store_unwritable: self.store.unwritable(),
+                ..rec.into()
             });
         }
         to_value(&protocol::StatusReply { apps })
@@ -535,7 +518,7 @@ impl Control {
             .into_iter()
             .map(|r| protocol::ReleaseView {
                 current: active.as_deref() == Some(r.version.as_str()),
-                state: r.state.as_str().to_string(),
+                state: r.state,
                 version: r.version,
                 source: r.source,
                 created_at_ms: r.created_at_ms,
@@ -765,5 +748,53 @@ impl Control {
             from: done.from,
             to: done.to,
         })
+    }
+}
+
+impl From<crate::store::AppRecord> for protocol::AppStatus {
+    fn from(rec: crate::store::AppRecord) -> Self {
+        protocol::AppStatus {
+            app: rec.name,
+            state: rec.state,
+            active: rec.active,
+            last_good: rec.last_good,
+            reason: rec.reason,
+            bake_until_ms: rec.bake_until_ms,
+            checks: rec
+                .checks
+                .into_iter()
+                .map(|(name, c)| (name, c.into()))
+                .collect(),
+            paused: rec.paused,
+            store_unwritable: None,
+        }
+    }
+}
+
+impl From<crate::store::CheckStatus> for protocol::CheckView {
+    fn from(c: crate::store::CheckStatus) -> Self {
+        protocol::CheckView {
+            outcome: c.outcome,
+            summary: c.summary,
+            at_ms: c.at_ms,
+            duration_ms: c.duration_ms,
+            consecutive_failures: c.consecutive_failures,
+            runs: c.runs,
+            http_retries: c.http_retries,
+            metrics: c.metrics,
+        }
+    }
+}
+
+impl From<crate::supervisor::CheckRun> for protocol::CheckRunView {
+    fn from(r: crate::supervisor::CheckRun) -> Self {
+        protocol::CheckRunView {
+            name: r.name,
+            severity: r.severity,
+            outcome: r.outcome,
+            summary: r.summary,
+            metrics: r.metrics,
+            duration_ms: r.duration_ms,
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::{Outcome, Severity};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
@@ -668,8 +669,8 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 for c in &r.checks {
                     rows.push(vec![
                         c.name.clone(),
-                        c.severity.clone(),
-                        c.outcome.clone(),
+                        c.severity.to_string(),
+                        c.outcome.to_string(),
                         format!("{} ms", c.duration_ms),
                         c.summary.clone(),
                     ]);
@@ -677,7 +678,8 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 out(&table(&rows))?;
             }
             let bad = r.checks.iter().any(|c| {
-                c.severity == "critical" && matches!(c.outcome.as_str(), "fail" | "error")
+                c.severity == Severity::Critical
+                    && matches!(c.outcome, Outcome::Fail | Outcome::Error)
             });
             return Ok(if bad {
                 ExitCode::from(EXIT_ROLLED_BACK)
@@ -755,7 +757,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             for a in &r.apps {
                 rows.push(vec![
                     a.app.clone(),
-                    a.state.clone(),
+                    a.state.to_string(),
                     opt(&a.active).into(),
                     opt(&a.last_good).into(),
                     opt(&a.reason).into(),
@@ -779,7 +781,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 for (name, c) in &a.checks {
                     rows.push(vec![
                         name.clone(),
-                        c.outcome.clone(),
+                        c.outcome.to_string(),
                         c.consecutive_failures.to_string(),
                         time(c.at_ms),
                         c.summary.clone(),
@@ -810,7 +812,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             for rel in &r.releases {
                 rows.push(vec![
                     rel.version.clone(),
-                    rel.state.clone(),
+                    rel.state.to_string(),
                     if rel.current {
                         "*".into()
                     } else {

@@ -10,6 +10,7 @@
 
 use serde::Serialize;
 
+use crate::domain::EventKind;
 use crate::protocol::{rfc3339, AppStatus, EventView};
 
 /// The last rollback of an app and what surrounded it.
@@ -42,7 +43,7 @@ pub struct Incident {
 pub fn last_rollback(app: &str, events: &[EventView], now: Option<AppStatus>) -> Option<Incident> {
     let idx = events
         .iter()
-        .position(|e| e.event.kind.as_str() == "rolled-back")?;
+        .position(|e| e.event.kind == EventKind::RolledBack)?;
     let rb = &events[idx].event;
     let from = rb
         .from
@@ -54,14 +55,14 @@ pub fn last_rollback(app: &str, events: &[EventView], now: Option<AppStatus>) ->
     let start = events[idx..]
         .iter()
         .position(|e| {
-            e.event.kind.as_str() == "staged" && e.event.version.as_deref() == Some(from.as_str())
+            e.event.kind == EventKind::Staged && e.event.version.as_deref() == Some(from.as_str())
         })
         .map(|p| idx + p)
         .unwrap_or(events.len() - 1);
     // Forward until the next deploy (staging of another release), if any.
     let end = events[..idx]
         .iter()
-        .rposition(|e| e.event.kind.as_str() == "staged")
+        .rposition(|e| e.event.kind == EventKind::Staged)
         .map(|p| p + 1)
         .unwrap_or(0);
     let mut timeline: Vec<EventView> = events[end..=start].to_vec();
@@ -70,13 +71,13 @@ pub fn last_rollback(app: &str, events: &[EventView], now: Option<AppStatus>) ->
         app: app.to_string(),
         deployed_at: events
             .get(start)
-            .filter(|e| e.event.kind.as_str() == "staged")
+            .filter(|e| e.event.kind == EventKind::Staged)
             .map(|e| e.time.clone()),
         rolled_back_at: rfc3339(rb.at_ms),
         reason: rb.reason.clone().unwrap_or_default(),
         check: events[idx..start.max(idx)]
             .iter()
-            .find(|e| e.event.kind.as_str() == "check-failed")
+            .find(|e| e.event.kind == EventKind::CheckFailed)
             .and_then(|e| e.event.check.clone()),
         decided_by: rb.actor.name.clone(),
         from,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod domain;
 pub mod failpoint;
 mod fsutil;
 pub mod incident;

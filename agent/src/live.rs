@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::store::{Actor, Event};
+use crate::domain::{Actor, Event};
 
 /// How many items a slow watcher may fall behind before it loses some.
 const CAPACITY: usize = 1024;

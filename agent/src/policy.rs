@@ -11,33 +11,11 @@ use std::time::Instant;
 
 use crate::release::Version;
 
-/// The outcome of one check run, as the policy sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The check passed.
-    Pass,
-    /// The check passed with a warning (counts as healthy).
-    Warn,
-    /// The check failed.
-    Fail,
-    /// The plugin could not decide (trap, timeout, bad config): counts as a failure.
-    Error,
-}
+pub use crate::domain::Outcome;
 
-impl Outcome {
-    /// The lower-case name shown to operators.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Pass => "pass",
-            Outcome::Warn => "warn",
-            Outcome::Fail => "fail",
-            Outcome::Error => "error",
-        }
-    }
-
-    fn is_failure(self) -> bool {
-        matches!(self, Outcome::Fail | Outcome::Error)
-    }
+/// A failure counts against a check (errors too, unless ignored).
+fn is_failure(o: Outcome) -> bool {
+    matches!(o, Outcome::Fail | Outcome::Error)
 }
 
 /// What one check says about the active release right now.
@@ -93,13 +71,13 @@ impl CheckTracker {
         // An ignored error is neither a success nor a failure: no data.
         if !(outcome == Outcome::Error && self.on_error == OnError::Ignore) {
             self.last = Some(outcome);
-            if outcome.is_failure() {
+            if is_failure(outcome) {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
             } else {
                 self.consecutive_failures = 0;
             }
             if let Rule::Ratio { window, .. } = self.rule {
-                self.recent.push_back((at, outcome.is_failure()));
+                self.recent.push_back((at, is_failure(outcome)));
                 while self
                     .recent
                     .front()
@@ -135,7 +113,7 @@ impl CheckTracker {
         };
         if unhealthy {
             Health::Unhealthy
-        } else if last.is_failure() {
+        } else if is_failure(last) {
             Health::Failing(self.consecutive_failures)
         } else {
             Health::Healthy

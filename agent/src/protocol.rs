@@ -10,11 +10,10 @@
 
 use std::collections::BTreeMap;
 
+pub use crate::domain::{AppState, Event, Outcome, ReleaseState, Severity};
 pub use crate::live::LiveEvent;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-
-pub use crate::store::{CheckStatus, Event};
 
 /// The Varlink interface name.
 pub const INTERFACE: &str = "io.rollback.Agent";
@@ -258,7 +257,7 @@ pub struct AppStatus {
     /// The app.
     pub app: String,
     /// `empty`, `deploying`, `baking`, `healthy`, `rolling-back`, `degraded`.
-    pub state: String,
+    pub state: AppState,
     /// The version `current` points at.
     pub active: Option<String>,
     /// The newest release that passed its bake.
@@ -268,7 +267,7 @@ pub struct AppStatus {
     /// When the bake ends (while baking), ms since the epoch.
     pub bake_until_ms: Option<u64>,
     /// Last result per check.
-    pub checks: BTreeMap<String, CheckStatus>,
+    pub checks: BTreeMap<String, CheckView>,
     /// Automatic actions are frozen.
     #[serde(default)]
     pub paused: bool,
@@ -276,6 +275,30 @@ pub struct AppStatus {
     /// status may be stale and events wait in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_unwritable: Option<String>,
+}
+
+/// The last result of one check in a `Status` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// `pass`, `warn`, `fail` or `error`.
+    pub outcome: Outcome,
+    /// The plugin's summary (or the error).
+    pub summary: String,
+    /// When it ran, ms since the epoch.
+    pub at_ms: u64,
+    /// How long the call took.
+    pub duration_ms: u64,
+    /// Failures (fail or error) in a row.
+    pub consecutive_failures: u32,
+    /// Runs since the release was activated.
+    #[serde(default)]
+    pub runs: u64,
+    /// HTTP retries (after 429/503) in the last run.
+    #[serde(default)]
+    pub http_retries: u32,
+    /// Metrics reported by the plugin.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// `Status` reply.
@@ -302,7 +325,7 @@ pub struct ReleaseView {
     /// Its version.
     pub version: String,
     /// `staged`, `active`, `good` or `failed`.
-    pub state: String,
+    pub state: ReleaseState,
     /// Whether `current` points at it.
     pub current: bool,
     /// Where it came from.
@@ -555,9 +578,9 @@ pub struct CheckRunView {
     /// The check.
     pub name: String,
     /// `critical` or `warning`.
-    pub severity: String,
+    pub severity: Severity,
     /// `pass`, `warn`, `fail` or `error`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// What it said.
     pub summary: String,
     /// Its metrics.

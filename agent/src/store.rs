@@ -12,9 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub use crate::domain::{now_ms, Actor, AppState, Event, EventKind, Outcome, ReleaseState};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -35,77 +36,11 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What an app is doing, as shown by `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AppState {
-    /// No release has been activated yet.
-    Empty,
-    /// A release is being staged, activated or restarted.
-    Deploying,
-    /// A new release is being watched during its bake window.
-    Baking,
-    /// The active release passed its bake (or was restored after a rollback).
-    Healthy,
-    /// Swapping back to the previous release.
-    RollingBack,
-    /// The agent stopped acting and waits for an operator.
-    Degraded,
-}
-
-impl AppState {
-    /// The kebab-case name used on the wire and in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppState::Empty => "empty",
-            AppState::Deploying => "deploying",
-            AppState::Baking => "baking",
-            AppState::Healthy => "healthy",
-            AppState::RollingBack => "rolling-back",
-            AppState::Degraded => "degraded",
-        }
-    }
-}
-
-/// Where a release is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReleaseState {
-    /// Unpacked and complete, never activated.
-    Staged,
-    /// Activated and under watch (baking), not yet proven.
-    Active,
-    /// Passed its bake at least once: a rollback target.
-    Good,
-    /// Rolled back or refused: never re-activated automatically.
-    Failed,
-}
-
-impl ReleaseState {
-    /// The kebab-case name used on the wire and in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReleaseState::Staged => "staged",
-            ReleaseState::Active => "active",
-            ReleaseState::Good => "good",
-            ReleaseState::Failed => "failed",
-        }
-    }
-}
-
 /// The last result of one check, kept for `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckStatus {
     /// `pass`, `warn`, `fail` or `error`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// The plugin's summary (or the error).
     pub summary: String,
     /// When it ran.
@@ -200,177 +135,6 @@ pub struct ReleaseRecord {
     /// What changed, from `deploy --message` or `release.toml`'s `summary`.
     #[serde(default)]
     pub message: Option<String>,
-}
-
-/// Who caused an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Actor {
-    /// The peer's uid, absent for the agent itself.
-    pub uid: Option<u32>,
-    /// The user name (or the uid as text), or `agent`.
-    pub name: String,
-}
-
-impl Actor {
-    /// The agent acting on its own.
-    pub fn agent() -> Self {
-        Actor {
-            uid: None,
-            name: "agent".into(),
-        }
-    }
-}
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EventKind {
-    /// The agent started (and reconciled with the disk).
-    AgentStarted,
-    /// A release was unpacked into `releases/`.
-    Staged,
-    /// A deploy was refused or failed before the bake.
-    DeployFailed,
-    /// `current` was swapped to a release.
-    Activated,
-    /// The restart command ran.
-    Restarted,
-    /// The restart command failed or timed out.
-    RestartFailed,
-    /// A check turned unhealthy (reached its failure rule).
-    CheckFailed,
-    /// A release passed its bake.
-    MarkedGood,
-    /// A release was rolled back.
-    RolledBack,
-    /// The agent stopped acting on an app.
-    Degraded,
-    /// The store was corrected to match the disk.
-    Reconciled,
-    /// A rollback hook ran successfully.
-    HookRan,
-    /// A rollback hook failed (for pre-activate: vetoed the deploy).
-    HookFailed,
-    /// Automatic actions were frozen.
-    Paused,
-    /// Automatic actions were resumed.
-    Resumed,
-    /// State files were copied before an activation.
-    SnapshotTaken,
-    /// State files were restored on a rollback.
-    SnapshotRestored,
-    /// Taking or restoring a snapshot failed.
-    SnapshotFailed,
-    /// Old releases (and their snapshots) were removed.
-    Pruned,
-    /// The config was reloaded.
-    Reloaded,
-}
-
-impl EventKind {
-    /// The kebab-case name used on the wire and in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::AgentStarted => "agent-started",
-            EventKind::Staged => "staged",
-            EventKind::DeployFailed => "deploy-failed",
-            EventKind::Activated => "activated",
-            EventKind::Restarted => "restarted",
-            EventKind::RestartFailed => "restart-failed",
-            EventKind::CheckFailed => "check-failed",
-            EventKind::MarkedGood => "marked-good",
-            EventKind::RolledBack => "rolled-back",
-            EventKind::Degraded => "degraded",
-            EventKind::Reconciled => "reconciled",
-            EventKind::HookRan => "hook-ran",
-            EventKind::HookFailed => "hook-failed",
-            EventKind::Paused => "paused",
-            EventKind::Resumed => "resumed",
-            EventKind::SnapshotTaken => "snapshot-taken",
-            EventKind::SnapshotRestored => "snapshot-restored",
-            EventKind::SnapshotFailed => "snapshot-failed",
-            EventKind::Pruned => "pruned",
-            EventKind::Reloaded => "reloaded",
-        }
-    }
-}
-
-/// One audit-log entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Monotonic id (assigned by the store).
-    pub id: u64,
-    /// When, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// The app.
-    pub app: String,
-    /// Who.
-    pub actor: Actor,
-    /// What.
-    pub kind: EventKind,
-    /// The release concerned.
-    pub version: Option<String>,
-    /// For swaps: the version before.
-    pub from: Option<String>,
-    /// For swaps: the version after.
-    pub to: Option<String>,
-    /// Why, in words.
-    pub reason: Option<String>,
-    /// The check concerned, if any.
-    pub check: Option<String>,
-    /// The hook concerned, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hook: Option<String>,
-}
-
-impl Event {
-    /// A new event for `app`, stamped now; fill the optional fields with the builders.
-    pub fn new(app: &str, actor: Actor, kind: EventKind) -> Self {
-        Event {
-            id: 0,
-            at_ms: now_ms(),
-            app: app.to_string(),
-            actor,
-            kind,
-            version: None,
-            from: None,
-            to: None,
-            reason: None,
-            check: None,
-            hook: None,
-        }
-    }
-
-    /// Sets the release concerned.
-    pub fn version(mut self, v: impl Into<String>) -> Self {
-        self.version = Some(v.into());
-        self
-    }
-
-    /// Sets the swap's endpoints.
-    pub fn swap(mut self, from: Option<String>, to: impl Into<String>) -> Self {
-        self.from = from;
-        self.to = Some(to.into());
-        self
-    }
-
-    /// Sets the reason.
-    pub fn reason(mut self, r: impl Into<String>) -> Self {
-        self.reason = Some(r.into());
-        self
-    }
-
-    /// Sets the check concerned.
-    pub fn check(mut self, c: impl Into<String>) -> Self {
-        self.check = Some(c.into());
-        self
-    }
-
-    /// Sets the hook concerned.
-    pub fn hook(mut self, h: impl Into<String>) -> Self {
-        self.hook = Some(h.into());
-        self
-    }
 }
 
 /// The sled database and its trees.

@@ -186,9 +186,9 @@ pub struct CheckRun {
     /// The check.
     pub name: String,
     /// `critical` or `warning`.
-    pub severity: &'static str,
+    pub severity: Severity,
     /// `pass`, `warn`, `fail` or `error`.
-    pub outcome: String,
+    pub outcome: Outcome,
     /// What it said.
     pub summary: String,
     /// Its metrics.
@@ -1287,7 +1287,7 @@ impl Supervisor {
         self.rec.checks.insert(
             check.name.clone(),
             CheckStatus {
-                outcome: outcome.as_str().to_string(),
+                outcome,
                 summary: summary.clone(),
                 at_ms,
                 duration_ms,
@@ -1610,8 +1610,8 @@ impl Supervisor {
             };
             runs.push(CheckRun {
                 name: c.name.clone(),
-                severity: c.severity.as_str(),
-                outcome: outcome.as_str().to_string(),
+                severity: c.severity,
+                outcome,
                 summary,
                 metrics,
                 duration_ms: report.elapsed.as_millis() as u64,
