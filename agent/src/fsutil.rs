@@ -127,3 +127,290 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
     fs::rename(from, to)
 }
+
+/// Removes a file or a whole directory tree; a missing path is not an error.
+///
+/// Holds at most three descriptors whatever the depth: it walks down with
+/// `openat` and back up with `..` (checking that `..` is the directory it
+/// came from), so a tree deeper than the descriptor limit goes too. Never
+/// follows a symlink; opens up directories without write or search
+/// permission for us (they are being removed).
+pub(crate) fn remove_tree(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(p);
+    }
+    let Some(name) = p.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to remove a root or `..`",
+        ));
+    };
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let top: OwnedFd = File::open(parent)?.into();
+    let top_id = {
+        let m = fs::metadata(parent)?;
+        (m.dev(), m.ino())
+    };
+    // The names from `top` down to `cur`, and the identity of each parent.
+    let mut names: Vec<(std::ffi::OsString, (u64, u64))> = vec![(name.to_owned(), top_id)];
+    let mut cur = open_child(&top, name)?;
+    loop {
+        if let Some(sub) = clear_files(&cur)? {
+            let child = open_child(&cur, &sub)?;
+            names.push((sub, dir_id(&cur)?));
+            cur = child;
+            continue;
+        }
+        let Some((name, parent_id)) = names.pop() else {
+            return Ok(());
+        };
+        let up = if names.is_empty() {
+            top.try_clone()?
+        } else {
+            let up = open_child(&cur, std::ffi::OsStr::new(".."))?;
+            if dir_id(&up)? != parent_id {
+                return Err(io::Error::other(
+                    "the tree was moved while it was being removed",
+                ));
+            }
+            up
+        };
+        drop(cur);
+        remove_entry(&up, &name, true)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        cur = up;
+    }
+}
+
+use std::os::fd::{AsFd, OwnedFd};
+
+fn dir_id(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Opens the directory `name` in `dir` without following a symlink; one we
+/// may not read is opened up first.
+fn open_child(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(dir.as_fd(), name, flags, Mode::empty()) {
+        Err(Errno::EACCES) if name != ".." => {
+            fchmodat(
+                dir.as_fd(),
+                name,
+                Mode::from_bits_truncate(0o700),
+                FchmodatFlags::FollowSymlink,
+            )?;
+            Ok(openat(dir.as_fd(), name, flags, Mode::empty())?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Unlinks `name` in `dir` (a directory if `is_dir`); a missing one is fine.
+fn remove_entry(dir: &OwnedFd, name: &std::ffi::OsStr, is_dir: bool) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let flag = if is_dir {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
+    match unlinkat(dir.as_fd(), name, flag) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EACCES) | Err(Errno::EPERM) => {
+            // A directory we may not write to: open it up and try again.
+            let _ = nix::sys::stat::fchmod(
+                dir.as_fd(),
+                nix::sys::stat::Mode::from_bits_truncate(0o700),
+            );
+            match unlinkat(dir.as_fd(), name, flag) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes every entry of `dir` that is not a directory; returns the name
+/// of one subdirectory left, if any.
+fn clear_files(dir: &OwnedFd) -> io::Result<Option<std::ffi::OsString>> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{fstatat, Mode, SFlag};
+    use std::os::unix::ffi::OsStrExt;
+    let _ = nix::sys::stat::fchmod(dir.as_fd(), Mode::from_bits_truncate(0o700));
+    let mut listing = Dir::openat(
+        dir.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut sub = None;
+    for entry in listing.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name);
+        let is_dir = match entry.file_type() {
+            Some(t) => t == Type::Directory,
+            None => fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(
+                |st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR,
+            ),
+        };
+        if is_dir {
+            if sub.is_none() {
+                sub = Some(name.to_owned());
+            }
+        } else {
+            remove_entry(dir, name, false)?;
+        }
+    }
+    Ok(sub)
+}
+
+/// A directory being built: removed with everything in it when dropped,
+/// unless `keep` says it was published (renamed into place) or is wanted.
+pub(crate) struct TempTree {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempTree {
+    /// Creates `<dir>/<prefix><random>` with `mode`.
+    pub(crate) fn create(dir: &Path, prefix: &str, mode: u32) -> io::Result<TempTree> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = create_unique(dir, prefix, |p| fs::DirBuilder::new().mode(mode).create(p))?;
+        Ok(TempTree { path, kept: false })
+    }
+
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// It stays: from now on it is someone else's (or no longer there).
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a temporary directory");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A chain of `depth` directories `d/d/d/...` under `root`, built with
+    /// `openat` (its path is longer than PATH_MAX), a file at the bottom.
+    fn deep(root: &Path, depth: usize) {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let mut cur: OwnedFd = File::open(root).unwrap().into();
+        for _ in 0..depth {
+            mkdirat(cur.as_fd(), "d", Mode::from_bits_truncate(0o755)).unwrap();
+            cur = openat(
+                cur.as_fd(),
+                "d",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+        let f = openat(
+            cur.as_fd(),
+            "leaf",
+            OFlag::O_CREAT | OFlag::O_WRONLY,
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        drop(f);
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_descriptor_limit_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        fs::create_dir(&root).unwrap();
+        // Deeper than a default soft limit of 1024 descriptors.
+        deep(&root, 2500);
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_tree_is_removed_whatever_its_modes_and_links_outside_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        let root = tmp.path().join("tree");
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::create_dir_all(root.join("wide")).unwrap();
+        for i in 0..50 {
+            fs::create_dir(root.join(format!("wide/{i}"))).unwrap();
+            fs::write(root.join(format!("wide/{i}/f")), "y").unwrap();
+        }
+        fs::write(root.join("a/b/c/file"), "z").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep"), root.join("a/b/flink")).unwrap();
+        fs::set_permissions(root.join("a/b/c"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(root.join("a/b"), fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert_eq!(fs::read_to_string(outside.join("keep")).unwrap(), "x");
+        // A file, a symlink and a missing path.
+        let f = tmp.path().join("f");
+        fs::write(&f, "1").unwrap();
+        remove_tree(&f).unwrap();
+        assert!(!f.exists());
+        let l = tmp.path().join("l");
+        std::os::unix::fs::symlink(&outside, &l).unwrap();
+        remove_tree(&l).unwrap();
+        assert!(l.symlink_metadata().is_err() && outside.join("keep").exists());
+        remove_tree(&tmp.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn a_temp_tree_goes_unless_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = TempTree::create(tmp.path(), ".t-", 0o700).unwrap();
+        let p = t.path().to_path_buf();
+        fs::create_dir(p.join("x")).unwrap();
+        drop(t);
+        assert!(!p.exists());
+        let t = TempTree::create(tmp.path(), ".t-", 0o700).unwrap();
+        let p = t.path().to_path_buf();
+        t.keep();
+        assert!(p.is_dir());
+    }
+}

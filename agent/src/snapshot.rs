@@ -25,7 +25,7 @@
 //! files it restores. Calls for one app must not run concurrently (the app's
 //! supervisor serialises them).
 
-use crate::fsutil::{create_unique, is_real_dir};
+use crate::fsutil::{create_unique, is_real_dir, remove_tree, TempTree};
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -241,10 +241,9 @@ impl Snapshots {
         let app_dir = self.dir.join(app);
         ensure_dir(&app_dir)?;
         clean_leftovers(&app_dir, version.as_str());
-        let tmp = create_unique(&app_dir, &format!("{TMP_PREFIX}{version}~"), |p| {
-            fs::DirBuilder::new().mode(0o700).create(p)
-        })
-        .map_err(io_err("create temporary snapshot directory in", &app_dir))?;
+        let guard = TempTree::create(&app_dir, &format!("{TMP_PREFIX}{version}~"), 0o700)
+            .map_err(io_err("create temporary snapshot directory in", &app_dir))?;
+        let tmp = guard.path().to_path_buf();
         let built = (|| {
             let mut entries = Vec::with_capacity(files.len());
             for (n, path) in files.iter().enumerate() {
@@ -265,18 +264,12 @@ impl Snapshots {
             publish(&tmp, &target, &app_dir, version.as_str())?;
             Ok(manifest)
         })();
-        match built {
-            Ok(manifest) => {
-                tracing::info!(app, version = %version, files = manifest.files.len(), "state files snapshotted");
-                Ok(manifest.info())
-            }
-            Err(e) => {
-                if let Err(rm) = remove_tree(&tmp) {
-                    tracing::warn!(path = %tmp.display(), error = %rm, "could not remove temporary snapshot directory");
-                }
-                Err(e)
-            }
-        }
+        // On error the guard removes the temporary directory; once published
+        // it no longer exists (or holds the replaced snapshot, removed already).
+        let manifest = built?;
+        guard.keep();
+        tracing::info!(app, version = %version, files = manifest.files.len(), "state files snapshotted");
+        Ok(manifest.info())
     }
 
     /// Restores every file of the snapshot to its original path atomically (write
@@ -846,16 +839,6 @@ fn ensure_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// fsyncs a directory (see `fsutil::fsync_dir`), naming it in the error.
 fn fsync_dir(dir: &Path) -> Result<(), SnapshotError> {
     crate::fsutil::fsync_dir(dir).map_err(io_err("fsync directory", dir))
-}
-
-/// Removes a file or a directory tree; a missing path is not an error.
-fn remove_tree(p: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -646,7 +646,7 @@ fn error_text(e: &CommandError) -> String {
 /// Removes a directory tree on the blocking pool; failures are logged.
 async fn remove_tree(app: &str, path: PathBuf) {
     let p = path.clone();
-    let r = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&p)).await;
+    let r = tokio::task::spawn_blocking(move || crate::fsutil::remove_tree(&p)).await;
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}

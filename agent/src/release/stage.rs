@@ -1,0 +1,655 @@
+//! Staging: a directory tree or a `.tar.gz`/`.tar.zst` archive copied into
+//! a staging directory, every entry validated.
+//!
+//! Owns what may enter a release (no `..`, no absolute paths, no links
+//! leaving it, no devices or fifos, sizes within `StageLimits`) and the
+//! fsyncs that make a staged tree durable. Must never write outside the
+//! staging directory it is given, nor publish it (`AppDir::stage` does).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+/// Most symlinks followed while checking where a link inside a release leads.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// What kind of thing is being staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SourceKind {
+    Dir,
+    Archive(Codec),
+}
+
+/// How a tar archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Codec {
+    /// `.tar.gz` / `.tgz`.
+    Gzip,
+    /// `.tar.zst` / `.tzst`.
+    Zstd,
+}
+
+/// Largest Zstandard window accepted (log2): 128 MiB of decoder memory, the
+/// decoder's default limit, stated here so that it cannot silently grow.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Decides whether `source` is a directory or a `.tar.gz` / `.tgz` /
+/// `.tar.zst` / `.tzst` archive.
+pub(super) fn classify_source(source: &Path) -> Result<SourceKind, ReleaseError> {
+    let refuse = |reason: &str| ReleaseError::Source {
+        path: source.to_path_buf(),
+        reason: reason.to_owned(),
+    };
+    let meta = match fs::metadata(source) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(refuse("it does not exist")),
+        Err(e) => return Err(io_err("inspect staging source", source)(e)),
+    };
+    if meta.is_dir() {
+        return Ok(SourceKind::Dir);
+    }
+    let name = source.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    if meta.is_file() {
+        if name.ends_with(b".tar.gz") || name.ends_with(b".tgz") {
+            return Ok(SourceKind::Archive(Codec::Gzip));
+        }
+        if name.ends_with(b".tar.zst") || name.ends_with(b".tzst") {
+            return Ok(SourceKind::Archive(Codec::Zstd));
+        }
+    }
+    Err(refuse(
+        "it is neither a directory nor a .tar.gz / .tgz / .tar.zst / .tzst archive",
+    ))
+}
+
+/// Splits an archive path into normal components; refuses absolute paths and `..`.
+/// `.` and empty components are dropped, so the root itself is an empty path.
+fn archive_rel_path(bytes: &[u8]) -> Result<PathBuf, &'static str> {
+    if bytes.starts_with(b"/") {
+        return Err("absolute path");
+    }
+    let mut out = PathBuf::new();
+    for comp in bytes.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => return Err("path contains '..'"),
+            name => out.push(OsStr::from_bytes(name)),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a symlink target lexically: relative, and resolving (from the link's own
+/// directory `link_rel.parent()`) to a place inside the release.
+fn check_link_target(link_rel: &Path, target: &[u8]) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(target);
+    if target.is_empty() {
+        return Err("symlink with an empty target".into());
+    }
+    if target.starts_with(b"/") {
+        return Err(format!("symlink target {shown:?} is absolute"));
+    }
+    let mut depth = link_rel.parent().map_or(0, |p| p.components().count());
+    for comp in target.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                if depth == 0 {
+                    return Err(format!("symlink target {shown:?} leaves the release"));
+                }
+                depth -= 1;
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+/// One step of a path being resolved.
+enum Step {
+    Parent,
+    Name(OsString),
+}
+
+/// Pushes the steps of `target` in front of `queue`. Returns false if `target` is
+/// absolute.
+fn push_front_steps(queue: &mut VecDeque<Step>, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let steps: Vec<Step> = target
+        .components()
+        .filter_map(|c| match c {
+            Component::ParentDir => Some(Step::Parent),
+            Component::Normal(n) => Some(Step::Name(n.to_owned())),
+            _ => None,
+        })
+        .collect();
+    for s in steps.into_iter().rev() {
+        queue.push_front(s);
+    }
+    true
+}
+
+/// Resolves the symlink at `root/link_rel` physically, following the symlinks it
+/// meets inside `root`; refuses if the path ever climbs above `root`. Targets that
+/// do not exist (dangling links) are fine as long as they stay inside.
+fn check_link_resolution(root: &Path, link_rel: &Path) -> Result<(), String> {
+    let mut pos: Vec<OsString> = link_rel
+        .parent()
+        .map(|p| p.iter().map(OsStr::to_owned).collect())
+        .unwrap_or_default();
+    let mut queue = VecDeque::new();
+    let target = fs::read_link(root.join(link_rel)).map_err(|e| e.to_string())?;
+    let escapes = || {
+        format!(
+            "symlink target {:?} leaves the release through other symlinks",
+            target.display().to_string()
+        )
+    };
+    if !push_front_steps(&mut queue, &target) {
+        return Err(escapes());
+    }
+    let mut hops = 1;
+    while let Some(step) = queue.pop_front() {
+        match step {
+            Step::Parent => {
+                if pos.pop().is_none() {
+                    return Err(escapes());
+                }
+            }
+            Step::Name(n) => {
+                pos.push(n);
+                let here: PathBuf = root.join(pos.iter().collect::<PathBuf>());
+                if fs::symlink_metadata(&here).is_ok_and(|m| m.file_type().is_symlink()) {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(format!(
+                            "symlink target {:?}: too many levels of symlinks",
+                            target.display().to_string()
+                        ));
+                    }
+                    let next = fs::read_link(&here).map_err(|e| e.to_string())?;
+                    pos.pop();
+                    if !push_front_steps(&mut queue, &next) {
+                        return Err(escapes());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why copying file content failed: reading the source or writing the copy.
+#[derive(Debug)]
+pub(super) enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook simulating a full disk: once set, writes of file content on this
+    /// thread fail with `ENOSPC` after this many more bytes.
+    pub(super) static FAIL_WRITES_AFTER: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Copies at most `max` bytes from `from` to `to`; returns how many were copied.
+pub(super) fn copy_content(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    max: u64,
+) -> Result<u64, CopyError> {
+    let mut buf = [0u8; 32 * 1024];
+    let mut total = 0u64;
+    while total < max {
+        let want = usize::try_from(max - total).map_or(buf.len(), |m| m.min(buf.len()));
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        #[cfg(test)]
+        if let Some(left) = FAIL_WRITES_AFTER.get() {
+            let room = usize::try_from(left).unwrap_or(usize::MAX);
+            if n > room {
+                to.write_all(&buf[..room]).map_err(CopyError::Write)?;
+                FAIL_WRITES_AFTER.set(Some(0));
+                return Err(CopyError::Write(io::Error::from(nix::errno::Errno::ENOSPC)));
+            }
+            FAIL_WRITES_AFTER.set(Some(left - n as u64));
+        }
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// Builds the content of one staging directory.
+pub(super) struct Stager<'a> {
+    staging: &'a Path,
+    limits: &'a StageLimits,
+    source: &'a Path,
+    kind: SourceKind,
+    entries: u64,
+    bytes: u64,
+    /// Directories created (relative, `""` is the root) and their final modes.
+    dirs: BTreeMap<PathBuf, u32>,
+    /// Symlinks created (relative path, name to report).
+    links: Vec<(PathBuf, String)>,
+}
+
+impl<'a> Stager<'a> {
+    pub(super) fn new(
+        staging: &'a Path,
+        limits: &'a StageLimits,
+        source: &'a Path,
+        kind: SourceKind,
+    ) -> Self {
+        let mut dirs = BTreeMap::new();
+        dirs.insert(PathBuf::new(), 0o755);
+        Stager {
+            staging,
+            limits,
+            source,
+            kind,
+            entries: 0,
+            bytes: 0,
+            dirs,
+            links: Vec::new(),
+        }
+    }
+
+    /// The error for refusing entry `name` (archive entry name, or path relative
+    /// to the source directory).
+    fn refuse(&self, name: &str, reason: impl Into<String>) -> ReleaseError {
+        match self.kind {
+            SourceKind::Dir => ReleaseError::Source {
+                path: self.source.join(name),
+                reason: reason.into(),
+            },
+            SourceKind::Archive(_) => ReleaseError::Archive {
+                path: self.source.to_path_buf(),
+                entry: name.to_owned(),
+                reason: reason.into(),
+            },
+        }
+    }
+
+    /// The error for a failed read of entry `name`'s content: an I/O error on the
+    /// source file, or an unreadable (corrupt, truncated) archive.
+    fn read_failed(&self, name: &str, e: io::Error) -> ReleaseError {
+        match self.kind {
+            SourceKind::Dir => io_err("read", &self.source.join(name))(e),
+            SourceKind::Archive(_) => self.unreadable(name, e),
+        }
+    }
+
+    /// The error for an archive that cannot be decoded at `at` (an entry name or a
+    /// description such as `(start of archive)`).
+    fn unreadable(&self, at: &str, e: io::Error) -> ReleaseError {
+        ReleaseError::Archive {
+            path: self.source.to_path_buf(),
+            entry: at.to_owned(),
+            reason: format!("cannot read the archive: {e}"),
+        }
+    }
+
+    fn count_entry(&mut self, name: &str) -> Result<(), ReleaseError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(self.refuse(
+                name,
+                format!("more than {} entries (limit)", self.limits.max_entries),
+            ));
+        }
+        Ok(())
+    }
+
+    fn over_size(&self, name: &str) -> ReleaseError {
+        self.refuse(
+            name,
+            format!(
+                "more than {} bytes of content in total (limit)",
+                self.limits.max_bytes
+            ),
+        )
+    }
+
+    /// Copies the source directory tree into the staging directory.
+    pub(super) fn copy_dir(&mut self) -> Result<(), ReleaseError> {
+        let src_root = self.source;
+        let meta = fs::metadata(src_root).map_err(io_err("inspect", src_root))?;
+        self.dirs
+            .insert(PathBuf::new(), meta.permissions().mode() & 0o777);
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel_dir) = stack.pop() {
+            let src_dir = src_root.join(&rel_dir);
+            let rd = fs::read_dir(&src_dir).map_err(io_err("read directory", &src_dir))?;
+            for entry in rd {
+                let entry = entry.map_err(io_err("read directory", &src_dir))?;
+                let rel = rel_dir.join(entry.file_name());
+                let name = rel.to_string_lossy().into_owned();
+                let src = entry.path();
+                let dst = self.staging.join(&rel);
+                self.count_entry(&name)?;
+                let meta = fs::symlink_metadata(&src).map_err(io_err("inspect", &src))?;
+                let ft = meta.file_type();
+                let mode = meta.permissions().mode() & 0o777;
+                if ft.is_dir() {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&dst)
+                        .map_err(io_err("create directory", &dst))?;
+                    self.dirs.insert(rel.clone(), mode);
+                    stack.push(rel);
+                } else if ft.is_file() {
+                    let mut file = File::open(&src).map_err(io_err("open", &src))?;
+                    self.write_file(&rel, &name, &mut file, mode, meta.modified().ok())?;
+                } else if ft.is_symlink() {
+                    let target = fs::read_link(&src).map_err(io_err("read symlink", &src))?;
+                    check_link_target(&rel, target.as_os_str().as_bytes())
+                        .map_err(|r| self.refuse(&name, r))?;
+                    std::os::unix::fs::symlink(&target, &dst)
+                        .map_err(io_err("create symlink", &dst))?;
+                    self.links.push((rel, name));
+                } else {
+                    return Err(self.refuse(
+                        &name,
+                        "it is a device, fifo or socket; a release holds only regular files, directories and symlinks",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates regular file `rel` from `content` (counting its bytes against the
+    /// limit), with permission bits `mode`, and fsyncs it.
+    fn write_file(
+        &mut self,
+        rel: &Path,
+        name: &str,
+        content: &mut dyn Read,
+        mode: u32,
+        mtime: Option<SystemTime>,
+    ) -> Result<(), ReleaseError> {
+        let dst = self.staging.join(rel);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dst)
+            .map_err(io_err("create file", &dst))?;
+        let budget = self.limits.max_bytes.saturating_sub(self.bytes);
+        // A full disk shows up here (or at the fsync below) as ENOSPC: an Io error
+        // naming the file, after which `stage` removes the staging directory.
+        let copied =
+            copy_content(content, &mut file, budget.saturating_add(1)).map_err(|e| match e {
+                CopyError::Read(e) => self.read_failed(name, e),
+                CopyError::Write(e) => io_err("write file", &dst)(e),
+            })?;
+        if copied > budget {
+            return Err(self.over_size(name));
+        }
+        self.bytes += copied;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("set permissions of", &dst))?;
+        if let Some(t) = mtime {
+            // Best effort: keeping modification times helps caches, it is not required.
+            let _ = file.set_modified(t);
+        }
+        file.sync_all().map_err(io_err("fsync file", &dst))
+    }
+
+    /// Makes sure every parent of `rel` is a real directory inside the staging
+    /// directory (creating missing ones), never going through a symlink.
+    fn ensure_parents(&mut self, rel: &Path, name: &str) -> Result<(), ReleaseError> {
+        let Some(parent) = rel.parent() else {
+            return Ok(());
+        };
+        let mut prefix = PathBuf::new();
+        for comp in parent.iter() {
+            prefix.push(comp);
+            let p = self.staging.join(&prefix);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(self.refuse(
+                        name,
+                        format!(
+                            "its parent {} is a file or symlink in the archive, not a directory",
+                            prefix.display()
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&p)
+                        .map_err(io_err("create directory", &p))?;
+                    self.dirs.insert(prefix.clone(), 0o755);
+                }
+                Err(e) => return Err(io_err("inspect", &p)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `rel` if something already exists there (duplicate entry).
+    fn ensure_absent(&self, rel: &Path, name: &str) -> Result<(), ReleaseError> {
+        let p = self.staging.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Err(self.refuse(name, "duplicate entry: the path already exists")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("inspect", &p)(e)),
+        }
+    }
+
+    /// Unpacks the archive source, decompressed with `codec`, into the staging
+    /// directory. The decoder is the only difference between archive kinds:
+    /// everything after it is [`Stager::unpack_tar`].
+    pub(super) fn unpack(&mut self, codec: Codec) -> Result<(), ReleaseError> {
+        let path = self.source;
+        let file = BufReader::new(File::open(path).map_err(io_err("open archive", path))?);
+        let decoder: Box<dyn Read> = match codec {
+            Codec::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Codec::Zstd => {
+                let mut d = zstd::stream::read::Decoder::with_buffer(file)
+                    .map_err(|e| self.unreadable("(start of archive)", e))?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| self.unreadable("(start of archive)", e))?;
+                Box::new(d)
+            }
+        };
+        self.unpack_tar(decoder)
+    }
+
+    /// Unpacks a decompressed tar stream into the staging directory, validating
+    /// every entry and counting it against the limits.
+    fn unpack_tar(&mut self, decompressed: Box<dyn Read>) -> Result<(), ReleaseError> {
+        let mut archive = tar::Archive::new(decompressed);
+        let mut last = String::new();
+        let entries = archive
+            .entries()
+            .map_err(|e| self.unreadable("(start of archive)", e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                let at = if last.is_empty() {
+                    "(first entry)".to_owned()
+                } else {
+                    format!("(entry after {last})")
+                };
+                self.unreadable(&at, e)
+            })?;
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            last.clone_from(&name);
+            let ty = entry.header().entry_type();
+            if ty.is_pax_global_extensions() {
+                continue;
+            }
+            self.count_entry(&name)?;
+            let rel = archive_rel_path(&raw).map_err(|r| self.refuse(&name, r))?;
+            // Permission bits matter for files and directories only (not for links).
+            let mode = || {
+                entry
+                    .header()
+                    .mode()
+                    .map(|m| m & 0o777)
+                    .map_err(|e| self.refuse(&name, format!("corrupt mode field: {e}")))
+            };
+            if ty.is_file() || ty.is_contiguous() {
+                if rel.as_os_str().is_empty() {
+                    return Err(self.refuse(&name, "a regular file cannot be the release root"));
+                }
+                let mode = mode()?;
+                let size = entry.size();
+                if size > self.limits.max_bytes.saturating_sub(self.bytes) {
+                    return Err(self.over_size(&name));
+                }
+                self.ensure_parents(&rel, &name)?;
+                self.ensure_absent(&rel, &name)?;
+                let mtime = entry
+                    .header()
+                    .mtime()
+                    .ok()
+                    .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+                self.write_file(&rel, &name, &mut entry, mode, mtime)?;
+            } else if ty.is_dir() {
+                let mode = mode()?;
+                if !rel.as_os_str().is_empty() {
+                    self.ensure_parents(&rel, &name)?;
+                    let p = self.staging.join(&rel);
+                    match fs::symlink_metadata(&p) {
+                        Ok(m) if m.is_dir() => {}
+                        Ok(_) => {
+                            return Err(self.refuse(
+                                &name,
+                                "duplicate entry: the path already exists and is not a directory",
+                            ))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            fs::DirBuilder::new()
+                                .mode(0o700)
+                                .create(&p)
+                                .map_err(io_err("create directory", &p))?;
+                        }
+                        Err(e) => return Err(io_err("inspect", &p)(e)),
+                    }
+                }
+                self.dirs.insert(rel, mode);
+            } else if ty.is_symlink() {
+                if rel.as_os_str().is_empty() {
+                    return Err(self.refuse(&name, "a symlink cannot be the release root"));
+                }
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                check_link_target(&rel, &target).map_err(|r| self.refuse(&name, r))?;
+                self.ensure_parents(&rel, &name)?;
+                self.ensure_absent(&rel, &name)?;
+                let dst = self.staging.join(&rel);
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dst)
+                    .map_err(io_err("create symlink", &dst))?;
+                self.links.push((rel, name));
+            } else if ty.is_hard_link() {
+                if rel.as_os_str().is_empty() {
+                    return Err(self.refuse(&name, "a hard link cannot be the release root"));
+                }
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let shown = String::from_utf8_lossy(&target).into_owned();
+                let target_rel = archive_rel_path(&target).map_err(|r| {
+                    self.refuse(
+                        &name,
+                        format!("hard link target {shown:?} leaves the release ({r})"),
+                    )
+                })?;
+                if !self.is_staged_file(&target_rel) {
+                    return Err(self.refuse(
+                        &name,
+                        format!(
+                            "hard link target {shown:?} is not a regular file unpacked earlier from this archive"
+                        ),
+                    ));
+                }
+                self.ensure_parents(&rel, &name)?;
+                self.ensure_absent(&rel, &name)?;
+                let dst = self.staging.join(&rel);
+                fs::hard_link(self.staging.join(&target_rel), &dst)
+                    .map_err(io_err("create hard link", &dst))?;
+            } else if ty.is_character_special() || ty.is_block_special() {
+                return Err(self.refuse(&name, "device files are not allowed in a release"));
+            } else if ty.is_fifo() {
+                return Err(self.refuse(&name, "fifos are not allowed in a release"));
+            } else if ty.is_gnu_sparse() {
+                return Err(self.refuse(&name, "sparse files are not supported"));
+            } else {
+                return Err(self.refuse(
+                    &name,
+                    format!("unsupported entry type {:?}", ty.as_byte() as char),
+                ));
+            }
+        }
+        // Read the rest of the compressed stream so that its checksum (gzip CRC,
+        // zstd content checksum) is verified.
+        let mut rest = archive.into_inner().take(self.limits.max_bytes);
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| self.unreadable("(end of archive)", e))?;
+        Ok(())
+    }
+
+    /// Whether `rel` is a regular file in the staging directory reached through
+    /// real directories only.
+    fn is_staged_file(&self, rel: &Path) -> bool {
+        if rel.as_os_str().is_empty() {
+            return false;
+        }
+        let mut p = self.staging.to_path_buf();
+        let n = rel.components().count();
+        for (i, comp) in rel.iter().enumerate() {
+            p.push(comp);
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                return false;
+            };
+            let ok = if i + 1 == n { m.is_file() } else { m.is_dir() };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Checks every symlink of the release physically: following the other
+    /// symlinks of the release, none may lead outside it.
+    pub(super) fn verify_links(&self) -> Result<(), ReleaseError> {
+        for (rel, name) in &self.links {
+            check_link_resolution(self.staging, rel).map_err(|r| self.refuse(name, r))?;
+        }
+        Ok(())
+    }
+
+    /// Gives every directory its final mode and fsyncs it, deepest first.
+    pub(super) fn finish_dirs(&self) -> Result<(), ReleaseError> {
+        for (rel, mode) in self.dirs.iter().rev() {
+            let p = self.staging.join(rel);
+            let dir = File::open(&p).map_err(io_err("open directory", &p))?;
+            dir.set_permissions(fs::Permissions::from_mode(*mode))
+                .map_err(io_err("set permissions of", &p))?;
+            dir.sync_all().map_err(io_err("fsync directory", &p))?;
+        }
+        Ok(())
+    }
+}
