@@ -266,6 +266,11 @@ Example:\n  rollbackctl plugin test target/plugins/http-probe.wasm \\\n    --con
         /// with an earlier run.
         #[arg(long, value_name = "FILE")]
         kv: Option<PathBuf>,
+        /// Keep compiled components in this directory (created 0700; refused
+        /// if another user owns it or others may write to it): a second run
+        /// of the same component skips compiling.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -277,6 +282,7 @@ struct TestRun {
     phase: Phase,
     release: String,
     kv: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -559,6 +565,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             phase,
             release,
             kv,
+            cache_dir,
             json,
         }) => {
             let grants = Grants {
@@ -586,6 +593,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 release,
                 kv,
+                cache_dir,
             };
             plugin_test(&plugin, grants, run, json).await
         }
@@ -1046,7 +1054,10 @@ async fn plugin_test(
         Some(file) => read_kv(file)?,
         None => MemoryKv::default(),
     });
-    let host = PluginHost::new()?;
+    let host = PluginHost::with_options(crate::plugin::HostOptions {
+        cache_dir: run.cache_dir.clone(),
+        ..Default::default()
+    })?;
     let loaded = {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || host.load(&path).map(|p| (host, p))).await?

@@ -44,6 +44,31 @@ fn plugin_test_runs_a_check_locally_with_documented_exit_codes() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("not-a-component.wat"), "{}", out.stderr);
     assert_eq!(plugin_test(&[]).code, 2, "usage");
+    // A compiled-code cache others may write to is refused, never loaded from.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let cache = shared.path().to_str().unwrap();
+    let out = plugin_test(&[&fixture("pass.wat"), "--cache-dir", cache]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("others may write"), "{}", out.stderr);
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    assert_eq!(
+        plugin_test(&[&fixture("pass.wat"), "--cache-dir", cache]).code,
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(shared.path()).unwrap().count(),
+        1,
+        "one compiled copy"
+    );
     assert_eq!(
         plugin_test(&[&fixture("pass.wat"), "--config", "novalue"]).code,
         2

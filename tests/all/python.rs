@@ -2,9 +2,9 @@
 //! a componentize-py component that bundles CPython and imports all of WASI
 //! p2, checked against servers on 127.0.0.1.
 //!
-//! Compiling its ~18 MB takes ~20 s in a debug build (once per process: the
-//! CLI has no compiled-component cache), so the cases run through the library
-//! on one compiled copy and one case goes through `rollbackctl plugin test`.
+//! Compiling its ~18 MB takes ~20 s in a debug build, so the cases run
+//! through the library on one compiled copy, and one case goes through
+//! `rollbackctl plugin test --cache-dir` sharing that copy's cache.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,12 @@ fn plugin_error(report: CallReport) -> String {
 async fn python_check_verdicts_through_the_library() {
     let _heavy = crate::support::cpu_heavy();
     let path = component();
-    let host = PluginHost::new().unwrap();
+    // One compiled copy for both tests: the cache `plugin test --cache-dir` uses too.
+    let host = PluginHost::with_options(rollback_agent::plugin::HostOptions {
+        cache_dir: Some(plugin_cache()),
+        ..Default::default()
+    })
+    .unwrap();
     let plugin = tokio::task::spawn_blocking(move || host.load(&path).map(|p| (host, p)))
         .await
         .unwrap()
@@ -181,10 +186,20 @@ fn python_check_through_rollbackctl_plugin_test() {
             &url,
             "--allow-host",
             &allow,
+            "--cache-dir",
+            plugin_cache().to_str().unwrap(),
             "--json",
         ],
     );
     assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        std::fs::read_dir(plugin_cache()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".cwasm")),
+        "the compiled component is kept"
+    );
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["status"], "pass", "{v}");
     assert_eq!(v["metrics"]["error_ratio"], 0.01, "{v}");

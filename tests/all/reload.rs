@@ -29,7 +29,7 @@ fn config(agent_dir: &Path, port: u16, extra_check: bool, plugin: &Path) -> Stri
     );
     if extra_check {
         text.push_str(&format!(
-            "\n[[apps.shop.checks]]\nname = \"extra\"\nplugin = \"{}\"\n",
+            "\n[[apps.shop.checks]]\nname = \"extra\"\nplugin = \"{}\"\ninterval = \"100ms\"\n",
             fixture("pass.wat")
         ));
     }

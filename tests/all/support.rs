@@ -28,6 +28,11 @@ pub fn repo() -> PathBuf {
 }
 
 /// A plugin built by `make plugins`.
+/// A compiled-component cache the tests share (`target/test-plugin-cache`).
+pub fn plugin_cache() -> PathBuf {
+    repo().join("target/test-plugin-cache")
+}
+
 pub fn plugin(name: &str) -> PathBuf {
     let p = repo().join("target/plugins").join(format!("{name}.wasm"));
     assert!(

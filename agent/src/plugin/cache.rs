@@ -11,7 +11,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
@@ -30,6 +30,15 @@ impl Cache {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // Compiled code is loaded from here as is: only we may write to it.
+        let meta = std::fs::metadata(dir)?;
+        let ours = meta.uid() == nix::unistd::geteuid().as_raw();
+        if !ours || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "refusing a cache directory that another user owns or others may write to",
+            ));
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
