@@ -1124,9 +1124,7 @@ impl Machine {
                 self.active = Some(f.to.clone());
                 self.after_swap(f, fx)
             }
-            (State::Activating(f), Input::Swapped(Err(e))) => {
-                self.swap_failed(f, e, now, facts, fx)
-            }
+            (State::Activating(f), Input::Swapped(Err(e))) => self.swap_failed(f, e, fx),
             (State::Restarting(f), Input::Restarted(r)) => self.restarted(f, r, now, facts, fx),
             (State::RollingBack(mut f), Input::Restored(ok)) => {
                 f.restore_failed = !ok;
@@ -1158,14 +1156,7 @@ impl Machine {
         *f.prior
     }
 
-    fn swap_failed(
-        &mut self,
-        f: Flow,
-        error: String,
-        now: Instant,
-        facts: &impl Facts,
-        fx: &mut Vec<Effect>,
-    ) -> State {
+    fn swap_failed(&mut self, f: Flow, error: String, fx: &mut Vec<Effect>) -> State {
         match f.op {
             Op::Deploy => self.deploy_failed(f, format!("activation failed: {error}"), fx),
             _ if f.recovering => {
@@ -1180,7 +1171,7 @@ impl Machine {
                 let failed = f.from.clone().unwrap_or_default();
                 let reason = format!("{}; rollback impossible: {error}", f.why);
                 self.state = *f.prior;
-                self.cannot_roll_back(&failed, reason, f.caller, now, facts, fx);
+                self.cannot_roll_back(&failed, reason, f.caller, fx);
                 std::mem::replace(&mut self.state, State::Empty)
             }
             _ => {
@@ -1275,7 +1266,7 @@ impl Machine {
             (Op::Deploy, Err(reason)) => {
                 // The journal stays until the rollback replaces it.
                 self.state = State::Restarting(f.clone());
-                self.auto_rollback(&f.to, reason, None, f.caller, now, facts, fx);
+                self.auto_rollback(&f.to, reason, None, f.caller, facts, fx);
                 std::mem::replace(&mut self.state, State::Empty)
             }
             (Op::Deploy, Ok(())) => {
@@ -1398,14 +1389,12 @@ impl Machine {
     }
 
     /// Swaps back from `failed` (judged unhealthy, or whose restart failed).
-    #[allow(clippy::too_many_arguments)]
     fn auto_rollback(
         &mut self,
         failed: &str,
         reason: String,
         check: Option<String>,
         caller: Caller,
-        now: Instant,
         facts: &impl Facts,
         fx: &mut Vec<Effect>,
     ) {
@@ -1417,7 +1406,7 @@ impl Machine {
         let Some(target) = facts.newest_good(Some(failed)) else {
             let reason =
                 format!("{reason}; rollback impossible: there is no good release to roll back to");
-            return self.cannot_roll_back(failed, reason, caller, now, facts, fx);
+            return self.cannot_roll_back(failed, reason, caller, fx);
         };
         let mut f = Flow::new(
             Op::Rollback,
@@ -1441,8 +1430,6 @@ impl Machine {
         failed: &str,
         reason: String,
         caller: Caller,
-        _now: Instant,
-        _facts: &impl Facts,
         fx: &mut Vec<Effect>,
     ) {
         if matches!(self.state, State::Restarting(_)) {
@@ -1564,7 +1551,7 @@ impl Machine {
         // paused, it is only recorded.
         if newly_unhealthy && (!baking || c.severity == Severity::Warning || self.paused) {
             let c = c.clone();
-            self.unhealthy(&version, &c, &summary, now, facts, fx);
+            self.unhealthy(&version, &c, &summary, facts, fx);
         }
         self.evaluate_bake(now, facts, fx);
     }
@@ -1576,7 +1563,6 @@ impl Machine {
         version: &str,
         check: &CheckSpec,
         summary: &str,
-        now: Instant,
         facts: &impl Facts,
         fx: &mut Vec<Effect>,
     ) {
@@ -1614,7 +1600,6 @@ impl Machine {
                 reason,
                 Some(check.name.clone()),
                 Caller::Nobody,
-                now,
                 facts,
                 fx,
             ),
@@ -1674,7 +1659,6 @@ impl Machine {
                     reason,
                     Some(check.name),
                     Caller::Waiters,
-                    now,
                     facts,
                     fx,
                 );

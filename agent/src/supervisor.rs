@@ -670,7 +670,11 @@ impl Supervisor {
         let interrupted = intent.is_some();
         if let Some(intent) = intent {
             let disk = DiskFacts {
-                dir: &self.dir,
+                known: Known {
+                    app: &self.cfg.name,
+                    dir: &self.dir,
+                    store: &self.store,
+                },
                 current: current.clone(),
             };
             let to = intent.to.clone().unwrap_or_default();
@@ -1787,7 +1791,7 @@ fn outcome_of(status: Status) -> Outcome {
 
 /// What `lifecycle::recover` is told about the app's directory.
 struct DiskFacts<'a> {
-    dir: &'a AppDir,
+    known: Known<'a>,
     current: Option<String>,
 }
 
@@ -1797,7 +1801,7 @@ impl crate::lifecycle::Disk for DiskFacts<'_> {
     }
 
     fn has_release(&self, version: &str) -> bool {
-        Version::parse(version).is_ok_and(|v| self.dir.exists(&v))
+        self.known.on_disk(version)
     }
 }
 
