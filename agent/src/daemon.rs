@@ -5,9 +5,11 @@
 //! missing secret refuses to start, naming it, before anything is written),
 //! open the store, give each plugin entry its sandbox (grants, resolved
 //! secrets, kv space), start one supervisor per app (each reconciles with
-//! its directory first), bind the control socket, and only then report
-//! ready. On SIGTERM or SIGINT it stops accepting calls, flushes the store
-//! and removes the socket.
+//! its directory first), serve the control socket, and only then report
+//! ready. On `Signal::Shutdown` (SIGTERM or SIGINT in `rollbackd`) it stops
+//! accepting calls, flushes the store and removes the socket; on
+//! `Signal::Reload` (SIGHUP) it reloads. It never installs signal handlers
+//! itself except in `main`, so that it can run inside another program.
 //!
 //! Must never act on an app itself: supervisors do that.
 
@@ -370,21 +372,54 @@ impl Running {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads the config.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let max_memory = config
-        .apps
-        .values()
-        .flat_map(|a| {
-            let checks = a.checks.iter().map(|c| c.entry.memory_limit);
-            checks.chain(a.hooks.iter().map(|h| h.entry.memory_limit))
-        })
-        .max();
-    let host = Arc::new(PluginHost::with_options(HostOptions {
-        cache_dir: Some(config.agent.state_dir.join("plugin-cache")),
-        // Room for later reloads that raise a limit.
-        max_memory: max_memory.map(|m| m.max(crate::config::DEFAULT_MEMORY_LIMIT)),
-    })?);
+/// What the agent is told from outside while it runs: by the binary from
+/// SIGHUP, SIGTERM and SIGINT, by an embedding program (the tests) directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Read the config file again (as on SIGHUP).
+    Reload,
+    /// Stop accepting calls, flush the store and return.
+    Shutdown,
+}
+
+/// How an agent is brought up besides its config.
+#[derive(Default)]
+pub struct Options {
+    /// A plugin host to compile and run on instead of one of its own (with
+    /// the state dir's cache): several agents in one process (the tests) share
+    /// one warm host. Its memory pool must fit the config's limits.
+    pub host: Option<Arc<PluginHost>>,
+}
+
+/// An agent brought up (plugins compiled, store open, supervisors started)
+/// that does not serve calls yet.
+pub struct Started {
+    running: Running,
+    socket_gid: Option<u32>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Brings the agent up, in start-up order, without a socket: a bad plugin
+/// refuses to start before the store is touched.
+pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> {
+    let host = match options.host {
+        Some(host) => host,
+        None => {
+            let max_memory = config
+                .apps
+                .values()
+                .flat_map(|a| {
+                    let checks = a.checks.iter().map(|c| c.entry.memory_limit);
+                    checks.chain(a.hooks.iter().map(|h| h.entry.memory_limit))
+                })
+                .max();
+            Arc::new(PluginHost::with_options(HostOptions {
+                cache_dir: Some(config.agent.state_dir.join("plugin-cache")),
+                // Room for later reloads that raise a limit.
+                max_memory: max_memory.map(|m| m.max(crate::config::DEFAULT_MEMORY_LIMIT)),
+            })?)
+        }
+    };
     // Plugins first: a bad plugin must refuse to start before the store is touched.
     let compiled = compile(&host, &config).await?;
     tracing::info!(
@@ -430,9 +465,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     running.rewatch().context("drop-in deploys")?;
 
+    let mut tasks = Vec::new();
     // Events are kept `history_retention` (at least 30 days), then pruned.
     let retention = config.agent.history_retention;
-    let pruner = {
+    tasks.push({
         let store = store.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
@@ -446,79 +482,138 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
         })
-    };
+    });
 
-    let textfile = config
-        .agent
-        .metrics_textfile
-        .clone()
-        .map(|p| crate::metrics::spawn_textfile(p, std::time::Duration::from_secs(15)));
-    let listener_task = match config.agent.metrics_listen {
-        Some(addr) => Some(
+    if let Some(path) = config.agent.metrics_textfile.clone() {
+        tasks.push(crate::metrics::spawn_textfile(
+            path,
+            std::time::Duration::from_secs(15),
+        ));
+    }
+    if let Some(addr) = config.agent.metrics_listen {
+        tasks.push(
             crate::metrics::serve(addr)
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?,
-        ),
-        None => None,
-    };
+        );
+    }
+    Ok(Started {
+        running,
+        socket_gid,
+        tasks,
+    })
+}
 
-    let listener = control::bind(&config.agent.socket, socket_gid)?;
-    let serving = tokio::spawn(control.clone().serve(listener));
-    tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
-    crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));
+impl Started {
+    /// The group the control socket is to be given (`socket_group`).
+    pub fn socket_gid(&self) -> Option<u32> {
+        self.socket_gid
+    }
 
-    // STATUS= every few seconds, and WATCHDOG=1 at half the period systemd
-    // expects when `WatchdogSec` is set (a stalled runtime stops the pings).
-    let heartbeat = {
-        let store = store.clone();
-        let period = crate::systemd::watchdog_period()
-            .map(|w| (w / 2).min(std::time::Duration::from_secs(10)))
-            .unwrap_or(std::time::Duration::from_secs(10));
-        let watchdog = crate::systemd::watchdog_period().is_some();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(period);
-            loop {
-                every.tick().await;
-                if watchdog {
-                    crate::systemd::watchdog();
+    /// Serves calls on `listener` until `signals` says `Shutdown` (or is
+    /// closed); `Reload`, or a change to the config or a plugin file, reloads.
+    pub async fn serve(
+        self,
+        listener: tokio::net::UnixListener,
+        mut signals: tokio::sync::mpsc::Receiver<Signal>,
+    ) -> anyhow::Result<()> {
+        let Started {
+            mut running,
+            mut tasks,
+            ..
+        } = self;
+        let config = running.config.clone();
+        let store = running.store.clone();
+        tasks.push(tokio::spawn(running.control.clone().serve(listener)));
+        tracing::info!(socket = %config.agent.socket.display(), apps = config.apps.len(), "ready");
+        crate::systemd::ready(&format!("supervising {} app(s)", config.apps.len()));
+
+        // STATUS= every few seconds, and WATCHDOG=1 at half the period systemd
+        // expects when `WatchdogSec` is set (a stalled runtime stops the pings).
+        tasks.push({
+            let store = store.clone();
+            let period = crate::systemd::watchdog_period()
+                .map(|w| (w / 2).min(std::time::Duration::from_secs(10)))
+                .unwrap_or(std::time::Duration::from_secs(10));
+            let watchdog = crate::systemd::watchdog_period().is_some();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(period);
+                loop {
+                    every.tick().await;
+                    if watchdog {
+                        crate::systemd::watchdog();
+                    }
+                    if let Ok(apps) = store.apps() {
+                        crate::systemd::status(&status_line(&apps));
+                    }
                 }
-                if let Ok(apps) = store.apps() {
-                    crate::systemd::status(&status_line(&apps));
+            })
+        });
+
+        let mut config_changed = watch_files(watched_files(&config));
+        loop {
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    Some(Signal::Reload) => {
+                        running.reload().await;
+                        config_changed = watch_files(watched_files(&running.config));
+                    }
+                    Some(Signal::Shutdown) | None => break,
+                },
+                Some(()) = config_changed.recv() => {
+                    tracing::info!("config or plugin file changed: reloading");
+                    running.reload().await;
+                    config_changed = watch_files(watched_files(&running.config));
                 }
             }
-        })
-    };
+        }
+        crate::systemd::stopping();
+        for task in tasks {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&config.agent.socket);
+        store.flush()?;
+        Ok(())
+    }
+}
 
+/// Brings the agent up and serves on `listener` until `signals` says
+/// `Shutdown`: the whole agent, for a program that binds its own socket.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::UnixListener,
+    signals: tokio::sync::mpsc::Receiver<Signal>,
+    options: Options,
+) -> anyhow::Result<()> {
+    start(config, options).await?.serve(listener, signals).await
+}
+
+/// `rollbackd`: brings the agent up, only then binds the control socket
+/// (so that a client that connects finds it ready), and runs until SIGTERM
+/// or SIGINT; SIGHUP reloads the config.
+pub async fn main(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut config_changed = watch_files(watched_files(&config));
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                running.reload().await;
-                config_changed = watch_files(watched_files(&running.config));
-            }
-            Some(()) = config_changed.recv() => {
-                tracing::info!("config or plugin file changed: reloading");
-                running.reload().await;
-                config_changed = watch_files(watched_files(&running.config));
+    let socket = config.agent.socket.clone();
+    let started = start(config, Options::default()).await?;
+    let listener = control::bind(&socket, started.socket_gid())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let signals = tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Signal::Shutdown }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Signal::Shutdown }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); Signal::Reload }
+            };
+            if tx.send(signal).await.is_err() || signal == Signal::Shutdown {
+                return;
             }
         }
-    }
-    crate::systemd::stopping();
-    serving.abort();
-    pruner.abort();
-    heartbeat.abort();
-    for task in textfile.into_iter().chain(listener_task) {
-        task.abort();
-    }
-    let _ = std::fs::remove_file(&config.agent.socket);
-    store.flush()?;
-    Ok(())
+    });
+    let result = started.serve(listener, rx).await;
+    signals.abort();
+    result
 }
 
 /// One line for `systemctl status`: each app's state and active release.

@@ -81,6 +81,12 @@ impl Journal {
         crate::fsutil::write_durable(&path, &bytes).map_err(io_err)
     }
 
+    /// Removes what a write of `app`'s journal cut short by a crash left
+    /// (its temporary file); returns what it removed.
+    pub fn clean(&self, app: &str) -> Vec<PathBuf> {
+        crate::fsutil::remove_temps(&self.dir, &format!(".{app}.json."))
+    }
+
     /// Ends the operation of `app` (nothing is in progress any more).
     pub fn clear(&self, app: &str) -> Result<(), JournalError> {
         let path = self.path(app);
@@ -132,6 +138,24 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn clean_removes_only_the_apps_own_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::new(tmp.path());
+        let dir = tmp.path().join("intents");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [".shop.json.x1", ".other.json.x2", "shop.json"] {
+            std::fs::write(dir.join(name), b"{}").unwrap();
+        }
+        assert_eq!(j.clean("shop"), vec![dir.join(".shop.json.x1")]);
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.json.x2", "shop.json"]);
     }
 
     #[test]

@@ -616,6 +616,9 @@ pub enum Input {
     Reload(Settings),
     /// Start-up found this operation interrupted: finish it.
     Recover(Flow),
+    /// Start-up is over (an interrupted operation included): a prune that a
+    /// crash cut short before it was planned is done now.
+    Started,
     /// The journal was written (or not).
     Journaled(Result<(), String>),
     /// The release was staged and recorded (or not).
@@ -840,6 +843,11 @@ impl Machine {
             Input::Pause { paused, actor } => self.pause(paused, actor, &mut fx),
             Input::Reload(settings) => self.reload(settings, now, &mut fx),
             Input::Recover(flow) => self.recover(flow, &mut fx),
+            Input::Started => {
+                if matches!(self.state, State::Steady { .. }) {
+                    fx.push(Effect::Prune);
+                }
+            }
             Input::Tick => self.tick(now, facts, &mut fx),
             Input::CheckDone {
                 generation,
@@ -1362,6 +1370,9 @@ impl Machine {
             let kind = if f.automatic { "automatic" } else { "operator" };
             fx.push(Effect::Count(Count::Rollback(kind)));
         }
+        // The failed release now counts against `keep_releases`; pruned
+        // before answering, so a waiting deploy sees the final layout.
+        fx.push(Effect::Prune);
         let outcome = DeployOutcome::RolledBack {
             to: f.to.clone(),
             reason: f.why.clone(),

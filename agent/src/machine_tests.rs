@@ -406,6 +406,7 @@ fn a_restart_that_fails_rolls_the_deploy_back_or_degrades_without_a_target() {
             "watch 1.0",
             "save",
             "count Rollback(\"automatic\")",
+            "prune",
             "count Deploy(\"rolled-back\")",
             "reply",
         ]
@@ -578,6 +579,10 @@ fn a_critical_check_failing_during_the_bake_rolls_back_and_tells_the_waiters() {
     let at = |name: &str| n.iter().position(|x| x == name).unwrap_or(usize::MAX);
     assert!(at("record CheckFailed") < at("begin rollback"), "{n:?}");
     assert!(at("swap 1.0") < at("restore 1.0") && at("restore 1.0") < at("restart 1.0"));
+    assert!(
+        has(&fx, "prune") && at("restart 1.0") < at("prune"),
+        "pruned after the rollback: {n:?}"
+    );
     let [Answer::Waiters(DeployOutcome::RolledBack { to, reason })] = &replies(&fx)[..] else {
         panic!("{n:?}");
     };
@@ -895,6 +900,7 @@ fn start_up_finishes_what_the_journal_left() {
                 "end",
                 "watch 1.0",
                 "save",
+                "prune",
                 "reply",
             ],
         ),
@@ -912,6 +918,7 @@ fn start_up_finishes_what_the_journal_left() {
                 "end",
                 "watch 1.0",
                 "save",
+                "prune",
                 "reply",
             ],
         ),
@@ -976,6 +983,20 @@ fn start_up_finishes_what_the_journal_left() {
         names(&fx)
     );
     assert!(matches!(m.state(), State::Degraded { version: Some(v), .. } if v == "1.1"));
+}
+
+#[test]
+fn a_steady_start_prunes_and_a_start_into_a_bake_leaves_it_to_the_bake() {
+    let (w, t0) = (world(), Instant::now());
+    let mut script = Script::default();
+    let mut m = steady_on("1.0", &w, t0);
+    let fx = run(&mut m, Input::Started, t0, &w, &mut script);
+    assert_eq!(names(&fx), ["prune"]);
+    let mut w = world();
+    let mut m = baking(t0, &mut w);
+    let fx = run(&mut m, Input::Started, t0, &w, &mut script);
+    assert!(!has(&fx, "prune"), "{:?}", names(&fx));
+    assert!(matches!(m.state(), State::Baking { .. }));
 }
 
 #[test]

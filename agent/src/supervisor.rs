@@ -655,7 +655,8 @@ impl Supervisor {
     /// else (`finish_recovery`).
     fn reconcile(&mut self) -> Result<(), CommandError> {
         self.dir.ensure_layout()?;
-        for leftover in self.dir.clean_leftovers()? {
+        let journal_temps = self.journal.clean(self.app());
+        for leftover in self.dir.clean_leftovers()?.into_iter().chain(journal_temps) {
             tracing::warn!(app = %self.app(), path = %leftover.display(), "removed leftover of interrupted work");
         }
         let mut notes = Vec::new();
@@ -892,6 +893,7 @@ impl Supervisor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
         self.finish_recovery().await;
+        self.drive(Input::Started).await;
         loop {
             let wake = self.machine.next_wake();
             tokio::select! {

@@ -18,6 +18,8 @@ use crate::support::*;
 
 /// Rounds of action (+ kill) + restart + checks.
 const ROUNDS: u32 = 80;
+/// `keep_releases` of the app.
+const KEEP: usize = 2;
 /// Percentage of rounds that end with a SIGKILL; the others finish normally.
 const KILL_PERCENT: u64 = 75;
 /// Longest wait between the action and the kill.
@@ -63,12 +65,21 @@ fn seed() -> u64 {
     }
 }
 
-/// One app `shop` with a short bake and a fast health check.
-pub(crate) fn crash_config(port: u16) -> String {
+/// What the state file holds while a good release runs.
+pub(crate) const GOOD_DATA: &str = "data of the good release\n";
+
+/// One app `shop` with a short bake, a fast health check, `keep_releases`,
+/// and a state file that a bad release "migrates" as it starts (so only a
+/// restore brings the good data back); the restart command logs each
+/// restart to `{dir}/restarts.log`. `prepare` writes the state file first.
+pub(crate) fn crash_config(port: u16, bake: &str, keep: usize) -> String {
     format!(
         r#"[apps.shop]
 root = "{{dir}}/shop"
-bake = "400ms"
+bake = "{bake}"
+keep_releases = {keep}
+snapshot = ["{{dir}}/state/state.db"]
+restart = ["sh", "-c", "echo \"$ROLLBACK_VERSION\" >> {{dir}}/restarts.log; case \"$ROLLBACK_VERSION\" in *-bad) echo migrated > {{dir}}/state/state.db;; esac"]
 
 [[apps.shop.checks]]
 name = "health"
@@ -81,6 +92,84 @@ config = {{ url = "http://127.0.0.1:{port}/health" }}
 "#,
         plugin = plugin("http-probe").display()
     )
+}
+
+/// Writes the state file of `crash_config` with the good data.
+pub(crate) fn prepare(dir: &Path) {
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(dir.join("state/state.db"), GOOD_DATA).unwrap();
+}
+
+/// After `check_consistent`, what a user of the app sees (with
+/// `crash_config`, once the agent is settled): a good release runs and is
+/// healthy, the restart command ran for it after its last swap, the state
+/// file holds the good data, nothing temporary is left beside it or among
+/// the snapshots, no snapshot outlives its release, no operation is left in
+/// the journal, `keep_releases` holds (the active release and its rollback
+/// target, here the last good one, are never pruned), and the history's last
+/// `activated` event names what runs. Returns the active release.
+pub(crate) fn check_what_users_see(agent: &Agent, root: &Path, ctx: &str, keep: usize) -> String {
+    let status = agent.json(&["status", "shop"]);
+    let active = status["active"].as_str().unwrap_or_default().to_string();
+    assert!(
+        active.ends_with("-good"),
+        "{ctx}: a bad release (or none) runs: {status}"
+    );
+    assert_eq!(status["state"], "healthy", "{ctx}: {status}");
+    let restarts = std::fs::read_to_string(agent.path().join("restarts.log")).unwrap_or_default();
+    assert_eq!(
+        restarts.lines().last(),
+        Some(active.as_str()),
+        "{ctx}: restarts were {restarts:?}, {active} runs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.path().join("state/state.db")).unwrap(),
+        GOOD_DATA,
+        "{ctx}: the state file is not the good release's"
+    );
+    // The state file lives in the state directory here; `db/`, `intents/`,
+    // `snapshots/` and `plugin-cache/` are the agent's.
+    let beside: Vec<_> = listing(&agent.path().join("state"))
+        .into_iter()
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        beside.is_empty(),
+        "{ctx}: temporaries beside the state file: {beside:?}"
+    );
+    let bound = keep.max(2);
+    let intents = agent.path().join("state/intents");
+    let releases = listing(&root.join("releases"));
+    for snap in listing(&agent.path().join("state/snapshots/shop")) {
+        assert!(!snap.starts_with('.'), "{ctx}: snapshot temporary {snap}");
+        assert!(
+            releases.contains(&snap),
+            "{ctx}: snapshot of {snap} without its release ({releases:?})"
+        );
+    }
+    assert!(
+        listing(&intents).is_empty(),
+        "{ctx}: an operation is left in the journal: {:?}",
+        std::fs::read_to_string(intents.join("shop.json"))
+    );
+    assert!(
+        releases.len() <= bound,
+        "{ctx}: keep_releases = {keep}, releases {releases:?}"
+    );
+    let history = agent.json(&["history", "shop", "--limit", "10000"]);
+    let last_activated = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "activated")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last_activated["version"].as_str(),
+        Some(active.as_str()),
+        "{ctx}: last activated event {last_activated}"
+    );
+    active
 }
 
 #[derive(Debug, Clone)]
@@ -217,21 +306,21 @@ fn status_key(s: &Value) -> (Value, Value, Value) {
     )
 }
 
-/// Waits until the app is neither deploying, baking nor rolling back.
+/// Waits until the app is neither deploying, baking nor rolling back, and
+/// its supervisor has finished what follows.
 pub(crate) fn settle(agent: &Agent, ctx: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = agent.json(&["status", "shop"]);
-        let state = s["state"].as_str().unwrap_or_default().to_string();
-        if matches!(state.as_str(), "healthy" | "degraded" | "empty") {
-            return state;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ctx}: the app never settled: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let mut last = Value::Null;
+    let state = wait_for_opt(PATIENCE, || {
+        last = agent.json(&["status", "shop"]);
+        let state = last["state"].as_str().unwrap_or_default();
+        matches!(state, "healthy" | "degraded" | "empty").then(|| state.to_string())
+    })
+    .unwrap_or_else(|| panic!("{ctx}: the app never settled: {last}"));
+    // `check` is answered by the app's supervisor once it is done with what
+    // it still does after saving the state (the prune that follows an
+    // operation or a start-up).
+    let _ = agent.ctl(&["check", "shop"]);
+    state
 }
 
 /// Takes a snapshot of disk and store while nothing moves (an automatic
@@ -376,13 +465,16 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("shop");
     let app = FakeApp::start(&root);
-    let mut agent = Agent::start_in(dir, &crash_config(app.port));
+    prepare(dir.path());
+    let mut agent = Agent::process_in(dir, &crash_config(app.port, "400ms", KEEP));
 
     // A good release first, so that `current` exists from here on.
     let out = agent.deploy(example_release("1.0.0").to_str().unwrap(), "r0-good", true);
     assert_eq!(out.code, 0, "seed {seed}: first deploy: {out:?}");
     check_consistent(&agent, &root, &format!("seed {seed}, setup"));
 
+    // Rollback targets: good releases (a bad one, activated by hand, would
+    // rightly leave its migrated state file behind).
     let mut versions = vec!["r0-good".to_string()];
     let (mut kills, mut finished, mut changes_seen) = (0u32, 0u32, 0u32);
     // First sighting of each oddity, by version.
@@ -404,7 +496,12 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
                 to: Some(versions[rng.below(versions.len() as u64) as usize].clone()),
             },
         };
-        if let Action::Deploy { version, .. } = &action {
+        if let Action::Deploy {
+            version,
+            good: true,
+            ..
+        } = &action
+        {
             versions.push(version.clone());
         }
         let kill = if !rng.percent(KILL_PERCENT) {
@@ -455,9 +552,11 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
                 finished += 1;
             }
         }
+        settle(&agent, &ctx);
         for (version, note) in check_consistent(&agent, &root, &ctx) {
             odd.entry(version).or_insert(note);
         }
+        check_what_users_see(&agent, &root, &ctx, KEEP);
     }
 
     let states: Vec<String> = agent.json(&["releases", "shop"])["releases"]
@@ -484,7 +583,7 @@ fn kill_9_at_random_moments_never_leaves_disk_and_store_apart() {
         .filter(|l| l.contains("removed leftover of interrupted work") && l.contains("app"))
         .count();
     println!(
-        "crash test seed {seed}: {ROUNDS} rounds ({kills} killed, {changes_seen} of them just \
+        "crash test seed {seed}: {ROUNDS} rounds, 0 violations ({kills} killed, {changes_seen} of them just \
          after a disk change; {finished} finished) in {:.1?}; \
          {reconciled} reconciliations, {leftovers} leftovers removed; releases: {}",
         started.elapsed(),

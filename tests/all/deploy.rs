@@ -25,7 +25,7 @@ fn a_good_release_is_kept_and_a_bad_one_rolled_back() {
         "restart = [\"sh\", \"-c\", \"echo $ROLLBACK_VERSION >> {}\"]",
         restarts.display()
     );
-    let agent = Agent::start_in(dir, &shop_config(app.port, "1500ms", &restart));
+    let agent = Agent::process_in(dir, &shop_config(app.port, "1500ms", &restart));
 
     let out = agent.deploy(s(&example_release("1.0.0")), "1.0.0", true);
     assert_eq!(out.code, 0, "good deploy: {out:?}");

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -35,24 +35,16 @@ impl Receiver {
 
     /// Waits until a POST body contains `needle`; returns (headers, body).
     fn wait_for(&self, needle: &str) -> (String, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(p) = self
-                .posts
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, b)| b.contains(needle))
-            {
-                return p.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
+        let found = wait_for_opt(Duration::from_secs(20), || {
+            let posts = self.posts.lock().unwrap();
+            posts.iter().find(|(_, b)| b.contains(needle)).cloned()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
                 "no webhook with {needle:?}: {:?}",
                 self.posts.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            )
+        })
     }
 }
 
@@ -208,28 +200,17 @@ fn kv_survives_an_agent_restart() {
             .as_f64()
             .unwrap_or(0.0)
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(&agent) < 3.0 {
-        assert!(Instant::now() < deadline, "the counter does not count");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the counter to count", || count(&agent) >= 3.0);
     let before = count(&agent);
     assert!(agent.stop().success());
     agent.spawn();
     // The first value after the restart continues the old count (a fresh
     // counter would start again at 1).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first_after = loop {
-        let now = count(&agent);
-        if now > 0.0 {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no check result after the restart"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let first_after = wait_for(
+        "a check result after the restart",
+        Duration::from_secs(20),
+        || Some(count(&agent)).filter(|&now| now > 0.0),
+    );
     assert!(
         first_after > before,
         "kv kept its value across the restart: {before} then {first_after}"

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -62,7 +61,10 @@ fn a_restored_release_that_fails_too_degrades_the_app_without_more_swaps() {
             .contains("restored by a rollback"),
         "{status}"
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Three more check runs later, nothing has moved.
+    let runs = |s: &serde_json::Value| s["checks"]["health"]["runs"].as_u64().unwrap_or(0);
+    let seen = runs(&status);
+    agent.wait_for_status("three more check runs", |s| runs(s) >= seen + 3);
     assert_eq!(current(&root), "1.0.0", "current unchanged");
     assert_eq!(count(&agent, "activated"), swaps, "no further swaps");
     assert_eq!(count(&agent, "degraded"), 1);
@@ -95,15 +97,12 @@ fn auto_rollback_always_acts_after_the_bake_and_pause_freezes_it() {
     // Paused: the failure is recorded, nothing is done.
     assert_eq!(agent.ctl(&["pause", "shop"]).code, 0);
     set_health(&root, "1.0.1", 500);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !agent
-        .ctl(&["history", "shop", "--json"])
-        .stdout
-        .contains("[paused: no action]")
-    {
-        assert!(Instant::now() < deadline, "no paused check-failed event");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("a paused check-failed event", || {
+        agent
+            .ctl(&["history", "shop", "--json"])
+            .stdout
+            .contains("[paused: no action]")
+    });
     assert_eq!(current(&root), "1.0.1");
     let out = agent.ctl(&["check", "shop", "--json"]);
     assert_eq!(out.code, 3, "a failing critical check: {out:?}");
@@ -114,7 +113,9 @@ fn auto_rollback_always_acts_after_the_bake_and_pause_freezes_it() {
     // Resumed: the next unhealthy verdict rolls back, after the bake.
     assert_eq!(agent.ctl(&["resume", "shop"]).code, 0);
     set_health(&root, "1.0.1", 200);
-    std::thread::sleep(Duration::from_millis(700));
+    agent.wait_for_status("a passing check after the resume", |s| {
+        s["checks"]["health"]["outcome"] == "pass"
+    });
     set_health(&root, "1.0.1", 500);
     agent.wait_for_status("rollback to 1.0.0", |s| s["active"] == "1.0.0");
     assert_eq!(current(&root), "1.0.0");

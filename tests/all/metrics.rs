@@ -23,7 +23,7 @@ fn deploys_rollbacks_and_checks_are_counted() {
         .local_addr()
         .unwrap()
         .port();
-    let mut agent = Agent::start_in(dir, &shop_config(app.port, "400ms", ""));
+    let mut agent = Agent::process_in(dir, &shop_config(app.port, "400ms", ""));
     let textfile = agent.path().join("rollback_agent.prom");
     let text = std::fs::read_to_string(&agent.config).unwrap().replacen(
         "[agent]\n",

@@ -159,7 +159,7 @@ fn a_hostile_plugin_does_not_slow_other_apps_and_the_cache_skips_compiling() {
     std::os::unix::fs::symlink("releases/1", spinner.join("current")).unwrap();
     let app = FakeApp::start(&root);
     let config = two_apps(dir.path(), app.port);
-    let mut agent = Agent::start_in(dir, &config);
+    let mut agent = Agent::process_with_own_cache_in(dir, &config);
 
     let plugins = agent.json(&["plugins"]);
     let list = plugins["plugins"].as_array().unwrap();
@@ -180,12 +180,20 @@ fn a_hostile_plugin_does_not_slow_other_apps_and_the_cache_skips_compiling() {
             .code,
         0
     );
+    // Three spins to their deadline (1 s each) is time for ~15 shop runs.
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for(
+        "three spins of the busy check",
+        Duration::from_secs(30),
+        || {
+            let busy = agent.json(&["status", "spinner"]);
+            (busy["checks"]["busy"]["runs"].as_u64().unwrap_or(0) >= 3).then_some(())
+        },
+    );
     let shop = agent.json(&["status", "shop"]);
     let runs = shop["checks"]["health"]["runs"].as_u64().unwrap_or(0);
     let elapsed = started.elapsed().as_secs_f64();
-    // One run per 200 ms would be ~20; a starved runtime would manage a few.
+    // One run per 200 ms would be ~15; a starved runtime would manage a few.
     assert!(
         runs >= 8,
         "only {runs} shop checks in {elapsed:.1}s while another app's plugin spun"
@@ -318,18 +326,10 @@ fn entries_with_one_kv_scope_share_their_kv_store() {
         agent.deploy(release.to_str().unwrap(), "1.0.0", false).code,
         0
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let seen = loop {
+    let seen = wait_for("three runs of each check", Duration::from_secs(30), || {
         let seen = counts(&agent);
-        if seen.len() == 3 && seen.iter().all(|(_, _, runs)| *runs >= 3) {
-            break seen;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "checks did not run: {seen:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+        (seen.len() == 3 && seen.iter().all(|(_, _, runs)| *runs >= 3)).then_some(seen)
+    });
     let get = |n: &str| seen.iter().find(|(name, _, _)| name == n).unwrap().clone();
     let ((_, a, runs_a), (_, b, runs_b), (_, own, runs_own)) = (get("a"), get("b"), get("own"));
     // Its own store counts only its own runs (the count of the last

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -80,21 +80,6 @@ fn free_port() -> u16 {
 fn get(port: u16, path: &str) -> Option<Answer> {
     TcpStream::connect(("127.0.0.1", port)).ok()?;
     Some(call(port, "GET", path, &[], ""))
-}
-
-/// Polls `probe` every 100 ms until it returns something, for at most `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn lwa(port: u16, client_secret: &str, refresh_token: &str) -> Answer {
@@ -317,7 +302,7 @@ fn quickstart_sp_api_fake_follows_lwa_and_the_orders_v0_model() {
 
     // The clock: a new order within a few seconds, found by CreatedAfter.
     let since = rfc3339(now_ms());
-    let fresh = wait_for(Duration::from_secs(15), "a new order", || {
+    let fresh = wait_for("a new order", Duration::from_secs(15), || {
         let a = orders(
             port,
             &token,
@@ -426,7 +411,7 @@ fn start_app(version: &str, fake: u16, data: &Path) -> (Py, u16) {
         .spawn()
         .unwrap();
     let app = Py(child);
-    wait_for(Duration::from_secs(15), "the app to answer", || {
+    wait_for("the app to answer", Duration::from_secs(15), || {
         get(port, "/health")
     });
     (app, port)
@@ -454,7 +439,7 @@ fn quickstart_release_1_0_0_syncs_and_1_1_0_stands_still_while_healthy() {
 
     // 1.0.0 keeps its position within a couple of seconds of now.
     let (good, port) = start_app("1.0.0", fake, &data);
-    let (position, _, _) = wait_for(Duration::from_secs(20), "1.0.0 in sync", || {
+    let (position, _, _) = wait_for("1.0.0 in sync", Duration::from_secs(20), || {
         app_status(port).filter(|(p, _, _)| now_ms() - p < 5_000)
     });
     let health = get(port, "/health").unwrap();
@@ -470,7 +455,7 @@ fn quickstart_release_1_0_0_syncs_and_1_1_0_stands_still_while_healthy() {
     // moves while orders keep arriving.
     let (_broken, port) = start_app("1.1.0", fake, &data);
     let started = now_ms();
-    let (stuck, _, v) = wait_for(Duration::from_secs(20), "1.1.0 to sync for 4 s", || {
+    let (stuck, _, v) = wait_for("1.1.0 to sync for 4 s", Duration::from_secs(20), || {
         app_status(port).filter(|(_, synced, _)| *synced >= started + 4_000)
     });
     assert_eq!(stuck, saved, "1.1.0 moved: {v}");
@@ -485,7 +470,7 @@ fn quickstart_release_1_0_0_syncs_and_1_1_0_stands_still_while_healthy() {
 
     // 1.0.0 again catches up from the same position.
     let (_good, port) = start_app("1.0.0", fake, &data);
-    wait_for(Duration::from_secs(20), "1.0.0 to catch up", || {
+    wait_for("1.0.0 to catch up", Duration::from_secs(20), || {
         app_status(port).filter(|(p, _, _)| *p > stuck && now_ms() - p < 5_000)
     });
 }

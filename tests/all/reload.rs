@@ -1,7 +1,6 @@
 //! Reloading the config (file change or SIGHUP) without a restart.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -10,14 +9,6 @@ fn replace_file(path: &Path, content: &[u8]) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn config(agent_dir: &Path, port: u16, extra_check: bool, plugin: &Path) -> String {
@@ -44,8 +35,8 @@ fn config_and_plugin_changes_are_picked_up_and_bad_ones_refused() {
     let plugin = dir.path().join("swappable.wat");
     std::fs::copy(fixture("pass.wat"), &plugin).unwrap();
     let initial = config(dir.path(), app.port, false, &plugin);
-    let mut agent = Agent::start_in(dir, "");
-    // Agent::start_in wrote a config with an empty body; replace it (and restart) with ours.
+    let mut agent = Agent::process_in(dir, "");
+    // Agent::process_in wrote a config with an empty body; replace it (and restart) with ours.
     std::fs::write(&agent.config, &initial).unwrap();
     agent.stop();
     agent.spawn();

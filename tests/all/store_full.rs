@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -16,14 +15,6 @@ struct Mount(std::path::PathBuf);
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -79,8 +70,8 @@ fn a_full_state_dir_does_not_stop_a_rollback() {
     health.store(500, Ordering::SeqCst);
 
     // The rollback happens on disk all the same: swap and restart.
-    wait("the swap back to 1.0.0", || current(&root) == "1.0.0");
-    wait("the restart of 1.0.0", || {
+    wait_until("the swap back to 1.0.0", || current(&root) == "1.0.0");
+    wait_until("the restart of 1.0.0", || {
         std::fs::read_to_string(&restarts)
             .unwrap_or_default()
             .lines()
@@ -96,7 +87,7 @@ fn a_full_state_dir_does_not_stop_a_rollback() {
 
     // Space again: the store catches up, the rollback is in the history.
     std::fs::remove_file(&filler).unwrap();
-    wait("the store to be written again", || {
+    wait_until("the store to be written again", || {
         let s = agent.json(&["status", "shop"]);
         s["store_unwritable"].is_null() && s["active"] == "1.0.0" && s["state"] == "healthy"
     });

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -27,12 +28,12 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// A plugin built by `make plugins`.
 /// A compiled-component cache the tests share (`target/test-plugin-cache`).
 pub fn plugin_cache() -> PathBuf {
     repo().join("target/test-plugin-cache")
 }
 
+/// A plugin built by `make plugins`.
 pub fn plugin(name: &str) -> PathBuf {
     let p = repo().join("target/plugins").join(format!("{name}.wasm"));
     assert!(
@@ -270,29 +271,183 @@ impl FakeApp {
     }
 }
 
-/// A `rollbackd` running on a config in its own temp dir; killed on drop.
+/// Polls `probe` every 20 ms until it yields a value; fails naming `what`
+/// once `limit` has passed.
+pub fn wait_for<T>(what: &str, limit: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_opt(limit, probe).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// `wait_for` a condition, 30 s at most.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(30), || cond().then_some(()))
+}
+
+/// One plugin host for every agent run in this process: components compiled
+/// once (and cached in `plugin_cache()` across runs), one engine, one pool.
+fn shared_host() -> Arc<rollback_agent::plugin::PluginHost> {
+    static HOST: std::sync::OnceLock<Arc<rollback_agent::plugin::PluginHost>> =
+        std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let cache = plugin_cache();
+        Arc::new(
+            rollback_agent::plugin::PluginHost::with_options(rollback_agent::plugin::HostOptions {
+                cache_dir: Some(cache),
+                max_memory: Some(256 << 20),
+            })
+            .unwrap(),
+        )
+    })
+    .clone()
+}
+
+/// Links `<dir>/state/plugin-cache` (where `rollbackd` keeps its compiled
+/// plugins) to the cache the tests share.
+fn share_plugin_cache(dir: &Path) {
+    let cache = plugin_cache();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cache)
+        .unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::os::unix::fs::symlink(&cache, dir.join("state/plugin-cache")).unwrap();
+}
+
+/// The log filter of the agents under test.
+const LOG_FILTER: &str =
+    "debug,sled=info,cranelift_codegen=info,wasmtime=info,wasmtime_cranelift=info";
+
+/// An agent run in this process by `daemon::run` on its own runtime thread.
+struct InProcess {
+    signals: tokio::sync::mpsc::Sender<rollback_agent::daemon::Signal>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts the agent on `config` (logging to `log`) and waits until it
+    /// serves `socket`, or fails with the reason it did not start.
+    fn start(config: &Path, socket: &Path, log: std::fs::File) -> Result<InProcess, String> {
+        use rollback_agent::daemon;
+        let config = rollback_agent::config::Config::load(config).map_err(|e| e.to_string())?;
+        let socket = socket.to_path_buf();
+        let (signals, rx) = tokio::sync::mpsc::channel(4);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(LOG_FILTER))
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(log))
+                .finish();
+            let dispatch = tracing::Dispatch::new(subscriber);
+            let _default = tracing::dispatcher::set_default(&dispatch);
+            let each = dispatch.clone();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                // Every thread of this agent logs to its own file.
+                .on_thread_start(move || {
+                    std::mem::forget(tracing::dispatcher::set_default(&each));
+                })
+                .build()?;
+            let result = rt.block_on(async move {
+                let options = daemon::Options {
+                    host: Some(shared_host()),
+                };
+                let started = daemon::start(config, options).await?;
+                let listener = rollback_agent::control::bind(&socket, started.socket_gid())?;
+                let _ = ready_tx.send(());
+                started.serve(listener, rx).await
+            });
+            if let Err(e) = &result {
+                tracing::error!("rollbackd: {e:#}");
+            }
+            rt.shutdown_timeout(Duration::from_secs(3));
+            result
+        });
+        match ready_rx.recv() {
+            Ok(()) => Ok(InProcess { signals, thread }),
+            Err(_) => Err(match thread.join() {
+                Ok(Err(e)) => format!("{e:#}"),
+                Ok(Ok(())) => "it returned at once".to_string(),
+                Err(_) => "it panicked".to_string(),
+            }),
+        }
+    }
+
+    /// Tells the agent to shut down and waits for it: whether it ended cleanly.
+    fn stop(self) -> bool {
+        let _ = self
+            .signals
+            .blocking_send(rollback_agent::daemon::Signal::Shutdown);
+        matches!(self.thread.join(), Ok(Ok(())))
+    }
+}
+
+/// How an agent under test runs.
+enum Running {
+    /// The `rollbackd` binary: for signals, crashes, fail points, the
+    /// daemon's environment and its process-wide metrics.
+    Process(Child),
+    /// `daemon::run` in this process, on the shared warm plugin host.
+    InProcess(InProcess),
+}
+
+/// How an agent under test ended.
+#[derive(Debug)]
+pub struct Stopped(bool);
+
+impl Stopped {
+    /// A clean exit (status 0, or `daemon::run` returning `Ok`).
+    pub fn success(&self) -> bool {
+        self.0
+    }
+}
+
+/// An agent running on a config in its own temp dir, in this process (the
+/// default) or as a `rollbackd` process (`Agent::process*`); stopped on drop.
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub config: PathBuf,
-    child: Option<Child>,
+    running: Option<Running>,
+    /// Whether it runs as a process.
+    process: bool,
     /// Extra environment of the daemon (e.g. for `env:` secrets).
     env: Vec<(String, String)>,
 }
 
 impl Agent {
-    /// Writes `config` (TOML, with `{dir}` replaced by the temp dir) and starts the agent.
+    /// Writes `config` (TOML, with `{dir}` replaced by the temp dir) and
+    /// starts the agent in this process.
     pub fn start(config: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         Agent::start_in(dir, config)
     }
 
+    /// `start` in `dir`.
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Agent {
-        Agent::start_in_with_env(dir, config, &[])
+        Agent::new(dir, config, false, &[])
     }
 
-    /// `start_in`, with these variables in the daemon's environment.
+    /// `start_in`, as a `rollbackd` process (sharing the tests' compiled
+    /// plugins through `state/plugin-cache`, a link to `plugin_cache()`).
+    pub fn process_in(dir: tempfile::TempDir, config: &str) -> Agent {
+        share_plugin_cache(dir.path());
+        Agent::new(dir, config, true, &[])
+    }
+
+    /// `process_in` with a plugin cache of its own, empty at first.
+    pub fn process_with_own_cache_in(dir: tempfile::TempDir, config: &str) -> Agent {
+        Agent::new(dir, config, true, &[])
+    }
+
+    /// `process_in`, with these variables in the daemon's environment.
     pub fn start_in_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Agent {
+        share_plugin_cache(dir.path());
+        Agent::new(dir, config, true, env)
+    }
+
+    fn new(dir: tempfile::TempDir, config: &str, process: bool, env: &[(&str, &str)]) -> Agent {
         let socket = dir.path().join("control.sock");
         let config_path = dir.path().join("agent.toml");
         write_config(
@@ -303,7 +458,8 @@ impl Agent {
             dir,
             socket,
             config: config_path,
-            child: None,
+            running: None,
+            process,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -317,60 +473,82 @@ impl Agent {
         self.dir.path()
     }
 
-    /// Starts the daemon and waits until its socket answers.
-    pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn spawn(&mut self) {
+        assert!(self.running.is_none(), "the agent is running already");
+        if !self.process {
+            match InProcess::start(&self.config, &self.socket, self.log_file()) {
+                Ok(agent) => self.running = Some(Running::InProcess(agent)),
+                Err(e) => panic!("the agent did not start: {e}\n{}", self.log()),
+            }
+            return;
+        }
+        let log = self.log_file();
         let child = Command::new(ROLLBACKD)
             .arg("--config")
             .arg(&self.config)
-            .env(
-                "ROLLBACK_AGENT_LOG",
-                "debug,sled=info,cranelift_codegen=info,wasmtime=info,wasmtime_cranelift=info",
-            )
+            .env("ROLLBACK_AGENT_LOG", LOG_FILTER)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "rollbackd exited with {status} before it was ready:\n{}",
-                    self.log()
+        let mut child = Some(child);
+        wait_for(
+            "rollbackd to become ready",
+            Duration::from_secs(120),
+            || {
+                if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                    return Some(());
+                }
+                if let Some(status) = child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!(
+                        "rollbackd exited with {status} before it was ready:\n{}",
+                        self.log()
+                    );
+                }
+                None
+            },
+        );
+        self.running = child.map(Running::Process);
+    }
+
+    /// Stops the daemon (SIGTERM to a process, `Shutdown` in this process)
+    /// and says how it ended.
+    pub fn stop(&mut self) -> Stopped {
+        match self.running.take().expect("agent not running") {
+            Running::InProcess(agent) => Stopped(agent.stop()),
+            Running::Process(child) => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .unwrap();
+                // A clean shutdown is prompt, even with a plugin spinning in a check.
+                let status = self.wait_child(
+                    child,
+                    Duration::from_secs(30),
+                    "exit within 30 s of SIGTERM",
                 );
+                Stopped(status.success())
             }
-            assert!(
-                Instant::now() < deadline,
-                "rollbackd did not become ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Stops the daemon with SIGTERM and returns its exit status.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let child = self.child.take().expect("agent not running");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        // A clean shutdown is prompt, even with a plugin spinning in a check.
-        self.wait_child(
-            child,
-            Duration::from_secs(30),
-            "exit within 30 s of SIGTERM",
-        )
+    /// The `rollbackd` process (panics for an agent run in this process).
+    fn child(&mut self) -> Child {
+        match self.running.take() {
+            Some(Running::Process(child)) => child,
+            _ => panic!("not a running `rollbackd` process: start it with Agent::process"),
+        }
     }
 
     /// Waits for `child` to exit (killing it and failing past `patience`).
@@ -396,7 +574,7 @@ impl Agent {
 
     /// Kills the daemon with SIGKILL (no cleanup at all) and waits for it.
     pub fn kill9(&mut self) {
-        let mut child = self.child.take().expect("agent not running");
+        let mut child = self.child();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -409,6 +587,7 @@ impl Agent {
     /// environment for its next start.
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        assert!(self.process, "the environment is a process agent's");
         self.env.retain(|(k, _)| k != name);
         if let Some(v) = value {
             self.env.push((name.to_string(), v.to_string()));
@@ -419,13 +598,16 @@ impl Agent {
     /// its status.
     #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let child = self.child.take().expect("agent not running");
+        let child = self.child();
         self.wait_child(child, Duration::from_secs(60), "exit by itself")
     }
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("agent not running").id()
+        match &self.running {
+            Some(Running::Process(child)) => child.id(),
+            _ => panic!("not a running `rollbackd` process: start it with Agent::process"),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -469,26 +651,40 @@ impl Agent {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.json(&["status", "shop"]);
-            if pred(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {status}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let mut last = serde_json::Value::Null;
+        let found = wait_for_opt(Duration::from_secs(30), || {
+            last = self.json(&["status", "shop"]);
+            pred(&last).then(|| last.clone())
+        });
+        found.unwrap_or_else(|| panic!("timed out waiting for {what}: {last}"))
+    }
+}
+
+/// `wait_for` that answers `None` instead of failing once `limit` has passed.
+pub fn wait_for_opt<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
         }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match self.running.take() {
+            Some(Running::Process(mut c)) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Some(Running::InProcess(agent)) => {
+                agent.stop();
+            }
+            None => {}
         }
         if std::thread::panicking() {
             eprintln!("--- agent log ---\n{}", self.log());
@@ -520,7 +716,7 @@ pub fn ctl_with(socket: &Path, args: &[&str]) -> Ctl {
 }
 
 /// `rollbackctl plugin test <name>.wasm --json` (the plugin runs here, no
-/// agent): `--allow-host` for each of `hosts`, `--config` and `--secret` for
+/// agent; compiled once into the shared cache): `--allow-host` for each of `hosts`, `--config` and `--secret` for
 /// each pair, then `extra` arguments.
 pub fn plugin_test(
     name: &str,
@@ -534,6 +730,8 @@ pub fn plugin_test(
         "test".to_string(),
         plugin(name).display().to_string(),
         "--json".to_string(),
+        "--cache-dir".to_string(),
+        plugin_cache().display().to_string(),
     ];
     for host in hosts {
         args.extend(["--allow-host".to_string(), host.clone()]);

@@ -175,7 +175,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let result = rt.block_on(rollback_agent::daemon::run(config));
+            let result = rt.block_on(rollback_agent::daemon::main(config));
             // Calls still in flight get a moment to reach their deadline; a
             // task that never yields must not keep the process alive.
             rt.shutdown_timeout(std::time::Duration::from_secs(3));
