@@ -651,7 +651,7 @@ impl Control {
                         let _ = protocol::write_message(write, &e.to_reply()).await;
                         return;
                     };
-                    if p.app.as_ref().is_some_and(|a| *a != event.app && event.kind != "lagged") {
+                    if p.app.as_ref().is_some_and(|a| *a != event.app && event.kind != crate::live::LiveKind::Lagged) {
                         continue;
                     }
                     let reply = Reply {

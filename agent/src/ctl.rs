@@ -498,7 +498,7 @@ fn live_line(e: &LiveEvent, with_app: bool, colour: bool) -> String {
     if with_app {
         line.push_str(&format!("{:<12}  ", e.app));
     }
-    line.push_str(&paint(&format!("{:<17}", e.kind), &e.kind, colour));
+    line.push_str(&paint(&format!("{:<17}", e.kind), e.kind.as_str(), colour));
     let mut parts: Vec<String> = Vec::new();
     match (&e.from, &e.to) {
         (None, None) => parts.extend(e.version.clone()),
@@ -506,7 +506,10 @@ fn live_line(e: &LiveEvent, with_app: bool, colour: bool) -> String {
     }
     if let Some(check) = &e.check {
         match &e.outcome {
-            Some(o) => parts.push(format!("{check}: {}", paint(o, o, colour))),
+            Some(o) => parts.push(format!(
+                "{check}: {}",
+                paint(o.as_str(), o.as_str(), colour)
+            )),
             None => parts.push(format!("check {check}")),
         }
     }
@@ -867,8 +870,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                     if let Ok(event) = serde_json::from_value::<LiveEvent>(event.clone()) {
                         let changed = match (&event.check, &event.outcome) {
                             (Some(check), Some(outcome)) => {
-                                last_outcome.insert(check.clone(), outcome.clone())
-                                    != Some(outcome.clone())
+                                last_outcome.insert(check.clone(), *outcome) != Some(*outcome)
                             }
                             _ => true,
                         };

@@ -11,18 +11,73 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::domain::{Actor, Event};
+use crate::domain::{Actor, Event, EventKind, Outcome};
 
 /// How many items a slow watcher may fall behind before it loses some.
 const CAPACITY: usize = 1024;
 
+/// What a live item is; on the wire one word: a history event kind (as in
+/// `History`), `check-result` or `lagged`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    /// A recorded history event.
+    Event(EventKind),
+    /// A check run's result.
+    CheckResult,
+    /// The watcher fell behind and lost items.
+    Lagged,
+}
+
+impl LiveKind {
+    /// Its wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LiveKind::Event(kind) => kind.as_str(),
+            LiveKind::CheckResult => "check-result",
+            LiveKind::Lagged => "lagged",
+        }
+    }
+}
+
+impl std::fmt::Display for LiveKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LiveKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "check-result" => Ok(LiveKind::CheckResult),
+            "lagged" => Ok(LiveKind::Lagged),
+            other => other
+                .parse()
+                .map(LiveKind::Event)
+                .map_err(|_| format!("unknown live item kind {other:?}")),
+        }
+    }
+}
+
+impl Serialize for LiveKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for LiveKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let word = String::deserialize(d)?;
+        word.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One item of the feed, flat so that any client can print it: a recorded
-/// history event (`kind` as in `History`), a check result (`check-result`), or
-/// the note that the watcher fell behind (`lagged`).
+/// history event, a check result, or the note that the watcher fell behind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveEvent {
-    /// A history event kind, `check-result` or `lagged`.
-    pub kind: String,
+    /// What it is.
+    pub kind: LiveKind,
     /// The app (empty for `lagged`).
     pub app: String,
     /// When, milliseconds since the Unix epoch.
@@ -55,7 +110,7 @@ pub struct LiveEvent {
     pub hook: Option<String>,
     /// Check results: `pass`, `warn`, `fail` or `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     /// Check results: the plugin's summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
@@ -65,9 +120,9 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
-    fn bare(kind: &str, app: &str, at_ms: u64) -> Self {
+    fn bare(kind: LiveKind, app: &str, at_ms: u64) -> Self {
         LiveEvent {
-            kind: kind.to_string(),
+            kind,
             app: app.to_string(),
             at_ms,
             time: crate::protocol::rfc3339(at_ms),
@@ -96,7 +151,7 @@ impl LiveEvent {
             reason: e.reason.clone(),
             check: e.check.clone(),
             hook: e.hook.clone(),
-            ..LiveEvent::bare(e.kind.as_str(), &e.app, e.at_ms)
+            ..LiveEvent::bare(LiveKind::Event(e.kind), &e.app, e.at_ms)
         }
     }
 
@@ -105,7 +160,7 @@ impl LiveEvent {
         app: &str,
         version: &str,
         check: &str,
-        outcome: &str,
+        outcome: Outcome,
         summary: &str,
         at_ms: u64,
         duration_ms: u64,
@@ -113,10 +168,10 @@ impl LiveEvent {
         LiveEvent {
             version: Some(version.to_string()),
             check: Some(check.to_string()),
-            outcome: Some(outcome.to_string()),
+            outcome: Some(outcome),
             summary: Some(summary.to_string()),
             duration_ms: Some(duration_ms),
-            ..LiveEvent::bare("check-result", app, at_ms)
+            ..LiveEvent::bare(LiveKind::CheckResult, app, at_ms)
         }
     }
 
@@ -124,7 +179,7 @@ impl LiveEvent {
     pub fn lagged(missed: u64) -> Self {
         LiveEvent {
             reason: Some(format!("fell behind: {missed} events not shown")),
-            ..LiveEvent::bare("lagged", "", crate::store::now_ms())
+            ..LiveEvent::bare(LiveKind::Lagged, "", crate::domain::now_ms())
         }
     }
 }
@@ -191,7 +246,7 @@ mod tests {
         let feed = Feed::default();
         feed.publish(LiveEvent::lagged(0));
         let mut w = feed.subscribe();
-        let e = LiveEvent::check_result("shop", "1.0.0", "health", "pass", "ok", 5, 2);
+        let e = LiveEvent::check_result("shop", "1.0.0", "health", Outcome::Pass, "ok", 5, 2);
         feed.publish(e.clone());
         assert_eq!(*w.next().await.expect("item"), e);
         assert!(w.try_next().is_none());
@@ -202,11 +257,33 @@ mod tests {
         let feed = Feed::default();
         let mut w = feed.subscribe();
         for i in 0..(CAPACITY as u64 + 5) {
-            feed.publish(LiveEvent::check_result("shop", "1", "c", "pass", "", i, 0));
+            feed.publish(LiveEvent::check_result(
+                "shop",
+                "1",
+                "c",
+                Outcome::Pass,
+                "",
+                i,
+                0,
+            ));
         }
         let first = w.next().await.expect("item");
-        assert_eq!(first.kind, "lagged");
+        assert_eq!(first.kind, LiveKind::Lagged);
         assert!(first.reason.as_deref().unwrap_or("").contains("5 events"));
         assert_eq!(w.next().await.expect("item").at_ms, 5);
+    }
+
+    #[test]
+    fn kinds_are_one_word_on_the_wire_and_unknown_ones_are_refused() {
+        for kind in EventKind::ALL
+            .iter()
+            .map(|k| LiveKind::Event(*k))
+            .chain([LiveKind::CheckResult, LiveKind::Lagged])
+        {
+            let text = serde_json::to_string(&kind).expect("serialises");
+            assert_eq!(text, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<LiveKind>(&text).ok(), Some(kind));
+        }
+        assert!(serde_json::from_str::<LiveKind>("\"no-such-kind\"").is_err());
     }
 }

@@ -1320,7 +1320,7 @@ impl Supervisor {
                 &self.cfg.name,
                 version,
                 &check.name,
-                outcome.as_str(),
+                outcome,
                 &summary,
                 at_ms,
                 duration_ms,
