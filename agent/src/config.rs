@@ -106,6 +106,23 @@ pub struct AgentConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// One variable of a restart command's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvVar {
+    /// Passed through from the agent's own environment, if it is set there.
+    Pass(String),
+    /// Set to this value.
+    Set(String, String),
+}
+
+/// `restart_env` as written: names to pass through, or `NAME = "value"` pairs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEnv {
+    Names(Vec<String>),
+    Values(BTreeMap<String, String>),
+}
+
 /// One `[apps.NAME]` table.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -120,6 +137,9 @@ pub struct AppConfig {
     pub restart: Option<Vec<String>>,
     /// How long the restart command may take.
     pub restart_timeout: Duration,
+    /// What the restart command gets in its environment besides `PATH`,
+    /// `LANG` and the `ROLLBACK_*` variables (`restart_env`).
+    pub restart_env: Vec<EnvVar>,
     /// Health checks, in config order.
     pub checks: Vec<CheckConfig>,
     /// Rollback hooks, in config order.
@@ -416,6 +436,7 @@ struct RawApp {
     bake: Option<String>,
     restart: Option<Vec<String>>,
     restart_timeout: Option<String>,
+    restart_env: Option<RawEnv>,
     #[serde(default)]
     checks: Vec<RawCheck>,
     #[serde(default)]
@@ -669,6 +690,48 @@ impl Validator<'_> {
         Ok(d)
     }
 
+    /// `restart_env`: valid variable names, none of the agent's own
+    /// (`PATH`, `LANG`, `ROLLBACK_*` are always set), values without NUL.
+    fn restart_env(&self, key: &str, raw: Option<RawEnv>) -> Result<Vec<EnvVar>, ConfigError> {
+        let vars: Vec<EnvVar> = match raw {
+            None => return Ok(Vec::new()),
+            Some(RawEnv::Names(names)) => names.into_iter().map(EnvVar::Pass).collect(),
+            Some(RawEnv::Values(pairs)) => {
+                pairs.into_iter().map(|(k, v)| EnvVar::Set(k, v)).collect()
+            }
+        };
+        let mut seen = BTreeSet::new();
+        for var in &vars {
+            let (EnvVar::Pass(name) | EnvVar::Set(name, _)) = var;
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(self.err(
+                    key,
+                    format!("`{name}` is not a variable name (A-Z a-z 0-9 _, not starting with a digit)"),
+                ));
+            }
+            if name.starts_with("ROLLBACK_") || name == "PATH" || name == "LANG" {
+                return Err(self.err(
+                    key,
+                    format!("`{name}` is set by the agent; it cannot be listed"),
+                ));
+            }
+            if let EnvVar::Set(_, value) = var {
+                if value.contains('\0') {
+                    return Err(self.err(key, format!("the value of `{name}` contains a NUL byte")));
+                }
+            }
+            if !seen.insert(name.clone()) {
+                return Err(self.err(key, format!("`{name}` is listed twice")));
+            }
+        }
+        Ok(vars)
+    }
+
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let history_retention = self.duration(
             "agent.history_retention",
@@ -756,6 +819,7 @@ impl Validator<'_> {
             }
             None => None,
         };
+        let restart_env = self.restart_env(&format!("{key}.restart_env"), raw.restart_env)?;
         let mut checks = Vec::with_capacity(raw.checks.len());
         let mut names = BTreeSet::new();
         for (i, c) in raw.checks.into_iter().enumerate() {
@@ -796,6 +860,7 @@ impl Validator<'_> {
                 DEFAULT_RESTART_TIMEOUT,
                 MAX_DEADLINE,
             )?,
+            restart_env,
             checks,
             hooks,
             snapshot: raw.snapshot.iter().map(|p| self.resolve(p)).collect(),
@@ -1184,6 +1249,40 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
             ConfigError::Invalid { key, .. } => key,
             other => panic!("expected a validation error, got {other}"),
         }
+    }
+
+    #[test]
+    fn restart_env_takes_names_or_pairs_and_refuses_the_agents_own() {
+        let base = "[apps.shop]\nroot = \"/srv/shop\"\n";
+        let c = parse(&format!("{base}restart_env = [\"HOME\", \"NODE_ENV\"]\n")).unwrap();
+        assert_eq!(
+            c.apps["shop"].restart_env,
+            [EnvVar::Pass("HOME".into()), EnvVar::Pass("NODE_ENV".into())]
+        );
+        let c = parse(&format!(
+            "{base}restart_env = {{ NODE_ENV = \"production\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.apps["shop"].restart_env,
+            [EnvVar::Set("NODE_ENV".into(), "production".into())]
+        );
+        assert!(parse(base).unwrap().apps["shop"].restart_env.is_empty());
+        for bad in [
+            "[\"ROLLBACK_VERSION\"]",
+            "[\"PATH\"]",
+            "[\"1X\"]",
+            "[\"A-B\"]",
+            "[\"\"]",
+            "[\"HOME\", \"HOME\"]",
+        ] {
+            assert_eq!(
+                invalid_key(&format!("{base}restart_env = {bad}\n")),
+                "apps.shop.restart_env",
+                "{bad}"
+            );
+        }
+        assert!(parse(&format!("{base}restart_env = 3\n")).is_err());
     }
 
     #[test]

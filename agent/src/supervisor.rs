@@ -1168,6 +1168,7 @@ impl Supervisor {
         };
         let r = crate::restart::run(
             &argv,
+            &self.cfg.restart_env,
             self.app(),
             version,
             &self.cfg.root,

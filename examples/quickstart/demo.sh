@@ -27,7 +27,7 @@ fake_port=18081
 
 # Made-up Login with Amazon credentials: the fake accepts exactly these, the
 # agent hands them to the order-sync check (env: secrets in agent.toml) and the
-# app reads them from the environment it inherits through restart.sh.
+# app reads them from the environment restart.sh passes on (restart_env).
 export SPAPI_CLIENT_ID="amzn1.application-oa2-client.quickstart-demo"
 export SPAPI_CLIENT_SECRET="quickstart-demo-client-secret"
 export SPAPI_REFRESH_TOKEN="Atzr|quickstart-demo-refresh-token"

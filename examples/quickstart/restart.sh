@@ -16,8 +16,9 @@
 #
 # The app keeps its sync position in ../shop-data/, outside the releases, so
 # every release carries on from where the previous one stopped. Its SP-API
-# credentials (SPAPI_*) come from the agent's environment here, which demo.sh
-# sets; a real unit would read them from its own EnvironmentFile.
+# credentials (SPAPI_*) are passed through from the agent's environment by
+# `restart_env` in agent.toml (demo.sh sets them); a real unit would read them
+# from its own EnvironmentFile.
 set -euo pipefail
 
 : "${ROLLBACK_ROOT:?ROLLBACK_ROOT is not set (this script is run by rollbackd)}"

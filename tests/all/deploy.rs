@@ -429,3 +429,35 @@ fn degraded_survives_an_agent_restart() {
     let releases = agent.json(&["releases", "shop"]);
     assert_eq!(releases["releases"][0]["state"], "failed");
 }
+
+#[test]
+fn the_restart_command_never_sees_the_agents_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let seen = dir.path().join("restart-env.txt");
+    let restart = format!(
+        "restart = [\"sh\", \"-c\", \"env > {}\"]\nrestart_env = {{ NODE_ENV = \"production\" }}",
+        seen.display()
+    );
+    let agent = Agent::start_in_with_env(
+        dir,
+        &shop_config(app.port, "300ms", &restart),
+        &[("SHOP_API_SECRET", "hunter2")],
+    );
+    let out = agent.deploy(s(&example_release("1.0.0")), "1.0.0", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        !env.contains("hunter2"),
+        "a secret reached the restart command: {env}"
+    );
+    for line in [
+        "NODE_ENV=production",
+        "ROLLBACK_VERSION=1.0.0",
+        "ROLLBACK_APP=shop",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing: {env}");
+    }
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+}

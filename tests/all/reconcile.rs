@@ -20,6 +20,7 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
         bake,
         restart: None,
         restart_timeout: Duration::from_secs(5),
+        restart_env: Vec::new(),
         checks: Vec::new(),
         hooks: Vec::new(),
         snapshot: Vec::new(),
