@@ -1,9 +1,13 @@
 //! The control socket server.
 //!
 //! Owns the Unix socket: binding it (refusing to steal a live one, replacing
-//! a stale one), its mode, reading Varlink calls with a size cap, identifying
-//! the peer from SO_PEERCRED, and dispatching: read-only methods are served
-//! from the store, changes are sent as commands to the app's supervisor.
+//! a stale one), its mode, reading Varlink calls within limits (at most
+//! `MAX_CONNECTIONS` at once, the next told so and closed; a message at most
+//! 1 MiB and complete within `MESSAGE_TIMEOUT` of its first byte; a connection
+//! idle for `IDLE_TIMEOUT` between calls is closed; all connections together
+//! buffer at most `BUFFER_BUDGET`), identifying the peer from SO_PEERCRED, and
+//! dispatching: read-only methods are served from the store, changes are sent
+//! as commands to the app's supervisor.
 //!
 //! Must never write releases or the store itself, and must never let one bad
 //! or slow client affect another (each connection is its own task; a bad
@@ -27,7 +31,22 @@ pub struct Control {
     store: Store,
     registry: std::sync::RwLock<Registry>,
     authz: Authz,
+    /// One permit per connection being served.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// What incomplete messages may hold in memory, all connections together.
+    budget: protocol::Budget,
 }
+
+/// Most connections served at once; the next is answered with
+/// `TooManyConnections` and closed.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a message may take from its first byte to its NUL.
+pub const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a connection may stay silent between calls (not while a
+/// streaming call owns it).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bytes all incomplete messages together may hold.
+pub const BUFFER_BUDGET: usize = 64 * 1024 * 1024;
 
 /// The apps and plugins the agent runs now (replaced on reload).
 struct Registry {
@@ -222,6 +241,17 @@ fn command_error(e: CommandError) -> RemoteError {
     RemoteError::new(name, e.to_string())
 }
 
+/// Tells a connection over `MAX_CONNECTIONS` so (within a second) and closes it.
+async fn refuse(mut stream: UnixStream) {
+    let err = RemoteError::new(
+        error::TOO_MANY_CONNECTIONS,
+        format!("the agent serves at most {MAX_CONNECTIONS} connections at once; try again"),
+    );
+    let reply = err.to_reply();
+    let write = protocol::write_message(&mut stream, &reply);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
+}
+
 fn internal(e: impl std::fmt::Display) -> RemoteError {
     RemoteError::new(error::INTERNAL, e.to_string())
 }
@@ -242,6 +272,8 @@ impl Control {
             store,
             registry: std::sync::RwLock::new(Registry { apps, plugins }),
             authz,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            budget: protocol::Budget::new(BUFFER_BUDGET),
         }
     }
 
@@ -259,10 +291,18 @@ impl Control {
     pub async fn serve(self: Arc<Self>, listener: UnixListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.connection(stream).await });
-                }
+                Ok((stream, _)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.connection(stream).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        tokio::spawn(refuse(stream));
+                    }
+                },
                 Err(e) => {
                     tracing::error!("control socket accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -271,12 +311,34 @@ impl Control {
         }
     }
 
+    /// The connections being served now.
+    pub fn connections(&self) -> usize {
+        MAX_CONNECTIONS - self.slots.available_permits()
+    }
+
     async fn connection(&self, stream: UnixStream) {
         let (actor, access) = peer_of(&stream, &self.authz);
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         loop {
-            let bytes = match protocol::read_message(&mut reader).await {
+            // Silent between calls for too long: closed, to free the slot.
+            match tokio::time::timeout(IDLE_TIMEOUT, reader.fill_buf()).await {
+                Ok(Ok(buf)) if !buf.is_empty() => {}
+                _ => return,
+            }
+            let read =
+                protocol::read_message(&mut reader, protocol::MAX_MESSAGE, Some(&self.budget));
+            let read = match tokio::time::timeout(MESSAGE_TIMEOUT, read).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "message not complete within {} of its first byte",
+                        humantime::format_duration(MESSAGE_TIMEOUT)
+                    ),
+                )),
+            };
+            let bytes = match read {
                 Ok(Some(b)) => b,
                 Ok(None) => return,
                 Err(e) => {

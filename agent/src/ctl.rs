@@ -383,7 +383,7 @@ impl Client {
     pub async fn next_reply(
         &mut self,
     ) -> anyhow::Result<Result<(serde_json::Value, bool), RemoteError>> {
-        let bytes = protocol::read_message(&mut self.reader)
+        let bytes = protocol::read_message(&mut self.reader, protocol::MAX_REPLY, None)
             .await
             .context("cannot read the agent's reply")?
             .context("the agent closed the connection without replying")?;

@@ -593,6 +593,7 @@ pub async fn run(
 /// or SIGINT; SIGHUP reloads the config.
 pub async fn main(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    raise_fd_limit();
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let socket = config.agent.socket.clone();
@@ -614,6 +615,20 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     let result = started.serve(listener, rx).await;
     signals.abort();
     result
+}
+
+/// Raises the soft limit on open files to the hard one: clients, checks and
+/// staging all need descriptors, and the default soft limit (1024) is low.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// One line for `systemctl status`: each app's state and active release.

@@ -17,8 +17,77 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The Varlink interface name.
 pub const INTERFACE: &str = "io.rollback.Agent";
-/// Largest message accepted, in bytes.
+/// Largest message the agent accepts, in bytes.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// Largest reply a client reads, in bytes: far above what the agent sends
+/// (a `History` of 10,000 events, an incident of a long history).
+pub const MAX_REPLY: usize = 256 * 1024 * 1024;
+
+/// Bytes that messages being read may hold in memory at once, shared by
+/// every connection, so that many slow clients cannot exhaust memory.
+#[derive(Debug)]
+pub struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Budget {
+        Budget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `n` bytes if they are left.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// What one `read_message` holds of a `Budget`; given back on drop.
+struct Held<'a> {
+    budget: Option<&'a Budget>,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    fn add(&mut self, n: usize) -> std::io::Result<()> {
+        if let Some(b) = self.budget {
+            if !b.take(n) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "the agent is holding too many incomplete messages; try again",
+                ));
+            }
+        }
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget {
+            b.give(self.bytes);
+        }
+    }
+}
 
 /// The interface description served by `org.varlink.service.GetInterfaceDescription`.
 pub const INTERFACE_DESCRIPTION: &str = include_str!("../../docs/io.rollback.Agent.varlink");
@@ -80,6 +149,8 @@ pub mod error {
     pub const INTERNAL: &str = "io.rollback.Agent.InternalError";
     /// The agent is shutting down.
     pub const SHUTTING_DOWN: &str = "io.rollback.Agent.ShuttingDown";
+    /// The agent serves as many connections as it will.
+    pub const TOO_MANY_CONNECTIONS: &str = "io.rollback.Agent.TooManyConnections";
     /// Standard Varlink: unknown method.
     pub const METHOD_NOT_FOUND: &str = "org.varlink.service.MethodNotFound";
     /// Standard Varlink: bad or missing parameter.
@@ -197,11 +268,15 @@ pub fn parameters<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, R
     })
 }
 
-/// Reads one NUL-terminated message; `Ok(None)` at a clean end of stream.
+/// Reads one NUL-terminated message of at most `limit` bytes, holding what
+/// it buffers against `budget` (if any); `Ok(None)` at a clean end of stream.
 pub async fn read_message<R: AsyncBufRead + Unpin>(
     reader: &mut R,
+    limit: usize,
+    budget: Option<&Budget>,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
+    let mut held = Held { budget, bytes: 0 };
     loop {
         let chunk = reader.fill_buf().await?;
         if chunk.is_empty() {
@@ -214,19 +289,21 @@ pub async fn read_message<R: AsyncBufRead + Unpin>(
                 ))
             };
         }
-        if let Some(pos) = chunk.iter().position(|b| *b == 0) {
-            buf.extend_from_slice(&chunk[..pos]);
-            reader.consume(pos + 1);
-            return Ok(Some(buf));
-        }
-        let n = chunk.len();
-        buf.extend_from_slice(chunk);
-        reader.consume(n);
-        if buf.len() > MAX_MESSAGE {
+        let (take, done) = match chunk.iter().position(|b| *b == 0) {
+            Some(pos) => (pos, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > limit {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("message larger than {MAX_MESSAGE} bytes"),
+                format!("message larger than {limit} bytes"),
             ));
+        }
+        held.add(take)?;
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(take + usize::from(done));
+        if done {
+            return Ok(Some(buf));
         }
     }
 }
@@ -479,14 +556,40 @@ mod tests {
     async fn frames_split_on_nul_and_reject_garbage() {
         let data = b"{\"a\":1}\0{\"b\":2}\0{\"c\"".to_vec();
         let mut r = tokio::io::BufReader::with_capacity(3, &data[..]);
-        assert_eq!(read_message(&mut r).await.unwrap().unwrap(), b"{\"a\":1}");
-        assert_eq!(read_message(&mut r).await.unwrap().unwrap(), b"{\"b\":2}");
-        assert!(read_message(&mut r).await.is_err(), "unterminated message");
+        let next = read_message(&mut r, MAX_MESSAGE, None).await;
+        assert_eq!(next.unwrap().unwrap(), b"{\"a\":1}");
+        let next = read_message(&mut r, MAX_MESSAGE, None).await;
+        assert_eq!(next.unwrap().unwrap(), b"{\"b\":2}");
+        let next = read_message(&mut r, MAX_MESSAGE, None).await;
+        assert!(next.is_err(), "unterminated message");
         let mut empty = tokio::io::BufReader::new(&b""[..]);
-        assert!(read_message(&mut empty).await.unwrap().is_none());
+        assert!(read_message(&mut empty, MAX_MESSAGE, None)
+            .await
+            .unwrap()
+            .is_none());
         let big = vec![b'x'; MAX_MESSAGE + 10];
         let mut r = tokio::io::BufReader::new(&big[..]);
-        assert!(read_message(&mut r).await.is_err(), "oversized message");
+        assert!(
+            read_message(&mut r, MAX_MESSAGE, None).await.is_err(),
+            "oversized message"
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_hold_a_shared_budget_while_they_are_read() {
+        let budget = Budget::new(10);
+        let data = b"12345678\0abcdefghijklm\0".to_vec();
+        let mut r = tokio::io::BufReader::with_capacity(4, &data[..]);
+        let first = read_message(&mut r, MAX_MESSAGE, Some(&budget))
+            .await
+            .unwrap();
+        assert_eq!(first.unwrap(), b"12345678");
+        assert_eq!(budget.used(), 0, "given back once read");
+        let err = read_message(&mut r, MAX_MESSAGE, Some(&budget))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory);
+        assert_eq!(budget.used(), 0, "given back on failure too");
     }
 
     #[test]

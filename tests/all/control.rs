@@ -321,3 +321,30 @@ fn status_without_apps_says_how_to_add_one() {
     assert!(out.stdout.contains("no apps"), "{}", out.stdout);
     assert_eq!(agent.json(&["status"])["apps"], serde_json::json!([]));
 }
+
+#[test]
+fn rollbackctl_reads_a_history_of_the_documented_maximum() {
+    // 10,000 events with long reasons: a reply of several MiB.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use rollback_agent::store::{Actor, Event, EventKind, Store};
+        let db = dir.path().join("state/db");
+        std::fs::create_dir_all(&db).unwrap();
+        let store = Store::open(&db).unwrap();
+        let reason = "x".repeat(400);
+        for i in 0..10_000 {
+            let event = Event::new("shop", Actor::agent(), EventKind::CheckFailed)
+                .reason(format!("{i} {reason}"));
+            store.record(event).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let agent = Agent::start_in(dir, "[apps.shop]\nroot = \"{dir}/shop\"\n");
+    let out = agent.ctl(&["history", "shop", "--limit", "10000", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.len() > 4 << 20, "{} bytes", out.stdout.len());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 10_000);
+    let out = agent.ctl(&["incident", "shop"]);
+    assert!(!out.stderr.contains("cannot read"), "{}", out.stderr);
+}

@@ -25,6 +25,7 @@ mod quickstart;
 mod reconcile;
 mod reload;
 mod sandbox;
+mod socket_limits;
 mod store_full;
 mod support;
 mod varlink;

@@ -440,6 +440,9 @@ impl AppDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspect", &link)(e)),
         }
+        // Everything the swap needs is opened before it: once `rename(2)` has
+        // happened, no failure to get a descriptor may report it as undone.
+        let root_dir = fs::File::open(&self.root).map_err(io_err("open", &self.root))?;
         let target = Path::new("releases").join(v.as_str());
         let tmp = create_unique(&self.root, CURRENT_TMP_PREFIX, |p| {
             std::os::unix::fs::symlink(&target, p)
@@ -449,7 +452,11 @@ impl AppDir {
             let _ = fs::remove_file(&tmp);
             return Err(io_err("rename temporary symlink over", &link)(e));
         }
-        fsync_dir(&self.root)?;
+        // The swap is done (readers see the new target); a failed fsync only
+        // means it may not survive a power loss, which start-up reconciles.
+        if let Err(e) = root_dir.sync_all() {
+            tracing::warn!(link = %link.display(), "cannot fsync the swap of current: {e}");
+        }
         tracing::info!(version = %v, link = %link.display(), "release activated");
         Ok(())
     }
