@@ -11,25 +11,9 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// What the agent sends before it closes `s` (up to 64 KiB, 15 s at most).
+/// What the agent sends before it closes `s` (15 s at most).
 fn reply_of(s: &mut UnixStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while out.len() < 65536 {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.contains(&0) {
-                    break;
-                }
-            }
-        }
-    }
-    String::from_utf8_lossy(&out)
-        .trim_end_matches('\0')
-        .to_string()
+    read_reply(s, Duration::from_secs(15))
 }
 
 #[test]

@@ -819,9 +819,15 @@ pub fn current(root: &Path) -> String {
 /// Sends raw bytes to the socket and returns everything read until EOF or NUL.
 pub fn raw_call(socket: &Path, bytes: &[u8]) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // The agent may reply and close before reading everything (oversized input).
     let _ = s.write_all(bytes);
+    read_reply(&mut s, Duration::from_secs(10))
+}
+
+/// What the agent sends on `s` up to EOF or a NUL (without it), waiting at
+/// most `patience` for each read.
+pub fn read_reply(s: &mut std::os::unix::net::UnixStream, patience: Duration) -> String {
+    s.set_read_timeout(Some(patience)).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
