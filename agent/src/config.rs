@@ -310,13 +310,20 @@ pub struct HookConfig {
     pub entry: PluginEntry,
 }
 
-/// One `allow_hosts` entry: `host`, `host:port` or `*.domain[:port]`.
+/// One `allow_hosts` entry: `host`, `host:port` or `*.domain[:port]`,
+/// optionally after `http://` or `https://`.
 ///
-/// Without a port only the URL scheme's default port (80, 443) matches.
+/// Without a port only the URL scheme's default port (80, 443) matches. A
+/// bare DNS name allows `https` only (`http://name` allows plain HTTP as
+/// well); an IP literal or `localhost` without a scheme allows both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRule {
     host: HostPattern,
     port: Option<u16>,
+    /// Whether plain `http` is allowed (always `https`).
+    plain_http: bool,
+    /// The scheme the entry was written with, if any.
+    written: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,26 +340,50 @@ impl HostRule {
         if entry.is_empty() {
             return Err("empty entry".into());
         }
-        if entry.contains("://") || entry.contains('/') {
-            return Err(format!("`{entry}` must be a host or host:port, not a URL"));
+        let (written, rest) = match entry.split_once("://") {
+            Some(("http", rest)) => (Some("http"), rest),
+            Some(("https", rest)) => (Some("https"), rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "`{entry}`: only http:// and https:// may precede a host (not `{scheme}://`)"
+                ))
+            }
+            None => (None, entry),
+        };
+        if rest.contains('/') || rest.contains("://") {
+            return Err(format!(
+                "`{entry}` must be a host or host:port (with an optional http:// or https://), not a URL with a path"
+            ));
         }
-        if entry.contains('@') {
+        if rest.contains('@') {
             return Err(format!("`{entry}` must not contain credentials"));
         }
-        let probe = entry.strip_prefix("*.").unwrap_or(entry);
+        let probe = rest.strip_prefix("*.").unwrap_or(rest);
         let (host, port) = split_host_port(probe).map_err(|m| format!("`{entry}`: {m}"))?;
-        let host = url::Host::parse(host)
-            .map_err(|e| format!("`{entry}` is not a valid host: {e}"))?
-            .to_string();
-        let host = if entry.starts_with("*.") {
+        let parsed =
+            url::Host::parse(host).map_err(|e| format!("`{entry}` is not a valid host: {e}"))?;
+        let literal = !matches!(parsed, url::Host::Domain(_));
+        let host = parsed.to_string();
+        let local = literal || (host == "localhost" && !rest.starts_with("*."));
+        let plain_http = match written {
+            Some(scheme) => scheme == "http",
+            None => local,
+        };
+        let host = if rest.starts_with("*.") {
             HostPattern::Suffix(host)
         } else {
             HostPattern::Exact(host)
         };
-        Ok(HostRule { host, port })
+        Ok(HostRule {
+            host,
+            port,
+            plain_http,
+            written,
+        })
     }
 
-    /// Whether a parsed URL's host and port are allowed by this rule.
+    /// Whether a parsed URL's host and port are allowed by this rule (the
+    /// scheme is `allows_plain_http`'s).
     pub fn matches(&self, host: &str, port: u16, default_port: u16) -> bool {
         let host = host.to_ascii_lowercase();
         let host_ok = match &self.host {
@@ -360,6 +391,11 @@ impl HostRule {
             HostPattern::Suffix(s) => host.len() > s.len() + 1 && host.ends_with(&format!(".{s}")),
         };
         host_ok && port == self.port.unwrap_or(default_port)
+    }
+
+    /// Whether plain `http` is allowed (`https` always is).
+    pub fn allows_plain_http(&self) -> bool {
+        self.plain_http
     }
 }
 
@@ -397,6 +433,9 @@ fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
 
 impl fmt::Display for HostRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(scheme) = self.written {
+            write!(f, "{scheme}://")?;
+        }
         match &self.host {
             HostPattern::Exact(h) => write!(f, "{h}")?,
             HostPattern::Suffix(s) => write!(f, "*.{s}")?,
@@ -1446,8 +1485,32 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
         let r = HostRule::parse("localhost:80").unwrap();
         assert!(r.matches("localhost", 80, 80));
         assert_eq!(r.to_string(), "localhost:80");
-        for bad in ["", "http://x", "a/b", "user@host", "host:99999", "host:abc"] {
+        for bad in [
+            "",
+            "http://x/path",
+            "ftp://x",
+            "a/b",
+            "user@host",
+            "https://user@host",
+            "host:99999",
+            "host:abc",
+        ] {
             assert!(HostRule::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn names_allow_https_only_unless_written_with_http() {
+        let plain = |entry: &str| HostRule::parse(entry).unwrap().allows_plain_http();
+        assert!(!plain("api.example.com"));
+        assert!(!plain("*.example.com"));
+        assert!(!plain("https://127.0.0.1:8080"));
+        assert!(plain("http://legacy.example.com"));
+        assert!(plain("127.0.0.1:8080"));
+        assert!(plain("[::1]:9000"));
+        assert!(plain("localhost:8080"));
+        let r = HostRule::parse("http://legacy.example.com:8080").unwrap();
+        assert!(r.matches("legacy.example.com", 8080, 80));
+        assert_eq!(r.to_string(), "http://legacy.example.com:8080");
     }
 }

@@ -19,6 +19,7 @@ mod live;
 mod marketplace;
 mod marketplace_fakes;
 mod metrics;
+mod outbound;
 mod platform;
 mod python;
 mod quickstart;

@@ -20,7 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::check::rollback::plugin::{
     clock, config as wit_config, http, kv as wit_kv, log as wit_log, types,
 };
-use super::{url_allowed, LogLine, Sandbox};
+use super::{outbound, url_allowed, LogLine, Sandbox, MAX_REDIRECTS};
 
 /// Most log lines kept from one call.
 const MAX_LOG_LINES: usize = 100;
@@ -258,17 +258,12 @@ impl http::Host for HostState {
         url_allowed(&self.sandbox.grants().allow_hosts, &url).map_err(http::Error::Denied)?;
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| http::Error::InvalidRequest(format!("bad method `{}`", req.method)))?;
-        let mut headers = reqwest::header::HeaderMap::new();
-        for h in req.headers {
-            let name =
-                reqwest::header::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-                    http::Error::InvalidRequest(format!("bad header name `{}`", h.name))
-                })?;
-            let value = reqwest::header::HeaderValue::from_str(&h.value).map_err(|_| {
-                http::Error::InvalidRequest(format!("bad value for header `{name}`"))
-            })?;
-            headers.append(name, value);
-        }
+        let mut headers = outbound::guest_headers(
+            req.headers
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_str())),
+        )
+        .map_err(http::Error::InvalidRequest)?;
         let per_request = req
             .timeout_ms
             .map(|ms| Duration::from_millis(u64::from(ms)));
@@ -283,6 +278,8 @@ impl http::Host for HostState {
             }
         };
         let cap = self.sandbox.grants().max_response_bytes;
+        let (mut url, mut method, mut body) = (url, method, req.body);
+        let mut redirects = 0;
         let mut retries = 0;
         loop {
             let left = self.deadline.saturating_duration_since(Instant::now());
@@ -296,10 +293,38 @@ impl http::Host for HostState {
                 .request(method.clone(), url.clone())
                 .headers(headers.clone())
                 .timeout(timeout);
-            if let Some(body) = &req.body {
+            if let Some(body) = &body {
                 builder = builder.body(body.clone());
             }
             let mut resp = builder.send().await.map_err(map_err)?;
+            if outbound::is_redirect(resp.status()) {
+                if let Some(location) = resp.headers().get(reqwest::header::LOCATION) {
+                    redirects += 1;
+                    if redirects > MAX_REDIRECTS {
+                        return Err(http::Error::Denied(format!(
+                            "more than {MAX_REDIRECTS} redirects"
+                        )));
+                    }
+                    let next = location
+                        .to_str()
+                        .ok()
+                        .and_then(|l| url.join(l).ok())
+                        .ok_or_else(|| {
+                            http::Error::Transport(format!(
+                                "{url}: redirect to an invalid location"
+                            ))
+                        })?;
+                    url_allowed(&self.sandbox.grants().allow_hosts, &next)
+                        .map_err(|why| http::Error::Denied(format!("redirect refused: {why}")))?;
+                    let (next_method, keeps_body) = outbound::method_after(resp.status(), &method);
+                    outbound::headers_after(&mut headers, &url, &next, keeps_body);
+                    if !keeps_body {
+                        body = None;
+                    }
+                    (url, method) = (next, next_method);
+                    continue;
+                }
+            }
             let status = resp.status().as_u16();
             if matches!(status, 429 | 503) && retries < MAX_RETRIES {
                 let wait = retry_delay(resp.headers(), retries);

@@ -14,6 +14,7 @@
 
 mod cache;
 mod host;
+mod outbound;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -414,10 +415,13 @@ fn url_allowed(rules: &[HostRule], url: &url::Url) -> Result<(), String> {
     let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
     let port = url.port_or_known_default().unwrap_or(0);
     let default = if scheme == "https" { 443 } else { 80 };
-    if rules.iter().any(|r| r.matches(host, port, default)) {
-        Ok(())
-    } else {
-        Err(format!("{host}:{port} is not in allow_hosts"))
+    let mut hosts = rules.iter().filter(|r| r.matches(host, port, default));
+    match hosts.clone().next() {
+        None => Err(format!("{host}:{port} is not in allow_hosts")),
+        Some(_) if scheme == "https" || hosts.any(|r| r.allows_plain_http()) => Ok(()),
+        Some(_) => Err(format!(
+            "{host}:{port} is allowed over https only (allow plain HTTP with `http://{host}` in allow_hosts)"
+        )),
     }
 }
 
@@ -443,19 +447,12 @@ impl Sandbox {
         kv: Arc<dyn Kv>,
         turn: Option<Arc<tokio::sync::Mutex<()>>>,
     ) -> Result<Arc<Sandbox>, PluginError> {
-        let rules = grants.allow_hosts.clone();
-        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            // `previous()` holds the original URL plus every redirect so far.
-            if attempt.previous().len() > MAX_REDIRECTS {
-                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-            }
-            match url_allowed(&rules, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(why) => attempt.error(format!("redirect refused: {why}")),
-            }
-        });
+        // Redirects are followed by the host itself (`host::send`), which
+        // checks each target and drops credentials across origins.
         let client = reqwest::Client::builder()
-            .redirect(redirect)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            .dns_resolver(Arc::new(outbound::Resolver))
             .user_agent(concat!("rollback-agent/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()
