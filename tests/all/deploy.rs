@@ -461,3 +461,34 @@ fn the_restart_command_never_sees_the_agents_secrets() {
     }
     assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
 }
+
+#[test]
+fn an_archive_declaring_a_2_gib_name_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let archive = dir.path().join("huge-name.tar.gz");
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(tar::EntryType::new(b'L'));
+    h.set_size(2 << 30);
+    h.set_cksum();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&archive).unwrap(),
+        flate2::Compression::best(),
+    );
+    use std::io::Write;
+    gz.write_all(h.as_bytes()).unwrap();
+    gz.write_all(&vec![b'a'; 1 << 20]).unwrap();
+    gz.finish().unwrap();
+    let agent = Agent::start_in(dir, &shop_config(app.port, "300ms", ""));
+    let out = agent.deploy(s(&archive), "1.0.0", true);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("header extension"), "{}", out.stderr);
+    let left: Vec<_> = std::fs::read_dir(root.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "nothing staged is left: {left:?}");
+    assert_eq!(agent.ctl(&["status"]).code, 0, "the agent goes on");
+}

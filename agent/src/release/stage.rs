@@ -39,6 +39,18 @@ pub(super) enum Codec {
 /// Largest Zstandard window accepted (log2): 128 MiB of decoder memory, the
 /// decoder's default limit, stated here so that it cannot silently grow.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// Largest tar header extension (GNU long name or link, PAX records) read
+/// into memory: checked before the tar reader buffers it.
+pub(super) const MAX_HEADER_EXTENSION: u64 = 64 * 1024;
+/// Deepest path in a release, in components.
+pub(super) const MAX_DEPTH: usize = 128;
+/// Longest path in a release, in bytes.
+pub(super) const MAX_PATH_BYTES: usize = 4096;
+/// Permission bits a release keeps: no group or other write, no setuid,
+/// setgid or sticky bit (a release is immutable and shared).
+const MODE_MASK: u32 = 0o755;
+/// Longest entry name quoted in an error message.
+const SHOWN_NAME: usize = 200;
 
 /// Decides whether `source` is a directory or a `.tar.gz` / `.tgz` /
 /// `.tar.zst` / `.tzst` archive.
@@ -69,21 +81,143 @@ pub(super) fn classify_source(source: &Path) -> Result<SourceKind, ReleaseError>
     ))
 }
 
-/// Splits an archive path into normal components; refuses absolute paths and `..`.
-/// `.` and empty components are dropped, so the root itself is an empty path.
+/// Splits an archive path into normal components; refuses absolute paths,
+/// `..`, and paths deeper or longer than a release may hold. `.` and empty
+/// components are dropped, so the root itself is an empty path.
 fn archive_rel_path(bytes: &[u8]) -> Result<PathBuf, &'static str> {
     if bytes.starts_with(b"/") {
         return Err("absolute path");
     }
+    if bytes.len() > MAX_PATH_BYTES {
+        return Err("path longer than 4096 bytes");
+    }
     let mut out = PathBuf::new();
+    let mut depth = 0;
     for comp in bytes.split(|b| *b == b'/') {
         match comp {
             b"" | b"." => {}
             b".." => return Err("path contains '..'"),
-            name => out.push(OsStr::from_bytes(name)),
+            name => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err("path deeper than 128 levels");
+                }
+                out.push(OsStr::from_bytes(name));
+            }
         }
     }
     Ok(out)
+}
+
+/// `name` cut to at most `SHOWN_NAME` characters for an error message.
+fn shown(name: &str) -> String {
+    if name.chars().count() <= SHOWN_NAME {
+        return name.to_owned();
+    }
+    let head: String = name.chars().take(SHOWN_NAME / 2).collect();
+    let tail: Vec<char> = name.chars().rev().take(SHOWN_NAME / 2).collect();
+    let tail: String = tail.into_iter().rev().collect();
+    format!("{head}…{tail} ({} bytes)", name.len())
+}
+
+/// A tar stream checked block by block before the tar reader sees it: a
+/// header extension (GNU `L`/`K`, PAX `x`/`g`) larger than
+/// `MAX_HEADER_EXTENSION` is an error before any of it is buffered, and GNU
+/// sparse entries (whose headers continue in further blocks) are refused.
+pub(super) struct HeaderGuard<R> {
+    inner: R,
+    /// The header block being assembled.
+    block: [u8; 512],
+    /// Bytes of `block` seen.
+    filled: usize,
+    /// Bytes of entry data (rounded to whole blocks) still to pass.
+    data_left: u64,
+    /// The end-of-archive block was seen: what follows is padding.
+    ended: bool,
+}
+
+impl<R: Read> HeaderGuard<R> {
+    pub(super) fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            block: [0; 512],
+            filled: 0,
+            data_left: 0,
+            ended: false,
+        }
+    }
+
+    /// Looks at a complete header block: how much data follows it.
+    fn header(&self) -> io::Result<u64> {
+        let h = &self.block;
+        if h.iter().all(|b| *b == 0) {
+            return Ok(0);
+        }
+        let size = tar_number(&h[124..136])
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "corrupt size field"))?;
+        let kind = h[156];
+        if matches!(kind, b'L' | b'K' | b'x' | b'g') && size > MAX_HEADER_EXTENSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a header extension of {size} bytes (a long name, link or PAX records; at most {MAX_HEADER_EXTENSION})"
+                ),
+            ));
+        }
+        if kind == b'S' {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "sparse files are not supported",
+            ));
+        }
+        Ok(size.div_ceil(512).saturating_mul(512))
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut seen = &buf[..n];
+        while !seen.is_empty() && !self.ended {
+            if self.data_left > 0 {
+                let skip = seen
+                    .len()
+                    .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+                self.data_left -= skip as u64;
+                seen = &seen[skip..];
+                continue;
+            }
+            let take = seen.len().min(512 - self.filled);
+            self.block[self.filled..self.filled + take].copy_from_slice(&seen[..take]);
+            self.filled += take;
+            seen = &seen[take..];
+            if self.filled == 512 {
+                self.filled = 0;
+                // The tar reader stops at the first all-zero block.
+                self.ended = self.block.iter().all(|b| *b == 0);
+                self.data_left = self.header()?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A tar numeric field: octal text (NUL or space padded), or GNU base-256
+/// (high bit of the first byte set).
+pub(super) fn tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut n: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            n = n.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(n);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let digits = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if digits.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(digits, 8).ok()
 }
 
 /// Checks a symlink target lexically: relative, and resolving (from the link's own
@@ -274,12 +408,12 @@ impl<'a> Stager<'a> {
     fn refuse(&self, name: &str, reason: impl Into<String>) -> ReleaseError {
         match self.kind {
             SourceKind::Dir => ReleaseError::Source {
-                path: self.source.join(name),
+                path: self.source.join(shown(name)),
                 reason: reason.into(),
             },
             SourceKind::Archive(_) => ReleaseError::Archive {
                 path: self.source.to_path_buf(),
-                entry: name.to_owned(),
+                entry: shown(name),
                 reason: reason.into(),
             },
         }
@@ -299,7 +433,7 @@ impl<'a> Stager<'a> {
     fn unreadable(&self, at: &str, e: io::Error) -> ReleaseError {
         ReleaseError::Archive {
             path: self.source.to_path_buf(),
-            entry: at.to_owned(),
+            entry: shown(at),
             reason: format!("cannot read the archive: {e}"),
         }
     }
@@ -330,7 +464,7 @@ impl<'a> Stager<'a> {
         let src_root = self.source;
         let meta = fs::metadata(src_root).map_err(io_err("inspect", src_root))?;
         self.dirs
-            .insert(PathBuf::new(), meta.permissions().mode() & 0o777);
+            .insert(PathBuf::new(), meta.permissions().mode() & MODE_MASK);
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
             let src_dir = src_root.join(&rel_dir);
@@ -344,8 +478,16 @@ impl<'a> Stager<'a> {
                 self.count_entry(&name)?;
                 let meta = fs::symlink_metadata(&src).map_err(io_err("inspect", &src))?;
                 let ft = meta.file_type();
-                let mode = meta.permissions().mode() & 0o777;
+                let mode = meta.permissions().mode() & MODE_MASK;
                 if ft.is_dir() {
+                    let too_deep = rel.components().count() > MAX_DEPTH
+                        || rel.as_os_str().len() > MAX_PATH_BYTES;
+                    if too_deep {
+                        return Err(self.refuse(
+                            &name,
+                            "deeper than 128 levels or longer than 4096 bytes (limit)",
+                        ));
+                    }
                     fs::DirBuilder::new()
                         .mode(0o700)
                         .create(&dst)
@@ -477,7 +619,7 @@ impl<'a> Stager<'a> {
     /// Unpacks a decompressed tar stream into the staging directory, validating
     /// every entry and counting it against the limits.
     fn unpack_tar(&mut self, decompressed: Box<dyn Read>) -> Result<(), ReleaseError> {
-        let mut archive = tar::Archive::new(decompressed);
+        let mut archive = tar::Archive::new(HeaderGuard::new(decompressed));
         let mut last = String::new();
         let entries = archive
             .entries()
@@ -505,7 +647,7 @@ impl<'a> Stager<'a> {
                 entry
                     .header()
                     .mode()
-                    .map(|m| m & 0o777)
+                    .map(|m| m & MODE_MASK)
                     .map_err(|e| self.refuse(&name, format!("corrupt mode field: {e}")))
             };
             if ty.is_file() || ty.is_contiguous() {

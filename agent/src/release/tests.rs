@@ -1031,3 +1031,129 @@ fn copy_content_reports_a_real_enospc_as_a_write_error() {
     );
     assert_eq!(out, [1u8; 4]);
 }
+
+/// Stages `archive` and returns the refusal's text; nothing may be left.
+fn refusal_of(app: &AppDir, archive: &Path) -> String {
+    let ver = v("1.0.0");
+    let err = app
+        .stage(archive, &ver, &StageLimits::default())
+        .expect_err("refused");
+    assert_no_trace(app, &ver);
+    err.to_string()
+}
+
+#[test]
+fn a_huge_header_extension_is_refused_before_it_is_read() {
+    for (kind, what) in [
+        (b'L', "long name"),
+        (b'K', "long link"),
+        (b'x', "PAX"),
+        (b'g', "PAX global"),
+    ] {
+        let (tmp, app) = app();
+        let archive = tmp.path().join("ext.tar.gz");
+        // A header that declares 2 GiB of extension, followed by a little of it.
+        let mut raw = Vec::new();
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(EntryType::new(kind));
+        h.set_size(2 << 30);
+        h.set_mode(0o644);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend_from_slice(&[b'a'; 4096]);
+        let mut enc = flate2::write::GzEncoder::new(
+            File::create(&archive).unwrap(),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&raw).unwrap();
+        enc.finish().unwrap();
+        let text = refusal_of(&app, &archive);
+        assert!(
+            text.contains("header extension of 2147483648 bytes"),
+            "{what}: {text}"
+        );
+    }
+}
+
+#[test]
+fn paths_too_deep_or_too_long_are_refused_and_quoted_short() {
+    let (tmp, app) = app();
+    let deep = tmp.path().join("deep.tgz");
+    let name = vec!["d"; 200].join("/") + "/f";
+    write_targz(&deep, |b| ok_file(b, &name));
+    let text = refusal_of(&app, &deep);
+    assert!(text.contains("deeper than 128 levels"), "{text}");
+
+    let long = tmp.path().join("long.tgz");
+    let name = "n".repeat(5000);
+    write_targz(&long, |b| ok_file(b, &name));
+    let text = refusal_of(&app, &long);
+    assert!(text.contains("longer than 4096 bytes"), "{text}");
+    assert!(
+        text.len() < 1000,
+        "the name is cut in the message: {} bytes",
+        text.len()
+    );
+
+    // A source tree deeper than the limit is refused too.
+    let src = tmp.path().join("src");
+    let mut dir = src.clone();
+    for _ in 0..130 {
+        dir.push("d");
+    }
+    fs::create_dir_all(&dir).unwrap();
+    let err = app
+        .stage(&src, &v("2.0.0"), &StageLimits::default())
+        .expect_err("refused");
+    assert!(err.to_string().contains("deeper than 128 levels"), "{err}");
+    assert_no_trace(&app, &v("2.0.0"));
+}
+
+#[test]
+fn modes_lose_group_and_other_write_and_special_bits() {
+    let (tmp, app) = app();
+    let archive = tmp.path().join("modes.tgz");
+    write_targz(&archive, |b| {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o1777);
+        h.set_size(0);
+        b.append_data(&mut h, "shared/", io::empty()).unwrap();
+        let mut h = Header::new_gnu();
+        h.set_mode(0o6777);
+        h.set_size(2);
+        b.append_data(&mut h, "shared/suid", &b"ok"[..]).unwrap();
+        let mut h = Header::new_gnu();
+        h.set_mode(0o666);
+        h.set_size(2);
+        b.append_data(&mut h, "open", &b"ok"[..]).unwrap();
+    });
+    let path = app
+        .stage(&archive, &v("1.0.0"), &StageLimits::default())
+        .unwrap();
+    assert_eq!(mode_of(&path.join("shared")), 0o755);
+    assert_eq!(mode_of(&path.join("shared/suid")), 0o755);
+    assert_eq!(mode_of(&path.join("open")), 0o644);
+
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("w")).unwrap();
+    fs::set_permissions(src.join("w"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(src.join("w/f"), "x").unwrap();
+    fs::set_permissions(src.join("w/f"), fs::Permissions::from_mode(0o666)).unwrap();
+    let path = app
+        .stage(&src, &v("1.0.1"), &StageLimits::default())
+        .unwrap();
+    assert_eq!(mode_of(&path.join("w")), 0o755);
+    assert_eq!(mode_of(&path.join("w/f")), 0o644);
+}
+
+#[test]
+fn the_header_guard_reads_numbers_as_tar_writes_them() {
+    use super::stage::tar_number as n;
+    assert_eq!(n(b"0000644\0"), Some(0o644));
+    assert_eq!(n(b"       \0"), Some(0));
+    assert_eq!(n(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
+    assert_eq!(n(&[0xff; 12]), None, "too large for u64");
+    assert_eq!(n(b"12x\0"), None);
+}
