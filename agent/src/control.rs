@@ -237,6 +237,7 @@ fn command_error(e: CommandError) -> RemoteError {
         CommandError::ShuttingDown => error::SHUTTING_DOWN,
         CommandError::Vetoed { .. } => error::VETOED,
         CommandError::NothingActive { .. } => error::NO_ACTIVE_RELEASE,
+        CommandError::Unsupervised { .. } => error::UNSUPERVISED,
     };
     RemoteError::new(name, e.to_string())
 }

@@ -88,6 +88,9 @@ named! {
         RollingBack = "rolling-back",
         /// The agent stopped acting and waits for an operator.
         Degraded = "degraded",
+        /// The app is not supervised: its state could not be repaired (at
+        /// start-up or reload) or its supervisor failed; the reason says why.
+        Error = "error",
     }
 }
 
@@ -173,6 +176,8 @@ named! {
         Pruned = "pruned",
         /// The config was reloaded.
         Reloaded = "reloaded",
+        /// The app is not supervised (see `AppState::Error`), or is again.
+        AppError = "app-error",
     }
 }
 

@@ -30,6 +30,15 @@ pub mod supervisor;
 pub mod systemd;
 pub mod watch;
 
+/// The message a panic carried (`panic!` with a text), or `panic`.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 /// One line for an error and its sources, skipping a source whose text the
 /// line already contains (many messages embed their cause).
 pub fn error_text<'a>(

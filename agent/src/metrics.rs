@@ -25,14 +25,9 @@ type Labels = Vec<(String, String)>;
 type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Every state an app can be in, for the one-hot state gauge.
-const STATES: [&str; 6] = [
-    "empty",
-    "deploying",
-    "baking",
-    "healthy",
-    "rolling-back",
-    "degraded",
-];
+fn states() -> impl Iterator<Item = &'static str> {
+    crate::domain::AppState::ALL.iter().map(|s| s.as_str())
+}
 
 /// The agent's metrics.
 pub struct Metrics {
@@ -145,7 +140,7 @@ impl Metrics {
 
     /// `app` is now in `state`.
     pub fn state(&self, app: &str, state: &str) {
-        for s in STATES {
+        for s in states() {
             let v = i64::from(s == state);
             self.app_state
                 .get_or_create(&labels(&[("app", app), ("state", s)]))

@@ -149,6 +149,8 @@ pub mod error {
     pub const INTERNAL: &str = "io.rollback.Agent.InternalError";
     /// The agent is shutting down.
     pub const SHUTTING_DOWN: &str = "io.rollback.Agent.ShuttingDown";
+    /// The app is not supervised (its state could not be repaired).
+    pub const UNSUPERVISED: &str = "io.rollback.Agent.Unsupervised";
     /// The agent serves as many connections as it will.
     pub const TOO_MANY_CONNECTIONS: &str = "io.rollback.Agent.TooManyConnections";
     /// Standard Varlink: unknown method.

@@ -103,6 +103,14 @@ pub enum CommandError {
     /// The supervisor is gone (the agent is shutting down).
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// The app is not supervised (its state could not be repaired).
+    #[error("app `{app}` is not supervised: {reason}; fix it, then reload the agent")]
+    Unsupervised {
+        /// The app.
+        app: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// What the operator said about a release when deploying it.
@@ -198,6 +206,7 @@ pub struct CheckRun {
 }
 
 /// A check entry ready to run: its config, compiled plugin and sandbox.
+#[derive(Clone)]
 pub struct LoadedCheck {
     /// The check's name.
     pub name: String,
@@ -218,6 +227,7 @@ pub struct LoadedCheck {
 }
 
 /// A rollback hook ready to run.
+#[derive(Clone)]
 pub struct LoadedHook {
     /// The hook's name.
     pub name: String,
@@ -402,6 +412,9 @@ pub struct Supervisor {
     done_tx: mpsc::Sender<CheckDone>,
     done_rx: mpsc::Receiver<CheckDone>,
     limits: StageLimits,
+    /// What it is built from, kept current by reloads: its monitor builds
+    /// it again from these after a failure.
+    parts: Arc<std::sync::Mutex<Parts>>,
 }
 
 fn info(app: &str, rec: Option<&ReleaseRecord>, version: &str) -> ReleaseInfo {
@@ -511,13 +524,32 @@ impl Supervisor {
         journal: Journal,
     ) -> Result<AppHandle, CommandError> {
         let (tx, rx) = mpsc::channel(16);
+        let parts = Arc::new(std::sync::Mutex::new(Parts {
+            cfg,
+            store,
+            checks,
+            hooks,
+            snapshots,
+            journal,
+        }));
+        // The first reconciliation happens before the agent reports ready.
+        let first = Supervisor::build(&parts);
+        tokio::spawn(supervise(parts, rx, first));
+        Ok(AppHandle { tx })
+    }
+
+    /// A supervisor from `parts`, reconciled with its directory.
+    fn build(parts: &Arc<std::sync::Mutex<Parts>>) -> Result<Supervisor, String> {
+        let p = lock_parts(parts).clone();
         let (done_tx, done_rx) = mpsc::channel(64);
-        let dir = AppDir::new(cfg.root.clone());
-        let rec = store
-            .app(&cfg.name)?
-            .unwrap_or_else(|| AppRecord::new(&cfg.name));
+        let dir = AppDir::new(p.cfg.root.clone());
+        let rec = p
+            .store
+            .app(&p.cfg.name)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| AppRecord::new(&p.cfg.name));
         let machine = Machine::new(
-            settings(&cfg, &checks),
+            settings(&p.cfg, &p.checks),
             Start::Empty,
             rec.paused,
             rec.restored,
@@ -526,11 +558,11 @@ impl Supervisor {
         );
         let mut sup = Supervisor {
             dir,
-            store,
-            checks,
-            hooks: Arc::new(hooks),
-            snapshots,
-            journal,
+            store: p.store,
+            checks: p.checks,
+            hooks: Arc::new(p.hooks),
+            snapshots: p.snapshots,
+            journal: p.journal,
             machine,
             intent: None,
             recovering: None,
@@ -544,11 +576,11 @@ impl Supervisor {
             done_tx,
             done_rx,
             limits: StageLimits::default(),
-            cfg,
+            cfg: p.cfg,
+            parts: parts.clone(),
         };
-        sup.reconcile()?;
-        tokio::spawn(sup.run(rx));
-        Ok(AppHandle { tx })
+        sup.reconcile().map_err(|e| e.to_string())?;
+        Ok(sup)
     }
 
     fn app(&self) -> &str {
@@ -890,7 +922,7 @@ impl Supervisor {
             .unwrap_or(self.cfg.bake)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, rx: &mut mpsc::Receiver<Command>) {
         tracing::info!(app = %self.app(), active = ?self.rec.active, state = self.rec.state.as_str(), "supervising");
         self.finish_recovery().await;
         self.drive(Input::Started).await;
@@ -1551,6 +1583,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(()));
             }
             Command::CheckNow { reply } => {
+                crate::failpoint::panic_once("supervisor.check-now");
                 let r = self.check_now().await;
                 let _ = reply.send(r);
             }
@@ -1571,6 +1604,12 @@ impl Supervisor {
     /// runs); if the set of checks changed, the watch starts again with what
     /// is left of the bake.
     async fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
+        {
+            let mut p = lock_parts(&self.parts);
+            p.cfg = cfg.clone();
+            p.checks = checks.clone();
+            p.hooks = hooks.clone();
+        }
         self.cfg = cfg;
         self.hooks = Arc::new(hooks);
         self.checks = checks;
@@ -1789,6 +1828,148 @@ fn outcome_of(status: Status) -> Outcome {
         Status::Pass => Outcome::Pass,
         Status::Warn => Outcome::Warn,
         Status::Fail => Outcome::Fail,
+    }
+}
+
+/// What a supervisor is built from.
+#[derive(Clone)]
+struct Parts {
+    cfg: AppConfig,
+    store: Store,
+    checks: Vec<LoadedCheck>,
+    hooks: Vec<LoadedHook>,
+    snapshots: Snapshots,
+    journal: Journal,
+}
+
+fn lock_parts(parts: &std::sync::Mutex<Parts>) -> std::sync::MutexGuard<'_, Parts> {
+    parts.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often an unsupervised app is tried again (a reload tries at once).
+const UNSUPERVISED_RETRY: Duration = Duration::from_secs(30);
+
+/// One app's monitor: runs its supervisor, and when the supervisor cannot be
+/// built (its state cannot be repaired) or its task fails, marks the app
+/// `error` with the reason, answers its commands with `Unsupervised`, and
+/// builds it again on a reload, every `UNSUPERVISED_RETRY`, or at once after
+/// a failure. Ends when the handle is dropped.
+async fn supervise(
+    parts: Arc<std::sync::Mutex<Parts>>,
+    mut rx: mpsc::Receiver<Command>,
+    first: Result<Supervisor, String>,
+) {
+    use futures_util::FutureExt;
+    let mut next = first;
+    loop {
+        let sup = match next {
+            Ok(sup) => sup,
+            Err(reason) => match unsupervised(&parts, &mut rx, reason).await {
+                Some(sup) => sup,
+                None => return,
+            },
+        };
+        let app = sup.cfg.name.clone();
+        match std::panic::AssertUnwindSafe(sup.run(&mut rx))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => return,
+            Err(panic) => {
+                let reason = format!(
+                    "its supervisor failed ({}) and was started again",
+                    crate::panic_text(panic.as_ref())
+                );
+                tracing::error!(app = %app, "{reason}");
+                let store = lock_parts(&parts).store.clone();
+                let ev =
+                    Event::new(&app, Actor::agent(), EventKind::AppError).reason(reason.clone());
+                if let Err(e) = store.record(ev) {
+                    tracing::error!(app = %app, "state store: {e}");
+                }
+                next = Supervisor::build(&parts);
+            }
+        }
+    }
+}
+
+/// The app while it cannot be supervised: recorded as `error`, commands
+/// refused, built again on a reload or after `UNSUPERVISED_RETRY`. `None`
+/// once the handle is dropped.
+async fn unsupervised(
+    parts: &Arc<std::sync::Mutex<Parts>>,
+    rx: &mut mpsc::Receiver<Command>,
+    mut reason: String,
+) -> Option<Supervisor> {
+    let (app, store) = {
+        let p = lock_parts(parts);
+        (p.cfg.name.clone(), p.store.clone())
+    };
+    let mark = |reason: &str| {
+        tracing::error!(app = %app, "not supervised: {reason}");
+        crate::metrics::global().state(&app, AppState::Error.as_str());
+        let mut rec = store
+            .app(&app)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| AppRecord::new(&app));
+        rec.state = AppState::Error;
+        rec.reason = Some(reason.to_string());
+        let ev = Event::new(&app, Actor::agent(), EventKind::AppError)
+            .reason(format!("not supervised: {reason}"));
+        if let Err(e) = store.put_app(rec).and_then(|()| store.record(ev).map(drop)) {
+            tracing::error!(app = %app, "state store: {e}");
+        }
+    };
+    mark(&reason);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => return None,
+                Some(Command::Reload { cfg, checks, hooks, reply }) => {
+                    {
+                        let mut p = lock_parts(parts);
+                        p.cfg = *cfg;
+                        p.checks = checks;
+                        p.hooks = hooks;
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+                Some(cmd) => {
+                    refuse(cmd, CommandError::Unsupervised { app: app.clone(), reason: reason.clone() });
+                    continue;
+                }
+            },
+            _ = tokio::time::sleep(UNSUPERVISED_RETRY) => {}
+        }
+        match Supervisor::build(parts) {
+            Ok(sup) => {
+                tracing::info!(app = %app, "supervised again");
+                let ev = Event::new(&app, Actor::agent(), EventKind::AppError)
+                    .reason("supervised again: its state could be repaired");
+                if let Err(e) = store.record(ev) {
+                    tracing::error!(app = %app, "state store: {e}");
+                }
+                return Some(sup);
+            }
+            Err(again) if again != reason => {
+                reason = again;
+                mark(&reason);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Answers `cmd` with `err`.
+fn refuse(cmd: Command, err: CommandError) {
+    match cmd {
+        Command::Deploy { reply, .. } => drop(reply.send(Err(err))),
+        Command::Rollback { reply, .. } | Command::Activate { reply, .. } => {
+            drop(reply.send(Err(err)))
+        }
+        Command::Pause { reply, .. } | Command::Reload { reply, .. } => drop(reply.send(Err(err))),
+        Command::CheckNow { reply } => drop(reply.send(Err(err))),
     }
 }
 

@@ -130,3 +130,39 @@ fn a_kill_at_every_effect_boundary_leaves_the_app_as_users_expect() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_supervisor_that_panics_is_reported_and_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let mut agent = Agent::process_in(dir, &shop_config(app.port, "200ms", ""));
+    assert_eq!(agent.deploy(&good(), "1.0.0", true).code, 0);
+    agent.stop();
+    agent.set_env("ROLLBACK_AGENT_PANIC", Some("supervisor.check-now"));
+    agent.spawn();
+    let out = agent.ctl(&["check", "shop"]);
+    assert_ne!(out.code, 0, "the call that met the panic fails: {out:?}");
+    let events = wait_for("the app-error event", Duration::from_secs(30), || {
+        let h = agent.json(&["history", "shop"]);
+        let found: Vec<serde_json::Value> = h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "app-error")
+            .cloned()
+            .collect();
+        (!found.is_empty()).then_some(found)
+    });
+    let reason = events[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("supervisor failed") && reason.contains("supervisor.check-now"),
+        "{reason}"
+    );
+    // Started again: it answers and keeps supervising.
+    let out = agent.ctl(&["check", "shop"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let status = agent.json(&["status", "shop"]);
+    assert_eq!(status["state"], "healthy", "{status}");
+    assert_eq!(status["active"], "1.0.0");
+}

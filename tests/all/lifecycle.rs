@@ -342,3 +342,67 @@ fn check_config_validates_without_starting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.wasm"));
     assert!(!dir.path().join("state").exists(), "nothing is written");
 }
+
+#[test]
+fn an_app_whose_state_cannot_be_repaired_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    // `broken`'s current is a plain file: nothing the agent may repair.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("releases")).unwrap();
+    std::fs::write(broken.join("current"), "not a link").unwrap();
+    let config = format!(
+        "{}\n[apps.broken]\nroot = \"{}\"\n",
+        shop_config(app.port, "300ms", ""),
+        broken.display()
+    );
+    let agent = Agent::start_in(dir, &config);
+    let status = agent.json(&["status", "broken"]);
+    assert_eq!(status["state"], "error", "{status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("current"),
+        "{status}"
+    );
+    let out = agent.ctl(&[
+        "deploy",
+        "broken",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.0.0",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not supervised"), "{}", out.stderr);
+    // The other app runs as usual.
+    assert_eq!(
+        agent
+            .deploy(s(&example_release("1.0.0")), "1.0.0", true)
+            .code,
+        0
+    );
+    assert_eq!(current(&root), "1.0.0");
+
+    // Fixed by the operator, the app is supervised again at the next reload.
+    std::fs::remove_file(broken.join("current")).unwrap();
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(&agent.config, format!("{text}\n# reload\n")).unwrap();
+    agent.wait_for_status_of("broken", "supervised again", |s| s["state"] == "empty");
+    let kinds: Vec<String> = agent.json(&["history", "broken"])["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "app-error")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        kinds.iter().any(|r| r.starts_with("not supervised")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|r| r.starts_with("supervised again")),
+        "{kinds:?}"
+    );
+}

@@ -651,9 +651,19 @@ impl Agent {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_for_status_of("shop", what, pred)
+    }
+
+    /// `wait_for_status` of another app.
+    pub fn wait_for_status_of(
+        &self,
+        app: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         let found = wait_for_opt(Duration::from_secs(30), || {
-            last = self.json(&["status", "shop"]);
+            last = self.json(&["status", app]);
             pred(&last).then(|| last.clone())
         });
         found.unwrap_or_else(|| panic!("timed out waiting for {what}: {last}"))

@@ -951,11 +951,7 @@ impl Plugin {
         let result = match outcome {
             Err(_) => Err(CallError::Timeout(timeout)),
             Ok(Err(panic)) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
+                let what = crate::panic_text(panic.as_ref());
                 tracing::error!(app = %grants.app, "host panic during a plugin call: {what}");
                 Err(CallError::Host(what))
             }
