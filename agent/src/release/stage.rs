@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -118,6 +119,49 @@ fn shown(name: &str) -> String {
     let tail: Vec<char> = name.chars().rev().take(SHOWN_NAME / 2).collect();
     let tail: String = tail.into_iter().rev().collect();
     format!("{head}…{tail} ({} bytes)", name.len())
+}
+
+/// The directory `rel` below `root`, opened one component at a time
+/// without following a symlink.
+pub(super) fn open_below(root: &File, rel: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut cur = openat(root.as_fd(), ".", flags, Mode::empty())?;
+    for comp in rel.components() {
+        cur = openat(cur.as_fd(), comp.as_os_str(), flags, Mode::empty())?;
+    }
+    Ok(cur)
+}
+
+/// The regular file `name` in `dir`, opened without following a symlink and
+/// without blocking on a fifo.
+fn open_file_below(dir: &std::os::fd::OwnedFd, name: &OsStr) -> io::Result<File> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    Ok(File::from(openat(dir.as_fd(), name, flags, Mode::empty())?))
+}
+
+/// The names in `dir` (not `.` and `..`), sorted.
+fn list_dir(dir: &std::os::fd::OwnedFd) -> io::Result<Vec<OsString>> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let mut listing = nix::dir::Dir::openat(
+        dir.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A tar stream checked block by block before the tar reader sees it: a
@@ -461,25 +505,48 @@ impl<'a> Stager<'a> {
 
     /// Copies the source directory tree into the staging directory.
     pub(super) fn copy_dir(&mut self) -> Result<(), ReleaseError> {
+        use nix::sys::stat::{fstatat, SFlag};
         let src_root = self.source;
-        let meta = fs::metadata(src_root).map_err(io_err("inspect", src_root))?;
+        // The source itself is the path given; everything below it is
+        // reached through directory descriptors, never through a symlink,
+        // so a directory swapped for a link while it is read is refused.
+        let root = File::open(src_root).map_err(io_err("open", src_root))?;
+        let meta = root.metadata().map_err(io_err("inspect", src_root))?;
+        if !meta.is_dir() {
+            return Err(self.refuse("", "it is no longer a directory"));
+        }
         self.dirs
             .insert(PathBuf::new(), meta.permissions().mode() & MODE_MASK);
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
             let src_dir = src_root.join(&rel_dir);
-            let rd = fs::read_dir(&src_dir).map_err(io_err("read directory", &src_dir))?;
-            for entry in rd {
-                let entry = entry.map_err(io_err("read directory", &src_dir))?;
-                let rel = rel_dir.join(entry.file_name());
+            let dir = open_below(&root, &rel_dir).map_err(|e| {
+                if e.raw_os_error() == Some(nix::libc::ELOOP)
+                    || e.raw_os_error() == Some(nix::libc::ENOTDIR)
+                {
+                    self.refuse(
+                        &rel_dir.to_string_lossy(),
+                        "it was replaced while it was read (a directory became a link)",
+                    )
+                } else {
+                    io_err("open directory", &src_dir)(e)
+                }
+            })?;
+            for file_name in list_dir(&dir).map_err(io_err("read directory", &src_dir))? {
+                let rel = rel_dir.join(&file_name);
                 let name = rel.to_string_lossy().into_owned();
-                let src = entry.path();
+                let src = src_root.join(&rel);
                 let dst = self.staging.join(&rel);
                 self.count_entry(&name)?;
-                let meta = fs::symlink_metadata(&src).map_err(io_err("inspect", &src))?;
-                let ft = meta.file_type();
-                let mode = meta.permissions().mode() & MODE_MASK;
-                if ft.is_dir() {
+                let st = fstatat(
+                    dir.as_fd(),
+                    file_name.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io_err("inspect", &src)(e.into()))?;
+                let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+                let mode = st.st_mode & MODE_MASK;
+                if kind == SFlag::S_IFDIR {
                     let too_deep = rel.components().count() > MAX_DEPTH
                         || rel.as_os_str().len() > MAX_PATH_BYTES;
                     if too_deep {
@@ -494,12 +561,26 @@ impl<'a> Stager<'a> {
                         .map_err(io_err("create directory", &dst))?;
                     self.dirs.insert(rel.clone(), mode);
                     stack.push(rel);
-                } else if ft.is_file() {
-                    let mut file = File::open(&src).map_err(io_err("open", &src))?;
+                } else if kind == SFlag::S_IFREG {
+                    // O_NONBLOCK: a file swapped for a fifo cannot block us;
+                    // the descriptor's own type is what counts.
+                    let mut file = open_file_below(&dir, &file_name).map_err(|e| {
+                        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                            self.refuse(&name, "it was replaced by a link while it was read")
+                        } else {
+                            io_err("open", &src)(e)
+                        }
+                    })?;
+                    let meta = file.metadata().map_err(io_err("inspect", &src))?;
+                    if !meta.is_file() {
+                        return Err(self.refuse(&name, "it is no longer a regular file"));
+                    }
+                    let mode = meta.permissions().mode() & MODE_MASK;
                     self.write_file(&rel, &name, &mut file, mode, meta.modified().ok())?;
-                } else if ft.is_symlink() {
-                    let target = fs::read_link(&src).map_err(io_err("read symlink", &src))?;
-                    check_link_target(&rel, target.as_os_str().as_bytes())
+                } else if kind == SFlag::S_IFLNK {
+                    let target = nix::fcntl::readlinkat(dir.as_fd(), file_name.as_os_str())
+                        .map_err(|e| io_err("read symlink", &src)(e.into()))?;
+                    check_link_target(&rel, target.as_bytes())
                         .map_err(|r| self.refuse(&name, r))?;
                     std::os::unix::fs::symlink(&target, &dst)
                         .map_err(io_err("create symlink", &dst))?;
@@ -602,7 +683,17 @@ impl<'a> Stager<'a> {
     /// everything after it is [`Stager::unpack_tar`].
     pub(super) fn unpack(&mut self, codec: Codec) -> Result<(), ReleaseError> {
         let path = self.source;
-        let file = BufReader::new(File::open(path).map_err(io_err("open archive", path))?);
+        // Opened without blocking (a fifo in its place cannot hang the
+        // agent); what counts is the type of what was opened.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_err("open archive", path))?;
+        if !file.metadata().map_err(io_err("inspect", path))?.is_file() {
+            return Err(self.refuse("", "the archive is not a regular file"));
+        }
+        let file = BufReader::new(file);
         let decoder: Box<dyn Read> = match codec {
             Codec::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
             Codec::Zstd => {

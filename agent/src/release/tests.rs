@@ -1157,3 +1157,34 @@ fn the_header_guard_reads_numbers_as_tar_writes_them() {
     assert_eq!(n(&[0xff; 12]), None, "too large for u64");
     assert_eq!(n(b"12x\0"), None);
 }
+
+#[test]
+fn a_fifo_in_place_of_an_archive_is_refused_without_blocking() {
+    let (tmp, app) = app();
+    let fifo = tmp.path().join("1.0.0.tar.gz");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Refused (by its type, before or after opening it), never waited on.
+    let text = refusal_of(&app, &fifo);
+    assert!(text.contains("archive"), "{text}");
+}
+
+#[test]
+fn directories_below_the_source_are_never_reached_through_a_link() {
+    let (tmp, _app) = app();
+    let src = tmp.path().join("src");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(src.join("real")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    symlink(&outside, src.join("swapped")).unwrap();
+    let root = File::open(&src).unwrap();
+    assert!(super::stage::open_below(&root, Path::new("real")).is_ok());
+    let err = super::stage::open_below(&root, Path::new("swapped")).unwrap_err();
+    // With O_DIRECTORY Linux says ENOTDIR for a link; ELOOP elsewhere.
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(nix::libc::ENOTDIR | nix::libc::ELOOP)
+        ),
+        "{err}"
+    );
+}
