@@ -136,6 +136,14 @@ impl Authz {
         self.socket_gid.or(self.admin_gid)
     }
 
+    /// Whether `actor` may name a deploy source by path (read with the
+    /// agent's rights): root and the agent's own user only.
+    pub fn may_pass_paths(&self, actor: &Actor) -> bool {
+        actor
+            .uid
+            .is_some_and(|uid| uid == 0 || uid == self.agent_uid)
+    }
+
     /// The access of a peer with `uid` and primary `gid`.
     pub fn access(&self, uid: u32, gid: u32) -> Access {
         if uid == 0 || uid == self.agent_uid {
@@ -320,7 +328,7 @@ impl Control {
     async fn connection(&self, stream: UnixStream) {
         let (actor, access) = peer_of(&stream, &self.authz);
         let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let mut reader = BufReader::new(crate::fdpass::FdReader::new(read));
         loop {
             // Silent between calls for too long: closed, to free the slot.
             match tokio::time::timeout(IDLE_TIMEOUT, reader.fill_buf()).await {
@@ -361,7 +369,38 @@ impl Control {
                 }
             };
             let oneway = call.oneway;
-            let authorized = self.authorize(&call, &actor, access);
+            let mut authorized = self.authorize(&call, &actor, access);
+            // A deploy's source descriptor, if it declares one.
+            let mut opened = None;
+            if authorized.is_ok() && call.method == method::DEPLOY {
+                let declared =
+                    call.parameters.get("source_fd") == Some(&serde_json::Value::Bool(true));
+                match reader.get_mut().take_fd() {
+                    Ok(fd) if declared => match fd {
+                        Some(fd) => opened = Some(std::fs::File::from(fd)),
+                        None => {
+                            authorized = Err(RemoteError::invalid_parameter(
+                                "source_fd",
+                                "source_fd is set but no descriptor came with the call",
+                            ))
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        authorized = Err(RemoteError::invalid_parameter("source_fd", e.to_string()))
+                    }
+                }
+                if authorized.is_ok() && opened.is_none() && !self.authz.may_pass_paths(&actor) {
+                    authorized = Err(RemoteError::new(
+                        error::PERMISSION_DENIED,
+                        format!(
+                            "user {} passes the source as a descriptor (source_fd, as rollbackctl does): \
+                             a path would be read with the agent's rights",
+                            actor.name
+                        ),
+                    ));
+                }
+            }
             if authorized.is_ok() && call.method == method::WATCH {
                 // A watch owns its connection until either side ends it.
                 self.watch(&call, &mut reader, &mut write).await;
@@ -369,7 +408,7 @@ impl Control {
             }
             if authorized.is_ok() && call.method == method::DEPLOY && call.more && !oneway {
                 if self
-                    .deploy_streaming(&call, &actor, &mut write)
+                    .deploy_streaming(&call, &actor, opened, &mut write)
                     .await
                     .is_err()
                 {
@@ -379,7 +418,7 @@ impl Control {
             }
             let reply = match authorized {
                 Err(e) => e.to_reply(),
-                Ok(()) => match self.dispatch(&call, &actor).await {
+                Ok(()) => match self.dispatch(&call, &actor, opened).await {
                     Ok(parameters) => Reply {
                         error: None,
                         parameters,
@@ -431,7 +470,12 @@ impl Control {
         })
     }
 
-    async fn dispatch(&self, call: &Call, actor: &Actor) -> Result<serde_json::Value, RemoteError> {
+    async fn dispatch(
+        &self,
+        call: &Call,
+        actor: &Actor,
+        opened: Option<std::fs::File>,
+    ) -> Result<serde_json::Value, RemoteError> {
         tracing::debug!(method = %call.method, user = %actor.name, "control call");
         match call.method.as_str() {
             method::STATUS => self.status(protocol::parameters(&call.parameters)?),
@@ -507,7 +551,7 @@ impl Control {
                 })
             }
             method::DEPLOY => {
-                self.deploy(protocol::parameters(&call.parameters)?, actor)
+                self.deploy(protocol::parameters(&call.parameters)?, actor, opened)
                     .await
             }
             method::ROLLBACK => {
@@ -622,6 +666,7 @@ impl Control {
         &self,
         p: protocol::DeployParams,
         actor: &Actor,
+        opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
         let handle = self.handle(&p.app)?;
         let version = Version::parse(&p.version)
@@ -657,6 +702,10 @@ impl Control {
             commit: p.commit.clone(),
             message: p.message.clone(),
         };
+        let source = crate::supervisor::Source {
+            path: source,
+            opened,
+        };
         let outcome = handle
             .deploy(source, version.clone(), actor.clone(), p.wait, meta)
             .await
@@ -682,7 +731,7 @@ impl Control {
     async fn watch(
         &self,
         call: &Call,
-        reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+        reader: &mut BufReader<crate::fdpass::FdReader>,
         write: &mut tokio::net::unix::OwnedWriteHalf,
     ) {
         let start = protocol::parameters::<protocol::WatchParams>(&call.parameters).and_then(|p| {
@@ -739,6 +788,7 @@ impl Control {
         &self,
         call: &Call,
         actor: &Actor,
+        opened: Option<std::fs::File>,
         write: &mut tokio::net::unix::OwnedWriteHalf,
     ) -> std::io::Result<()> {
         let p: protocol::DeployParams = match protocol::parameters(&call.parameters) {
@@ -760,7 +810,7 @@ impl Control {
             continues: true,
         };
         let mut watcher = self.store.feed().subscribe();
-        let deploy = self.deploy(p, actor);
+        let deploy = self.deploy(p, actor, opened);
         tokio::pin!(deploy);
         let result = loop {
             tokio::select! {

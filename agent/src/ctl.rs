@@ -378,6 +378,27 @@ impl Client {
             .context("cannot send to the agent")
     }
 
+    /// `send`, with `file`'s descriptor passed along (`SCM_RIGHTS`).
+    pub async fn send_with_fd(
+        &mut self,
+        method: &str,
+        parameters: serde_json::Value,
+        more: bool,
+        file: &std::fs::File,
+    ) -> anyhow::Result<()> {
+        let call = Call {
+            method: method.to_string(),
+            parameters,
+            oneway: false,
+            more,
+        };
+        let mut bytes = serde_json::to_vec(&call).context("cannot encode the call")?;
+        bytes.push(0);
+        crate::fdpass::send_with_fd(&mut self.writer, &bytes, std::os::fd::AsFd::as_fd(file))
+            .await
+            .context("cannot send to the agent")
+    }
+
     /// The next reply: its parameters and whether more follow, or the
     /// agent's error.
     pub async fn next_reply(
@@ -852,11 +873,21 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
         } => {
             let source = std::fs::canonicalize(&source)
                 .with_context(|| format!("source {}", source.display()))?;
+            // Opened here, with the caller's rights, and passed to the agent,
+            // which reads only through it (never blocking on a fifo).
+            use std::os::unix::fs::OpenOptionsExt;
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&source)
+                .with_context(|| format!("cannot open the source {}", source.display()))?;
             let params = serde_json::json!({
                 "app": app, "source": source, "version": version, "wait": wait,
-                "commit": commit, "message": message,
+                "commit": commit, "message": message, "source_fd": true,
             });
-            client.send(method::DEPLOY, params, true).await?;
+            client
+                .send_with_fd(method::DEPLOY, params, true, &opened)
+                .await?;
             let colour = COLOUR_ERR.load(Ordering::Relaxed);
             // A check's result is shown when it changes, not on every run.
             let mut last_outcome = std::collections::HashMap::new();

@@ -278,6 +278,13 @@ impl Event {
     }
 }
 
+impl AppState {
+    /// A state an operation passes through (never one it ends in).
+    pub fn is_transient(self) -> bool {
+        matches!(self, AppState::Deploying | AppState::RollingBack)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

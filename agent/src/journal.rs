@@ -122,6 +122,7 @@ mod tests {
             source: Some("/src".into()),
             steps: vec![Step::Stage, Step::Swap, Step::Restart],
             at_ms: 1,
+            before: None,
         };
         j.save("shop", &i).unwrap();
         assert_eq!(j.load("shop").unwrap().as_ref(), Some(&i));

@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod domain;
 pub mod failpoint;
+pub mod fdpass;
 mod fsutil;
 pub mod incident;
 pub mod journal;

@@ -97,6 +97,10 @@ pub struct Intent {
     pub steps: Vec<Step>,
     /// When the operation began.
     pub at_ms: u64,
+    /// The app's state and reason before it began: what it returns to if it
+    /// ends without a swap (a deploy that never went live).
+    #[serde(default)]
+    pub before: Option<(crate::domain::AppState, Option<String>)>,
 }
 
 impl Intent {
@@ -251,6 +255,7 @@ mod tests {
             source: None,
             steps,
             at_ms: 0,
+            before: None,
         }
     }
 

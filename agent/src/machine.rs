@@ -261,6 +261,14 @@ impl Flow {
             source: None,
             steps: self.steps.clone(),
             at_ms: 0,
+            before: Some((
+                self.prior.app_state(),
+                match &*self.prior {
+                    State::Degraded { reason, .. } => Some(reason.clone()),
+                    State::Steady { note, .. } => note.clone(),
+                    _ => None,
+                },
+            )),
         }
     }
 
@@ -1479,6 +1487,9 @@ impl Machine {
             ..Note::new(EventKind::Degraded, "", reason.clone())
         }));
         fx.push(Effect::Notify(Tell::Degraded { version, reason }));
+        // An operation ends here too: `keep_releases` holds (the active
+        // release and any rollback target are never pruned).
+        fx.push(Effect::Prune);
     }
 
     fn begin_watch(&mut self, version: &str, previous: Option<String>, now: Instant) {

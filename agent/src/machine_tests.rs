@@ -859,6 +859,7 @@ fn intent(op: Op, from: &str, to: &str) -> Intent {
         source: None,
         steps: Vec::new(),
         at_ms: 0,
+        before: None,
     }
 }
 

@@ -447,8 +447,13 @@ pub struct ReleasesReply {
 pub struct DeployParams {
     /// The app.
     pub app: String,
-    /// Absolute path of a directory or `.tar.gz` on the agent's host.
+    /// Absolute path of a directory or archive on the agent's host.
     pub source: String,
+    /// The source is the descriptor passed with this call (`SCM_RIGHTS`),
+    /// opened by the caller with its own rights; `source` is its path.
+    /// Required from callers other than root and the agent's user.
+    #[serde(default)]
+    pub source_fd: bool,
     /// The new version.
     pub version: String,
     /// Reply only once the bake is decided.

@@ -128,8 +128,9 @@ type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 pub enum Command {
     /// Stage SOURCE as VERSION, activate it and bake it.
     Deploy {
-        /// A directory or `.tar.gz`, absolute.
-        source: PathBuf,
+        /// A directory or archive: its absolute path, and the caller's
+        /// descriptor of it when one was passed.
+        source: Source,
         /// The new version.
         version: Version,
         /// Who asked.
@@ -249,7 +250,7 @@ impl AppHandle {
     /// Sends a deploy and waits for its outcome (after the bake when `wait`).
     pub async fn deploy(
         &self,
-        source: PathBuf,
+        source: impl Into<Source>,
         version: Version,
         actor: Actor,
         wait: bool,
@@ -258,7 +259,7 @@ impl AppHandle {
         let (reply, rx) = oneshot::channel();
         self.send(
             Command::Deploy {
-                source,
+                source: source.into(),
                 version,
                 actor,
                 wait,
@@ -380,8 +381,26 @@ enum Pending {
 /// What a deploy in progress needs beyond its version (not the machine's).
 struct DeploySource {
     path: PathBuf,
+    /// The caller's descriptor of `path` (taken when staging).
+    opened: Option<std::fs::File>,
     meta: DeployMeta,
     actor: Actor,
+}
+
+/// What a deploy stages from: a path, read with the agent's rights, or the
+/// descriptor a caller opened with its own (`path` then names it).
+#[derive(Debug)]
+pub struct Source {
+    /// Absolute path of the directory or archive.
+    pub path: PathBuf,
+    /// The caller's open descriptor of it, if passed.
+    pub opened: Option<std::fs::File>,
+}
+
+impl From<PathBuf> for Source {
+    fn from(path: PathBuf) -> Source {
+        Source { path, opened: None }
+    }
 }
 
 /// One app's supervisor: the shell around its `Machine`.
@@ -711,6 +730,12 @@ impl Supervisor {
                 current: current.clone(),
             };
             let to = intent.to.clone().unwrap_or_default();
+            // An operation that never swapped leaves the app as it was
+            // before it (degraded stays degraded, with its reason).
+            let back_to = intent
+                .before
+                .clone()
+                .filter(|(state, _)| !state.is_transient() && current == intent.from);
             match crate::lifecycle::recover(&intent, &disk) {
                 Recovery::Abandon { version } => {
                     if let Ok(v) = Version::parse(&version) {
@@ -723,9 +748,15 @@ impl Supervisor {
                         "the deploy of {version} was interrupted before it went live: \
                          its staged copy was removed, deploy it again"
                     ));
+                    if let Some((state, reason)) = back_to {
+                        (self.rec.state, self.rec.reason) = (state, reason);
+                    }
                     self.journal.clear(self.app())?;
                 }
                 Recovery::Nothing => {
+                    if let Some((state, reason)) = back_to {
+                        (self.rec.state, self.rec.reason) = (state, reason);
+                    }
                     notes.push(format!(
                         "interrupted {} of {}: nothing left to do",
                         intent.op.as_str(),
@@ -1084,9 +1115,10 @@ impl Supervisor {
 
     async fn stage_recorded(&mut self, version: &str) -> Result<(), CommandError> {
         let version = Version::parse(version)?;
-        let Some(source) = self.source.as_ref() else {
+        let Some(source) = self.source.as_mut() else {
             return Err(CommandError::Internal("a deploy without a source".into()));
         };
+        let opened = source.opened.take();
         let (source, meta, actor) = (
             source.path.clone(),
             source.meta.clone(),
@@ -1100,7 +1132,7 @@ impl Supervisor {
                 version.clone(),
                 self.limits.clone(),
             );
-            blocking(move || dir.stage(&src, &v, &limits)).await
+            blocking(move || dir.stage_opened(&src, opened, &v, &limits)).await
         };
         let manifest = staged
             .and_then(|_| {
@@ -1405,6 +1437,7 @@ impl Supervisor {
                 })
                 .collect(),
             at_ms: now_ms(),
+            before: None,
         };
         if let Err(e) = self.journal.save(&self.cfg.name, &intent) {
             // Pruning can wait for a journal that works.
@@ -1533,7 +1566,8 @@ impl Supervisor {
             } => {
                 self.pending = Some(Pending::Deploy(reply));
                 self.source = Some(DeploySource {
-                    path: source,
+                    path: source.path,
+                    opened: source.opened,
                     meta,
                     actor: actor.clone(),
                 });

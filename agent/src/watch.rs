@@ -384,17 +384,31 @@ impl AppWatch {
         next
     }
 
-    /// Sends a deploy of `path` as `version` on the watcher's behalf (no wait).
+    /// Sends a deploy of `path` as `version` on the watcher's behalf (no
+    /// wait). A drop-in archive is opened here without following a link
+    /// (and without blocking on a fifo), and staged through that descriptor.
     async fn deploy(&self, path: &Path, version: &Version) -> Result<DeployOutcome, CommandError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let meta = DeployMeta::default();
+        let opened = if path.is_dir() {
+            None
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(path)
+                .map_err(|e| crate::release::ReleaseError::Source {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot open it without following a link: {e}"),
+                })?;
+            Some(file)
+        };
+        let source = crate::supervisor::Source {
+            path: path.to_path_buf(),
+            opened,
+        };
         self.handle
-            .deploy(
-                path.to_path_buf(),
-                version.clone(),
-                watch_actor(),
-                false,
-                meta,
-            )
+            .deploy(source, version.clone(), watch_actor(), false, meta)
             .await
     }
 

@@ -152,6 +152,51 @@ fn admins_change_readers_read_and_others_are_refused() {
         .as_raw();
     assert_eq!(staged["actor"]["uid"], uid);
 
+    // A source the admin cannot read stays unreadable: rollbackctl opens it
+    // with the caller's rights and the agent reads only what it is passed.
+    let secret = agent.path().join("secret-src");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("release.json"), "{\"health\": 200}").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = as_user(
+        &admin,
+        &agent.socket,
+        &[
+            "deploy",
+            "shop",
+            secret.to_str().unwrap(),
+            "--version",
+            "6.6.6",
+        ],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("cannot open the source") && out.stderr.contains("ermission denied"),
+        "{}",
+        out.stderr
+    );
+    assert!(!root.join("releases/6.6.6").exists(), "nothing was read");
+    // A plain Varlink client naming a path is refused: it would be read
+    // with the agent's rights.
+    let call = format!(
+        "{{\"method\":\"io.rollback.Agent.Deploy\",\"parameters\":{{\"app\":\"shop\",\"source\":\"{}\",\"version\":\"6.6.7\"}}}}",
+        secret.display()
+    );
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode()+b'\\0')\nprint(s.recv(65536).decode(errors='replace'))";
+    let raw = Command::new("runuser")
+        .args(["-u", &admin, "--", "python3", "-c", script])
+        .arg(&agent.socket)
+        .arg(&call)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        reply.contains("PermissionDenied") && reply.contains("descriptor"),
+        "{reply} {}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert!(!root.join("releases/6.6.7").exists(), "nothing was read");
+
     let out = as_user(&stranger, &agent.socket, &["status"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("ermission denied"), "{}", out.stderr);

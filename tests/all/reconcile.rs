@@ -59,6 +59,7 @@ fn deploy_of_1_0_1(steps: Vec<Step>) -> Intent {
         source: Some("/src/1.0.1".into()),
         steps,
         at_ms: now_ms(),
+        before: None,
     }
 }
 
@@ -202,6 +203,31 @@ async fn an_interrupted_deploy_that_never_went_live_is_undone() {
         "{note:?}"
     );
     assert!(Journal::new(tmp.path()).load("shop").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_deploy_that_never_went_live_leaves_a_degraded_app_degraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("shop");
+    layout(&root, "1.0.0");
+    let store = Store::open(&tmp.path().join("db")).unwrap();
+    store
+        .put_release(&record("1.0.0", ReleaseState::Failed))
+        .unwrap();
+    // The deploy saved `deploying` before it was cut short.
+    let mut rec = AppRecord::new("shop");
+    rec.active = Some("1.0.0".into());
+    rec.state = AppState::Deploying;
+    store.put_app(rec).unwrap();
+    let why = "check `health` failed; rollback impossible".to_string();
+    let mut intent = deploy_of_1_0_1(vec![Step::Stage, Step::Swap, Step::Restart]);
+    intent.before = Some((AppState::Degraded, Some(why.clone())));
+    Journal::new(tmp.path()).save("shop", &intent).unwrap();
+
+    let _handle = start(&tmp, &root, &store, Duration::from_secs(60));
+    let rec = store.app("shop").unwrap().unwrap();
+    assert_eq!(rec.state, AppState::Degraded, "{rec:?}");
+    assert_eq!(rec.reason.as_deref(), Some(why.as_str()));
 }
 
 #[tokio::test]

@@ -366,7 +366,20 @@ impl AppDir {
         v: &Version,
         limits: &StageLimits,
     ) -> Result<PathBuf, ReleaseError> {
-        let kind = classify_source(source)?;
+        self.stage_opened(source, None, v, limits)
+    }
+
+    /// `stage`, reading the source through `opened` when given (a
+    /// descriptor the caller opened with its own rights; `source` is then
+    /// only its name, for messages and the archive's suffix).
+    pub fn stage_opened(
+        &self,
+        source: &Path,
+        opened: Option<fs::File>,
+        v: &Version,
+        limits: &StageLimits,
+    ) -> Result<PathBuf, ReleaseError> {
+        let kind = classify_source(source, opened.as_ref())?;
         self.ensure_layout()?;
         let target = self.release_path(v);
         let already = || ReleaseError::AlreadyExists {
@@ -380,7 +393,15 @@ impl AppDir {
         }
         let releases = self.releases_dir();
         if kind == SourceKind::Dir {
-            let inside = match (fs::canonicalize(source), fs::canonicalize(&releases)) {
+            // Where the directory really is: the descriptor's, if one was given.
+            let real = match &opened {
+                Some(f) => fs::read_link(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(f)
+                )),
+                None => fs::canonicalize(source),
+            };
+            let inside = match (real, fs::canonicalize(&releases)) {
                 (Ok(s), Ok(r)) => r.starts_with(s),
                 _ => false,
             };
@@ -395,7 +416,7 @@ impl AppDir {
         // Every failure, a full disk included, drops the guard: the partial work goes.
         let staging = TempTree::create(&releases, STAGING_PREFIX, 0o700)
             .map_err(io_err("create staging directory in", &releases))?;
-        let mut stager = Stager::new(staging.path(), limits, source, kind);
+        let mut stager = Stager::new(staging.path(), limits, source, opened, kind);
         match kind {
             SourceKind::Dir => stager.copy_dir()?,
             SourceKind::Archive(codec) => stager.unpack(codec)?,

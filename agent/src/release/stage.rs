@@ -55,12 +55,15 @@ const SHOWN_NAME: usize = 200;
 
 /// Decides whether `source` is a directory or a `.tar.gz` / `.tgz` /
 /// `.tar.zst` / `.tzst` archive.
-pub(super) fn classify_source(source: &Path) -> Result<SourceKind, ReleaseError> {
+pub(super) fn classify_source(
+    source: &Path,
+    opened: Option<&File>,
+) -> Result<SourceKind, ReleaseError> {
     let refuse = |reason: &str| ReleaseError::Source {
         path: source.to_path_buf(),
         reason: reason.to_owned(),
     };
-    let meta = match fs::metadata(source) {
+    let meta = match opened.map_or_else(|| fs::metadata(source), File::metadata) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(refuse("it does not exist")),
         Err(e) => return Err(io_err("inspect staging source", source)(e)),
@@ -417,6 +420,8 @@ pub(super) struct Stager<'a> {
     staging: &'a Path,
     limits: &'a StageLimits,
     source: &'a Path,
+    /// The source, opened by the caller (read through this when given).
+    opened: Option<File>,
     kind: SourceKind,
     entries: u64,
     bytes: u64,
@@ -431,6 +436,7 @@ impl<'a> Stager<'a> {
         staging: &'a Path,
         limits: &'a StageLimits,
         source: &'a Path,
+        opened: Option<File>,
         kind: SourceKind,
     ) -> Self {
         let mut dirs = BTreeMap::new();
@@ -439,6 +445,7 @@ impl<'a> Stager<'a> {
             staging,
             limits,
             source,
+            opened,
             kind,
             entries: 0,
             bytes: 0,
@@ -510,7 +517,10 @@ impl<'a> Stager<'a> {
         // The source itself is the path given; everything below it is
         // reached through directory descriptors, never through a symlink,
         // so a directory swapped for a link while it is read is refused.
-        let root = File::open(src_root).map_err(io_err("open", src_root))?;
+        let root = match self.opened.take() {
+            Some(f) => f,
+            None => File::open(src_root).map_err(io_err("open", src_root))?,
+        };
         let meta = root.metadata().map_err(io_err("inspect", src_root))?;
         if !meta.is_dir() {
             return Err(self.refuse("", "it is no longer a directory"));
@@ -685,11 +695,14 @@ impl<'a> Stager<'a> {
         let path = self.source;
         // Opened without blocking (a fifo in its place cannot hang the
         // agent); what counts is the type of what was opened.
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io_err("open archive", path))?;
+        let file = match self.opened.take() {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(path)
+                .map_err(io_err("open archive", path))?,
+        };
         if !file.metadata().map_err(io_err("inspect", path))?.is_file() {
             return Err(self.refuse("", "the archive is not a regular file"));
         }
