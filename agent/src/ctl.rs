@@ -311,6 +311,16 @@ fn remote_error(e: RemoteError) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e.message, e.name)
 }
 
+/// A call that expects a reply (several with `more`).
+fn call_of(method: &str, parameters: serde_json::Value, more: bool) -> Call {
+    Call {
+        method: method.to_string(),
+        parameters,
+        oneway: false,
+        more,
+    }
+}
+
 /// A connection to the agent.
 pub struct Client {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
@@ -367,12 +377,7 @@ impl Client {
         parameters: serde_json::Value,
         more: bool,
     ) -> anyhow::Result<()> {
-        let call = Call {
-            method: method.to_string(),
-            parameters,
-            oneway: false,
-            more,
-        };
+        let call = call_of(method, parameters, more);
         protocol::write_message(&mut self.writer, &call)
             .await
             .context("cannot send to the agent")
@@ -386,12 +391,7 @@ impl Client {
         more: bool,
         file: &std::fs::File,
     ) -> anyhow::Result<()> {
-        let call = Call {
-            method: method.to_string(),
-            parameters,
-            oneway: false,
-            more,
-        };
+        let call = call_of(method, parameters, more);
         let mut bytes = serde_json::to_vec(&call).context("cannot encode the call")?;
         bytes.push(0);
         crate::fdpass::send_with_fd(&mut self.writer, &bytes, std::os::fd::AsFd::as_fd(file))
