@@ -7,7 +7,7 @@ CARGO ?= cargo
 # development build only; release builds (packages) never have them.
 DEV_FEATURES ?= --features rollback-agent/failpoints
 
-.PHONY: all build plugins test demo lint bench clean release assets deb rpm dist
+.PHONY: all build plugins test demo lint bench fuzz clean release assets deb rpm dist
 
 all: build plugins
 
@@ -29,6 +29,20 @@ test: plugins python-example varlink-client
 ## of a tiny Python app and watch the automatic rollback. No root needed.
 demo: build plugins
 	SKIP_BUILD=1 examples/quickstart/demo.sh
+
+## Fuzzing (docs/fuzzing.md): each target of fuzz/ for FUZZ_SECONDS, from
+## the seed corpus in fuzz/corpus (new finds go to target/fuzz-corpus).
+## cargo fuzz needs compiler options of nightly Rust; RUSTC_BOOTSTRAP lets
+## the installed toolchain accept them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config release_toml archive varlink
+fuzz:
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked --version 0.13.2
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$t target/fuzz-corpus/$$t fuzz/corpus/$$t \
+			-- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || exit 1; \
+	done
 
 ## Benchmarks (release build): ratios against baselines measured in the same run.
 bench: plugins

@@ -320,6 +320,12 @@ impl Control {
         }
     }
 
+    /// Serves one connection to its end, as `serve` does for each it
+    /// accepts (for an embedding program, the tests and the fuzzer).
+    pub async fn serve_stream(&self, stream: UnixStream) {
+        self.connection(stream).await;
+    }
+
     /// The connections being served now.
     pub fn connections(&self) -> usize {
         MAX_CONNECTIONS - self.slots.available_permits()

@@ -46,12 +46,21 @@ pub fn read_manifest(
             })
         }
     };
+    parse_manifest(&text, &path, expected).map(Some)
+}
+
+/// Parses and checks the text of a `release.toml` (at `path`, for errors).
+pub fn parse_manifest(
+    text: &str,
+    path: &Path,
+    expected: &Version,
+) -> Result<ReleaseManifest, ReleaseError> {
     let bad = |reason: String| ReleaseError::Source {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
     let m: ReleaseManifest =
-        toml::from_str(&text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
+        toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
     if let Some(v) = &m.version {
         if v != expected.as_str() {
             return Err(bad(format!(
@@ -71,5 +80,5 @@ pub fn read_manifest(
     if m.summary.as_ref().is_some_and(|s| s.len() > MAX_SUMMARY) {
         return Err(bad(format!("`summary` is longer than {MAX_SUMMARY} bytes")));
     }
-    Ok(Some(m))
+    Ok(m)
 }

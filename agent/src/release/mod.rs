@@ -44,7 +44,7 @@ mod manifest;
 mod stage;
 mod version;
 
-pub use manifest::{read_manifest, ReleaseManifest, MAX_SUMMARY};
+pub use manifest::{parse_manifest, read_manifest, ReleaseManifest, MAX_SUMMARY};
 use stage::*;
 use version::shorten;
 pub use version::Version;
