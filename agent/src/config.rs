@@ -140,6 +140,9 @@ pub struct AppConfig {
     /// What the restart command gets in its environment besides `PATH`,
     /// `LANG` and the `ROLLBACK_*` variables (`restart_env`).
     pub restart_env: Vec<EnvVar>,
+    /// Releases keep the source's permission bits as they are (group and
+    /// other write, setuid, setgid, sticky), instead of losing those.
+    pub keep_modes: bool,
     /// Health checks, in config order.
     pub checks: Vec<CheckConfig>,
     /// Rollback hooks, in config order.
@@ -476,6 +479,7 @@ struct RawApp {
     restart: Option<Vec<String>>,
     restart_timeout: Option<String>,
     restart_env: Option<RawEnv>,
+    keep_modes: Option<bool>,
     #[serde(default)]
     checks: Vec<RawCheck>,
     #[serde(default)]
@@ -900,6 +904,7 @@ impl Validator<'_> {
                 MAX_DEADLINE,
             )?,
             restart_env,
+            keep_modes: raw.keep_modes.unwrap_or(false),
             checks,
             hooks,
             snapshot: raw.snapshot.iter().map(|p| self.resolve(p)).collect(),

@@ -594,7 +594,10 @@ impl Supervisor {
             waiters: Vec::new(),
             done_tx,
             done_rx,
-            limits: StageLimits::default(),
+            limits: StageLimits {
+                keep_modes: p.cfg.keep_modes,
+                ..StageLimits::default()
+            },
             cfg: p.cfg,
             parts: parts.clone(),
         };
@@ -1644,6 +1647,7 @@ impl Supervisor {
             p.checks = checks.clone();
             p.hooks = hooks.clone();
         }
+        self.limits.keep_modes = cfg.keep_modes;
         self.cfg = cfg;
         self.hooks = Arc::new(hooks);
         self.checks = checks;

@@ -147,6 +147,10 @@ pub struct StageLimits {
     pub max_entries: u64,
     /// Most bytes of regular-file content a release may contain, in total.
     pub max_bytes: u64,
+    /// Keep the source's permission bits as they are (the app's
+    /// `keep_modes`); by default group and other write, setuid, setgid and
+    /// sticky bits are dropped.
+    pub keep_modes: bool,
 }
 
 impl Default for StageLimits {
@@ -154,6 +158,7 @@ impl Default for StageLimits {
         StageLimits {
             max_entries: 100_000,
             max_bytes: 8 * 1024 * 1024 * 1024,
+            keep_modes: false,
         }
     }
 }

@@ -48,8 +48,11 @@ pub(super) const MAX_DEPTH: usize = 128;
 /// Longest path in a release, in bytes.
 pub(super) const MAX_PATH_BYTES: usize = 4096;
 /// Permission bits a release keeps: no group or other write, no setuid,
-/// setgid or sticky bit (a release is immutable and shared).
+/// setgid or sticky bit (a release is immutable and shared), unless the app
+/// says `keep_modes`.
 const MODE_MASK: u32 = 0o755;
+/// Every permission bit, for `keep_modes`.
+const ALL_MODES: u32 = 0o7777;
 /// Longest entry name quoted in an error message.
 const SHOWN_NAME: usize = 200;
 
@@ -454,6 +457,15 @@ impl<'a> Stager<'a> {
         }
     }
 
+    /// The permission bits staged files and directories keep.
+    fn mode_mask(&self) -> u32 {
+        if self.limits.keep_modes {
+            ALL_MODES
+        } else {
+            MODE_MASK
+        }
+    }
+
     /// The error for refusing entry `name` (archive entry name, or path relative
     /// to the source directory).
     fn refuse(&self, name: &str, reason: impl Into<String>) -> ReleaseError {
@@ -526,7 +538,7 @@ impl<'a> Stager<'a> {
             return Err(self.refuse("", "it is no longer a directory"));
         }
         self.dirs
-            .insert(PathBuf::new(), meta.permissions().mode() & MODE_MASK);
+            .insert(PathBuf::new(), meta.permissions().mode() & self.mode_mask());
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
             let src_dir = src_root.join(&rel_dir);
@@ -555,7 +567,7 @@ impl<'a> Stager<'a> {
                 )
                 .map_err(|e| io_err("inspect", &src)(e.into()))?;
                 let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-                let mode = st.st_mode & MODE_MASK;
+                let mode = st.st_mode & self.mode_mask();
                 if kind == SFlag::S_IFDIR {
                     let too_deep = rel.components().count() > MAX_DEPTH
                         || rel.as_os_str().len() > MAX_PATH_BYTES;
@@ -585,7 +597,7 @@ impl<'a> Stager<'a> {
                     if !meta.is_file() {
                         return Err(self.refuse(&name, "it is no longer a regular file"));
                     }
-                    let mode = meta.permissions().mode() & MODE_MASK;
+                    let mode = meta.permissions().mode() & self.mode_mask();
                     self.write_file(&rel, &name, &mut file, mode, meta.modified().ok())?;
                 } else if kind == SFlag::S_IFLNK {
                     let target = nix::fcntl::readlinkat(dir.as_fd(), file_name.as_os_str())
@@ -747,11 +759,12 @@ impl<'a> Stager<'a> {
             self.count_entry(&name)?;
             let rel = archive_rel_path(&raw).map_err(|r| self.refuse(&name, r))?;
             // Permission bits matter for files and directories only (not for links).
+            let mask = self.mode_mask();
             let mode = || {
                 entry
                     .header()
                     .mode()
-                    .map(|m| m & MODE_MASK)
+                    .map(|m| m & mask)
                     .map_err(|e| self.refuse(&name, format!("corrupt mode field: {e}")))
             };
             if ty.is_file() || ty.is_contiguous() {

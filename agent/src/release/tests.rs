@@ -151,6 +151,7 @@ fn small_limits() -> StageLimits {
     StageLimits {
         max_entries: 5,
         max_bytes: 1000,
+        ..StageLimits::default()
     }
 }
 
