@@ -506,7 +506,14 @@ impl Agent {
             "rollbackd to become ready",
             Duration::from_secs(120),
             || {
-                if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                // Ready means answering a call, not only accepting a connection.
+                if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                    && raw_call(
+                        &self.socket,
+                        b"{\"method\":\"org.varlink.service.GetInfo\"}\0",
+                    )
+                    .contains("rollbackd")
+                {
                     return Some(());
                 }
                 if let Some(status) = child.as_mut().unwrap().try_wait().unwrap() {
