@@ -459,6 +459,12 @@ fn a_restart_that_fails_rolls_the_deploy_back_or_degrades_without_a_target() {
     assert!(reason.contains("rollback impossible"), "{reason}");
     assert!(matches!(m.state(), State::Degraded { .. }));
     assert!(has(&fx, "end"), "the deploy's journal is cleared");
+    let n = names(&fx);
+    let at = |name: &str| n.iter().position(|x| x == name);
+    assert!(
+        at("notify degraded").is_some() && at("notify degraded") < at("prune"),
+        "a degraded app still honours keep_releases: {n:?}"
+    );
 }
 
 #[test]
