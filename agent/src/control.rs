@@ -139,14 +139,17 @@ impl Authz {
     /// Whether `actor` may name a deploy source by path (read with the
     /// agent's rights): root and the agent's own user only.
     pub fn may_pass_paths(&self, actor: &Actor) -> bool {
-        actor
-            .uid
-            .is_some_and(|uid| uid == 0 || uid == self.agent_uid)
+        actor.uid.is_some_and(|uid| self.is_privileged(uid))
+    }
+
+    /// Root and the agent's own user.
+    fn is_privileged(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.agent_uid
     }
 
     /// The access of a peer with `uid` and primary `gid`.
     pub fn access(&self, uid: u32, gid: u32) -> Access {
-        if uid == 0 || uid == self.agent_uid {
+        if self.is_privileged(uid) {
             return Access::Admin;
         }
         let groups = peer_groups(uid, gid);
@@ -326,11 +329,6 @@ impl Control {
         self.connection(stream).await;
     }
 
-    /// The connections being served now.
-    pub fn connections(&self) -> usize {
-        MAX_CONNECTIONS - self.slots.available_permits()
-    }
-
     async fn connection(&self, stream: UnixStream) {
         let (actor, access) = peer_of(&stream, &self.authz);
         let (read, mut write) = stream.into_split();
@@ -379,32 +377,9 @@ impl Control {
             // A deploy's source descriptor, if it declares one.
             let mut opened = None;
             if authorized.is_ok() && call.method == method::DEPLOY {
-                let declared =
-                    call.parameters.get("source_fd") == Some(&serde_json::Value::Bool(true));
-                match reader.get_mut().take_fd() {
-                    Ok(fd) if declared => match fd {
-                        Some(fd) => opened = Some(std::fs::File::from(fd)),
-                        None => {
-                            authorized = Err(RemoteError::invalid_parameter(
-                                "source_fd",
-                                "source_fd is set but no descriptor came with the call",
-                            ))
-                        }
-                    },
-                    Ok(_) => {}
-                    Err(e) => {
-                        authorized = Err(RemoteError::invalid_parameter("source_fd", e.to_string()))
-                    }
-                }
-                if authorized.is_ok() && opened.is_none() && !self.authz.may_pass_paths(&actor) {
-                    authorized = Err(RemoteError::new(
-                        error::PERMISSION_DENIED,
-                        format!(
-                            "user {} passes the source as a descriptor (source_fd, as rollbackctl does): \
-                             a path would be read with the agent's rights",
-                            actor.name
-                        ),
-                    ));
+                match self.deploy_source(&call, &actor, reader.get_mut()) {
+                    Ok(file) => opened = file,
+                    Err(e) => authorized = Err(e),
                 }
             }
             if authorized.is_ok() && call.method == method::WATCH {
@@ -437,6 +412,42 @@ impl Control {
                 return;
             }
         }
+    }
+
+    /// The descriptor a `Deploy` declares (`source_fd`), taken from what
+    /// came on the connection; a caller other than root must pass one.
+    fn deploy_source(
+        &self,
+        call: &Call,
+        actor: &Actor,
+        reader: &mut crate::fdpass::FdReader,
+    ) -> Result<Option<std::fs::File>, RemoteError> {
+        let declared = call.parameters.get("source_fd") == Some(&serde_json::Value::Bool(true));
+        let fd = reader
+            .take_fd()
+            .map_err(|e| RemoteError::invalid_parameter("source_fd", e.to_string()))?;
+        let opened = match (declared, fd) {
+            (true, Some(fd)) => Some(std::fs::File::from(fd)),
+            (true, None) => {
+                return Err(RemoteError::invalid_parameter(
+                    "source_fd",
+                    "source_fd is set but no descriptor came with the call",
+                ))
+            }
+            // A descriptor the call does not declare is closed.
+            (false, _) => None,
+        };
+        if opened.is_none() && !self.authz.may_pass_paths(actor) {
+            return Err(RemoteError::new(
+                error::PERMISSION_DENIED,
+                format!(
+                    "user {} passes the source as a descriptor (source_fd, as rollbackctl does): \
+                     a path would be read with the agent's rights",
+                    actor.name
+                ),
+            ));
+        }
+        Ok(opened)
     }
 
     /// Refuses a call the peer's access does not allow.

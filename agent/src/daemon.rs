@@ -281,7 +281,7 @@ impl Running {
         Ok(())
     }
 
-    fn start_app(&self, app: &AppConfig, loaded: &mut Loaded) -> anyhow::Result<AppHandle> {
+    fn start_app(&self, app: &AppConfig, loaded: &mut Loaded) -> AppHandle {
         let (checks, hooks) = loaded.remove(&app.name).unwrap_or_default();
         let snapshots = crate::snapshot::Snapshots::new(&self.config.agent.state_dir);
         let journal = crate::journal::Journal::new(&self.config.agent.state_dir);
@@ -293,7 +293,6 @@ impl Running {
             snapshots,
             journal,
         )
-        .with_context(|| format!("app `{}` (root {})", app.name, app.root.display()))
     }
 
     /// Reads the config file again. An invalid config (or plugin) keeps the
@@ -343,13 +342,7 @@ impl Running {
                     handle
                 }
                 // New, or moved to another root: a supervisor of its own.
-                _ => match self.start_app(app, &mut loaded) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        tracing::error!(app = %name, "cannot start: {e:#}");
-                        continue;
-                    }
-                },
+                _ => self.start_app(app, &mut loaded),
             };
             apps.insert(name.clone(), handle);
         }
@@ -458,7 +451,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> 
         watching: None,
     };
     for app in config.apps.values() {
-        let handle = running.start_app(app, &mut loaded)?;
+        let handle = running.start_app(app, &mut loaded);
         running.apps.insert(app.name.clone(), handle);
     }
     control.replace(running.apps.clone(), views);

@@ -1326,14 +1326,17 @@ impl Machine {
                 });
                 fx.push(Effect::Save);
                 match r {
+                    // Degrading prunes too.
                     Err(why) => self.degrade(Some(&f.to), why, fx),
-                    Ok(()) => fx.push(Effect::Notify(Tell::Activated {
-                        from: f.from.clone(),
-                        to: f.to.clone(),
-                        actor: f.actor.name.clone(),
-                    })),
+                    Ok(()) => {
+                        fx.push(Effect::Notify(Tell::Activated {
+                            from: f.from.clone(),
+                            to: f.to.clone(),
+                            actor: f.actor.name.clone(),
+                        }));
+                        fx.push(Effect::Prune);
+                    }
                 }
-                fx.push(Effect::Prune);
                 fx.push(Effect::Reply(Answer::Switch(Ok(RollbackDone {
                     from: f.from.clone(),
                     to: f.to.clone(),
@@ -1365,22 +1368,29 @@ impl Machine {
             previous: None,
         });
         fx.push(Effect::Save);
-        if let Err(why) = r {
+        let degraded = if let Err(why) = r {
             self.degrade(Some(&f.to), why, fx);
+            true
         } else if f.restore_failed {
             let why = format!(
                 "the state files of {} could not be restored (see history)",
                 f.to
             );
             self.degrade(Some(&f.to), why, fx);
-        }
+            true
+        } else {
+            false
+        };
         if !f.recovering {
             let kind = if f.automatic { "automatic" } else { "operator" };
             fx.push(Effect::Count(Count::Rollback(kind)));
         }
         // The failed release now counts against `keep_releases`; pruned
-        // before answering, so a waiting deploy sees the final layout.
-        fx.push(Effect::Prune);
+        // before answering, so a waiting deploy sees the final layout
+        // (degrading has pruned already).
+        if !degraded {
+            fx.push(Effect::Prune);
+        }
         let outcome = DeployOutcome::RolledBack {
             to: f.to.clone(),
             reason: f.why.clone(),

@@ -465,6 +465,7 @@ fn a_restart_that_fails_rolls_the_deploy_back_or_degrades_without_a_target() {
         at("notify degraded").is_some() && at("notify degraded") < at("prune"),
         "a degraded app still honours keep_releases: {n:?}"
     );
+    assert_eq!(n.iter().filter(|x| *x == "prune").count(), 1, "{n:?}");
 }
 
 #[test]

@@ -533,7 +533,8 @@ fn settings(cfg: &AppConfig, checks: &[LoadedCheck]) -> Settings {
 
 impl Supervisor {
     /// Reconciles the app's store records with its directory and spawns its
-    /// task. Returns the handle to send commands to it.
+    /// task (an app that cannot be reconciled is marked `error` there, never
+    /// a failure here). Returns the handle to send commands to it.
     pub fn start(
         cfg: AppConfig,
         store: Store,
@@ -541,7 +542,7 @@ impl Supervisor {
         hooks: Vec<LoadedHook>,
         snapshots: Snapshots,
         journal: Journal,
-    ) -> Result<AppHandle, CommandError> {
+    ) -> AppHandle {
         let (tx, rx) = mpsc::channel(16);
         let parts = Arc::new(std::sync::Mutex::new(Parts {
             cfg,
@@ -554,7 +555,7 @@ impl Supervisor {
         // The first reconciliation happens before the agent reports ready.
         let first = Supervisor::build(&parts);
         tokio::spawn(supervise(parts, rx, first));
-        Ok(AppHandle { tx })
+        AppHandle { tx }
     }
 
     /// A supervisor from `parts`, reconciled with its directory.
@@ -1641,12 +1642,7 @@ impl Supervisor {
     /// runs); if the set of checks changed, the watch starts again with what
     /// is left of the bake.
     async fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
-        {
-            let mut p = lock_parts(&self.parts);
-            p.cfg = cfg.clone();
-            p.checks = checks.clone();
-            p.hooks = hooks.clone();
-        }
+        lock_parts(&self.parts).renew(cfg.clone(), checks.clone(), hooks.clone());
         self.limits.keep_modes = cfg.keep_modes;
         self.cfg = cfg;
         self.hooks = Arc::new(hooks);
@@ -1880,6 +1876,13 @@ struct Parts {
     journal: Journal,
 }
 
+impl Parts {
+    /// What a reload hands the app.
+    fn renew(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
+        (self.cfg, self.checks, self.hooks) = (cfg, checks, hooks);
+    }
+}
+
 fn lock_parts(parts: &std::sync::Mutex<Parts>) -> std::sync::MutexGuard<'_, Parts> {
     parts.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1965,12 +1968,7 @@ async fn unsupervised(
             cmd = rx.recv() => match cmd {
                 None => return None,
                 Some(Command::Reload { cfg, checks, hooks, reply }) => {
-                    {
-                        let mut p = lock_parts(parts);
-                        p.cfg = *cfg;
-                        p.checks = checks;
-                        p.hooks = hooks;
-                    }
+                    lock_parts(parts).renew(*cfg, checks, hooks);
                     let _ = reply.send(Ok(()));
                 }
                 Some(cmd) => {

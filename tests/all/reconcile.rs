@@ -75,7 +75,6 @@ fn start(tmp: &tempfile::TempDir, root: &Path, store: &Store, bake: Duration) ->
         snapshots,
         Journal::new(tmp.path()),
     )
-    .unwrap()
 }
 
 /// Two releases on disk, `current` at `active`.

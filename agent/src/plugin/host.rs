@@ -269,10 +269,10 @@ impl http::Host for HostState {
             .map(|ms| Duration::from_millis(u64::from(ms)));
         let started = Instant::now();
         let map_err = |e: reqwest::Error| {
+            // Redirects are followed here, not by the client: none of its
+            // errors is a redirect's.
             if e.is_timeout() {
                 http::Error::Timeout
-            } else if e.is_redirect() {
-                http::Error::Denied(error_chain(&e))
             } else {
                 http::Error::Transport(error_chain(&e))
             }
