@@ -132,6 +132,10 @@ pub struct AppConfig {
     pub root: PathBuf,
     /// How long a new release is watched before it is marked good.
     pub bake: Duration,
+    /// How long a bake may be extended while critical checks lack
+    /// conclusive runs, counted from the activation (default twice `bake`);
+    /// after it the app is held.
+    pub max_bake: Duration,
     /// Command run after every activation (argv, no shell; a relative
     /// program path containing `/` is resolved against the config file).
     pub restart: Option<Vec<String>>,
@@ -264,6 +268,9 @@ pub struct CheckConfig {
     pub severity: Severity,
     /// How plugin errors count.
     pub on_error: OnError,
+    /// Conclusive runs (not inconclusive) a bake needs from this check
+    /// (critical checks only; default the app's `min_conclusive`, else 1).
+    pub min_conclusive: u32,
     /// The plugin, its grants and limits.
     pub entry: PluginEntry,
 }
@@ -280,15 +287,18 @@ pub enum HookEvent {
     RolledBack,
     /// When the app becomes degraded.
     Degraded,
+    /// When a bake ends without a verdict and the app is held.
+    Held,
 }
 
 impl HookEvent {
     /// Every event, in lifecycle order.
-    pub const ALL: [HookEvent; 4] = [
+    pub const ALL: [HookEvent; 5] = [
         HookEvent::PreActivate,
         HookEvent::Activated,
         HookEvent::RolledBack,
         HookEvent::Degraded,
+        HookEvent::Held,
     ];
 
     /// The name used in `on = [...]`.
@@ -298,6 +308,7 @@ impl HookEvent {
             HookEvent::Activated => "activated",
             HookEvent::RolledBack => "rolled-back",
             HookEvent::Degraded => "degraded",
+            HookEvent::Held => "held",
         }
     }
 }
@@ -476,6 +487,8 @@ struct RawAgent {
 struct RawApp {
     root: PathBuf,
     bake: Option<String>,
+    max_bake: Option<String>,
+    min_conclusive: Option<i64>,
     restart: Option<Vec<String>>,
     restart_timeout: Option<String>,
     restart_env: Option<RawEnv>,
@@ -501,6 +514,7 @@ struct RawCheck {
     window: Option<String>,
     severity: Option<String>,
     on_error: Option<String>,
+    min_conclusive: Option<i64>,
     plugin: PathBuf,
     sha256: Option<String>,
     timeout: Option<String>,
@@ -863,11 +877,29 @@ impl Validator<'_> {
             None => None,
         };
         let restart_env = self.restart_env(&format!("{key}.restart_env"), raw.restart_env)?;
+        let bake = self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE, MAX_WINDOW)?;
+        let max_bake = self.duration(
+            &format!("{key}.max_bake"),
+            raw.max_bake,
+            bake.saturating_mul(2).min(MAX_WINDOW),
+            MAX_WINDOW,
+        )?;
+        if max_bake < bake {
+            return Err(self.err(
+                format!("{key}.max_bake"),
+                format!(
+                    "must be at least bake ({})",
+                    humantime::format_duration(bake)
+                ),
+            ));
+        }
+        let min_conclusive =
+            self.min_conclusive(&format!("{key}.min_conclusive"), raw.min_conclusive, 1)?;
         let mut checks = Vec::with_capacity(raw.checks.len());
         let mut names = BTreeSet::new();
         for (i, c) in raw.checks.into_iter().enumerate() {
             let ckey = format!("{key}.checks[{i}]");
-            let check = self.check(&ckey, c)?;
+            let check = self.check(&ckey, c, min_conclusive)?;
             if !names.insert(check.name.clone()) {
                 return Err(self.err(
                     format!("{ckey}.name"),
@@ -895,7 +927,8 @@ impl Validator<'_> {
         Ok(AppConfig {
             name: name.to_string(),
             root: self.resolve(&raw.root),
-            bake: self.duration(&format!("{key}.bake"), raw.bake, DEFAULT_BAKE, MAX_WINDOW)?,
+            bake,
+            max_bake,
             restart,
             restart_timeout: self.duration(
                 &format!("{key}.restart_timeout"),
@@ -932,7 +965,26 @@ impl Validator<'_> {
         })
     }
 
-    fn check(&self, key: &str, raw: RawCheck) -> Result<CheckConfig, ConfigError> {
+    /// A `min_conclusive` value: 1 to 1000 conclusive runs.
+    fn min_conclusive(
+        &self,
+        key: &str,
+        raw: Option<i64>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(n) if (1..=1000).contains(&n) => Ok(n as u32),
+            Some(n) => Err(self.err(key, format!("{n} is out of range 1..=1000"))),
+        }
+    }
+
+    fn check(
+        &self,
+        key: &str,
+        raw: RawCheck,
+        app_min_conclusive: u32,
+    ) -> Result<CheckConfig, ConfigError> {
         if !valid_name(&raw.name) {
             return Err(self.err(
                 format!("{key}.name"),
@@ -1014,6 +1066,11 @@ impl Validator<'_> {
                 ))
             }
         };
+        let min_conclusive = self.min_conclusive(
+            &format!("{key}.min_conclusive"),
+            raw.min_conclusive,
+            app_min_conclusive,
+        )?;
         Ok(CheckConfig {
             name: raw.name,
             interval,
@@ -1021,6 +1078,7 @@ impl Validator<'_> {
             rule,
             severity,
             on_error,
+            min_conclusive,
             entry: self.entry(key, raw_entry!(raw))?,
         })
     }
@@ -1045,6 +1103,7 @@ impl Validator<'_> {
                 HookEvent::Activated,
                 HookEvent::RolledBack,
                 HookEvent::Degraded,
+                HookEvent::Held,
             ],
             Some(list) if list.is_empty() => {
                 return Err(self.err(format!("{key}.on"), "must name at least one event"))
@@ -1058,7 +1117,7 @@ impl Validator<'_> {
                         .ok_or_else(|| {
                             self.err(
                                 format!("{key}.on[{i}]"),
-                                format!("`{text}` is not one of pre-activate, activated, rolled-back, degraded"),
+                                format!("`{text}` is not one of pre-activate, activated, rolled-back, degraded, held"),
                             )
                         })?;
                     if !on.contains(&event) {

@@ -249,6 +249,7 @@ fn command_error(e: CommandError) -> RemoteError {
         CommandError::Vetoed { .. } => error::VETOED,
         CommandError::NothingActive { .. } => error::NO_ACTIVE_RELEASE,
         CommandError::Unsupervised { .. } => error::UNSUPERVISED,
+        CommandError::NotPromotable { .. } => error::NOT_PROMOTABLE,
     };
     RemoteError::new(name, e.to_string())
 }
@@ -456,6 +457,7 @@ impl Control {
             method::DEPLOY
             | method::ROLLBACK
             | method::ACTIVATE
+            | method::PROMOTE
             | method::PAUSE
             | method::RESUME => Access::Admin,
             _ => Access::Read,
@@ -539,6 +541,15 @@ impl Control {
                     to: done.to,
                 })
             }
+            method::PROMOTE => {
+                let p: protocol::PromoteParams = protocol::parameters(&call.parameters)?;
+                let version = self
+                    .handle(&p.app)?
+                    .promote(p.reason.clone(), actor.clone())
+                    .await
+                    .map_err(command_error)?;
+                to_value(&protocol::PromoteReply { app: p.app, version })
+            }
             method::PAUSE | method::RESUME => {
                 let p: protocol::AppOnly = protocol::parameters(&call.parameters)?;
                 let paused = call.method == method::PAUSE;
@@ -605,7 +616,7 @@ impl Control {
                 .store
                 .app(&name)
                 .map_err(internal)?
-                .unwrap_or_else(|| crate::store::AppRecord::new(&name));
+                .unwrap_or_else(|| crate::domain::App::new(&name));
             apps.push(protocol::AppStatus {
                 store_unwritable: self.store.unwritable(),
                 ..rec.into()
@@ -732,6 +743,7 @@ impl Control {
             DeployOutcome::Good => ("good", Some(version.to_string()), None),
             DeployOutcome::RolledBack { to, reason } => ("rolled-back", Some(to), Some(reason)),
             DeployOutcome::Degraded { reason } => ("degraded", None, Some(reason)),
+            DeployOutcome::Held { reason } => ("held", Some(version.to_string()), Some(reason)),
         };
         to_value(&protocol::DeployReply {
             app: p.app,
@@ -881,8 +893,8 @@ impl Control {
     }
 }
 
-impl From<crate::store::AppRecord> for protocol::AppStatus {
-    fn from(rec: crate::store::AppRecord) -> Self {
+impl From<crate::domain::App> for protocol::AppStatus {
+    fn from(rec: crate::domain::App) -> Self {
         protocol::AppStatus {
             app: rec.name,
             state: rec.state,
@@ -901,8 +913,8 @@ impl From<crate::store::AppRecord> for protocol::AppStatus {
     }
 }
 
-impl From<crate::store::CheckStatus> for protocol::CheckView {
-    fn from(c: crate::store::CheckStatus) -> Self {
+impl From<crate::domain::CheckStatus> for protocol::CheckView {
+    fn from(c: crate::domain::CheckStatus) -> Self {
         protocol::CheckView {
             outcome: c.outcome,
             summary: c.summary,

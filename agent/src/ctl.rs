@@ -32,6 +32,9 @@ use crate::protocol::{self, method, Call, RemoteError, Reply};
 
 /// Exit code of a deploy that was rolled back (or left the app degraded).
 pub const EXIT_ROLLED_BACK: u8 = 3;
+/// Exit code when nothing failed but a (critical) result was inconclusive,
+/// or a deploy's bake ended without a verdict (the app is held).
+pub const EXIT_INCONCLUSIVE: u8 = 4;
 
 /// Control the rollback agent.
 #[derive(Debug, Parser)]
@@ -111,7 +114,7 @@ pub enum AgentCommand {
     /// Stage a release from a directory or an archive (.tar.gz, .tgz,
     /// .tar.zst, .tzst), activate it and bake it.
     #[command(
-        after_help = "Exit status with --wait: 0 marked good, 3 rolled back (or degraded), 1 error."
+        after_help = "Exit status with --wait: 0 marked good, 3 rolled back (or degraded), 4 held (no verdict: promote or roll back), 1 error."
     )]
     Deploy {
         /// The app.
@@ -121,7 +124,8 @@ pub enum AgentCommand {
         /// The new release's version.
         #[arg(long)]
         version: String,
-        /// Wait until the bake decides: good (exit 0) or rolled back (exit 3).
+        /// Wait until the bake decides: good (exit 0), rolled back (exit 3) or
+        /// held (exit 4).
         #[arg(long)]
         wait: bool,
         /// The source commit (recorded with the release).
@@ -179,6 +183,18 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mark the held (or still baking) release good, as if its bake had
+    /// passed: the operator's verdict when the checks could not give one.
+    Promote {
+        /// The app.
+        app: String,
+        /// Why, recorded in the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Freeze automatic actions (checks keep running and recording).
     Pause {
         /// The app.
@@ -197,7 +213,7 @@ pub enum AgentCommand {
     },
     /// Run the app's checks now and print the results (nothing is decided).
     #[command(
-        after_help = "Exit status: 0 every critical check passed (or warned), 3 a critical check failed or errored, 1 error."
+        after_help = "Exit status: 0 every critical check passed (or warned), 3 a critical check failed or errored, 4 a critical check was inconclusive and none failed, 1 error."
     )]
     Check {
         /// The app.
@@ -233,7 +249,7 @@ pub enum AgentCommand {
 pub enum PluginCommand {
     /// Run a health check once, here, and print what it reports.
     #[command(
-        after_help = "Exit status: 0 pass or warn, 3 fail, 1 error (trap, timeout, denied host, bad plugin), 2 usage.\n\n\
+        after_help = "Exit status: 0 pass or warn, 3 fail, 4 inconclusive, 1 error (trap, timeout, denied host, bad plugin), 2 usage.\n\n\
 Example:\n  rollbackctl plugin test target/plugins/http-probe.wasm \\\n    --config url=http://127.0.0.1:8080/health --allow-host 127.0.0.1:8080"
     )]
     Test {
@@ -449,7 +465,8 @@ fn decide_colour(choice: ColorChoice) {
 fn tint_of(word: &str) -> Option<&'static str> {
     match word {
         "healthy" | "good" | "pass" | "marked-good" | "resumed" => Some("32"),
-        "baking" | "deploying" | "warn" | "paused" | "staged" | "lagged" => Some("33"),
+        "baking" | "deploying" | "warn" | "paused" | "staged" | "lagged" | "held"
+        | "inconclusive" | "bake-extended" => Some("33"),
         "degraded" | "failed" | "fail" | "error" | "rolled-back" | "rolling-back"
         | "check-failed" | "deploy-failed" | "restart-failed" | "hook-failed"
         | "snapshot-failed" => Some("31"),
@@ -682,6 +699,19 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 ))?;
             }
         }
+        AgentCommand::Promote { app, reason, json } => {
+            let (r, raw): (protocol::PromoteReply, _) = client
+                .request(
+                    method::PROMOTE,
+                    serde_json::json!({ "app": app, "reason": reason }),
+                )
+                .await?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                out(&format!("{}: {} promoted: marked good\n", r.app, r.version))?;
+            }
+        }
         AgentCommand::Pause { app, json } => {
             return pause_or_resume(&mut client, method::PAUSE, &app, json).await;
         }
@@ -709,12 +739,15 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 }
                 out(&table(&rows))?;
             }
-            let bad = r.checks.iter().any(|c| {
-                c.severity == Severity::Critical
-                    && matches!(c.outcome, Outcome::Fail | Outcome::Error)
-            });
-            return Ok(if bad {
+            let critical = |outcomes: &[Outcome]| {
+                r.checks
+                    .iter()
+                    .any(|c| c.severity == Severity::Critical && outcomes.contains(&c.outcome))
+            };
+            return Ok(if critical(&[Outcome::Fail, Outcome::Error]) {
                 ExitCode::from(EXIT_ROLLED_BACK)
+            } else if critical(&[Outcome::Inconclusive]) {
+                ExitCode::from(EXIT_INCONCLUSIVE)
             } else {
                 ExitCode::SUCCESS
             });
@@ -939,6 +972,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             }
             return Ok(match r.outcome.as_str() {
                 "rolled-back" | "degraded" => ExitCode::from(EXIT_ROLLED_BACK),
+                "held" => ExitCode::from(EXIT_INCONCLUSIVE),
                 _ => ExitCode::SUCCESS,
             });
         }
@@ -1126,6 +1160,7 @@ async fn plugin_test(
                 Status::Pass => ("pass", ExitCode::SUCCESS),
                 Status::Warn => ("warn", ExitCode::SUCCESS),
                 Status::Fail => ("fail", ExitCode::from(EXIT_ROLLED_BACK)),
+                Status::Inconclusive => ("inconclusive", ExitCode::from(EXIT_INCONCLUSIVE)),
             };
             (name, r.summary.clone(), r.metrics.clone(), code)
         }

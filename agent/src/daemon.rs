@@ -52,6 +52,7 @@ enum Role {
         rule: crate::policy::Rule,
         severity: crate::policy::Severity,
         on_error: crate::policy::OnError,
+        min_conclusive: u32,
     },
     Hook {
         on: Vec<HookEvent>,
@@ -152,6 +153,7 @@ fn compile_all(host: &PluginHost, config: &Config) -> anyhow::Result<Vec<Compile
                 rule: c.rule,
                 severity: c.severity,
                 on_error: c.on_error,
+                min_conclusive: c.min_conclusive,
             };
             (&c.name, role, &c.entry)
         });
@@ -234,6 +236,7 @@ fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
                 rule,
                 severity,
                 on_error,
+                min_conclusive,
             } => checks.push(LoadedCheck {
                 name: c.name.clone(),
                 interval: *interval,
@@ -241,6 +244,7 @@ fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
                 rule: *rule,
                 severity: *severity,
                 on_error: *on_error,
+                min_conclusive: *min_conclusive,
                 plugin: c.plugin.clone(),
                 sandbox,
             }),
@@ -625,7 +629,7 @@ fn raise_fd_limit() {
 }
 
 /// One line for `systemctl status`: each app's state and active release.
-fn status_line(apps: &[crate::store::AppRecord]) -> String {
+fn status_line(apps: &[crate::domain::App]) -> String {
     let parts: Vec<String> = apps
         .iter()
         .map(|a| {

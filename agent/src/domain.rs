@@ -1,6 +1,8 @@
 //! The lifecycle's vocabulary: app and release states, event kinds, check
 //! outcomes and severities, actors and the audit event, each name defined
-//! once (`named!`) and used alike by the store, the wire and the tables.
+//! once (`named!`) and used alike by the store, the wire and the tables; and
+//! what the agent knows of an app and its releases (`App`, `Release`,
+//! `CheckStatus`), which the store keeps in rows of its own.
 //!
 //! Owns no behaviour: plain data with its names. Must never depend on the
 //! store, the protocol or the supervisor (they all depend on it).
@@ -88,6 +90,9 @@ named! {
         RollingBack = "rolling-back",
         /// The agent stopped acting and waits for an operator.
         Degraded = "degraded",
+        /// The bake ended without enough conclusive check runs: no automatic
+        /// action until an operator promotes or rolls back the release.
+        Held = "held",
         /// The app is not supervised: its state could not be repaired (at
         /// start-up or reload) or its supervisor failed; the reason says why.
         Error = "error",
@@ -120,6 +125,9 @@ named! {
         /// The plugin could not decide (trap, timeout, bad config): counts as
         /// a failure unless `on_error = "ignore"`.
         Error = "error",
+        /// The check could not tell (what it reads was throttled, down or
+        /// refused its credentials): counts neither way.
+        Inconclusive = "inconclusive",
     }
 }
 
@@ -152,6 +160,13 @@ named! {
         CheckFailed = "check-failed",
         /// A release passed its bake.
         MarkedGood = "marked-good",
+        /// The bake window ended without a verdict and goes on (up to
+        /// `max_bake`).
+        BakeExtended = "bake-extended",
+        /// The bake ended without a verdict: the app is held.
+        Held = "held",
+        /// An operator marked a held or baking release good.
+        Promoted = "promoted",
         /// A release was rolled back.
         RolledBack = "rolled-back",
         /// The agent stopped acting on an app.
@@ -275,6 +290,117 @@ impl Event {
     pub fn hook(mut self, h: impl Into<String>) -> Self {
         self.hook = Some(h.into());
         self
+    }
+}
+
+/// The last result of one check, kept for `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckStatus {
+    /// `pass`, `warn`, `fail` or `error`.
+    pub outcome: Outcome,
+    /// The plugin's summary (or the error).
+    pub summary: String,
+    /// When it ran.
+    pub at_ms: u64,
+    /// How long the call took.
+    pub duration_ms: u64,
+    /// Failures (fail or error) in a row.
+    pub consecutive_failures: u32,
+    /// Runs since the release was activated.
+    pub runs: u64,
+    /// HTTP retries (after 429/503) in the last run.
+    pub http_retries: u32,
+    /// Metrics reported by the plugin.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// What the agent knows of one app, kept durably between runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    /// The app's name.
+    pub name: String,
+    /// What the app is doing.
+    pub state: AppState,
+    /// The version `current` points at.
+    pub active: Option<String>,
+    /// The newest release that passed its bake.
+    pub last_good: Option<String>,
+    /// Why the app is in its state (e.g. the rollback reason).
+    pub reason: Option<String>,
+    /// When the bake of the active release ends (while baking).
+    pub bake_until_ms: Option<u64>,
+    /// Last result per check name.
+    pub checks: std::collections::BTreeMap<String, CheckStatus>,
+    /// Automatic actions are frozen (`rollbackctl pause`).
+    pub paused: bool,
+    /// The active release was restored by an automatic rollback: if it
+    /// fails too, the agent degrades instead of swapping again.
+    pub restored: bool,
+    /// Last change (set by the store when it writes).
+    pub updated_at_ms: u64,
+}
+
+impl App {
+    /// A fresh app never seen before.
+    pub fn new(name: &str) -> Self {
+        App {
+            name: name.to_string(),
+            state: AppState::Empty,
+            active: None,
+            last_good: None,
+            reason: None,
+            bake_until_ms: None,
+            checks: Default::default(),
+            paused: false,
+            restored: false,
+            updated_at_ms: now_ms(),
+        }
+    }
+}
+
+/// What the agent knows of one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The app it belongs to.
+    pub app: String,
+    /// Its version.
+    pub version: String,
+    /// Where it is in its life.
+    pub state: ReleaseState,
+    /// Where it was staged from.
+    pub source: Option<String>,
+    /// When it was staged (or first seen on disk).
+    pub created_at_ms: u64,
+    /// When it was last activated.
+    pub activated_at_ms: Option<u64>,
+    /// When it became good or failed.
+    pub decided_at_ms: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The source commit, from `deploy --commit` or `release.toml`.
+    pub commit: Option<String>,
+    /// A tag, from `release.toml`.
+    pub tag: Option<String>,
+    /// What changed, from `deploy --message` or `release.toml`'s `summary`.
+    pub message: Option<String>,
+}
+
+impl Release {
+    /// A release in `state` with only its name set, created now.
+    pub fn new(app: &str, version: &str, state: ReleaseState) -> Self {
+        Release {
+            app: app.to_string(),
+            version: version.to_string(),
+            state,
+            source: None,
+            created_at_ms: now_ms(),
+            activated_at_ms: None,
+            decided_at_ms: None,
+            reason: None,
+            commit: None,
+            tag: None,
+            message: None,
+        }
     }
 }
 

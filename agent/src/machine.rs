@@ -31,8 +31,8 @@ use crate::config::AutoRollback;
 use crate::lifecycle::{Intent, Op, Step};
 use crate::plugin::Phase;
 use crate::policy::{
-    bake_verdict, steady_action, BakeVerdict, CheckTracker, Health, OnError, Outcome, Rule,
-    Severity, SteadyAction,
+    bake_verdict, steady_action, BakeCheck, BakeVerdict, BakeWindow, CheckTracker, Health,
+    OnError, Outcome, Rule, Severity, SteadyAction,
 };
 use crate::store::{Actor, AppState, EventKind, ReleaseState};
 
@@ -55,6 +55,11 @@ pub enum DeployOutcome {
         /// Why.
         reason: String,
     },
+    /// The bake ended without a verdict; the app waits for an operator.
+    Held {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl DeployOutcome {
@@ -65,6 +70,7 @@ impl DeployOutcome {
             DeployOutcome::Good => "good",
             DeployOutcome::RolledBack { .. } => "rolled-back",
             DeployOutcome::Degraded { .. } => "degraded",
+            DeployOutcome::Held { .. } => "held",
         }
     }
 }
@@ -102,6 +108,8 @@ pub enum Refusal {
         /// The hook's error.
         reason: String,
     },
+    /// Only a held or baking release can be promoted.
+    NotPromotable(AppState),
     /// The effect that failed (the shell holds its error).
     Failed,
 }
@@ -128,6 +136,8 @@ pub struct CheckSpec {
     pub on_error: OnError,
     /// What an unhealthy result does.
     pub severity: Severity,
+    /// Conclusive runs a bake needs from it.
+    pub min_conclusive: u32,
 }
 
 impl CheckSpec {
@@ -154,6 +164,8 @@ impl CheckSpec {
 pub struct Settings {
     /// The bake window of a new release.
     pub bake: Duration,
+    /// The longest a bake may be extended to (at least `bake`).
+    pub max_bake: Duration,
     /// When an unhealthy check rolls back.
     pub auto_rollback: AutoRollback,
     /// The app's checks, in config order.
@@ -329,6 +341,10 @@ pub enum State {
         version: String,
         /// The end of its bake window.
         until: Instant,
+        /// The latest it may be extended to.
+        max_until: Instant,
+        /// The window ended without a verdict and the bake goes on.
+        extended: bool,
     },
     /// A rollback after its swap: restore, restart.
     RollingBack(Flow),
@@ -346,6 +362,14 @@ pub enum State {
         /// Why.
         reason: String,
     },
+    /// The bake ended without a verdict: checks go on, no automatic action,
+    /// until an operator promotes or rolls back the release.
+    Held {
+        /// The active release.
+        version: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl State {
@@ -360,6 +384,7 @@ impl State {
             State::Baking { .. } => AppState::Baking,
             State::Steady { .. } => AppState::Healthy,
             State::Degraded { .. } => AppState::Degraded,
+            State::Held { .. } => AppState::Held,
         }
     }
 
@@ -450,6 +475,13 @@ pub enum Tell {
         /// Why.
         reason: String,
     },
+    /// The bake ended without a verdict.
+    Held {
+        /// The active release.
+        version: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Counters the metrics keep.
@@ -472,6 +504,8 @@ pub enum Answer {
     Switch(Result<RollbackDone, Refusal>),
     /// To the pause command.
     Paused,
+    /// To the promote command: the release marked good.
+    Promoted(Result<String, Refusal>),
     /// To the deploys waiting for their bake.
     Waiters(DeployOutcome),
 }
@@ -620,6 +654,13 @@ pub enum Input {
         /// Who.
         actor: Actor,
     },
+    /// `promote`: mark the held (or baking) release good.
+    Promote {
+        /// The operator's reason.
+        reason: Option<String>,
+        /// Who.
+        actor: Actor,
+    },
     /// New settings from a reloaded config.
     Reload(Settings),
     /// Start-up found this operation interrupted: finish it.
@@ -713,6 +754,13 @@ pub enum Start {
         /// Why.
         reason: String,
     },
+    /// The app was held after a bake without a verdict.
+    Held {
+        /// The release.
+        version: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Machine {
@@ -737,10 +785,7 @@ impl Machine {
         let version = match start {
             Start::Empty => return m,
             Start::Baking { version, left } => {
-                m.state = State::Baking {
-                    version: version.clone(),
-                    until: now + left,
-                };
+                m.state = m.baking(&version, now, left);
                 version
             }
             Start::Steady { version, note } => {
@@ -753,6 +798,13 @@ impl Machine {
             Start::Degraded { version, reason } => {
                 m.state = State::Degraded {
                     version: Some(version.clone()),
+                    reason,
+                };
+                version
+            }
+            Start::Held { version, reason } => {
+                m.state = State::Held {
+                    version: version.clone(),
                     reason,
                 };
                 version
@@ -793,23 +845,38 @@ impl Machine {
     pub fn reason(&self) -> Option<&str> {
         match &self.state {
             State::Steady { note, .. } => note.as_deref(),
-            State::Degraded { reason, .. } => Some(reason),
+            State::Degraded { reason, .. } | State::Held { reason, .. } => Some(reason),
             _ => None,
         }
     }
 
-    /// The end of the bake, while baking.
+    /// Baking `version` from `now` with `left` of its window; the extension
+    /// allowed beyond it is what `max_bake` adds to `bake`.
+    fn baking(&self, version: &str, now: Instant, left: Duration) -> State {
+        let until = now + left;
+        State::Baking {
+            version: version.to_string(),
+            until,
+            max_until: until + self.settings.max_bake.saturating_sub(self.settings.bake),
+            extended: false,
+        }
+    }
+
+    /// The end of the bake (of its extension, once extended), while baking.
     pub fn bake_until(&self) -> Option<Instant> {
         match &self.state {
-            State::Baking { until, .. } => Some(*until),
+            State::Baking {
+                until, extended, ..
+            } if !*extended => Some(*until),
+            State::Baking { max_until, .. } => Some(*max_until),
             _ => None,
         }
     }
 
-    /// The phase checks are told about.
+    /// The phase checks are told about: a held release never passed its bake.
     pub fn phase(&self) -> Phase {
         match self.state {
-            State::Baking { .. } => Phase::Bake,
+            State::Baking { .. } | State::Held { .. } => Phase::Bake,
             _ => Phase::Steady,
         }
     }
@@ -849,6 +916,7 @@ impl Machine {
             }
             Input::Activate { version, actor } => self.activate(version, actor, facts, &mut fx),
             Input::Pause { paused, actor } => self.pause(paused, actor, &mut fx),
+            Input::Promote { reason, actor } => self.promote(reason, actor, &mut fx),
             Input::Reload(settings) => self.reload(settings, now, &mut fx),
             Input::Recover(flow) => self.recover(flow, &mut fx),
             Input::Started => {
@@ -1295,10 +1363,7 @@ impl Machine {
                 }));
                 let previous = facts.newest_good(Some(&f.to)).or(f.from.clone());
                 let bake = f.bake_left.unwrap_or(self.settings.bake);
-                self.state = State::Baking {
-                    version: f.to.clone(),
-                    until: now + bake,
-                };
+                self.state = self.baking(&f.to, now, bake);
                 self.begin_watch(&f.to, previous.clone(), now);
                 fx.push(Effect::Watch {
                     version: f.to.clone(),
@@ -1599,8 +1664,9 @@ impl Machine {
         fx: &mut Vec<Effect>,
     ) {
         let degraded = matches!(self.state, State::Degraded { .. });
+        let held = matches!(self.state, State::Held { .. });
         let busy = self.state.flow().is_some();
-        let acting = !self.paused && !degraded && !busy;
+        let acting = !self.paused && !degraded && !held && !busy;
         let action = if acting {
             steady_action(check.severity, self.settings.auto_rollback, self.restored)
         } else {
@@ -1617,6 +1683,8 @@ impl Machine {
                 " [paused: no action]"
             } else if degraded {
                 " [degraded: no action]"
+            } else if held {
+                " [held: no action]"
             } else {
                 " [busy: no action]"
             });
@@ -1643,41 +1711,76 @@ impl Machine {
     }
 
     fn evaluate_bake(&mut self, now: Instant, facts: &impl Facts, fx: &mut Vec<Effect>) {
-        let State::Baking { version, until } = &self.state else {
+        let State::Baking {
+            version,
+            until,
+            max_until,
+            extended,
+        } = &self.state
+        else {
             return;
         };
         let (Some(w), false) = (self.watch.as_ref(), self.paused) else {
             return;
         };
-        let health: Vec<(Health, Severity)> = w
+        let checks: Vec<BakeCheck> = w
             .slots
             .iter()
             .zip(&self.settings.checks)
-            .map(|(s, c)| (s.tracker.health(now), c.severity))
+            .map(|(s, c)| BakeCheck {
+                health: s.tracker.health(now),
+                severity: c.severity,
+                conclusive: s.tracker.conclusive(),
+                min_conclusive: c.min_conclusive,
+            })
             .collect();
-        let version = version.clone();
-        match bake_verdict(now, *until, &health) {
+        let window = BakeWindow {
+            until: *until,
+            max_until: *max_until,
+        };
+        let (version, extended) = (version.clone(), *extended);
+        match bake_verdict(now, window, &checks) {
             BakeVerdict::Pending => {}
-            BakeVerdict::Passed => {
-                fx.push(Effect::Release {
+            BakeVerdict::Passed => self.mark_good(&version, "passed its bake", fx),
+            BakeVerdict::Extended(_) if extended => {}
+            BakeVerdict::Extended(waiting) => {
+                let why = format!(
+                    "the bake window ended without a verdict ({}); watching up to max_bake ({})",
+                    self.waiting_text(&waiting),
+                    humantime::format_duration(self.settings.max_bake)
+                );
+                if let State::Baking { extended, .. } = &mut self.state {
+                    *extended = true;
+                }
+                fx.push(Effect::Save);
+                fx.push(Effect::Record(Note::new(
+                    EventKind::BakeExtended,
+                    &version,
+                    why,
+                )));
+            }
+            BakeVerdict::Held(waiting) => {
+                let reason = format!(
+                    "no verdict within max_bake ({}): {}; promote or roll back",
+                    humantime::format_duration(self.settings.max_bake),
+                    self.waiting_text(&waiting)
+                );
+                self.state = State::Held {
                     version: version.clone(),
-                    state: ReleaseState::Good,
-                    reason: None,
-                });
-                self.state = State::Steady {
-                    version: version.clone(),
-                    note: None,
+                    reason: reason.clone(),
                 };
                 fx.push(Effect::Save);
                 fx.push(Effect::Record(Note::new(
-                    EventKind::MarkedGood,
+                    EventKind::Held,
                     &version,
-                    "passed its bake",
+                    reason.clone(),
                 )));
-                fx.push(Effect::Count(Count::Deploy("good")));
-                // Prune before answering, so a waiting deploy sees the final layout.
-                fx.push(Effect::Prune);
-                fx.push(Effect::Reply(Answer::Waiters(DeployOutcome::Good)));
+                fx.push(Effect::Notify(Tell::Held {
+                    version,
+                    reason: reason.clone(),
+                }));
+                fx.push(Effect::Count(Count::Deploy("held")));
+                fx.push(Effect::Reply(Answer::Waiters(DeployOutcome::Held { reason })));
             }
             BakeVerdict::Failed(i) => {
                 let check = self.settings.checks[i].clone();
@@ -1696,6 +1799,72 @@ impl Machine {
                 );
             }
         }
+    }
+
+    /// What the critical checks a bake waits for lack, in words.
+    fn waiting_text(&self, waiting: &[usize]) -> String {
+        let Some(w) = self.watch.as_ref() else {
+            return String::new();
+        };
+        waiting
+            .iter()
+            .filter_map(|&i| Some((w.slots.get(i)?, self.settings.checks.get(i)?)))
+            .map(|(s, c)| {
+                let last = if s.summary.is_empty() {
+                    "no result yet".to_string()
+                } else {
+                    format!("last: {}", s.summary)
+                };
+                if s.tracker.conclusive() < u64::from(c.min_conclusive) {
+                    format!(
+                        "check `{}` had {} of {} conclusive run(s) in {} ({last})",
+                        c.name,
+                        s.tracker.conclusive(),
+                        c.min_conclusive,
+                        s.tracker.runs()
+                    )
+                } else {
+                    format!("check `{}` is failing below its threshold ({last})", c.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The active release is good: by its bake or by an operator.
+    fn mark_good(&mut self, version: &str, why: &str, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Release {
+            version: version.to_string(),
+            state: ReleaseState::Good,
+            reason: None,
+        });
+        self.state = State::Steady {
+            version: version.to_string(),
+            note: None,
+        };
+        fx.push(Effect::Save);
+        fx.push(Effect::Record(Note::new(EventKind::MarkedGood, version, why)));
+        fx.push(Effect::Count(Count::Deploy("good")));
+        // Prune before answering, so a waiting deploy sees the final layout.
+        fx.push(Effect::Prune);
+        fx.push(Effect::Reply(Answer::Waiters(DeployOutcome::Good)));
+    }
+
+    /// `promote`: a held release (or one still baking) is marked good now.
+    fn promote(&mut self, reason: Option<String>, actor: Actor, fx: &mut Vec<Effect>) {
+        let version = match &self.state {
+            State::Held { version, .. } | State::Baking { version, .. } => version.clone(),
+            other => {
+                let refusal = Refusal::NotPromotable(other.app_state());
+                return fx.push(Effect::Reply(Answer::Promoted(Err(refusal))));
+            }
+        };
+        let why = reason.unwrap_or_else(|| format!("promoted by {}", actor.name));
+        fx.push(Effect::Record(
+            Note::new(EventKind::Promoted, &version, why).by(&actor),
+        ));
+        self.mark_good(&version, "promoted by an operator", fx);
+        fx.push(Effect::Reply(Answer::Promoted(Ok(version))));
     }
 }
 

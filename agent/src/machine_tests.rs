@@ -103,12 +103,14 @@ fn check(name: &str, severity: Severity) -> CheckSpec {
         rule: Rule::Consecutive(2),
         on_error: OnError::Fail,
         severity,
+        min_conclusive: 1,
     }
 }
 
 fn settings(auto_rollback: AutoRollback) -> Settings {
     Settings {
         bake: 60 * S,
+        max_bake: 120 * S,
         auto_rollback,
         checks: vec![check("health", Severity::Critical)],
     }
@@ -177,6 +179,7 @@ fn names(fx: &[Effect]) -> Vec<String> {
                 Tell::Activated { .. } => "notify activated".into(),
                 Tell::RolledBack { .. } => "notify rolled-back".into(),
                 Tell::Degraded { .. } => "notify degraded".into(),
+                Tell::Held { .. } => "notify held".into(),
             },
             Effect::Prune => "prune".into(),
             Effect::Count(c) => format!("count {c:?}"),
@@ -258,7 +261,9 @@ fn a_deploy_goes_through_every_step_in_order() {
         m.state(),
         &State::Baking {
             version: "1.1".into(),
-            until: t0 + 60 * S
+            until: t0 + 60 * S,
+            max_until: t0 + 120 * S,
+            extended: false,
         }
     );
     assert_eq!(m.active(), Some("1.1"));
@@ -1057,8 +1062,17 @@ fn every_state_is_stored_under_its_name() {
             State::Baking {
                 version: "1".into(),
                 until: t0,
+                max_until: t0,
+                extended: false,
             },
             AppState::Baking,
+        ),
+        (
+            State::Held {
+                version: "1".into(),
+                reason: String::new(),
+            },
+            AppState::Held,
         ),
         (
             State::Steady {
@@ -1091,4 +1105,165 @@ fn every_state_is_stored_under_its_name() {
     );
     assert_eq!(m.reason(), Some("restart failed"));
     assert!(m.paused() && m.restored());
+}
+
+/// Runs every check at each of `seconds` after `t0` with `outcome`; returns
+/// the effects of the last round.
+fn rounds(m: &mut Machine, t0: Instant, seconds: &[u32], outcome: Outcome, w: &World) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    for s in seconds {
+        fx = checks_at(m, t0 + *s * S, outcome, w);
+    }
+    fx
+}
+
+#[test]
+fn inconclusive_results_never_roll_back_and_hold_the_app_after_max_bake() {
+    let t0 = Instant::now();
+    let mut w = world();
+    let mut m = baking(t0, &mut w);
+    // Throttled for the whole window: nothing counts, nothing is decided.
+    let fx = rounds(&mut m, t0, &[10, 20, 30, 40, 50], Outcome::Inconclusive, &w);
+    assert!(!has(&fx, "begin rollback"), "{:?}", names(&fx));
+    let fx = rounds(&mut m, t0, &[60], Outcome::Inconclusive, &w);
+    assert!(has(&fx, "record BakeExtended"), "{:?}", names(&fx));
+    assert!(matches!(m.state(), State::Baking { extended: true, .. }));
+    assert_eq!(m.bake_until(), Some(t0 + 120 * S), "now waits for max_bake");
+    let fx = rounds(&mut m, t0, &[70, 80], Outcome::Inconclusive, &w);
+    assert!(!has(&fx, "record BakeExtended"), "extended once: {:?}", names(&fx));
+    let fx = rounds(&mut m, t0, &[90, 100, 110, 120], Outcome::Inconclusive, &w);
+    assert!(
+        has(&fx, "record Held") && has(&fx, "notify held") && has(&fx, "count Deploy(\"held\")"),
+        "{:?}",
+        names(&fx)
+    );
+    let State::Held { version, reason } = m.state() else {
+        panic!("{:?}", m.state());
+    };
+    assert_eq!(version, "1.1");
+    assert!(
+        reason.contains("`health` had 0 of 1 conclusive run(s) in 11"),
+        "{reason}"
+    );
+    assert_eq!(m.reason(), Some(reason.as_str()));
+    assert!(matches!(
+        replies(&fx).as_slice(),
+        [Answer::Waiters(DeployOutcome::Held { .. })]
+    ));
+    // Held: even a failing check takes no automatic action.
+    let fx = rounds(&mut m, t0, &[130, 140], Outcome::Fail, &w);
+    assert!(!has(&fx, "begin rollback"), "{:?}", names(&fx));
+    let notes: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record(n) if n.kind == EventKind::CheckFailed => Some(n.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(notes.iter().any(|r| r.contains("[held: no action]")), "{notes:?}");
+    assert_eq!(m.phase(), Phase::Bake, "a held release was never accepted");
+}
+
+#[test]
+fn a_bake_passes_once_conclusive_runs_arrive_within_max_bake() {
+    let t0 = Instant::now();
+    let mut w = world();
+    let mut m = baking(t0, &mut w);
+    rounds(&mut m, t0, &[10, 20, 30, 40, 50, 60], Outcome::Inconclusive, &w);
+    assert!(matches!(m.state(), State::Baking { extended: true, .. }));
+    let fx = rounds(&mut m, t0, &[70], Outcome::Pass, &w);
+    assert!(has(&fx, "release 1.1 Good"), "{:?}", names(&fx));
+    assert_eq!(replies(&fx), [Answer::Waiters(DeployOutcome::Good)]);
+    // A pass followed by inconclusive runs still counts: the last conclusive
+    // result decides.
+    let mut m = baking(t0, &mut w);
+    rounds(&mut m, t0, &[10], Outcome::Pass, &w);
+    let fx = rounds(&mut m, t0, &[20, 30, 40, 50, 60], Outcome::Inconclusive, &w);
+    assert!(has(&fx, "release 1.1 Good"), "{:?}", names(&fx));
+}
+
+#[test]
+fn min_conclusive_asks_for_more_runs() {
+    let t0 = Instant::now();
+    let mut w = world();
+    let mut s = settings(AutoRollback::Bake);
+    s.checks[0].min_conclusive = 3;
+    let mut m = baking(t0, &mut w);
+    let fx = run(&mut m, Input::Reload(s), t0, &w, &mut Script::default());
+    assert!(fx.is_empty(), "same counting: the watch goes on");
+    rounds(&mut m, t0, &[10, 20], Outcome::Pass, &w);
+    let fx = rounds(&mut m, t0, &[30, 40, 50, 60], Outcome::Inconclusive, &w);
+    assert!(has(&fx, "record BakeExtended"), "2 of 3: {:?}", names(&fx));
+    let fx = rounds(&mut m, t0, &[70], Outcome::Pass, &w);
+    assert!(has(&fx, "release 1.1 Good"), "{:?}", names(&fx));
+}
+
+#[test]
+fn promote_marks_a_held_or_baking_release_good_and_nothing_else() {
+    let t0 = Instant::now();
+    let mut w = world();
+    let promote = || Input::Promote {
+        reason: Some("orders verified by hand".into()),
+        actor: operator(),
+    };
+    let mut m = baking(t0, &mut w);
+    rounds(&mut m, t0, &(1..=12).map(|i| i * 10).collect::<Vec<u32>>(), Outcome::Inconclusive, &w);
+    assert!(matches!(m.state(), State::Held { .. }));
+    let fx = run(&mut m, promote(), t0 + 130 * S, &w, &mut Script::default());
+    assert_eq!(
+        names(&fx),
+        [
+            "record Promoted",
+            "release 1.1 Good",
+            "save",
+            "record MarkedGood",
+            "count Deploy(\"good\")",
+            "prune",
+            "reply",
+            "reply"
+        ]
+    );
+    assert_eq!(
+        replies(&fx).last(),
+        Some(&Answer::Promoted(Ok("1.1".into())))
+    );
+    assert!(matches!(m.state(), State::Steady { .. }));
+    assert_eq!(m.phase(), Phase::Steady);
+    // Steady: nothing to promote.
+    let fx = run(&mut m, promote(), t0 + 131 * S, &w, &mut Script::default());
+    assert_eq!(
+        replies(&fx),
+        [Answer::Promoted(Err(Refusal::NotPromotable(AppState::Healthy)))]
+    );
+    // A release still baking can be promoted early.
+    let mut m = baking(t0, &mut w);
+    let fx = run(&mut m, promote(), t0 + S, &w, &mut Script::default());
+    assert!(has(&fx, "release 1.1 Good"), "{:?}", names(&fx));
+}
+
+#[test]
+fn a_held_app_restarts_held_and_can_be_rolled_back() {
+    let t0 = Instant::now();
+    let mut w = world();
+    let start = Start::Held {
+        version: "1.1".into(),
+        reason: "no verdict".into(),
+    };
+    let mut m = Machine::new(settings(AutoRollback::Bake), start, false, false, &w, t0);
+    assert_eq!(m.state().app_state(), AppState::Held);
+    assert_eq!(m.reason(), Some("no verdict"));
+    w.good = vec!["1.0"];
+    let fx = run(
+        &mut m,
+        Input::Rollback {
+            to: None,
+            reason: None,
+            actor: operator(),
+        },
+        t0,
+        &w,
+        &mut Script::default(),
+    );
+    assert!(has(&fx, "swap 1.0"), "{:?}", names(&fx));
+    assert!(has(&fx, "release 1.1 Failed"), "{:?}", names(&fx));
 }

@@ -1,7 +1,9 @@
 //! Turning check results over time into verdicts.
 //!
 //! Owns the rules that decide whether a check is healthy (`fail_after`
-//! consecutive failures) and whether a bake has passed, failed or must go on.
+//! consecutive failures) and whether a bake has passed, failed, must go on
+//! (extended up to `max_bake` while critical checks lack conclusive runs) or
+//! is held for an operator. An inconclusive result counts neither way.
 //! It is pure: results and instants in, a verdict out. No I/O, no clocks of
 //! its own, no knowledge of plugins or the disk, so that every rule is tested
 //! exhaustively with plain unit tests. Also which releases `keep_releases`
@@ -16,6 +18,16 @@ pub use crate::domain::Outcome;
 /// A failure counts against a check (errors too, unless ignored).
 fn is_failure(o: Outcome) -> bool {
     matches!(o, Outcome::Fail | Outcome::Error)
+}
+
+/// Whether a result says anything about the release: an inconclusive one
+/// does not, nor an error the check's `on_error` ignores.
+fn is_conclusive(o: Outcome, on_error: OnError) -> bool {
+    match o {
+        Outcome::Inconclusive => false,
+        Outcome::Error => on_error != OnError::Ignore,
+        Outcome::Pass | Outcome::Warn | Outcome::Fail => true,
+    }
 }
 
 /// What one check says about the active release right now.
@@ -43,6 +55,7 @@ pub struct CheckTracker {
     on_error: OnError,
     consecutive_failures: u32,
     runs: u64,
+    conclusive: u64,
     last: Option<Outcome>,
     /// Counted results with their time, for ratio rules (oldest first).
     recent: std::collections::VecDeque<(Instant, bool)>,
@@ -60,6 +73,7 @@ impl CheckTracker {
             on_error,
             consecutive_failures: 0,
             runs: 0,
+            conclusive: 0,
             last: None,
             recent: Default::default(),
         }
@@ -68,8 +82,10 @@ impl CheckTracker {
     /// Takes one result at `at` into account and returns the check's health.
     pub fn observe(&mut self, at: Instant, outcome: Outcome) -> Health {
         self.runs += 1;
-        // An ignored error is neither a success nor a failure: no data.
-        if !(outcome == Outcome::Error && self.on_error == OnError::Ignore) {
+        // An inconclusive result or an ignored error is neither a success
+        // nor a failure: no data.
+        if is_conclusive(outcome, self.on_error) {
+            self.conclusive += 1;
             self.last = Some(outcome);
             if is_failure(outcome) {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
@@ -125,9 +141,15 @@ impl CheckTracker {
         self.consecutive_failures
     }
 
-    /// Results seen so far (ignored errors included).
+    /// Results seen so far (ignored errors and inconclusive ones included).
     pub fn runs(&self) -> u64 {
         self.runs
+    }
+
+    /// Results that said something about the release (pass, warn, fail,
+    /// counted errors).
+    pub fn conclusive(&self) -> u64 {
+        self.conclusive
     }
 }
 
@@ -136,40 +158,79 @@ impl CheckTracker {
 pub enum BakeVerdict {
     /// Keep watching.
     Pending,
-    /// Every critical check is healthy and the window is over: mark the release good.
+    /// Every critical check is healthy with enough conclusive runs and the
+    /// window is over: mark the release good.
     Passed,
     /// This critical check (its index) is unhealthy: roll back.
     Failed(usize),
+    /// The window is over but these critical checks are not ready (too few
+    /// conclusive runs, or failing below their threshold): keep watching
+    /// until `max_bake`.
+    Extended(Vec<usize>),
+    /// `max_bake` is over and these critical checks are still not ready: no
+    /// automatic action; an operator decides.
+    Held(Vec<usize>),
 }
 
-/// Decides a bake from each check's health and severity.
+/// The bake's deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BakeWindow {
+    /// The end of the bake window.
+    pub until: Instant,
+    /// The latest the bake may be extended to (at least `until`).
+    pub max_until: Instant,
+}
+
+/// One check as a bake sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BakeCheck {
+    /// Its health now.
+    pub health: Health,
+    /// Whether it decides the bake.
+    pub severity: Severity,
+    /// Its conclusive runs so far.
+    pub conclusive: u64,
+    /// The conclusive runs it needs (`min_conclusive`).
+    pub min_conclusive: u32,
+}
+
+impl BakeCheck {
+    fn ready(&self) -> bool {
+        self.health == Health::Healthy && self.conclusive >= u64::from(self.min_conclusive)
+    }
+}
+
+/// Decides a bake from each check's health, severity and conclusive runs.
 ///
 /// A bake fails as soon as one critical check is unhealthy. It passes only
-/// once the window is over and every critical check's latest result is
-/// healthy: a check with no data or that is failing below its threshold
-/// keeps the bake open until it recovers or turns unhealthy. Warning checks
-/// never decide a bake.
-pub fn bake_verdict(
-    now: Instant,
-    bake_until: Instant,
-    checks: &[(Health, Severity)],
-) -> BakeVerdict {
+/// once the window is over and every critical check is ready: its latest
+/// conclusive result healthy and at least `min_conclusive` conclusive runs.
+/// A check that is not ready (no data, only inconclusive results, failing
+/// below its threshold) extends the bake up to `max_until`; after that the
+/// bake is held. Warning checks never decide a bake.
+pub fn bake_verdict(now: Instant, window: BakeWindow, checks: &[BakeCheck]) -> BakeVerdict {
     let critical = || {
         checks
             .iter()
             .enumerate()
-            .filter(|(_, (_, s))| *s == Severity::Critical)
+            .filter(|(_, c)| c.severity == Severity::Critical)
     };
-    if let Some((i, _)) = critical().find(|(_, (h, _))| *h == Health::Unhealthy) {
+    if let Some((i, _)) = critical().find(|(_, c)| c.health == Health::Unhealthy) {
         return BakeVerdict::Failed(i);
     }
-    if now < bake_until {
+    if now < window.until {
         return BakeVerdict::Pending;
     }
-    if critical().all(|(_, (h, _))| *h == Health::Healthy) {
+    let waiting: Vec<usize> = critical()
+        .filter(|(_, c)| !c.ready())
+        .map(|(i, _)| i)
+        .collect();
+    if waiting.is_empty() {
         BakeVerdict::Passed
+    } else if now < window.max_until {
+        BakeVerdict::Extended(waiting)
     } else {
-        BakeVerdict::Pending
+        BakeVerdict::Held(waiting)
     }
 }
 
@@ -411,75 +472,118 @@ mod tests {
     fn bake_verdicts() {
         let t0 = Instant::now();
         let end = t0 + Duration::from_secs(60);
+        let max = t0 + Duration::from_secs(120);
         let after = end + Duration::from_secs(1);
+        let w = BakeWindow {
+            until: end,
+            max_until: max,
+        };
         use Health::*;
+        let crit = |health| BakeCheck {
+            health,
+            severity: Severity::Critical,
+            conclusive: 1,
+            min_conclusive: 1,
+        };
+        let warn = |health| BakeCheck {
+            severity: Severity::Warning,
+            ..crit(health)
+        };
+        let v = |now, checks: &[BakeCheck]| bake_verdict(now, w, checks);
         assert_eq!(
-            bake_verdict(
-                t0,
-                end,
-                &[
-                    (Healthy, Severity::Critical),
-                    (Unhealthy, Severity::Critical)
-                ]
-            ),
+            v(t0, &[crit(Healthy), crit(Unhealthy)]),
             BakeVerdict::Failed(1)
         );
+        assert_eq!(v(after, &[crit(Unhealthy)]), BakeVerdict::Failed(0));
+        assert_eq!(v(max, &[crit(Unhealthy)]), BakeVerdict::Failed(0));
         assert_eq!(
-            bake_verdict(after, end, &[(Unhealthy, Severity::Critical)]),
-            BakeVerdict::Failed(0)
-        );
-        assert_eq!(
-            bake_verdict(t0, end, &[(Healthy, Severity::Critical)]),
+            v(t0, &[crit(Healthy)]),
             BakeVerdict::Pending,
             "window not over"
         );
         assert_eq!(
-            bake_verdict(
-                after,
-                end,
-                &[(Healthy, Severity::Critical), (Healthy, Severity::Critical)]
-            ),
+            v(after, &[crit(Healthy), crit(Healthy)]),
             BakeVerdict::Passed
         );
         assert_eq!(
-            bake_verdict(end, end, &[(Healthy, Severity::Critical)]),
+            v(end, &[crit(Healthy)]),
             BakeVerdict::Passed,
             "the window's end is inclusive"
         );
         assert_eq!(
-            bake_verdict(
-                after,
-                end,
-                &[(Healthy, Severity::Critical), (NoData, Severity::Critical)]
-            ),
-            BakeVerdict::Pending,
+            v(after, &[crit(Healthy), crit(NoData)]),
+            BakeVerdict::Extended(vec![1]),
             "no data is never healthy"
         );
         assert_eq!(
-            bake_verdict(after, end, &[(Failing(2), Severity::Critical)]),
-            BakeVerdict::Pending,
+            v(after, &[crit(Failing(2))]),
+            BakeVerdict::Extended(vec![0]),
             "a failing check must recover first"
         );
         assert_eq!(
-            bake_verdict(after, end, &[]),
+            v(max, &[crit(Failing(2)), crit(NoData)]),
+            BakeVerdict::Held(vec![0, 1]),
+            "max_bake's end is inclusive"
+        );
+        assert_eq!(
+            v(after, &[]),
             BakeVerdict::Passed,
             "an app without checks passes on time"
         );
-        assert_eq!(bake_verdict(t0, end, &[]), BakeVerdict::Pending);
-        let warn = |h| (h, Severity::Warning);
+        assert_eq!(v(t0, &[]), BakeVerdict::Pending);
         assert_eq!(
-            bake_verdict(
-                after,
-                end,
-                &[(Healthy, Severity::Critical), warn(Unhealthy)]
-            ),
+            v(after, &[crit(Healthy), warn(Unhealthy)]),
             BakeVerdict::Passed,
             "warning checks never decide a bake"
         );
+        assert_eq!(v(after, &[warn(NoData)]), BakeVerdict::Passed);
+        let few = BakeCheck {
+            conclusive: 2,
+            min_conclusive: 3,
+            ..crit(Healthy)
+        };
+        assert_eq!(v(after, &[few]), BakeVerdict::Extended(vec![0]));
+        assert_eq!(v(max, &[few]), BakeVerdict::Held(vec![0]));
+        let enough = BakeCheck {
+            conclusive: 3,
+            ..few
+        };
+        assert_eq!(v(after, &[enough]), BakeVerdict::Passed);
+    }
+
+    #[test]
+    fn inconclusive_results_count_neither_way() {
+        let t0 = Instant::now();
+        let mut t = CheckTracker::new(Rule::Consecutive(2), OnError::Fail);
+        assert_eq!(t.observe(t0, Inconclusive), Health::NoData);
+        assert_eq!(t.observe(t0, Fail), Health::Failing(1));
         assert_eq!(
-            bake_verdict(after, end, &[warn(NoData)]),
-            BakeVerdict::Passed
+            t.observe(t0, Inconclusive),
+            Health::Failing(1),
+            "does not reset the count"
         );
+        assert_eq!(
+            t.observe(t0, Fail),
+            Health::Unhealthy,
+            "and does not break the run of failures"
+        );
+        assert_eq!((t.runs(), t.conclusive()), (4, 2));
+        let mut t = CheckTracker::new(Rule::Consecutive(1), OnError::Ignore);
+        t.observe(t0, Error);
+        t.observe(t0, Inconclusive);
+        assert_eq!((t.health(t0), t.conclusive()), (Health::NoData, 0));
+        t.observe(t0, Pass);
+        t.observe(t0, Inconclusive);
+        assert_eq!((t.health(t0), t.conclusive()), (Health::Healthy, 1));
+        // A ratio rule does not see them either.
+        let window = Duration::from_secs(60);
+        let mut t = CheckTracker::new(Rule::Ratio { ratio: 0.5, window }, OnError::Fail);
+        for _ in 0..10 {
+            t.observe(t0, Inconclusive);
+        }
+        t.observe(t0, Fail);
+        t.observe(t0, Pass);
+        assert_eq!(t.observe(t0, Pass), Health::Healthy, "1 of 3 counted failed");
     }
 
     fn v(s: &str) -> Version {

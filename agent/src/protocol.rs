@@ -111,6 +111,8 @@ pub mod method {
     pub const PLUGINS: &str = "io.rollback.Agent.Plugins";
     /// Operator switch to an existing release, skipping analysis.
     pub const ACTIVATE: &str = "io.rollback.Agent.Activate";
+    /// Mark a held (or baking) release good.
+    pub const PROMOTE: &str = "io.rollback.Agent.Promote";
     /// Freeze automatic actions.
     pub const PAUSE: &str = "io.rollback.Agent.Pause";
     /// Resume automatic actions.
@@ -151,6 +153,8 @@ pub mod error {
     pub const SHUTTING_DOWN: &str = "io.rollback.Agent.ShuttingDown";
     /// The app is not supervised (its state could not be repaired).
     pub const UNSUPERVISED: &str = "io.rollback.Agent.Unsupervised";
+    /// Only a held or baking release can be promoted.
+    pub const NOT_PROMOTABLE: &str = "io.rollback.Agent.NotPromotable";
     /// The agent serves as many connections as it will.
     pub const TOO_MANY_CONNECTIONS: &str = "io.rollback.Agent.TooManyConnections";
     /// Standard Varlink: unknown method.
@@ -671,6 +675,26 @@ pub struct ActivateParams {
 pub struct AppOnly {
     /// The app.
     pub app: String,
+}
+
+/// `Promote` parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteParams {
+    /// The app.
+    pub app: String,
+    /// Why, in the operator's words (recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `Promote` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromoteReply {
+    /// The app.
+    pub app: String,
+    /// The release marked good.
+    pub version: String,
 }
 
 /// `Pause` and `Resume` reply.

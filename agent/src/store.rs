@@ -15,7 +15,9 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-pub use crate::domain::{now_ms, Actor, AppState, Event, EventKind, Outcome, ReleaseState};
+pub use crate::domain::{
+    now_ms, Actor, App, AppState, CheckStatus, Event, EventKind, Outcome, Release, ReleaseState,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -36,106 +38,91 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// The last result of one check, kept for `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckStatus {
-    /// `pass`, `warn`, `fail` or `error`.
-    pub outcome: Outcome,
-    /// The plugin's summary (or the error).
-    pub summary: String,
-    /// When it ran.
-    pub at_ms: u64,
-    /// How long the call took.
-    pub duration_ms: u64,
-    /// Failures (fail or error) in a row.
-    pub consecutive_failures: u32,
-    /// Runs since the release was activated.
+// The stored form of the records: private, so that the encoding can evolve
+// (new fields default) without the rest of the agent seeing it.
+
+#[derive(Serialize, Deserialize)]
+struct CheckRow {
+    outcome: Outcome,
+    summary: String,
+    at_ms: u64,
+    duration_ms: u64,
+    consecutive_failures: u32,
     #[serde(default)]
-    pub runs: u64,
-    /// HTTP retries (after 429/503) in the last run.
+    runs: u64,
     #[serde(default)]
-    pub http_retries: u32,
-    /// Metrics reported by the plugin.
+    http_retries: u32,
     #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
+    metrics: BTreeMap<String, f64>,
 }
 
-/// One app's record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppRecord {
-    /// The app's name.
-    pub name: String,
-    /// What the app is doing.
-    pub state: AppState,
-    /// The version `current` points at.
-    pub active: Option<String>,
-    /// The newest release that passed its bake.
-    pub last_good: Option<String>,
-    /// Why the app is in its state (e.g. the rollback reason).
-    pub reason: Option<String>,
-    /// When the bake of the active release ends (while baking).
-    pub bake_until_ms: Option<u64>,
-    /// Last result per check name.
+#[derive(Serialize, Deserialize)]
+struct AppRow {
+    name: String,
+    state: AppState,
+    active: Option<String>,
+    last_good: Option<String>,
+    reason: Option<String>,
+    bake_until_ms: Option<u64>,
     #[serde(default)]
-    pub checks: BTreeMap<String, CheckStatus>,
-    /// Automatic actions are frozen (`rollbackctl pause`).
+    checks: BTreeMap<String, CheckRow>,
     #[serde(default)]
-    pub paused: bool,
-    /// The active release was restored by an automatic rollback: if it
-    /// fails too, the agent degrades instead of swapping again.
+    paused: bool,
     #[serde(default)]
-    pub restored: bool,
-    /// Last change of this record.
-    pub updated_at_ms: u64,
+    restored: bool,
+    updated_at_ms: u64,
 }
 
-impl AppRecord {
-    /// A fresh record for an app never seen before.
-    pub fn new(name: &str) -> Self {
-        AppRecord {
-            name: name.to_string(),
-            state: AppState::Empty,
-            active: None,
-            last_good: None,
-            reason: None,
-            bake_until_ms: None,
-            checks: BTreeMap::new(),
-            paused: false,
-            restored: false,
-            updated_at_ms: now_ms(),
+#[derive(Serialize, Deserialize)]
+struct ReleaseRow {
+    app: String,
+    version: String,
+    state: ReleaseState,
+    source: Option<String>,
+    created_at_ms: u64,
+    activated_at_ms: Option<u64>,
+    decided_at_ms: Option<u64>,
+    reason: Option<String>,
+    #[serde(default)]
+    commit: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Moves fields between a domain type and its row, both ways.
+macro_rules! row {
+    ($domain:ident <-> $row:ident { $($field:ident),* } maps { $($mapped:ident),* }) => {
+        impl From<$domain> for $row {
+            fn from(d: $domain) -> Self {
+                $row {
+                    $($field: d.$field,)*
+                    $($mapped: d.$mapped.into_iter().map(|(k, v)| (k, v.into())).collect(),)*
+                }
+            }
         }
-    }
+        impl From<$row> for $domain {
+            fn from(r: $row) -> Self {
+                $domain {
+                    $($field: r.$field,)*
+                    $($mapped: r.$mapped.into_iter().map(|(k, v)| (k, v.into())).collect(),)*
+                }
+            }
+        }
+    };
 }
 
-/// One release's record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRecord {
-    /// The app it belongs to.
-    pub app: String,
-    /// Its version.
-    pub version: String,
-    /// Where it is in its life.
-    pub state: ReleaseState,
-    /// Where it was staged from.
-    pub source: Option<String>,
-    /// When it was staged (or first seen on disk).
-    pub created_at_ms: u64,
-    /// When it was last activated.
-    pub activated_at_ms: Option<u64>,
-    /// When it became good or failed.
-    pub decided_at_ms: Option<u64>,
-    /// Why it failed.
-    pub reason: Option<String>,
-    /// The source commit, from `deploy --commit` or `release.toml`.
-    #[serde(default)]
-    pub commit: Option<String>,
-    /// A tag, from `release.toml`.
-    #[serde(default)]
-    pub tag: Option<String>,
-    /// What changed, from `deploy --message` or `release.toml`'s `summary`.
-    #[serde(default)]
-    pub message: Option<String>,
-}
+row!(CheckStatus <-> CheckRow {
+    outcome, summary, at_ms, duration_ms, consecutive_failures, runs, http_retries, metrics
+} maps {});
+row!(App <-> AppRow {
+    name, state, active, last_good, reason, bake_until_ms, paused, restored, updated_at_ms
+} maps { checks });
+row!(Release <-> ReleaseRow {
+    app, version, state, source, created_at_ms, activated_at_ms, decided_at_ms, reason,
+    commit, tag, message
+} maps {});
 
 /// The sled database and its trees.
 #[derive(Clone)]
@@ -301,30 +288,31 @@ impl Store {
     }
 
     /// The app's record, if it was ever written.
-    pub fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+    pub fn app(&self, name: &str) -> Result<Option<App>> {
         self.apps
             .get(name.as_bytes())?
-            .map(|v| decode(name.as_bytes(), &v))
+            .map(|v| decode::<AppRow>(name.as_bytes(), &v).map(App::from))
             .transpose()
     }
 
     /// Every app record, by name.
-    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+    pub fn apps(&self) -> Result<Vec<App>> {
         self.apps
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                decode(&k, &v)
+                decode::<AppRow>(&k, &v).map(App::from)
             })
             .collect()
     }
 
     /// Writes the app's record durably.
-    pub fn put_app(&self, mut rec: AppRecord) -> Result<()> {
-        rec.updated_at_ms = now_ms();
-        let key = rec.name.as_bytes().to_vec();
+    pub fn put_app(&self, mut app: App) -> Result<()> {
+        app.updated_at_ms = now_ms();
+        let key = app.name.as_bytes().to_vec();
+        let row = AppRow::from(app);
         let r = (|| {
-            self.apps.insert(&key, encode(&key, &rec)?)?;
+            self.apps.insert(&key, encode(&key, &row)?)?;
             self.flush()
         })();
         self.wrote(r)?;
@@ -333,37 +321,39 @@ impl Store {
     }
 
     /// Writes the app's record without waiting for the disk (for check results).
-    pub fn put_app_lazy(&self, rec: &AppRecord) -> Result<()> {
-        let key = rec.name.as_bytes();
-        self.apps.insert(key, encode(key, rec)?)?;
+    pub fn put_app_lazy(&self, app: &App) -> Result<()> {
+        let key = app.name.as_bytes();
+        self.apps
+            .insert(key, encode(key, &AppRow::from(app.clone()))?)?;
         Ok(())
     }
 
     /// One release's record.
-    pub fn release(&self, app: &str, version: &str) -> Result<Option<ReleaseRecord>> {
+    pub fn release(&self, app: &str, version: &str) -> Result<Option<Release>> {
         let key = release_key(app, version);
         self.releases
             .get(&key)?
-            .map(|v| decode(&key, &v))
+            .map(|v| decode::<ReleaseRow>(&key, &v).map(Release::from))
             .transpose()
     }
 
     /// All release records of an app, by version name.
-    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRecord>> {
+    pub fn releases(&self, app: &str) -> Result<Vec<Release>> {
         self.releases
             .scan_prefix(app_prefix(app))
             .map(|kv| {
                 let (k, v) = kv?;
-                decode(&k, &v)
+                decode::<ReleaseRow>(&k, &v).map(Release::from)
             })
             .collect()
     }
 
     /// Writes a release record durably.
-    pub fn put_release(&self, rec: &ReleaseRecord) -> Result<()> {
-        let key = release_key(&rec.app, &rec.version);
+    pub fn put_release(&self, release: &Release) -> Result<()> {
+        let key = release_key(&release.app, &release.version);
+        let row = ReleaseRow::from(release.clone());
         let r = (|| {
-            self.releases.insert(&key, encode(&key, rec)?)?;
+            self.releases.insert(&key, encode(&key, &row)?)?;
             self.flush()
         })();
         self.wrote(r)
@@ -488,20 +478,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn release(app: &str, v: &str, state: ReleaseState) -> ReleaseRecord {
-        ReleaseRecord {
-            app: app.into(),
-            version: v.into(),
-            state,
-            source: None,
-            created_at_ms: now_ms(),
-            activated_at_ms: None,
-            decided_at_ms: None,
-            reason: None,
-            commit: None,
-            tag: None,
-            message: None,
-        }
+    fn release(app: &str, v: &str, state: ReleaseState) -> Release {
+        Release::new(app, v, state)
     }
 
     #[test]
@@ -509,7 +487,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            let mut app = AppRecord::new("shop");
+            let mut app = App::new("shop");
             app.active = Some("1.0.0".into());
             app.state = AppState::Healthy;
             s.put_app(app).unwrap();
@@ -618,6 +596,23 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].kind, EventKind::Activated);
         assert_eq!(s.prune_events(2_000).unwrap(), 0);
+    }
+
+    #[test]
+    fn records_written_before_newer_fields_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let old = br#"{"name":"shop","state":"healthy","active":"1.0.0","last_good":"1.0.0",
+            "reason":null,"bake_until_ms":null,"updated_at_ms":5}"#;
+        s.apps.insert("shop", &old[..]).unwrap();
+        let app = s.app("shop").unwrap().unwrap();
+        assert_eq!(app.state, AppState::Healthy);
+        assert!(app.checks.is_empty() && !app.paused && !app.restored);
+        let old = br#"{"app":"shop","version":"1.0.0","state":"good","source":null,
+            "created_at_ms":1,"activated_at_ms":2,"decided_at_ms":3,"reason":null}"#;
+        s.releases.insert(release_key("shop", "1.0.0"), &old[..]).unwrap();
+        let r = s.release("shop", "1.0.0").unwrap().unwrap();
+        assert_eq!((r.state, r.commit), (ReleaseState::Good, None));
     }
 
     #[test]

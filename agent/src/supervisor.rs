@@ -35,7 +35,7 @@ use crate::policy::{OnError, Outcome, Rule, Severity};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    now_ms, Actor, AppRecord, AppState, CheckStatus, Event, EventKind, ReleaseRecord, ReleaseState,
+    now_ms, Actor, App, AppState, CheckStatus, Event, EventKind, Release, ReleaseState,
     Store, StoreError,
 };
 
@@ -103,6 +103,14 @@ pub enum CommandError {
     /// The supervisor is gone (the agent is shutting down).
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// `promote` of an app that is neither held nor baking.
+    #[error("app `{app}` is {state}: only a held or baking release can be promoted")]
+    NotPromotable {
+        /// The app.
+        app: String,
+        /// Its state.
+        state: &'static str,
+    },
     /// The app is not supervised (its state could not be repaired).
     #[error("app `{app}` is not supervised: {reason}; fix it, then reload the agent")]
     Unsupervised {
@@ -171,6 +179,15 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// Mark the held (or baking) release good.
+    Promote {
+        /// Why, in the operator's words.
+        reason: Option<String>,
+        /// Who asked.
+        actor: Actor,
+        /// The release promoted.
+        reply: Reply<String>,
+    },
     /// Run every check once now and report.
     CheckNow {
         /// The results.
@@ -221,6 +238,8 @@ pub struct LoadedCheck {
     pub severity: Severity,
     /// How plugin errors count.
     pub on_error: OnError,
+    /// Conclusive runs a bake needs from it.
+    pub min_conclusive: u32,
     /// The compiled plugin.
     pub plugin: Arc<Plugin>,
     /// Its grants.
@@ -323,6 +342,24 @@ impl AppHandle {
         .await
     }
 
+    /// Marks the held (or baking) release good; returns its version.
+    pub async fn promote(
+        &self,
+        reason: Option<String>,
+        actor: Actor,
+    ) -> Result<String, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Promote {
+                reason,
+                actor,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
     /// Applies a reloaded config to this app.
     pub async fn reload(
         &self,
@@ -376,6 +413,7 @@ enum Pending {
     Deploy(Reply<DeployOutcome>),
     Switch(Reply<RollbackDone>),
     Pause(Reply<()>),
+    Promote(Reply<String>),
 }
 
 /// What a deploy in progress needs beyond its version (not the machine's).
@@ -417,7 +455,7 @@ pub struct Supervisor {
     intent: Option<Intent>,
     /// An interrupted operation that start-up left to the task.
     recovering: Option<Intent>,
-    rec: AppRecord,
+    rec: App,
     /// The reply of the command being handled, and what its deploy stages.
     pending: Option<Pending>,
     source: Option<DeploySource>,
@@ -436,7 +474,7 @@ pub struct Supervisor {
     parts: Arc<std::sync::Mutex<Parts>>,
 }
 
-fn info(app: &str, rec: Option<&ReleaseRecord>, version: &str) -> ReleaseInfo {
+fn info(app: &str, rec: Option<&Release>, version: &str) -> ReleaseInfo {
     ReleaseInfo {
         app: app.to_string(),
         version: version.to_string(),
@@ -517,6 +555,7 @@ fn newest_good(
 fn settings(cfg: &AppConfig, checks: &[LoadedCheck]) -> Settings {
     Settings {
         bake: cfg.bake,
+        max_bake: cfg.max_bake,
         auto_rollback: cfg.auto_rollback,
         checks: checks
             .iter()
@@ -526,6 +565,7 @@ fn settings(cfg: &AppConfig, checks: &[LoadedCheck]) -> Settings {
                 rule: c.rule,
                 on_error: c.on_error,
                 severity: c.severity,
+                min_conclusive: c.min_conclusive,
             })
             .collect(),
     }
@@ -567,7 +607,7 @@ impl Supervisor {
             .store
             .app(&p.cfg.name)
             .map_err(|e| e.to_string())?
-            .unwrap_or_else(|| AppRecord::new(&p.cfg.name));
+            .unwrap_or_else(|| App::new(&p.cfg.name));
         let machine = Machine::new(
             settings(&p.cfg, &p.checks),
             Start::Empty,
@@ -665,23 +705,11 @@ impl Supervisor {
         }
     }
 
-    fn release_rec(&self, version: &str) -> Result<ReleaseRecord, StoreError> {
+    fn release_rec(&self, version: &str) -> Result<Release, StoreError> {
         Ok(self
             .store
             .release(self.app(), version)?
-            .unwrap_or_else(|| ReleaseRecord {
-                app: self.cfg.name.clone(),
-                version: version.to_string(),
-                state: ReleaseState::Staged,
-                source: None,
-                created_at_ms: now_ms(),
-                activated_at_ms: None,
-                decided_at_ms: None,
-                reason: None,
-                commit: None,
-                tag: None,
-                message: None,
-            }))
+            .unwrap_or_else(|| Release::new(self.app(), version, ReleaseState::Staged)))
     }
 
     fn set_release_state(
@@ -874,7 +902,12 @@ impl Supervisor {
                 let r = self.release_rec(&v)?;
                 // A staged release under `current` was swapped in just before a
                 // crash, before it was marked active: it has not been baked.
-                if matches!(r.state, ReleaseState::Active | ReleaseState::Staged) {
+                if r.state == ReleaseState::Active && self.rec.state == AppState::Held {
+                    Start::Held {
+                        version: v,
+                        reason: self.rec.reason.clone().unwrap_or_default(),
+                    }
+                } else if matches!(r.state, ReleaseState::Active | ReleaseState::Staged) {
                     if r.state == ReleaseState::Staged {
                         self.set_release_state(&v, ReleaseState::Active, None)?;
                         self.rec.bake_until_ms = None;
@@ -1515,6 +1548,10 @@ impl Supervisor {
             (Answer::Paused, Some(Pending::Pause(tx))) => {
                 let _ = tx.send(Ok(()));
             }
+            (Answer::Promoted(r), Some(Pending::Promote(tx))) => {
+                let r = r.map_err(|e| self.refusal(e));
+                let _ = tx.send(r);
+            }
             (Answer::Waiters(outcome), pending) => {
                 self.pending = pending;
                 self.finish_waiters(outcome);
@@ -1534,6 +1571,10 @@ impl Supervisor {
             Refusal::NothingActive => CommandError::NothingActive { app },
             Refusal::NoTarget => CommandError::NoRollbackTarget { app },
             Refusal::AlreadyActive(version) => CommandError::AlreadyActive { app, version },
+            Refusal::NotPromotable(state) => CommandError::NotPromotable {
+                app,
+                state: state.as_str(),
+            },
             Refusal::NotFound(v) => match Version::parse(&v) {
                 Ok(version) => ReleaseError::NotFound {
                     path: self.dir.release_path(&version),
@@ -1611,6 +1652,14 @@ impl Supervisor {
                 self.pending = Some(Pending::Pause(reply));
                 self.drive(Input::Pause { paused, actor }).await;
             }
+            Command::Promote {
+                reason,
+                actor,
+                reply,
+            } => {
+                self.pending = Some(Pending::Promote(reply));
+                self.drive(Input::Promote { reason, actor }).await;
+            }
             Command::Reload {
                 cfg,
                 checks,
@@ -1633,6 +1682,7 @@ impl Supervisor {
             Some(Pending::Deploy(tx)) => drop(tx.send(Err(unanswered))),
             Some(Pending::Switch(tx)) => drop(tx.send(Err(unanswered))),
             Some(Pending::Pause(tx)) => drop(tx.send(Err(unanswered))),
+            Some(Pending::Promote(tx)) => drop(tx.send(Err(unanswered))),
             None => {}
         }
     }
@@ -1834,6 +1884,17 @@ impl Supervisor {
                     },
                 )
             }
+            Tell::Held { version, reason } => {
+                tracing::warn!(app = %self.app(), %version, "held: {reason}");
+                (
+                    HookEvent::Held,
+                    LifecycleEvent::Held {
+                        app,
+                        version,
+                        reason,
+                    },
+                )
+            }
         };
         if !self.hooks.iter().any(|h| h.on.contains(&kind)) {
             return;
@@ -1847,9 +1908,20 @@ impl Supervisor {
             LifecycleEvent::PreActivate(t) | LifecycleEvent::Activated(t) => t.to.version.clone(),
             LifecycleEvent::RolledBack(r) => r.from.version.clone(),
             LifecycleEvent::Degraded { version, .. } => version.clone().unwrap_or_default(),
+            LifecycleEvent::Held { version, .. } => version.clone(),
         };
         tokio::spawn(async move {
             for h in hooks.iter().filter(|h| h.on.contains(&kind)) {
+                if !h.plugin.knows(&event) {
+                    tracing::info!(
+                        %app,
+                        hook = %h.name,
+                        "not told about `{}`: the hook is built for rollback:plugin@{}",
+                        kind.as_str(),
+                        h.plugin.wit_version()
+                    );
+                    continue;
+                }
                 let report = h.plugin.on_event(&h.sandbox, &event).await;
                 record_hook(&store, &app, &version, h, kind, &report.result);
             }
@@ -1862,6 +1934,7 @@ fn outcome_of(status: Status) -> Outcome {
         Status::Pass => Outcome::Pass,
         Status::Warn => Outcome::Warn,
         Status::Fail => Outcome::Fail,
+        Status::Inconclusive => Outcome::Inconclusive,
     }
 }
 
@@ -1953,7 +2026,7 @@ async fn unsupervised(
             .app(&app)
             .ok()
             .flatten()
-            .unwrap_or_else(|| AppRecord::new(&app));
+            .unwrap_or_else(|| App::new(&app));
         rec.state = AppState::Error;
         rec.reason = Some(reason.to_string());
         let ev = Event::new(&app, Actor::agent(), EventKind::AppError)
@@ -2005,6 +2078,7 @@ fn refuse(cmd: Command, err: CommandError) {
             drop(reply.send(Err(err)))
         }
         Command::Pause { reply, .. } | Command::Reload { reply, .. } => drop(reply.send(Err(err))),
+        Command::Promote { reply, .. } => drop(reply.send(Err(err))),
         Command::CheckNow { reply } => drop(reply.send(Err(err))),
     }
 }

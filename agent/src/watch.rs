@@ -647,6 +647,7 @@ fn outcome_text(o: &DeployOutcome) -> String {
         DeployOutcome::Good => "good".into(),
         DeployOutcome::RolledBack { to, reason } => format!("rolled back to {to}: {reason}"),
         DeployOutcome::Degraded { reason } => format!("degraded: {reason}"),
+        DeployOutcome::Held { reason } => format!("held: {reason}"),
     }
 }
 

@@ -9,7 +9,7 @@ use rollback_agent::journal::Journal;
 use rollback_agent::lifecycle::{Intent, Op, Step};
 use rollback_agent::release::{AppDir, StageLimits, Version};
 use rollback_agent::store::{
-    now_ms, AppRecord, AppState, EventKind, ReleaseRecord, ReleaseState, Store,
+    now_ms, App, AppState, EventKind, Release, ReleaseState, Store,
 };
 use rollback_agent::supervisor::{AppHandle, Supervisor};
 
@@ -31,19 +31,10 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
     }
 }
 
-fn record(version: &str, state: ReleaseState) -> ReleaseRecord {
-    ReleaseRecord {
-        app: "shop".into(),
-        version: version.into(),
-        state,
-        source: None,
-        created_at_ms: now_ms(),
+fn record(version: &str, state: ReleaseState) -> Release {
+    Release {
         activated_at_ms: Some(now_ms()),
-        decided_at_ms: None,
-        reason: None,
-        commit: None,
-        tag: None,
-        message: None,
+        ..Release::new("shop", version, state)
     }
 }
 
@@ -94,7 +85,7 @@ fn layout(root: &Path, active: &str) -> AppDir {
     dir
 }
 
-async fn wait_for(store: &Store, pred: impl Fn(&AppRecord) -> bool) -> AppRecord {
+async fn wait_for(store: &Store, pred: impl Fn(&App) -> bool) -> App {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let rec = store.app("shop").unwrap().unwrap();
@@ -125,7 +116,7 @@ async fn an_activation_interrupted_before_it_was_recorded_is_baked() {
     store
         .put_release(&record("1.0.1", ReleaseState::Staged))
         .unwrap();
-    let mut rec = AppRecord::new("shop");
+    let mut rec = App::new("shop");
     rec.state = AppState::Deploying;
     rec.active = Some("1.0.0".into());
     store.put_app(rec).unwrap();
@@ -215,7 +206,7 @@ async fn a_deploy_that_never_went_live_leaves_a_degraded_app_degraded() {
         .put_release(&record("1.0.0", ReleaseState::Failed))
         .unwrap();
     // The deploy saved `deploying` before it was cut short.
-    let mut rec = AppRecord::new("shop");
+    let mut rec = App::new("shop");
     rec.active = Some("1.0.0".into());
     rec.state = AppState::Deploying;
     store.put_app(rec).unwrap();
@@ -274,7 +265,7 @@ async fn a_degraded_app_stays_degraded_across_restarts() {
     store
         .put_release(&record("1.0.1", ReleaseState::Failed))
         .unwrap();
-    let mut rec = AppRecord::new("shop");
+    let mut rec = App::new("shop");
     rec.state = AppState::Degraded;
     rec.active = Some("1.0.1".into());
     rec.reason = Some("no good release to roll back to".into());

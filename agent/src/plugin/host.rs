@@ -371,6 +371,112 @@ impl http::Host for HostState {
     }
 }
 
+/// The imports of `rollback:plugin@0.1.0`: unchanged in 0.2.0, so each
+/// delegates to the current one (the types are the same shapes, in another
+/// module).
+mod legacy {
+    use super::super::bindings::check::rollback::plugin as now;
+    use super::super::bindings::legacy::check::rollback::plugin::{
+        clock, config, http, kv, log, types,
+    };
+    use super::HostState;
+
+    impl types::Host for HostState {}
+
+    impl config::Host for HostState {
+        fn get(&mut self, key: String) -> Option<String> {
+            now::config::Host::get(self, key)
+        }
+
+        fn secret(&mut self, name: String) -> Option<String> {
+            now::config::Host::secret(self, name)
+        }
+    }
+
+    impl log::Host for HostState {
+        fn log(&mut self, level: log::Level, message: String) {
+            let level = match level {
+                log::Level::Trace => now::log::Level::Trace,
+                log::Level::Debug => now::log::Level::Debug,
+                log::Level::Info => now::log::Level::Info,
+                log::Level::Warn => now::log::Level::Warn,
+                log::Level::Error => now::log::Level::Error,
+            };
+            now::log::Host::log(self, level, message)
+        }
+    }
+
+    impl clock::Host for HostState {
+        fn now_ms(&mut self) -> u64 {
+            now::clock::Host::now_ms(self)
+        }
+
+        fn monotonic_ns(&mut self) -> u64 {
+            now::clock::Host::monotonic_ns(self)
+        }
+    }
+
+    impl kv::Host for HostState {
+        fn get(&mut self, key: String) -> Option<Vec<u8>> {
+            now::kv::Host::get(self, key)
+        }
+
+        fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+            now::kv::Host::set(self, key, value)
+        }
+
+        fn delete(&mut self, key: String) {
+            now::kv::Host::delete(self, key)
+        }
+
+        fn keys(&mut self, prefix: String) -> Vec<String> {
+            now::kv::Host::keys(self, prefix)
+        }
+    }
+
+    impl http::Host for HostState {
+        async fn send(&mut self, req: http::Request) -> Result<http::Response, http::Error> {
+            let req = now::http::Request {
+                method: req.method,
+                url: req.url,
+                headers: req
+                    .headers
+                    .into_iter()
+                    .map(|h| now::http::Header {
+                        name: h.name,
+                        value: h.value,
+                    })
+                    .collect(),
+                body: req.body,
+                timeout_ms: req.timeout_ms,
+            };
+            match now::http::Host::send(self, req).await {
+                Ok(r) => Ok(http::Response {
+                    status: r.status,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| http::Header {
+                            name: h.name,
+                            value: h.value,
+                        })
+                        .collect(),
+                    body: r.body,
+                    elapsed_us: r.elapsed_us,
+                    retries: r.retries,
+                }),
+                Err(e) => Err(match e {
+                    now::http::Error::Denied(m) => http::Error::Denied(m),
+                    now::http::Error::InvalidRequest(m) => http::Error::InvalidRequest(m),
+                    now::http::Error::Timeout => http::Error::Timeout,
+                    now::http::Error::Transport(m) => http::Error::Transport(m),
+                    now::http::Error::TooLarge(n) => http::Error::TooLarge(n),
+                }),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,9 +58,37 @@ mod bindings {
             },
         });
     }
+    /// `rollback:plugin@0.1.0`, for components built before 0.2.0; its
+    /// imports are served by the current ones (`host::legacy`).
+    pub mod legacy {
+        pub mod check {
+            wasmtime::component::bindgen!({
+                path: "../wit/0.1.0",
+                world: "health-check",
+                imports: { "rollback:plugin/http.send": async },
+                exports: { default: async },
+});
+        }
+        pub mod hook {
+            wasmtime::component::bindgen!({
+                path: "../wit/0.1.0",
+                world: "rollback-hook",
+                exports: { default: async },
+                with: {
+                    "rollback:plugin/types": super::check::rollback::plugin::types,
+                    "rollback:plugin/http": super::check::rollback::plugin::http,
+                    "rollback:plugin/config": super::check::rollback::plugin::config,
+                    "rollback:plugin/kv": super::check::rollback::plugin::kv,
+                    "rollback:plugin/log": super::check::rollback::plugin::log,
+                    "rollback:plugin/clock": super::check::rollback::plugin::clock,
+                },
+            });
+        }
+    }
 }
 
 use bindings::check::rollback::plugin::types;
+use bindings::legacy::check::rollback::plugin::types as types_v1;
 
 /// How often the engine's epoch advances: the granularity of deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -160,6 +188,9 @@ pub enum Status {
     Warn,
     /// Unhealthy.
     Fail,
+    /// The check could not tell (what it reads was throttled, unavailable or
+    /// refused its credentials).
+    Inconclusive,
 }
 
 /// What a check reported.
@@ -292,6 +323,15 @@ pub enum LifecycleEvent {
         app: String,
         /// The release `current` points at.
         version: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// The bake ended without a verdict: app, active version, reason.
+    Held {
+        /// The app.
+        app: String,
+        /// The release `current` points at.
+        version: String,
         /// Why.
         reason: String,
     },
@@ -585,6 +625,21 @@ pub struct PluginHost {
 enum Pre {
     Check(bindings::check::HealthCheckPre<HostState>),
     Hook(bindings::hook::RollbackHookPre<HostState>),
+    /// Built against `rollback:plugin@0.1.0`.
+    CheckV1(bindings::legacy::check::HealthCheckPre<HostState>),
+    /// Built against `rollback:plugin@0.1.0`.
+    HookV1(bindings::legacy::hook::RollbackHookPre<HostState>),
+}
+
+impl Pre {
+    fn engine(&self) -> &Engine {
+        match self {
+            Pre::Check(p) => p.engine(),
+            Pre::Hook(p) => p.engine(),
+            Pre::CheckV1(p) => p.engine(),
+            Pre::HookV1(p) => p.engine(),
+        }
+    }
 }
 
 /// A compiled plugin, ready to be instantiated per call.
@@ -649,6 +704,8 @@ impl PluginHost {
                 )
             }
         };
+        // Each linker serves both versions of the package: the imports of
+        // 0.1.0 and 0.2.0 have different names, so they never collide.
         let mut check_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut check_linker).map_err(engine_error)?;
         bindings::check::HealthCheck::add_to_linker::<HostState, HasSelf<HostState>>(
@@ -656,9 +713,19 @@ impl PluginHost {
             |s| s,
         )
         .map_err(engine_error)?;
+        bindings::legacy::check::HealthCheck::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut check_linker,
+            |s| s,
+        )
+        .map_err(engine_error)?;
         let mut hook_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut hook_linker).map_err(engine_error)?;
         bindings::hook::RollbackHook::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut hook_linker,
+            |s| s,
+        )
+        .map_err(engine_error)?;
+        bindings::legacy::hook::RollbackHook::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut hook_linker,
             |s| s,
         )
@@ -752,20 +819,34 @@ impl PluginHost {
             path: path.to_path_buf(),
             message: format!("not a `{}` plugin: {e:#}", world.name()),
         };
+        // The current version first; a component that does not fit it may be
+        // one built against 0.1.0. The error shown is the current version's.
         let pre = match world {
             World::HealthCheck => {
                 let ip = self
                     .check_linker
                     .instantiate_pre(&component)
                     .map_err(invalid)?;
-                Pre::Check(bindings::check::HealthCheckPre::new(ip).map_err(wrong_world)?)
+                match bindings::check::HealthCheckPre::new(ip.clone()) {
+                    Ok(p) => Pre::Check(p),
+                    Err(e) => match bindings::legacy::check::HealthCheckPre::new(ip) {
+                        Ok(p) => Pre::CheckV1(p),
+                        Err(_) => return Err(wrong_world(e)),
+                    },
+                }
             }
             World::RollbackHook => {
                 let ip = self
                     .hook_linker
                     .instantiate_pre(&component)
                     .map_err(invalid)?;
-                Pre::Hook(bindings::hook::RollbackHookPre::new(ip).map_err(wrong_world)?)
+                match bindings::hook::RollbackHookPre::new(ip.clone()) {
+                    Ok(p) => Pre::Hook(p),
+                    Err(e) => match bindings::legacy::hook::RollbackHookPre::new(ip) {
+                        Ok(p) => Pre::HookV1(p),
+                        Err(_) => return Err(wrong_world(e)),
+                    },
+                }
             }
         };
         Ok(Plugin {
@@ -778,44 +859,106 @@ impl PluginHost {
     }
 }
 
-fn to_wit_release(r: &ReleaseInfo) -> types::Release {
-    types::Release {
-        app: r.app.clone(),
-        version: r.version.clone(),
-        activated_at_ms: r.activated_at_ms,
-    }
+/// The conversions into one version's WIT types: the same code for each
+/// version (0.2.0 only added to 0.1.0), `$held` saying what a `held` event
+/// becomes (`None`: the version has no such event).
+macro_rules! to_wit {
+    ($name:ident, $t:ident, |$app:ident, $version:ident, $reason:ident| $held:expr) => {
+        mod $name {
+            use super::*;
+
+            fn release(r: &ReleaseInfo) -> $t::Release {
+                $t::Release {
+                    app: r.app.clone(),
+                    version: r.version.clone(),
+                    activated_at_ms: r.activated_at_ms,
+                }
+            }
+
+            fn transition(t: &Transition) -> $t::Transition {
+                $t::Transition {
+                    app: t.app.clone(),
+                    from: t.from.as_ref().map(release),
+                    to: release(&t.to),
+                    actor: t.actor.clone(),
+                }
+            }
+
+            pub(super) fn context(input: &CheckInput) -> $t::CheckContext {
+                $t::CheckContext {
+                    app: input.app.clone(),
+                    check: input.check.clone(),
+                    active: release(&input.active),
+                    previous: input.previous.as_ref().map(release),
+                    phase: match input.phase {
+                        Phase::Bake => $t::Phase::Bake,
+                        Phase::Steady => $t::Phase::Steady,
+                    },
+                    now_ms: input.now_ms,
+                }
+            }
+
+            pub(super) fn event(e: &LifecycleEvent) -> Option<$t::LifecycleEvent> {
+                Some(match e {
+                    LifecycleEvent::PreActivate(t) => $t::LifecycleEvent::PreActivate(transition(t)),
+                    LifecycleEvent::Activated(t) => $t::LifecycleEvent::Activated(transition(t)),
+                    LifecycleEvent::RolledBack(r) => {
+                        $t::LifecycleEvent::RolledBack($t::RollbackInfo {
+                            app: r.app.clone(),
+                            from: release(&r.from),
+                            to: release(&r.to),
+                            reason: r.reason.clone(),
+                            check: r.check.clone(),
+                            actor: r.actor.clone(),
+                        })
+                    }
+                    LifecycleEvent::Degraded {
+                        app,
+                        version,
+                        reason,
+                    } => $t::LifecycleEvent::Degraded($t::DegradedInfo {
+                        app: app.clone(),
+                        version: version.clone(),
+                        reason: reason.clone(),
+                    }),
+                    LifecycleEvent::Held {
+                        app: $app,
+                        version: $version,
+                        reason: $reason,
+                    } => $held?,
+                })
+            }
+        }
+    };
 }
 
-fn to_wit_transition(t: &Transition) -> types::Transition {
-    types::Transition {
-        app: t.app.clone(),
-        from: t.from.as_ref().map(to_wit_release),
-        to: to_wit_release(&t.to),
-        actor: t.actor.clone(),
-    }
-}
-
-fn to_wit_event(e: &LifecycleEvent) -> types::LifecycleEvent {
-    match e {
-        LifecycleEvent::PreActivate(t) => types::LifecycleEvent::PreActivate(to_wit_transition(t)),
-        LifecycleEvent::Activated(t) => types::LifecycleEvent::Activated(to_wit_transition(t)),
-        LifecycleEvent::RolledBack(r) => types::LifecycleEvent::RolledBack(types::RollbackInfo {
-            app: r.app.clone(),
-            from: to_wit_release(&r.from),
-            to: to_wit_release(&r.to),
-            reason: r.reason.clone(),
-            check: r.check.clone(),
-            actor: r.actor.clone(),
-        }),
-        LifecycleEvent::Degraded {
-            app,
-            version,
-            reason,
-        } => types::LifecycleEvent::Degraded(types::DegradedInfo {
-            app: app.clone(),
-            version: version.clone(),
-            reason: reason.clone(),
-        }),
+to_wit!(wit_now, types, |app, version, reason| Some(
+    types::LifecycleEvent::Held(types::HeldInfo {
+        app: app.clone(),
+        version: version.clone(),
+        reason: reason.clone(),
+    })
+));
+to_wit!(wit_v1, types_v1, |_app, _version, _reason| None::<
+    types_v1::LifecycleEvent,
+>);
+/// A 0.1.0 result in the current types (0.1.0 had no `inconclusive`).
+fn from_wit_result_v1(r: types_v1::CheckResult) -> types::CheckResult {
+    types::CheckResult {
+        status: match r.status {
+            types_v1::Status::Pass => types::Status::Pass,
+            types_v1::Status::Warn => types::Status::Warn,
+            types_v1::Status::Fail => types::Status::Fail,
+        },
+        summary: r.summary,
+        metrics: r
+            .metrics
+            .into_iter()
+            .map(|m| types::Metric {
+                name: m.name,
+                value: m.value,
+            })
+            .collect(),
     }
 }
 
@@ -862,6 +1005,7 @@ fn from_wit_result(r: types::CheckResult) -> Result<CheckResult, CallError> {
             types::Status::Pass => Status::Pass,
             types::Status::Warn => Status::Warn,
             types::Status::Fail => Status::Fail,
+            types::Status::Inconclusive => Status::Inconclusive,
         },
         summary: returned_text(r.summary, "a summary")?,
         metrics,
@@ -928,10 +1072,7 @@ impl Plugin {
             .table_elements(100_000)
             .trap_on_grow_failure(true)
             .build();
-        let engine = match &self.pre {
-            Pre::Check(p) => p.engine().clone(),
-            Pre::Hook(p) => p.engine().clone(),
-        };
+        let engine = self.pre.engine().clone();
         let mut store = Store::new(&engine, HostState::new(sandbox.clone(), limits, deadline));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
@@ -977,29 +1118,32 @@ impl Plugin {
 
     /// Runs `check` once (a `health-check` plugin).
     pub async fn check(&self, sandbox: &Arc<Sandbox>, input: &CheckInput) -> CallReport {
-        let Pre::Check(pre) = &self.pre else {
-            return wrong_world(World::HealthCheck);
-        };
-        let pre = pre.clone();
-        let ctx = types::CheckContext {
-            app: input.app.clone(),
-            check: input.check.clone(),
-            active: to_wit_release(&input.active),
-            previous: input.previous.as_ref().map(to_wit_release),
-            phase: match input.phase {
-                Phase::Bake => types::Phase::Bake,
-                Phase::Steady => types::Phase::Steady,
-            },
-            now_ms: input.now_ms,
-        };
-        let report = self
-            .run(sandbox, |store| {
-                Box::pin(async move {
-                    let instance = pre.instantiate_async(&mut *store).await?;
-                    instance.call_check(&mut *store, &ctx).await
+        let report = match &self.pre {
+            Pre::Check(pre) => {
+                let pre = pre.clone();
+                let ctx = wit_now::context(input);
+                self.run(sandbox, |store| {
+                    Box::pin(async move {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        instance.call_check(&mut *store, &ctx).await
+                    })
                 })
-            })
-            .await;
+                .await
+            }
+            Pre::CheckV1(pre) => {
+                let pre = pre.clone();
+                let ctx = wit_v1::context(input);
+                self.run(sandbox, |store| {
+                    Box::pin(async move {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let r = instance.call_check(&mut *store, &ctx).await?;
+                        Ok(r.map(from_wit_result_v1))
+                    })
+                })
+                .await
+            }
+            Pre::Hook(_) | Pre::HookV1(_) => return wrong_world(World::HealthCheck),
+        };
         let CallReport {
             result,
             logs,
@@ -1023,18 +1167,57 @@ impl Plugin {
 
     /// Runs `on-event` once (a `rollback-hook` plugin).
     pub async fn on_event(&self, sandbox: &Arc<Sandbox>, event: &LifecycleEvent) -> CallReport<()> {
-        let Pre::Hook(pre) = &self.pre else {
-            return wrong_world(World::RollbackHook);
+        // An event the component's version does not have: nothing to tell.
+        let skipped = || CallReport {
+            result: Ok(()),
+            ..CallReport::host_failure("")
         };
-        let pre = pre.clone();
-        let event = to_wit_event(event);
-        self.run(sandbox, |store| {
-            Box::pin(async move {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.call_on_event(&mut *store, &event).await
-            })
-        })
-        .await
+        match &self.pre {
+            Pre::Hook(pre) => {
+                let Some(event) = wit_now::event(event) else {
+                    return skipped();
+                };
+                let pre = pre.clone();
+                self.run(sandbox, |store| {
+                    Box::pin(async move {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        instance.call_on_event(&mut *store, &event).await
+                    })
+                })
+                .await
+            }
+            Pre::HookV1(pre) => {
+                let Some(event) = wit_v1::event(event) else {
+                    return skipped();
+                };
+                let pre = pre.clone();
+                self.run(sandbox, |store| {
+                    Box::pin(async move {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        instance.call_on_event(&mut *store, &event).await
+                    })
+                })
+                .await
+            }
+            Pre::Check(_) | Pre::CheckV1(_) => wrong_world(World::RollbackHook),
+        }
+    }
+
+    /// Whether the component's version of the contract has `event` (a hook
+    /// built against 0.1.0 is never told about `held`).
+    pub fn knows(&self, event: &LifecycleEvent) -> bool {
+        match self.pre {
+            Pre::HookV1(_) => wit_v1::event(event).is_some(),
+            _ => true,
+        }
+    }
+
+    /// The version of `rollback:plugin` the component was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self.pre {
+            Pre::Check(_) | Pre::Hook(_) => "0.2.0",
+            Pre::CheckV1(_) | Pre::HookV1(_) => "0.1.0",
+        }
     }
 }
 
