@@ -8,7 +8,8 @@ It serves, on 127.0.0.1 only:
   GET  /orders/v0/orders  Orders v0 getOrders: MarketplaceIds with
                           LastUpdatedAfter or CreatedAfter (optional
                           LastUpdatedBefore / CreatedBefore, MaxResultsPerPage),
-                          then NextToken paging; needs x-amz-access-token
+                          then NextToken paging (each page repeats the
+                          query); needs x-amz-access-token
 
 Answers follow the Orders v0 model (tests/api-models/amazon-sp-api/ordersV0.json)
 and carry an x-amzn-RequestId header.
@@ -247,6 +248,10 @@ def get_orders(fake, query, now):
         if mid != MARKETPLACE_ID:
             return (*invalid_input(f"Invalid MarketplaceIds: {mid}"), "")
 
+    # The model requires CreatedAfter or LastUpdatedAfter on every call, one
+    # with NextToken included.
+    if not param("CreatedAfter") and not param("LastUpdatedAfter"):
+        return (*invalid_input("Either CreatedAfter or LastUpdatedAfter must be specified."), "")
     next_token = param("NextToken")
     if next_token is not None:
         cursor = fake.load_cursor(next_token)

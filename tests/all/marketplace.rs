@@ -204,16 +204,19 @@ fn marketplace_fake_amazon_follows_lwa_and_orders_v0() {
     let pages = follow_pages(&first, get, |v| {
         let next = v["payload"]["NextToken"].as_str()?;
         // Page tokens hold `+`, `/` and `=`: sent raw, `+` means a space.
-        let raw = format!("/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&NextToken={next}");
+        let raw = format!("{first}&NextToken={next}");
         assert_eq!(
             amazon_get(&m, &token, &raw).status,
             400,
             "unencoded NextToken"
         );
-        Some(format!(
+        // NextToken alone is refused: the model requires the query again.
+        let alone = format!(
             "/orders/v0/orders?MarketplaceIds={AMAZON_MARKETPLACE}&NextToken={}",
             encode(next)
-        ))
+        );
+        assert_eq!(amazon_get(&m, &token, &alone).status, 400, "NextToken alone");
+        Some(format!("{first}&NextToken={}", encode(next)))
     });
     let ids: Vec<&str> = pages
         .iter()

@@ -869,6 +869,12 @@ fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
     if let Err(a) = check_marketplaces(cx.param("MarketplaceIds"), "MarketplaceIds", 50) {
         return a;
     }
+    // The model requires CreatedAfter or LastUpdatedAfter on every call,
+    // a call with NextToken included.
+    let given = |k: &str| lookup(cx.query, k).is_some_and(|v| !v.is_empty());
+    if !given("CreatedAfter") && !given("LastUpdatedAfter") {
+        return invalid_input("Either CreatedAfter or LastUpdatedAfter must be specified.");
+    }
     let (query, offset) = match cx.param("NextToken") {
         Some(t) => match st.cursors.get(t) {
             Some(c) => (c.query.clone(), c.offset),

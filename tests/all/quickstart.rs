@@ -141,7 +141,7 @@ fn walk(port: u16, token: &str, query: &str) -> (Vec<Value>, usize) {
                 a = orders(
                     port,
                     token,
-                    &format!("MarketplaceIds={MARKETPLACE}&NextToken={}", encode(next)),
+                    &format!("{query}&NextToken={}", encode(next)),
                 )
             }
             None => return (all, pages),
@@ -234,6 +234,10 @@ fn quickstart_sp_api_fake_follows_lwa_and_the_orders_v0_model() {
         ("page size", format!("{query}&MaxResultsPerPage=101")),
         (
             "unknown NextToken",
+            format!("{query}&NextToken=bm9wZQ"),
+        ),
+        (
+            "NextToken without the query",
             format!("MarketplaceIds={MARKETPLACE}&NextToken=bm9wZQ"),
         ),
     ] {

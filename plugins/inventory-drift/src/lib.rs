@@ -101,9 +101,23 @@ impl Settings {
         let total = items.len();
         let cursor = kv::get(CURSOR_KEY).map(|v| String::from_utf8_lossy(&v).into_owned());
         let sample = sample(items, self.sample_size, cursor.as_deref());
-        let market = match &self.source {
-            Source::Amazon(api) => amazon_quantities(api, transport, &sample)?,
-            Source::Shopee(shop) => shopee_quantities(shop, transport, &sample)?,
+        let read = match &self.source {
+            Source::Amazon(api) => amazon_quantities(api, transport, &sample),
+            Source::Shopee(shop) => {
+                // The app's side: an entry Shopee cannot be asked about.
+                let ids = shopee_ids(&sample)?;
+                shopee_quantities(shop, transport, &sample, ids)
+            }
+        };
+        // The marketplace's trouble says nothing about the release.
+        let market = match read {
+            Ok(market) => market,
+            Err(e) => {
+                return Ok(CheckResult::inconclusive(format!(
+                    "{}: no verdict, the marketplace could not be read: {e}",
+                    self.provider
+                )))
+            }
         };
         let compared: Vec<Compared> = sample
             .iter()
@@ -399,6 +413,22 @@ fn available(stock: Option<&StockInfo>) -> Option<i64> {
     stock?.summary_info.as_ref()?.total_available_stock
 }
 
+/// Each sampled entry's Shopee `item_id`; an entry without one is the app's
+/// error.
+fn shopee_ids(sample: &[AppItem]) -> Result<Vec<u64>, String> {
+    sample
+        .iter()
+        .map(|item| {
+            item.item_id.ok_or_else(|| {
+                format!(
+                    "app inventory: SKU {} has no `item_id` (needed for shopee)",
+                    item.sku
+                )
+            })
+        })
+        .collect()
+}
+
 /// The marketplace quantity of each sampled entry: the item's
 /// `total_available_stock` from `get_item_base_info`, or for an entry with
 /// `model_id` the model's from `get_model_list`. An entry without `model_id`
@@ -407,17 +437,8 @@ fn shopee_quantities(
     shop: &Shopee,
     transport: &dyn Transport,
     sample: &[AppItem],
+    ids: Vec<u64>,
 ) -> Result<Vec<Option<i64>>, String> {
-    let mut ids: Vec<u64> = Vec::with_capacity(sample.len());
-    for item in sample {
-        let id = item.item_id.ok_or_else(|| {
-            format!(
-                "app inventory: SKU {} has no `item_id` (needed for shopee)",
-                item.sku
-            )
-        })?;
-        ids.push(id);
-    }
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();

@@ -355,16 +355,30 @@ fn problems_are_errors_and_keep_the_cursor() {
     let token = r#"{"access_token":"t","expires_in":3600}"#;
     let app = r#"[{"sku":"a","quantity":1}]"#;
     let denied = r#"{"errors":[{"code":"Unauthorized","message":"Access to requested resource is denied."}]}"#;
+    // The app's answers are errors (the release's fault).
     for (answers, expected) in [
         (vec![(200, r#"{"sku":"a"}"#)], "GET http://app/inventory: unexpected answer: invalid type: map, expected a sequence at line 1 column 0"),
         (vec![(200, r#"[{"sku":"a","quantity":"many"}]"#)], "GET http://app/inventory: unexpected answer: invalid type: string \"many\", expected i64 at line 1 column 29"),
+    ] {
+        kv::delete("lwa-token");
+        let fake = Fake::new(0, &answers);
+        assert_eq!(s.run(&fake).err().as_deref(), Some(expected));
+        assert_eq!(kv::get(CURSOR_KEY), None);
+    }
+    // The marketplace's are inconclusive: they say nothing about the release.
+    for (answers, expected) in [
         (vec![(200, app), (200, token), (403, denied), (200, token), (403, denied)], "GET http://sp/fba/inventory/v1/summaries -> HTTP 403: Unauthorized: Access to requested resource is denied."),
         (vec![(200, app), (200, token), (200, "{}")], "getInventorySummaries: the answer has no `payload`"),
         (vec![(200, app), (200, token), (200, "[")], "GET http://sp/fba/inventory/v1/summaries: unexpected answer: EOF while parsing a list at line 1 column 1"),
     ] {
         kv::delete("lwa-token");
         let fake = Fake::new(0, &answers);
-        assert_eq!(s.run(&fake).err().as_deref(), Some(expected));
+        let r = s.run(&fake).expect("a result");
+        assert_eq!(r.status, Status::Inconclusive);
+        assert_eq!(
+            r.summary,
+            format!("amazon: no verdict, the marketplace could not be read: {expected}")
+        );
         assert_eq!(kv::get(CURSOR_KEY), None);
     }
     let fake = Fake::new(0, &[(200, "[]")]);
@@ -447,8 +461,11 @@ fn shopee_needs_item_ids() {
             ),
         ],
     );
-    assert_eq!(
-        s.run(&fake).err().as_deref(),
-        Some("GET https://partner.shopeemobile.com/api/v2/product/get_item_base_info -> HTTP 200: error_param: item_id_list is invalid [request_id r]")
+    let r = s.run(&fake).expect("a result");
+    assert_eq!(r.status, Status::Inconclusive);
+    assert!(
+        r.summary.ends_with("could not be read: GET https://partner.shopeemobile.com/api/v2/product/get_item_base_info -> HTTP 200: error_param: item_id_list is invalid [request_id r]"),
+        "{}",
+        r.summary
     );
 }

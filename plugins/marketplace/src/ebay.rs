@@ -20,7 +20,7 @@ use crate::transport::{self, Call, Transport};
 use crate::Provider;
 
 /// The scope asked for unless `scope` says otherwise: reading orders.
-pub const DEFAULT_SCOPE: &str = "https://api.ebay.com/oauth/api_scope/sell.fulfillment";
+pub const DEFAULT_SCOPE: &str = "https://api.ebay.com/oauth/api_scope/sell.fulfillment.readonly";
 
 /// An eBay seller account. No `Debug`: it holds secrets.
 pub struct Ebay {
@@ -118,7 +118,7 @@ mod tests {
         let calls = fake.calls();
         assert_eq!(
             calls[0].body.as_deref(),
-            Some(&b"grant_type=refresh_token&refresh_token=v%5E1.1%23i%5E1&scope=https%3A%2F%2Fapi.ebay.com%2Foauth%2Fapi_scope%2Fsell.fulfillment"[..])
+            Some(&b"grant_type=refresh_token&refresh_token=v%5E1.1%23i%5E1&scope=https%3A%2F%2Fapi.ebay.com%2Foauth%2Fapi_scope%2Fsell.fulfillment.readonly"[..])
         );
         assert_eq!(
             calls[0].header_value("Authorization"),

@@ -3,7 +3,8 @@
 //!
 //! - SP-API and eBay: `{"errors":[{"code","message","details"?}]}` (eBay:
 //!   `errorId`, `message`, `longMessage`);
-//! - Walmart: `{"errors":{"error":[{"code","description","info"}]}}`;
+//! - Walmart: `{"errors":{"error":[{"code","description","info"}]}}`, and
+//!   from its API gateway `{"error":[{"code","description","info"}]}`;
 //! - Shopee and OAuth token endpoints: `{"error":"..","message"|"error_description":".."}`.
 //!
 //! Anything else is quoted (its first 200 characters).
@@ -30,12 +31,14 @@ pub fn describe(body: &[u8]) -> String {
 
 /// The description of a JSON error body; `None` when it has no known shape.
 pub fn describe_json(value: &Value) -> Option<String> {
-    let list = match &value["errors"] {
-        Value::Array(items) => Some(items.as_slice()),
-        Value::Object(map) => match map.get("error") {
+    let list = match (&value["errors"], &value["error"]) {
+        (Value::Array(items), _) => Some(items.as_slice()),
+        (Value::Object(map), _) => match map.get("error") {
             Some(Value::Array(items)) => Some(items.as_slice()),
             _ => None,
         },
+        // Walmart's API gateway: `{"error":[{"code","description",...}]}`.
+        (_, Value::Array(items)) => Some(items.as_slice()),
         _ => None,
     };
     if let Some(items) = list {
@@ -120,6 +123,15 @@ mod tests {
         assert_eq!(
             describe(lwa),
             "invalid_grant: The request has an invalid grant parameter : refresh_token"
+        );
+    }
+
+    #[test]
+    fn walmart_gateway() {
+        let body = br#"{"error":[{"code":"UNAUTHORIZED.GMP_GATEWAY_API","field":"UNAUTHORIZED","description":"Unauthorized","info":"Unauthorized token or invalid service name","severity":"ERROR","category":"DATA","errorIdentifiers":{}}]}"#;
+        assert_eq!(
+            describe(body),
+            "UNAUTHORIZED.GMP_GATEWAY_API: Unauthorized (Unauthorized token or invalid service name)"
         );
     }
 

@@ -22,9 +22,10 @@
 //! entry, tied to a fingerprint of the configured refresh token), and it is
 //! stored before the new access token is used. The configured secret only
 //! seeds that state, again whenever it changes; a configured
-//! `access_token` is then the first token tried. An `error_auth` answer to
-//! a token that did not come from a refresh of this run refreshes once and
-//! retries once.
+//! `access_token` is then the first token tried. An answer refusing the
+//! token ([`TOKEN_REFUSED`]: `error_auth`, `invalid_access_token` and the
+//! misspelt `invalid_acceess_token`) to a token that did not come from a
+//! refresh of this run refreshes once and retries once.
 //!
 //! Config: `endpoint` (default `https://partner.shopeemobile.com`),
 //! `partner_id`, `shop_id` (required integers). Secrets: `partner_key`, and
@@ -392,6 +393,19 @@ impl Shopee {
     }
 }
 
+/// The `error` codes with which Shopee refuses an access token that expired
+/// or was invalidated early; `invalid_acceess_token` is Shopee's own
+/// spelling, seen beside the correct one.
+pub const TOKEN_REFUSED: [&str; 3] = [
+    "error_auth",
+    "invalid_access_token",
+    "invalid_acceess_token",
+];
+
+fn is_token_refused(code: &str) -> bool {
+    TOKEN_REFUSED.contains(&code)
+}
+
 /// The JSON body of a Shopee answer with data, or why there is none: a
 /// non-empty `error` (whatever the status), a non-2xx status, or a body that
 /// is not JSON.
@@ -402,7 +416,7 @@ fn answer(call: &Call, response: &Response) -> Result<Value, Failed> {
             let detail = errors::describe_json(&body).unwrap_or_default();
             Err(Failed {
                 text: format!("{} -> HTTP {}: {detail}", call.target(), response.status()),
-                auth: body["error"] == "error_auth",
+                auth: body["error"].as_str().is_some_and(is_token_refused),
                 detail: Some(detail),
             })
         }

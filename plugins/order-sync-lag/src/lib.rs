@@ -52,6 +52,9 @@ impl Guest for OrderSyncLag {
 
 check::export_check!(OrderSyncLag);
 
+/// How far ahead of this host's clock the app's position may be (clocks
+/// drift a little) before it is an error.
+const MAX_CLOCK_AHEAD_MS: i64 = 5_000;
 /// SP-API refuses `LastUpdatedAfter` later than 2 minutes before now.
 const AMAZON_MIN_AGE_MS: i64 = 120_000;
 /// Shopee's `time_from` and `time_to` are at most 15 days apart; one
@@ -111,13 +114,31 @@ impl Settings {
 
     fn run(&self, transport: &dyn Transport, now_ms: u64) -> Result<CheckResult, String> {
         let now = i64::try_from(now_ms).map_err(|_| "clock out of range")?;
+        // The app's side: a broken answer is the release's fault (an error).
         let position = app_position(transport, &self.app_status_url)?;
+        if position > now + MAX_CLOCK_AHEAD_MS {
+            return Err(format!(
+                "the app's position {} is {} ahead of this host's clock ({}): \
+                 the app or this host has a wrong clock",
+                show_time(position),
+                format_duration_ms(u64::try_from(position - now).unwrap_or(u64::MAX)),
+                show_time(now)
+            ));
+        }
         let mut scan = Scan::new(position, self.max_pages);
-        match &self.source {
-            Source::Amazon(api) => amazon(api, transport, now, &mut scan)?,
-            Source::Shopee(shop) => shopee(shop, transport, now, &mut scan)?,
-            Source::Walmart(api) => walmart(api, transport, &mut scan)?,
-            Source::Ebay(api) => ebay(api, transport, &mut scan)?,
+        let read = match &self.source {
+            Source::Amazon(api) => amazon(api, transport, now, &mut scan),
+            Source::Shopee(shop) => shopee(shop, transport, now, &mut scan),
+            Source::Walmart(api) => walmart(api, transport, &mut scan),
+            Source::Ebay(api) => ebay(api, transport, &mut scan),
+        };
+        // The marketplace's side: throttled, down, refusing the credentials
+        // or answering what we cannot read says nothing about the release.
+        if let Err(e) = read {
+            return Ok(CheckResult::inconclusive(format!(
+                "{}: no verdict, the marketplace could not be read: {e}",
+                self.source.provider()
+            )));
         }
         log::debug!(
             "{}: {} page(s) read, {} order(s) updated after {}",
@@ -312,10 +333,13 @@ fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> 
     // Later than now - 2 min is refused; the orders in between are then
     // read and filtered by their LastUpdateDate.
     let after = scan.after_ms.min(now - AMAZON_MIN_AGE_MS);
-    let mut path = format!(
+    // Every page repeats the query: the model requires CreatedAfter or
+    // LastUpdatedAfter on each call, the NextToken included.
+    let query = format!(
         "/orders/v0/orders?MarketplaceIds={ids}&LastUpdatedAfter={}",
         encode(&format_rfc3339(after))
     );
+    let mut path = query.clone();
     while scan.next_page() {
         let (orders, next) = amazon_page(api.get(transport, &path)?)?;
         for (id, updated) in &orders {
@@ -323,10 +347,7 @@ fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> 
         }
         match next {
             Some(token) => {
-                path = format!(
-                    "/orders/v0/orders?MarketplaceIds={ids}&NextToken={}",
-                    encode(&token)
-                );
+                path = format!("{query}&NextToken={}", encode(&token));
             }
             None => return Ok(()),
         }

@@ -34,6 +34,15 @@ fn run(
     (fake, result)
 }
 
+/// The reason of a result without a verdict (the marketplace could not be
+/// read); `None` when there was a verdict or an error.
+fn no_verdict(r: Result<CheckResult, String>) -> Option<String> {
+    let r = r.ok()?;
+    assert_eq!(r.status, Status::Inconclusive, "{}", r.summary);
+    let (_, why) = r.summary.split_once("the marketplace could not be read: ")?;
+    Some(why.to_string())
+}
+
 /// [`run`], expecting a verdict.
 fn verdict(s: &Settings, position: &str, answers: &[(u16, &str)]) -> (Fake, CheckResult) {
     let (fake, result) = run(s, position, answers);
@@ -272,7 +281,7 @@ fn amazon_pages_and_filters() {
     );
     assert_eq!(
         urls[3],
-        "http://sp/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&NextToken=a%2Bb%2Fc%3D"
+        "http://sp/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&LastUpdatedAfter=2024-05-01T09%3A58%3A00Z&NextToken=a%2Bb%2Fc%3D"
     );
     assert_eq!(
         fake.calls()[3].header_value("x-amz-access-token"),
@@ -281,7 +290,7 @@ fn amazon_pages_and_filters() {
 }
 
 #[test]
-fn amazon_errors_are_errors() {
+fn amazon_errors_are_inconclusive() {
     let s = valid(&[
         ("provider", "amazon"),
         ("endpoint", "http://sp"),
@@ -298,7 +307,7 @@ fn amazon_errors_are_errors() {
         // Each run fetches its token (the kv store is the test thread's).
         rollback_plugin_sdk::kv::delete("lwa-token");
         let (_, r) = run(&s, "2024-05-01T09:00:00Z", &[(200, token), answer]);
-        assert_eq!(r.err().as_deref(), Some(expected));
+        assert_eq!(no_verdict(r).as_deref(), Some(expected));
     }
 }
 
@@ -388,7 +397,7 @@ fn shopee_lists_then_reads_update_times() {
 }
 
 #[test]
-fn shopee_errors_are_errors() {
+fn shopee_errors_are_inconclusive() {
     let s = valid(&[
         ("provider", "shopee"),
         ("endpoint", "http://shopee"),
@@ -402,7 +411,7 @@ fn shopee_errors_are_errors() {
     let refreshed = r#"{"error":"","message":"","request_id":"t","access_token":"new","refresh_token":"rotated","expire_in":14400}"#;
     let (fake, r) = check(&[(200, refused), (200, refreshed), (200, refused)]);
     assert_eq!(
-        r.err().as_deref(),
+        no_verdict(r).as_deref(),
         Some("GET http://shopee/api/v2/order/get_order_list -> HTTP 200: error_auth: Invalid access_token. [request_id r]")
     );
     assert!(fake.urls()[2].starts_with("http://shopee/api/v2/auth/access_token/get?"));
@@ -413,7 +422,7 @@ fn shopee_errors_are_errors() {
         (200, r#"{"error":"","response":{"order_list":[]}}"#),
     ]);
     assert_eq!(
-        r.err().as_deref(),
+        no_verdict(r).as_deref(),
         Some("get_order_detail: order A was listed but has no detail")
     );
     // No orders: a pass without detail calls.
@@ -489,13 +498,13 @@ fn walmart_not_found_means_no_orders() {
     // The token is cached from here on.
     let (_, r) = check(&[(404, "Not Found")]);
     assert_eq!(
-        r.err().as_deref(),
+        no_verdict(r).as_deref(),
         Some("GET http://wm/v3/orders -> HTTP 404: Not Found")
     );
     let page = r#"{"list":{"elements":{"order":[{"purchaseOrderId":"P"}]}}}"#;
     let (_, r) = check(&[(200, page)]);
     assert_eq!(
-        r.err().as_deref(),
+        no_verdict(r).as_deref(),
         Some("GET /v3/orders: order P has no statusDate or orderDate")
     );
 }
@@ -578,4 +587,26 @@ fn ebay_end_to_end() {
         fake.calls()[2].header_value("Authorization"),
         Some("Bearer v^1.1#i")
     );
+}
+
+#[test]
+fn the_app_side_stays_an_error_and_a_position_in_the_future_is_one() {
+    let s = valid(&[("provider", "walmart"), ("endpoint", "http://wm")]);
+    let fake = Fake::new(NOW as u64, &[(503, "down")]);
+    assert_eq!(
+        s.run(&fake, NOW as u64).err().as_deref(),
+        Some("GET http://app/status -> HTTP 503: down"),
+        "the app's own endpoint failing is the release's fault"
+    );
+    let (_, r) = run(&s, "2024-05-01T10:03:00Z", &[]);
+    assert_eq!(
+        r.err().as_deref(),
+        Some(
+            "the app's position 2024-05-01T10:03:00Z is 3m ahead of this host's clock \
+             (2024-05-01T10:00:00Z): the app or this host has a wrong clock"
+        )
+    );
+    // A few seconds of drift are not an error.
+    let (_, r) = run(&s, "2024-05-01T10:00:04Z", &[(404, "{}")]);
+    assert!(r.is_ok(), "{r:?}");
 }

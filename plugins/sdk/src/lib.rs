@@ -90,12 +90,12 @@ pub mod bindings {
             package rollback:sdk;
 
             world imports {
-                import rollback:plugin/types@0.1.0;
-                import rollback:plugin/http@0.1.0;
-                import rollback:plugin/config@0.1.0;
-                import rollback:plugin/kv@0.1.0;
-                import rollback:plugin/log@0.1.0;
-                import rollback:plugin/clock@0.1.0;
+                import rollback:plugin/types@0.2.0;
+                import rollback:plugin/http@0.2.0;
+                import rollback:plugin/config@0.2.0;
+                import rollback:plugin/kv@0.2.0;
+                import rollback:plugin/log@0.2.0;
+                import rollback:plugin/clock@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -119,12 +119,12 @@ pub mod check {
         export_macro_name: "export_check",
         default_bindings_module: "rollback_plugin_sdk::check",
         with: {
-            "rollback:plugin/types@0.1.0": crate::bindings::rollback::plugin::types,
-            "rollback:plugin/http@0.1.0": crate::bindings::rollback::plugin::http,
-            "rollback:plugin/config@0.1.0": crate::bindings::rollback::plugin::config,
-            "rollback:plugin/kv@0.1.0": crate::bindings::rollback::plugin::kv,
-            "rollback:plugin/log@0.1.0": crate::bindings::rollback::plugin::log,
-            "rollback:plugin/clock@0.1.0": crate::bindings::rollback::plugin::clock,
+            "rollback:plugin/types@0.2.0": crate::bindings::rollback::plugin::types,
+            "rollback:plugin/http@0.2.0": crate::bindings::rollback::plugin::http,
+            "rollback:plugin/config@0.2.0": crate::bindings::rollback::plugin::config,
+            "rollback:plugin/kv@0.2.0": crate::bindings::rollback::plugin::kv,
+            "rollback:plugin/log@0.2.0": crate::bindings::rollback::plugin::log,
+            "rollback:plugin/clock@0.2.0": crate::bindings::rollback::plugin::clock,
         },
     });
 
@@ -146,15 +146,15 @@ pub mod hook {
         export_macro_name: "export_hook",
         default_bindings_module: "rollback_plugin_sdk::hook",
         with: {
-            "rollback:plugin/types@0.1.0": crate::bindings::rollback::plugin::types,
-            "rollback:plugin/http@0.1.0": crate::bindings::rollback::plugin::http,
-            "rollback:plugin/config@0.1.0": crate::bindings::rollback::plugin::config,
-            "rollback:plugin/kv@0.1.0": crate::bindings::rollback::plugin::kv,
-            "rollback:plugin/log@0.1.0": crate::bindings::rollback::plugin::log,
-            "rollback:plugin/clock@0.1.0": crate::bindings::rollback::plugin::clock,
+            "rollback:plugin/types@0.2.0": crate::bindings::rollback::plugin::types,
+            "rollback:plugin/http@0.2.0": crate::bindings::rollback::plugin::http,
+            "rollback:plugin/config@0.2.0": crate::bindings::rollback::plugin::config,
+            "rollback:plugin/kv@0.2.0": crate::bindings::rollback::plugin::kv,
+            "rollback:plugin/log@0.2.0": crate::bindings::rollback::plugin::log,
+            "rollback:plugin/clock@0.2.0": crate::bindings::rollback::plugin::clock,
         },
     });
 
-    pub use crate::types::{DegradedInfo, Release, RollbackInfo, Transition};
+    pub use crate::types::{DegradedInfo, HeldInfo, Release, RollbackInfo, Transition};
     pub use crate::{clock, config, http, kv, log};
 }

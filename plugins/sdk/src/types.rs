@@ -2,8 +2,8 @@
 //! accessors for the common cases.
 
 pub use crate::bindings::rollback::plugin::types::{
-    CheckContext, CheckResult, DegradedInfo, LifecycleEvent, Metric, Phase, Release, RollbackInfo,
-    Status, Transition,
+    CheckContext, CheckResult, DegradedInfo, HeldInfo, LifecycleEvent, Metric, Phase, Release,
+    RollbackInfo, Status, Transition,
 };
 
 impl CheckResult {
@@ -29,6 +29,14 @@ impl CheckResult {
     /// The release is unhealthy by this check.
     pub fn fail(summary: impl Into<String>) -> Self {
         Self::new(Status::Fail, summary)
+    }
+
+    /// The check could not tell: what it reads (a marketplace, a metrics
+    /// server) was throttled, unavailable or refused the credentials. Never
+    /// counts towards a rollback, never as a pass; say why in `summary`.
+    /// A broken answer from the app itself is a `fail`, not this.
+    pub fn inconclusive(summary: impl Into<String>) -> Self {
+        Self::new(Status::Inconclusive, summary)
     }
 
     /// Adds a metric. Names should use `[a-z0-9_]`; a value that is not
@@ -60,6 +68,7 @@ impl Status {
             Status::Pass => "pass",
             Status::Warn => "warn",
             Status::Fail => "fail",
+            Status::Inconclusive => "inconclusive",
         }
     }
 }
@@ -75,14 +84,15 @@ impl Phase {
 }
 
 impl LifecycleEvent {
-    /// The event's WIT name: `pre-activate`, `activated`, `rolled-back` or
-    /// `degraded`.
+    /// The event's WIT name: `pre-activate`, `activated`, `rolled-back`,
+    /// `degraded` or `held`.
     pub fn name(&self) -> &'static str {
         match self {
             LifecycleEvent::PreActivate(_) => "pre-activate",
             LifecycleEvent::Activated(_) => "activated",
             LifecycleEvent::RolledBack(_) => "rolled-back",
             LifecycleEvent::Degraded(_) => "degraded",
+            LifecycleEvent::Held(_) => "held",
         }
     }
 
@@ -92,6 +102,7 @@ impl LifecycleEvent {
             LifecycleEvent::PreActivate(t) | LifecycleEvent::Activated(t) => &t.app,
             LifecycleEvent::RolledBack(r) => &r.app,
             LifecycleEvent::Degraded(d) => &d.app,
+            LifecycleEvent::Held(h) => &h.app,
         }
     }
 }
@@ -118,6 +129,10 @@ mod tests {
         assert_eq!(r.metric_value("bad"), None);
         assert_eq!(CheckResult::pass("ok").status.as_str(), "pass");
         assert_eq!(CheckResult::fail("down").status.as_str(), "fail");
+        assert_eq!(
+            CheckResult::inconclusive("throttled").status.as_str(),
+            "inconclusive"
+        );
     }
 
     #[test]

@@ -247,6 +247,12 @@ fn text(event: &LifecycleEvent) -> String {
             because(&r.reason)
         ),
         LifecycleEvent::Degraded(d) => format!("{}: degraded{}", d.app, because(&d.reason)),
+        LifecycleEvent::Held(h) => format!(
+            "{}: {} held, no verdict{}",
+            h.app,
+            h.version,
+            because(&h.reason)
+        ),
     }
 }
 
@@ -292,6 +298,14 @@ fn json_body(event: &LifecycleEvent) -> Value {
             None,
             d.version.as_deref(),
             Some(d.reason.as_str()),
+            None,
+            None,
+        ),
+        LifecycleEvent::Held(h) => (
+            None,
+            None,
+            Some(h.version.as_str()),
+            Some(h.reason.as_str()),
             None,
             None,
         ),
