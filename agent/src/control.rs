@@ -548,7 +548,10 @@ impl Control {
                     .promote(p.reason.clone(), actor.clone())
                     .await
                     .map_err(command_error)?;
-                to_value(&protocol::PromoteReply { app: p.app, version })
+                to_value(&protocol::PromoteReply {
+                    app: p.app,
+                    version,
+                })
             }
             method::PAUSE | method::RESUME => {
                 let p: protocol::AppOnly = protocol::parameters(&call.parameters)?;

@@ -45,7 +45,8 @@ pub const EXIT_INCONCLUSIVE: u8 = 4;
     long_about = None,
     after_help = "Exit status: 0 success; 1 error (the message is on stderr); 2 usage; \
 3 a deploy --wait that was rolled back or left the app degraded, a failing `check`, \
-or a failing `plugin test`.\n\n\
+or a failing `plugin test`; 4 no verdict: a deploy --wait that left the app held, \
+an inconclusive `check` or `plugin test`.\n\n\
 Examples:\n  rollbackctl status\n  rollbackctl deploy shop ./build --version 1.4.2 --wait\n  \
 rollbackctl rollback shop --reason \"wrong prices\"\n  rollbackctl history shop --limit 50\n  \
 rollbackctl watch shop\n  rollbackctl incident shop > incident.md"

@@ -120,6 +120,7 @@ impl Compiled {
             sha256: self.plugin.digest().to_string(),
             pinned: self.entry.sha256.is_some(),
             cached: self.plugin.from_cache(),
+            contract: format!("rollback:plugin@{}", self.plugin.wit_version()),
             allow_hosts: self
                 .entry
                 .allow_hosts

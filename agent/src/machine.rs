@@ -23,6 +23,9 @@
 //!     │                               ▼                                 ▼                 │ swapped
 //!     └──────────── RollingBack ◀── Activating ◀── unhealthy ──── Steady ◀── restarted ── RollingBack
 //!                  restore, restart  (rollback)    (steady, auto_rollback = always)
+//!
+//!  Baking ──window over, no verdict──▶ Baking (extended) ──max_bake over──▶ Held
+//!  Held, Baking ──promote──▶ Steady         Held: no automatic action
 //! ```
 
 use std::time::{Duration, Instant};
@@ -31,8 +34,8 @@ use crate::config::AutoRollback;
 use crate::lifecycle::{Intent, Op, Step};
 use crate::plugin::Phase;
 use crate::policy::{
-    bake_verdict, steady_action, BakeCheck, BakeVerdict, BakeWindow, CheckTracker, Health,
-    OnError, Outcome, Rule, Severity, SteadyAction,
+    bake_verdict, steady_action, BakeCheck, BakeVerdict, BakeWindow, CheckTracker, Health, OnError,
+    Outcome, Rule, Severity, SteadyAction,
 };
 use crate::store::{Actor, AppState, EventKind, ReleaseState};
 
@@ -1780,7 +1783,9 @@ impl Machine {
                     reason: reason.clone(),
                 }));
                 fx.push(Effect::Count(Count::Deploy("held")));
-                fx.push(Effect::Reply(Answer::Waiters(DeployOutcome::Held { reason })));
+                fx.push(Effect::Reply(Answer::Waiters(DeployOutcome::Held {
+                    reason,
+                })));
             }
             BakeVerdict::Failed(i) => {
                 let check = self.settings.checks[i].clone();
@@ -1843,7 +1848,11 @@ impl Machine {
             note: None,
         };
         fx.push(Effect::Save);
-        fx.push(Effect::Record(Note::new(EventKind::MarkedGood, version, why)));
+        fx.push(Effect::Record(Note::new(
+            EventKind::MarkedGood,
+            version,
+            why,
+        )));
         fx.push(Effect::Count(Count::Deploy("good")));
         // Prune before answering, so a waiting deploy sees the final layout.
         fx.push(Effect::Prune);

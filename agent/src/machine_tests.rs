@@ -1109,7 +1109,13 @@ fn every_state_is_stored_under_its_name() {
 
 /// Runs every check at each of `seconds` after `t0` with `outcome`; returns
 /// the effects of the last round.
-fn rounds(m: &mut Machine, t0: Instant, seconds: &[u32], outcome: Outcome, w: &World) -> Vec<Effect> {
+fn rounds(
+    m: &mut Machine,
+    t0: Instant,
+    seconds: &[u32],
+    outcome: Outcome,
+    w: &World,
+) -> Vec<Effect> {
     let mut fx = Vec::new();
     for s in seconds {
         fx = checks_at(m, t0 + *s * S, outcome, w);
@@ -1130,7 +1136,11 @@ fn inconclusive_results_never_roll_back_and_hold_the_app_after_max_bake() {
     assert!(matches!(m.state(), State::Baking { extended: true, .. }));
     assert_eq!(m.bake_until(), Some(t0 + 120 * S), "now waits for max_bake");
     let fx = rounds(&mut m, t0, &[70, 80], Outcome::Inconclusive, &w);
-    assert!(!has(&fx, "record BakeExtended"), "extended once: {:?}", names(&fx));
+    assert!(
+        !has(&fx, "record BakeExtended"),
+        "extended once: {:?}",
+        names(&fx)
+    );
     let fx = rounds(&mut m, t0, &[90, 100, 110, 120], Outcome::Inconclusive, &w);
     assert!(
         has(&fx, "record Held") && has(&fx, "notify held") && has(&fx, "count Deploy(\"held\")"),
@@ -1160,7 +1170,10 @@ fn inconclusive_results_never_roll_back_and_hold_the_app_after_max_bake() {
             _ => None,
         })
         .collect();
-    assert!(notes.iter().any(|r| r.contains("[held: no action]")), "{notes:?}");
+    assert!(
+        notes.iter().any(|r| r.contains("[held: no action]")),
+        "{notes:?}"
+    );
     assert_eq!(m.phase(), Phase::Bake, "a held release was never accepted");
 }
 
@@ -1169,7 +1182,13 @@ fn a_bake_passes_once_conclusive_runs_arrive_within_max_bake() {
     let t0 = Instant::now();
     let mut w = world();
     let mut m = baking(t0, &mut w);
-    rounds(&mut m, t0, &[10, 20, 30, 40, 50, 60], Outcome::Inconclusive, &w);
+    rounds(
+        &mut m,
+        t0,
+        &[10, 20, 30, 40, 50, 60],
+        Outcome::Inconclusive,
+        &w,
+    );
     assert!(matches!(m.state(), State::Baking { extended: true, .. }));
     let fx = rounds(&mut m, t0, &[70], Outcome::Pass, &w);
     assert!(has(&fx, "release 1.1 Good"), "{:?}", names(&fx));
@@ -1207,7 +1226,13 @@ fn promote_marks_a_held_or_baking_release_good_and_nothing_else() {
         actor: operator(),
     };
     let mut m = baking(t0, &mut w);
-    rounds(&mut m, t0, &(1..=12).map(|i| i * 10).collect::<Vec<u32>>(), Outcome::Inconclusive, &w);
+    rounds(
+        &mut m,
+        t0,
+        &(1..=12).map(|i| i * 10).collect::<Vec<u32>>(),
+        Outcome::Inconclusive,
+        &w,
+    );
     assert!(matches!(m.state(), State::Held { .. }));
     let fx = run(&mut m, promote(), t0 + 130 * S, &w, &mut Script::default());
     assert_eq!(
@@ -1233,7 +1258,9 @@ fn promote_marks_a_held_or_baking_release_good_and_nothing_else() {
     let fx = run(&mut m, promote(), t0 + 131 * S, &w, &mut Script::default());
     assert_eq!(
         replies(&fx),
-        [Answer::Promoted(Err(Refusal::NotPromotable(AppState::Healthy)))]
+        [Answer::Promoted(Err(Refusal::NotPromotable(
+            AppState::Healthy
+        )))]
     );
     // A release still baking can be promoted early.
     let mut m = baking(t0, &mut w);

@@ -583,7 +583,11 @@ mod tests {
         }
         t.observe(t0, Fail);
         t.observe(t0, Pass);
-        assert_eq!(t.observe(t0, Pass), Health::Healthy, "1 of 3 counted failed");
+        assert_eq!(
+            t.observe(t0, Pass),
+            Health::Healthy,
+            "1 of 3 counted failed"
+        );
     }
 
     fn v(s: &str) -> Version {

@@ -632,6 +632,10 @@ pub struct PluginView {
     pub pinned: bool,
     /// Whether it was loaded from the compiled-component cache.
     pub cached: bool,
+    /// The contract it was built against: `rollback:plugin@0.2.0` or
+    /// `rollback:plugin@0.1.0`.
+    #[serde(default)]
+    pub contract: String,
     /// Hosts it may reach over HTTP.
     pub allow_hosts: Vec<String>,
     /// Its plain config.

@@ -610,7 +610,9 @@ mod tests {
         assert!(app.checks.is_empty() && !app.paused && !app.restored);
         let old = br#"{"app":"shop","version":"1.0.0","state":"good","source":null,
             "created_at_ms":1,"activated_at_ms":2,"decided_at_ms":3,"reason":null}"#;
-        s.releases.insert(release_key("shop", "1.0.0"), &old[..]).unwrap();
+        s.releases
+            .insert(release_key("shop", "1.0.0"), &old[..])
+            .unwrap();
         let r = s.release("shop", "1.0.0").unwrap().unwrap();
         assert_eq!((r.state, r.commit), (ReleaseState::Good, None));
     }

@@ -35,8 +35,8 @@ use crate::policy::{OnError, Outcome, Rule, Severity};
 use crate::release::{AppDir, ReleaseError, StageLimits, Version};
 use crate::snapshot::Snapshots;
 use crate::store::{
-    now_ms, Actor, App, AppState, CheckStatus, Event, EventKind, Release, ReleaseState,
-    Store, StoreError,
+    now_ms, Actor, App, AppState, CheckStatus, Event, EventKind, Release, ReleaseState, Store,
+    StoreError,
 };
 
 /// Why a command was refused or failed.

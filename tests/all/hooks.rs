@@ -7,13 +7,13 @@ use std::time::Duration;
 use crate::support::*;
 
 /// A webhook receiver on 127.0.0.1: records (headers, body) of each POST.
-struct Receiver {
-    port: u16,
+pub struct Receiver {
+    pub port: u16,
     posts: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let posts = Arc::new(Mutex::new(Vec::new()));
         let seen = posts.clone();
         let port = http_server(move |req| {
@@ -34,7 +34,7 @@ impl Receiver {
     }
 
     /// Waits until a POST body contains `needle`; returns (headers, body).
-    fn wait_for(&self, needle: &str) -> (String, String) {
+    pub fn wait_for(&self, needle: &str) -> (String, String) {
         let found = wait_for_opt(Duration::from_secs(20), || {
             let posts = self.posts.lock().unwrap();
             posts.iter().find(|(_, b)| b.contains(needle)).cloned()

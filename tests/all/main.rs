@@ -30,3 +30,4 @@ mod socket_limits;
 mod store_full;
 mod support;
 mod varlink;
+mod verdicts;

@@ -137,13 +137,7 @@ fn walk(port: u16, token: &str, query: &str) -> (Vec<Value>, usize) {
         assert_eq!(a.status, 200, "{}", a.body);
         all.extend(v["payload"]["Orders"].as_array().unwrap().iter().cloned());
         match v["payload"]["NextToken"].as_str() {
-            Some(next) => {
-                a = orders(
-                    port,
-                    token,
-                    &format!("{query}&NextToken={}", encode(next)),
-                )
-            }
+            Some(next) => a = orders(port, token, &format!("{query}&NextToken={}", encode(next))),
             None => return (all, pages),
         }
     }
@@ -232,10 +226,7 @@ fn quickstart_sp_api_fake_follows_lwa_and_the_orders_v0_model() {
             format!("{query}&LastUpdatedBefore={}", encode(&rfc3339(now_ms()))),
         ),
         ("page size", format!("{query}&MaxResultsPerPage=101")),
-        (
-            "unknown NextToken",
-            format!("{query}&NextToken=bm9wZQ"),
-        ),
+        ("unknown NextToken", format!("{query}&NextToken=bm9wZQ")),
         (
             "NextToken without the query",
             format!("MarketplaceIds={MARKETPLACE}&NextToken=bm9wZQ"),

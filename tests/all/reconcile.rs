@@ -8,9 +8,7 @@ use rollback_agent::config::AppConfig;
 use rollback_agent::journal::Journal;
 use rollback_agent::lifecycle::{Intent, Op, Step};
 use rollback_agent::release::{AppDir, StageLimits, Version};
-use rollback_agent::store::{
-    now_ms, App, AppState, EventKind, Release, ReleaseState, Store,
-};
+use rollback_agent::store::{now_ms, App, AppState, EventKind, Release, ReleaseState, Store};
 use rollback_agent::supervisor::{AppHandle, Supervisor};
 
 fn app_config(root: &Path, bake: Duration) -> AppConfig {
@@ -18,6 +16,7 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
         name: "shop".into(),
         root: root.to_path_buf(),
         bake,
+        max_bake: bake * 2,
         restart: None,
         restart_timeout: Duration::from_secs(5),
         restart_env: Vec::new(),

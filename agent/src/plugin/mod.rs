@@ -63,11 +63,11 @@ mod bindings {
     pub mod legacy {
         pub mod check {
             wasmtime::component::bindgen!({
-                path: "../wit/0.1.0",
-                world: "health-check",
-                imports: { "rollback:plugin/http.send": async },
-                exports: { default: async },
-});
+                            path: "../wit/0.1.0",
+                            world: "health-check",
+                            imports: { "rollback:plugin/http.send": async },
+                            exports: { default: async },
+            });
         }
         pub mod hook {
             wasmtime::component::bindgen!({
@@ -900,7 +900,9 @@ macro_rules! to_wit {
 
             pub(super) fn event(e: &LifecycleEvent) -> Option<$t::LifecycleEvent> {
                 Some(match e {
-                    LifecycleEvent::PreActivate(t) => $t::LifecycleEvent::PreActivate(transition(t)),
+                    LifecycleEvent::PreActivate(t) => {
+                        $t::LifecycleEvent::PreActivate(transition(t))
+                    }
                     LifecycleEvent::Activated(t) => $t::LifecycleEvent::Activated(transition(t)),
                     LifecycleEvent::RolledBack(r) => {
                         $t::LifecycleEvent::RolledBack($t::RollbackInfo {

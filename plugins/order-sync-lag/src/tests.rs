@@ -39,7 +39,9 @@ fn run(
 fn no_verdict(r: Result<CheckResult, String>) -> Option<String> {
     let r = r.ok()?;
     assert_eq!(r.status, Status::Inconclusive, "{}", r.summary);
-    let (_, why) = r.summary.split_once("the marketplace could not be read: ")?;
+    let (_, why) = r
+        .summary
+        .split_once("the marketplace could not be read: ")?;
     Some(why.to_string())
 }
 

@@ -9,7 +9,7 @@
 //!   credential: it can be given as the secret `url` instead, which wins.
 //! - `format` (optional, default `slack`): `slack` posts `{"text": "..."}`
 //!   (plus `channel` and `username` when set); `json` posts an object with
-//!   `event` (`pre-activate`, `activated`, `rolled-back` or `degraded`),
+//!   `event` (`pre-activate`, `activated`, `rolled-back`, `degraded` or `held`),
 //!   `app`, `from`, `to`, `version`, `reason`, `check`, `actor` and `text`
 //!   (`null` where an event has no such value).
 //! - `channel`, `username` (optional): passed through in `slack` format.

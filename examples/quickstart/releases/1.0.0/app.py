@@ -129,7 +129,8 @@ class Sync:
 
     def once(self):
         after = self.position if self.position is not None else time.time() - FIRST_SYNC_LOOKBACK_S
-        params = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        query = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        params = query
         newest, seen = after, 0
         while True:
             page = self.api.get("/orders/v0/orders", params)
@@ -141,7 +142,8 @@ class Sync:
                 seen += 1
             if not payload.get("NextToken"):
                 break
-            params = {"MarketplaceIds": MARKETPLACE_ID, "NextToken": payload["NextToken"]}
+            # Each page repeats the query, as the Orders v0 model requires.
+            params = dict(query, NextToken=payload["NextToken"])
         with self.lock:
             moved = self.position is None or newest > self.position
             self.position = newest

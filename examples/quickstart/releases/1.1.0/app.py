@@ -139,7 +139,8 @@ class Sync:
 
     def once(self):
         after = self.position if self.position is not None else time.time() - FIRST_SYNC_LOOKBACK_S
-        params = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        query = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        params = query
         newest, seen = after, 0
         while True:
             page = self.api.get("/orders/v0/orders", params)
@@ -151,7 +152,8 @@ class Sync:
             token = next_token(page)
             if not token:
                 break
-            params = {"MarketplaceIds": MARKETPLACE_ID, "NextToken": token}
+            # Each page repeats the query, as the Orders v0 model requires.
+            params = dict(query, NextToken=token)
         with self.lock:
             moved = self.position is None or newest > self.position
             self.position = newest
