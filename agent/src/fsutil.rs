@@ -2,12 +2,37 @@
 //! (`release`, `snapshot`, `watch`): directory fsync, unique temporary names, no-replace
 //! renames, tree removal.
 //!
-//! Must never decide anything: it returns `io::Result`s and callers name the
-//! operation and path in their own errors.
+//! Must never decide anything: it returns `io::Result`s; callers name the
+//! operation and path with [`IoError`] (one error for every module's file
+//! operations).
 
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+
+/// A filesystem operation that failed: what was done, on which path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}: {source}", path.display())]
+pub struct IoError {
+    /// What was being done ("create directory", "fsync", ...).
+    pub op: &'static str,
+    /// On which path.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl IoError {
+    /// `op` on `path` failed with `source`.
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> IoError {
+        IoError {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
 
 /// How many random names to try before giving up on a temporary name.
 const TEMP_NAME_ATTEMPTS: usize = 16;

@@ -130,25 +130,13 @@ pub enum SnapshotError {
         reason: String,
     },
     /// A filesystem operation under the snapshots directory failed.
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
-/// Builds a closure mapping an `io::Error` to [`SnapshotError::Io`].
+/// A closure naming `op` and `path` in an `io::Error`, for `map_err`.
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| crate::fsutil::IoError::new(op, path, source).into()
 }
 
 /// Builds a closure mapping an `io::Error` to [`SnapshotError::File`].
@@ -244,7 +232,7 @@ impl Snapshots {
         let guard = TempTree::create(&app_dir, &format!("{TMP_PREFIX}{version}~"), 0o700)
             .map_err(io_err("create temporary snapshot directory in", &app_dir))?;
         let tmp = guard.path().to_path_buf();
-        let built = (|| {
+        let built = (|| -> Result<Manifest, SnapshotError> {
             let mut entries = Vec::with_capacity(files.len());
             for (n, path) in files.iter().enumerate() {
                 entries.push(copy_in(path, n, &tmp)?);
@@ -584,11 +572,8 @@ fn check_digest(dir: &Path, entry: &Entry, f: &mut File) -> Result<(), SnapshotE
 /// Writes `manifest.json` into `dir` and fsyncs it.
 fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), SnapshotError> {
     let path = dir.join(MANIFEST);
-    let json = serde_json::to_vec_pretty(manifest).map_err(|e| SnapshotError::Io {
-        op: "encode",
-        path: path.clone(),
-        source: io::Error::other(e),
-    })?;
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| crate::fsutil::IoError::new("encode", &path, io::Error::other(e)))?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

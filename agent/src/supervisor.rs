@@ -487,11 +487,12 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ReleaseError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(ReleaseError::Io {
-            op: "run blocking task",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e.to_string()),
-        }),
+        Err(e) => Err(crate::fsutil::IoError::new(
+            "run blocking task",
+            PathBuf::new(),
+            std::io::Error::other(e.to_string()),
+        )
+        .into()),
     }
 }
 

@@ -39,11 +39,7 @@ pub fn read_manifest(
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(ReleaseError::Io {
-                op: "read release manifest",
-                path,
-                source,
-            })
+            return Err(crate::fsutil::IoError::new("read release manifest", path, source).into())
         }
     };
     parse_manifest(&text, &path, expected).map(Some)

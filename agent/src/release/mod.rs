@@ -119,25 +119,13 @@ pub enum ReleaseError {
         reason: String,
     },
     /// A filesystem operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
-    Io {
-        /// What was being done ("create directory", "fsync", ...).
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::IoError),
 }
 
-/// Builds a closure mapping an `io::Error` to [`ReleaseError::Io`].
+/// A closure naming `op` and `path` in an `io::Error`, for `map_err`.
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
-    move |source| ReleaseError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| crate::fsutil::IoError::new(op, path, source).into()
 }
 
 /// Limits applied while staging a release (from an archive or a directory).
@@ -205,11 +193,12 @@ impl AppDir {
             match fs::metadata(p) {
                 Ok(m) if m.is_dir() => break,
                 Ok(_) => {
-                    return Err(ReleaseError::Io {
-                        op: "use as a directory",
-                        path: p.to_path_buf(),
-                        source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-                    })
+                    return Err(crate::fsutil::IoError::new(
+                        "use as a directory",
+                        p,
+                        io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    )
+                    .into())
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     missing.push(p.to_path_buf());

@@ -219,7 +219,7 @@ fn ensure_layout_creates_missing_dirs() {
 
     fs::write(tmp.path().join("file"), "x").unwrap();
     let bad = AppDir::new(tmp.path().join("file"));
-    assert!(matches!(bad.ensure_layout(), Err(ReleaseError::Io { .. })));
+    assert!(matches!(bad.ensure_layout(), Err(ReleaseError::Io(_))));
 }
 
 #[test]
@@ -975,11 +975,11 @@ fn disk_full_while_staging_removes_staging_and_keeps_active_release() {
         });
         match result {
             Err(
-                e @ ReleaseError::Io {
+                e @ ReleaseError::Io(crate::fsutil::IoError {
                     op: "write file", ..
-                },
+                }),
             ) => {
-                let ReleaseError::Io { source: io_e, .. } = &e else {
+                let ReleaseError::Io(crate::fsutil::IoError { source: io_e, .. }) = &e else {
                     unreachable!()
                 };
                 assert_eq!(io_e.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32));
