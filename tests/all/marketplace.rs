@@ -1257,7 +1257,11 @@ fn marketplace_order_sync_follows_every_page() {
             .collect();
         orders.push(Order::updated_ago(&order_id(p, 9), 100 * MIN));
         m.set_orders(orders);
-        let r = order_sync(&m, app, "10m");
+        // Amazon's default is one page a read (getOrders' rate): reading
+        // every 3 minutes allows 3.
+        let mut config = sync_config(app, "10m");
+        config.push(("marketplace_interval", "3m".into()));
+        let r = run_plugin("order-sync-lag", &m, &config, &[], &[app]);
         r.expect(3, "fail", p.name());
         assert_eq!(r.metric("orders_behind"), 5.0, "{}: {:?}", p.name(), r);
         let lag = r.metric("lag_seconds");
@@ -1354,25 +1358,49 @@ fn marketplace_order_sync_refreshes_an_expired_token() {
 }
 
 #[test]
-fn marketplace_order_sync_rides_out_a_429_burst() {
+fn marketplace_order_sync_does_not_retry_a_429_at_once_and_waits_for_its_slot() {
     each(&Provider::ALL, |p| {
         let (m, app) = in_sync(p, 5 * MIN);
-        m.fail_next(p.orders_path(), Failure::RateLimited { retry_after: None });
         m.fail_next(
             p.orders_path(),
             Failure::RateLimited {
-                retry_after: Some(1),
+                retry_after: Some(120),
             },
         );
-        let r = order_sync(&m, app, "10m");
-        r.expect(0, "pass", p.name());
-        assert!(r.retries() >= 2, "{}: {r:?}", p.name());
+        let kv = tempfile::tempdir().unwrap();
+        let kv_file = kv.path().join("kv.json");
+        let kv_arg = ["--kv", kv_file.to_str().unwrap()];
+        let config = sync_config(app, "10m");
+        let secrets = m.secrets();
+        let r = run_plugin_with("order-sync-lag", &m, &config, &secrets, &[app], &kv_arg);
+        r.expect(4, "inconclusive", p.name());
+        assert_eq!(
+            r.retries(),
+            0,
+            "{}: no quick retry spends the quota: {r:?}",
+            p.name()
+        );
+        assert!(
+            r.out["summary"].as_str().unwrap().contains("HTTP 429"),
+            "{r:?}"
+        );
+        // The next run keeps away from the marketplace until Retry-After.
+        let r = run_plugin_with("order-sync-lag", &m, &config, &secrets, &[app], &kv_arg);
+        r.expect(4, "inconclusive", p.name());
+        assert!(
+            r.out["summary"]
+                .as_str()
+                .unwrap()
+                .contains("throttled (HTTP 429, Retry-After: 120)"),
+            "{}: {r:?}",
+            p.name()
+        );
         let statuses: Vec<u16> = m
             .requests(p.orders_path())
             .iter()
             .map(|l| l.status)
             .collect();
-        assert_eq!(statuses[..3], [429, 429, 200], "{}", p.name());
+        assert_eq!(statuses, [429], "{}", p.name());
     });
 }
 
@@ -1430,16 +1458,13 @@ fn marketplace_shopee_refresh_token_rotates_through_kv() {
     let (m, app) = in_sync(Provider::Shopee, 5 * MIN);
     let dir = tempfile::tempdir().unwrap();
     let kv = dir.path().join("kv.json");
+    // Every run reads the marketplace (the fake has no quota): each one
+    // shows what happens to the tokens.
+    let mut config = sync_config(app, "10m");
+    config.push(("marketplace_interval", "1ms".into()));
     let sync = |secrets: &[(String, String)], kv: &Path| {
         let kv = ["--kv", kv.to_str().unwrap()];
-        run_plugin_with(
-            "order-sync-lag",
-            &m,
-            &sync_config(app, "10m"),
-            secrets,
-            &[app],
-            &kv,
-        )
+        run_plugin_with("order-sync-lag", &m, &config, secrets, &[app], &kv)
     };
     let only_refresh = shopee_secrets(&[("refresh_token", SHOPEE_REFRESH_TOKEN)]);
 
@@ -1930,4 +1955,72 @@ fn marketplace_shopee_checks_of_one_shop_share_rotating_tokens_through_kv_scope(
         refreshes.iter().all(|l| l.status == 200),
         "no refresh token was refused: {refreshes:?}"
     );
+}
+
+/// The seller's own app has spent getOrders' burst: through the whole bake
+/// every call would get 429 QuotaExceeded. The check must neither roll the
+/// release back nor pass it, and must not spend the quota further: one
+/// getOrders request for the whole bake, no host retries.
+#[test]
+fn marketplace_a_throttled_bake_holds_the_app_and_spends_one_request() {
+    let m = Marketplace::start(Provider::Amazon);
+    let orders = scrambled_orders("114-7100000", 5 * MIN);
+    let synced = orders[1].updated_ms;
+    m.set_orders(orders);
+    m.drain_get_orders_quota();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let release = json!({"version": "1.0.0", "sync": "ok"}).to_string();
+    let source = release_source(dir.path(), "1.0.0", &[("release.json", release)]);
+    let app = sync_app(&root, synced, synced);
+    let (entry, env) = agent_entry(
+        &m,
+        "",
+        &[
+            (
+                "app_status_url",
+                format!("http://127.0.0.1:{app}/sync/status"),
+            ),
+            ("max_lag", "10m".into()),
+        ],
+        &m.secrets(),
+        &[app],
+    );
+    let config = format!(
+        "[apps.shop]\nroot = \"{{dir}}/shop\"\nbake = \"1s\"\nmax_bake = \"2s\"\n\n\
+         [[apps.shop.checks]]\nname = \"order-sync\"\nplugin = \"{}\"\n\
+         interval = \"200ms\"\ntimeout = \"5s\"\n{entry}",
+        plugin("order-sync-lag").display()
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = Agent::start_in_with_env(dir, &config, &env);
+    let out = agent.deploy(source.to_str().unwrap(), "1.0.0", true);
+    assert_eq!(out.code, 4, "held: {out:?}\n{}", agent.log());
+    let status = agent.json(&["status", "shop"]);
+    assert_eq!(status["state"], "held", "{status}");
+    let check = &status["checks"]["order-sync"];
+    assert_eq!(check["outcome"], "inconclusive", "{status}");
+    assert!(check["runs"].as_u64().unwrap() >= 5, "{status}");
+    let reason = status["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("QuotaExceeded") || reason.contains("next marketplace call is allowed"),
+        "{reason}"
+    );
+    let calls = m.requests("/orders/v0/orders");
+    assert_eq!(
+        calls.len(),
+        1,
+        "one getOrders request in the whole bake: {calls:?}"
+    );
+    assert_eq!(calls[0].status, 429);
+    let history = agent.json(&["history", "shop", "--limit", "100"]);
+    let kinds: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"rolled-back"), "{kinds:?}");
+    assert!(!kinds.contains(&"marked-good"), "{kinds:?}");
+    assert!(kinds.contains(&"held"), "{kinds:?}");
 }

@@ -285,7 +285,14 @@ struct State {
     shopee_refresh: String,
     /// Every Shopee refresh token issued, the current one included.
     shopee_refresh_issued: Vec<String>,
+    /// SP-API getOrders' token bucket: tokens, and when it was last filled.
+    get_orders_bucket: (f64, i64),
 }
+
+/// getOrders: 0.0167 requests per second, burst 20 (the Orders v0 model's
+/// usage plan), per seller and application.
+const GET_ORDERS_RATE: f64 = 0.0167;
+const GET_ORDERS_BURST: f64 = 20.0;
 
 /// One running fake marketplace.
 pub struct Marketplace {
@@ -326,6 +333,7 @@ impl Marketplace {
             seq: 0,
             shopee_refresh: SHOPEE_REFRESH_TOKEN.to_string(),
             shopee_refresh_issued: vec![SHOPEE_REFRESH_TOKEN.to_string()],
+            get_orders_bucket: (GET_ORDERS_BURST, now_ms()),
         }));
         let shared = state.clone();
         let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
@@ -409,6 +417,12 @@ impl Marketplace {
         let mut all: Vec<String> = st.tokens.keys().cloned().collect();
         all.extend(st.shopee_refresh_issued.iter().cloned());
         all
+    }
+
+    /// The seller's own app has just spent getOrders' burst: the bucket is
+    /// empty and refills at the documented rate (one request a minute).
+    pub fn drain_get_orders_quota(&self) {
+        self.lock().get_orders_bucket = (0.0, now_ms());
     }
 
     /// Answers the next request whose path is `path` with `failure`
@@ -866,6 +880,19 @@ fn check_marketplaces(value: Option<&str>, name: &str, max: usize) -> Result<(),
 
 /// Orders v0 getOrders.
 fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
+    // The token bucket of the usage plan: a request without a token is
+    // refused with 429 QuotaExceeded and the rate in x-amzn-RateLimit-Limit.
+    let (tokens, at) = st.get_orders_bucket;
+    let tokens =
+        (tokens + (cx.now - at).max(0) as f64 / 1000.0 * GET_ORDERS_RATE).min(GET_ORDERS_BURST);
+    if tokens < 1.0 {
+        st.get_orders_bucket = (tokens, cx.now);
+        return failed(
+            Provider::Amazon,
+            &Failure::RateLimited { retry_after: None },
+        );
+    }
+    st.get_orders_bucket = (tokens - 1.0, cx.now);
     if let Err(a) = check_marketplaces(cx.param("MarketplaceIds"), "MarketplaceIds", 50) {
         return a;
     }

@@ -347,6 +347,8 @@ fn order_sync_lag(fake: u16, position: i64) -> Value {
         .arg("--config")
         .arg(format!("app_status_url=http://127.0.0.1:{app}/status"))
         .args(["--config", "max_lag=8s"])
+        // As in the quickstart's agent.toml: the fake has no quota.
+        .args(["--config", "max_pages=10"])
         .args(["--secret", &format!("client_id={CLIENT_ID}")])
         .args(["--secret", &format!("client_secret={CLIENT_SECRET}")])
         .args(["--secret", &format!("refresh_token={REFRESH_TOKEN}")])

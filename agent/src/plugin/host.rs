@@ -326,7 +326,11 @@ impl http::Host for HostState {
                 }
             }
             let status = resp.status().as_u16();
-            if matches!(status, 429 | 503) && retries < MAX_RETRIES {
+            let max_retries = req
+                .max_retries
+                .map_or(MAX_RETRIES, u32::from)
+                .min(MAX_RETRIES);
+            if matches!(status, 429 | 503) && retries < max_retries {
                 let wait = retry_delay(resp.headers(), retries);
                 // Only wait if a retry can still finish before the deadline
                 // (a server's `Retry-After` may be any number).
@@ -449,6 +453,7 @@ mod legacy {
                     .collect(),
                 body: req.body,
                 timeout_ms: req.timeout_ms,
+                max_retries: None,
             };
             match now::http::Host::send(self, req).await {
                 Ok(r) => Ok(http::Response {

@@ -11,6 +11,8 @@
 //!   rotating refresh token is kept in the same entry) and the "on 401/403,
 //!   drop the token, fetch another and retry once" rule.
 //! - [`errors`]: readable texts from the providers' error bodies.
+//! - [`quota`]: when the marketplace may be called next (its quota is the
+//!   seller's too), after `marketplace_interval` or a 429.
 //! - [`time`]: RFC 3339 parsing and formatting, durations like `1h30m`.
 //! - [`transport`]: outbound calls behind a trait, so everything above can be
 //!   unit-tested natively with a fake server.
@@ -23,6 +25,7 @@
 pub mod amazon;
 pub mod ebay;
 pub mod errors;
+pub mod quota;
 pub mod shopee;
 pub mod time;
 pub mod token;

@@ -258,7 +258,9 @@ impl Shopee {
         access_token: &str,
     ) -> Result<T, Failed> {
         let url = self.url(path, transport.now_ms() / 1000, access_token, query);
-        let call = Call::get(url).header("Accept", "application/json");
+        let call = Call::get(url)
+            .header("Accept", "application/json")
+            .metered();
         let response = transport::send(transport, &call).map_err(Failed::other)?;
         let body = answer(&call, &response)?;
         match body.get("response") {

@@ -161,7 +161,7 @@ pub fn send_authorized(
     build: &dyn Fn(&str) -> Call,
 ) -> Result<(Call, Response), String> {
     let (token, cached) = get(source, transport)?;
-    let call = build(&token);
+    let call = build(&token).metered();
     let response = transport::send(transport, &call)?;
     if matches!(response.status(), 401 | 403) {
         let which = if cached { "a cached" } else { "a new" };
@@ -172,7 +172,7 @@ pub fn send_authorized(
         );
         forget(source);
         let token = fetch(source, transport)?;
-        let call = build(&token);
+        let call = build(&token).metered();
         let response = transport::send(transport, &call)?;
         return Ok((call, response));
     }

@@ -22,6 +22,9 @@ pub struct Call {
     pub headers: Vec<(String, String)>,
     /// Body, if any.
     pub body: Option<Vec<u8>>,
+    /// A call to the marketplace that spends its quota: sent without host
+    /// retries, and a 429 to it is noted in [`crate::quota`].
+    pub metered: bool,
 }
 
 impl Call {
@@ -32,6 +35,7 @@ impl Call {
             url: url.into(),
             headers: Vec::new(),
             body: None,
+            metered: false,
         }
     }
 
@@ -46,6 +50,7 @@ impl Call {
                 "application/x-www-form-urlencoded".to_string(),
             )],
             body: Some(form(pairs).into_bytes()),
+            metered: false,
         }
     }
 
@@ -56,7 +61,15 @@ impl Call {
             url: url.into(),
             headers: vec![("Content-Type".to_string(), "application/json".to_string())],
             body: Some(value.to_string().into_bytes()),
+            metered: false,
         }
+    }
+
+    /// Marks the call as one that spends the marketplace's quota.
+    #[must_use]
+    pub fn metered(mut self) -> Self {
+        self.metered = true;
+        self
     }
 
     /// Adds a header.
@@ -103,6 +116,10 @@ impl Transport for Host {
         if let Some(body) = &call.body {
             request = request.body(body.clone());
         }
+        if call.metered {
+            // A quick retry would only spend the quota the seller's app needs.
+            request = request.max_retries(0);
+        }
         request.send()
     }
 
@@ -111,11 +128,16 @@ impl Transport for Host {
     }
 }
 
-/// Sends `call`; a transport failure becomes a text naming the call.
+/// Sends `call`; a transport failure becomes a text naming the call. A 429
+/// to a metered call sets when the next may go ([`crate::quota`]).
 pub fn send(transport: &dyn Transport, call: &Call) -> Result<Response, String> {
-    transport
+    let response = transport
         .send(call)
-        .map_err(|err| format!("{}: {err}", call.target()))
+        .map_err(|err| format!("{}: {err}", call.target()))?;
+    if call.metered && response.status() == 429 {
+        crate::quota::throttled(transport.now_ms(), &response);
+    }
+    Ok(response)
 }
 
 /// The response when its status is 2xx, else a text with the status and

@@ -14,13 +14,20 @@
 //!
 //! Verdicts: `fail` when lag > `max_lag`; `warn` when paging stopped at
 //! `max_pages` before the answer was certain (lag within `max_lag` among the
-//! orders read, but P itself older than `max_lag`); `pass` otherwise. Any
-//! transport, auth, status or parse problem, a missing or garbled
-//! `last_order_update` included, is an error, never a pass.
+//! orders read, but P itself older than `max_lag`); `pass` otherwise. A
+//! problem on the app's side (its status unreachable or garbled, P ahead of
+//! the clock) is an error; the marketplace's trouble (throttled, down,
+//! credentials refused, an answer it cannot read) is `inconclusive`.
+//!
+//! The marketplace is read at most every `marketplace_interval` (its quota
+//! is the seller's), its last answer kept in kv (`orders-snapshot`) and used
+//! by the runs in between; a 429 sets when the next read may go
+//! (`marketplace::quota`).
 //!
 //! Config keys: `provider` (`amazon`, `shopee`, `walmart`, `ebay`; required),
 //! `endpoint`, `app_status_url` (required), `max_lag` (default `10m`),
-//! `max_pages` (default 10), and the provider's keys and secrets (see the
+//! `max_pages` (Amazon: what the rate allows per interval; else 10),
+//! `marketplace_interval` (default 1m), and the provider's keys and secrets (see the
 //! `marketplace` crate and docs/marketplaces.md). Metrics: `lag_seconds`,
 //! `orders_behind`.
 
@@ -33,11 +40,12 @@ use marketplace::time::{format_duration_ms, format_rfc3339, format_rfc3339_milli
 use marketplace::transport::{self, encode};
 use marketplace::walmart::Walmart;
 use marketplace::{errors, time, Host, Provider, Transport};
+use rollback_plugin_sdk::check::Status;
 use rollback_plugin_sdk::check::{self, CheckContext, CheckResult, Guest};
 use rollback_plugin_sdk::config::Config;
 use rollback_plugin_sdk::http::Response;
 use rollback_plugin_sdk::log;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The plugin; its `check` is the world's export.
@@ -88,6 +96,41 @@ struct Settings {
     app_status_url: String,
     max_lag_ms: u64,
     max_pages: u32,
+    /// The least time between two reads of the marketplace.
+    interval_ms: u64,
+    /// What the marketplace snapshot in kv belongs to.
+    fingerprint: String,
+}
+
+/// Pages one read takes at most where no documented rate says fewer.
+const DEFAULT_MAX_PAGES: u32 = 10;
+/// SP-API getOrders (v0): 0.0167 requests per second per seller and
+/// application, burst 20.
+const AMAZON_V0_RATE: f64 = 0.0167;
+
+impl Source {
+    /// The documented pace at which the check reads the marketplace unless
+    /// `marketplace_interval` says otherwise.
+    fn default_interval_ms(&self) -> u64 {
+        match self {
+            // One call a minute: getOrders' sustained rate.
+            Source::Amazon(_) => 60_000,
+            Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => 60_000,
+        }
+    }
+
+    /// The most pages one read may take so that reads every `interval_ms`
+    /// never exceed the documented sustained rate (`None`: no documented
+    /// rate that low; `max_pages` alone caps).
+    fn pages_allowed(&self, interval_ms: u64) -> Option<u32> {
+        match self {
+            Source::Amazon(_) => {
+                let pages = (interval_ms as f64 / 1000.0 * AMAZON_V0_RATE).floor();
+                Some((pages as u32).max(1))
+            }
+            Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => None,
+        }
+    }
 }
 
 impl Settings {
@@ -97,18 +140,37 @@ impl Settings {
         let max_lag = config
             .parse_with("max_lag", time::parse_duration)?
             .unwrap_or(std::time::Duration::from_secs(600));
-        let max_pages = config.parse_in::<u32>("max_pages", 1..)?.unwrap_or(10);
+        let max_pages = config.parse_in::<u32>("max_pages", 1..)?;
+        let interval = config.parse_with("marketplace_interval", time::parse_duration)?;
+        let fingerprint = format!(
+            "{provider}\n{}\n{}\n{}\n{}",
+            marketplace::endpoint(config, provider),
+            config.optional("marketplace_ids").unwrap_or_default(),
+            config.optional("shop_id").unwrap_or_default(),
+            config.optional("ship_node_type").unwrap_or_default()
+        );
         let source = match provider {
             Provider::Amazon => Source::Amazon(SpApi::from_config(config)?),
             Provider::Shopee => Source::Shopee(Shopee::from_config(config)?),
             Provider::Walmart => Source::Walmart(Walmart::from_config(config)?),
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
         };
+        let interval_ms = match interval {
+            Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            None => source.default_interval_ms(),
+        };
+        // An explicit max_pages is the operator's decision; by default a
+        // read takes no more pages than the documented rate allows.
+        let max_pages = max_pages
+            .or_else(|| source.pages_allowed(interval_ms))
+            .unwrap_or(DEFAULT_MAX_PAGES);
         Ok(Settings {
             source,
             app_status_url,
             max_lag_ms: u64::try_from(max_lag.as_millis()).unwrap_or(u64::MAX),
             max_pages,
+            interval_ms,
+            fingerprint,
         })
     }
 
@@ -125,6 +187,20 @@ impl Settings {
                 show_time(now)
             ));
         }
+        let provider = self.source.provider();
+        // What the marketplace said last, if it covers this position.
+        let known = Snapshot::load(&self.fingerprint).filter(|s| position >= s.position);
+        // The marketplace's quota is the seller's too: read it at most every
+        // marketplace_interval (sooner only when no answer covers this
+        // position), and after a 429 only when it says.
+        if let Err(wait) = marketplace::quota::allowed(now_ms, known.is_none()) {
+            return Ok(match &known {
+                Some(s) => self.judge_known(s, position, now),
+                None => CheckResult::inconclusive(format!(
+                    "{provider}: no verdict yet, no marketplace data: {wait}"
+                )),
+            });
+        }
         let mut scan = Scan::new(position, self.max_pages);
         let read = match &self.source {
             Source::Amazon(api) => amazon(api, transport, now, &mut scan),
@@ -132,14 +208,29 @@ impl Settings {
             Source::Walmart(api) => walmart(api, transport, &mut scan),
             Source::Ebay(api) => ebay(api, transport, &mut scan),
         };
+        marketplace::quota::wait_until(
+            now_ms,
+            now_ms.saturating_add(self.interval_ms),
+            format!(
+                "marketplace_interval {}",
+                format_duration_ms(self.interval_ms)
+            ),
+        );
         // The marketplace's side: throttled, down, refusing the credentials
         // or answering what we cannot read says nothing about the release.
         if let Err(e) = read {
+            // Orders it listed before and the app still lacks are still lag.
+            if let Some(s) = &known {
+                let r = self.judge_known(s, position, now);
+                if r.status == Status::Fail {
+                    return Ok(r);
+                }
+            }
             return Ok(CheckResult::inconclusive(format!(
-                "{}: no verdict, the marketplace could not be read: {e}",
-                self.source.provider()
+                "{provider}: no verdict, the marketplace could not be read: {e}"
             )));
         }
+        Snapshot::of(&scan, now_ms).store(&self.fingerprint);
         log::debug!(
             "{}: {} page(s) read, {} order(s) updated after {}",
             self.source.provider(),
@@ -154,6 +245,89 @@ impl Settings {
             self.max_lag_ms,
             self.max_pages,
         ))
+    }
+}
+
+impl Settings {
+    /// The verdict from the marketplace's last answer: orders it listed that
+    /// are still behind the app's position. A failure stands however old the
+    /// answer is; anything else needs an answer younger than two intervals.
+    fn judge_known(&self, known: &Snapshot, position: i64, now: i64) -> CheckResult {
+        let mut scan = Scan::new(position, self.max_pages);
+        for (updated, id) in &known.orders {
+            scan.add(id, *updated);
+        }
+        scan.truncated = known.truncated;
+        let age_ms = u64::try_from(now - known.read_at_ms).unwrap_or(0);
+        let age = format_duration_ms(age_ms);
+        let r = judge(
+            self.source.provider(),
+            &scan,
+            now,
+            self.max_lag_ms,
+            self.max_pages,
+        );
+        if r.status != Status::Fail && age_ms > self.interval_ms.saturating_mul(2) {
+            return CheckResult::inconclusive(format!(
+                "{}: no verdict, the marketplace's last answer is {age} old ({})",
+                self.source.provider(),
+                r.summary
+            ));
+        }
+        let summary = format!("{} (marketplace read {age} ago)", r.summary);
+        CheckResult { summary, ..r }
+    }
+}
+
+/// The marketplace's last answer, kept in kv between runs: the orders it
+/// listed as updated after the app's position then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Snapshot {
+    /// What it belongs to (provider, endpoint, marketplace, shop).
+    fingerprint: String,
+    /// When it was read.
+    read_at_ms: i64,
+    /// The app's position then: it covers any later position.
+    position: i64,
+    /// Paging stopped before the end, or orders were left out.
+    truncated: bool,
+    /// (update time, id), oldest first, at most [`SNAPSHOT_ORDERS`].
+    orders: Vec<(i64, String)>,
+}
+
+/// Orders a snapshot keeps (the oldest: they decide the lag), so that it
+/// fits a kv value.
+const SNAPSHOT_ORDERS: usize = 1000;
+/// The kv key of the snapshot.
+const SNAPSHOT_KEY: &str = "orders-snapshot";
+
+impl Snapshot {
+    fn of(scan: &Scan, now_ms: u64) -> Snapshot {
+        let mut orders = scan.counted.clone();
+        orders.sort();
+        let truncated = scan.truncated || orders.len() > SNAPSHOT_ORDERS;
+        orders.truncate(SNAPSHOT_ORDERS);
+        Snapshot {
+            fingerprint: String::new(),
+            read_at_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+            position: scan.after_ms,
+            truncated,
+            orders,
+        }
+    }
+
+    fn load(fingerprint: &str) -> Option<Snapshot> {
+        let s: Snapshot = rollback_plugin_sdk::kv::get_json(SNAPSHOT_KEY)
+            .ok()
+            .flatten()?;
+        (s.fingerprint == fingerprint).then_some(s)
+    }
+
+    fn store(mut self, fingerprint: &str) {
+        self.fingerprint = fingerprint.to_string();
+        if let Err(e) = rollback_plugin_sdk::kv::set_json(SNAPSHOT_KEY, &self) {
+            log::warn!("cannot keep the marketplace's answer: {e}");
+        }
     }
 }
 
@@ -180,6 +354,8 @@ struct Scan {
     after_ms: i64,
     /// Order ids counted, so that overlapping pages count an order once.
     seen: BTreeSet<String>,
+    /// The orders counted: (update time, id).
+    counted: Vec<(i64, String)>,
     /// Orders updated after the position.
     behind: u64,
     /// The oldest of them: update time (ms) and id.
@@ -196,6 +372,7 @@ impl Scan {
         Scan {
             after_ms,
             seen: BTreeSet::new(),
+            counted: Vec::new(),
             behind: 0,
             oldest: None,
             pages: 0,
@@ -210,6 +387,7 @@ impl Scan {
             return;
         }
         self.behind += 1;
+        self.counted.push((updated_ms, id.to_string()));
         if self.oldest.as_ref().is_none_or(|(t, _)| updated_ms < *t) {
             self.oldest = Some((updated_ms, id.to_string()));
         }

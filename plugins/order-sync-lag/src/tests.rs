@@ -26,11 +26,24 @@ fn run(
     position: &str,
     answers: &[(u16, &str)],
 ) -> (Fake, Result<CheckResult, String>) {
+    // Each run here is a fresh start: no schedule, no earlier answer.
+    marketplace::quota::forget();
+    rollback_plugin_sdk::kv::delete(SNAPSHOT_KEY);
+    run_at(s, NOW, position, answers)
+}
+
+/// One run at `now` with the kv state earlier runs left.
+fn run_at(
+    s: &Settings,
+    now: i64,
+    position: &str,
+    answers: &[(u16, &str)],
+) -> (Fake, Result<CheckResult, String>) {
     let status = format!(r#"{{"last_order_update": "{position}"}}"#);
     let mut all = vec![(200, status.as_str())];
     all.extend_from_slice(answers);
-    let fake = Fake::new(NOW as u64, &all);
-    let result = s.run(&fake, NOW as u64);
+    let fake = Fake::new(now as u64, &all);
+    let result = s.run(&fake, now as u64);
     (fake, result)
 }
 
@@ -252,7 +265,10 @@ fn amazon_pages_and_filters() {
         ("endpoint", "http://sp"),
         ("token_url", "http://lwa/auth/o2/token"),
         ("marketplace_ids", "ATVPDKIKX0DER, A2EUQ1WTGCTBG2"),
+        // Reading every 3 minutes leaves room for 3 pages a read.
+        ("marketplace_interval", "3m"),
     ]);
+    assert_eq!(s.max_pages, 3, "the rate's default");
     let page1 = r#"{"payload":{"NextToken":"a+b/c=","Orders":[
         {"AmazonOrderId":"1","LastUpdateDate":"2024-05-01T09:58:30Z"},
         {"AmazonOrderId":"0","LastUpdateDate":"2024-05-01T09:59:00Z"}]}}"#;
@@ -321,6 +337,7 @@ fn amazon_stops_at_max_pages() {
         ("marketplace_ids", "A1"),
         ("max_pages", "2"),
     ]);
+    assert_eq!(s.max_pages, 2, "an explicit max_pages wins");
     let page = r#"{"payload":{"NextToken":"more","Orders":[{"AmazonOrderId":"1","LastUpdateDate":"2024-05-01T09:55:00Z"}]}}"#;
     let (fake, r) = verdict(
         &s,
@@ -611,4 +628,110 @@ fn the_app_side_stays_an_error_and_a_position_in_the_future_is_one() {
     // A few seconds of drift are not an error.
     let (_, r) = run(&s, "2024-05-01T10:00:04Z", &[(404, "{}")]);
     assert!(r.is_ok(), "{r:?}");
+}
+
+fn ebay_orders(orders: &[(&str, &str)]) -> String {
+    let list: Vec<String> = orders
+        .iter()
+        .map(|(id, at)| format!(r#"{{"orderId":"{id}","lastModifiedDate":"{at}"}}"#))
+        .collect();
+    format!(
+        r#"{{"total":{},"orders":[{}]}}"#,
+        orders.len(),
+        list.join(",")
+    )
+}
+
+#[test]
+fn the_marketplace_is_read_at_most_every_marketplace_interval() {
+    let s = valid(&[
+        ("provider", "ebay"),
+        ("endpoint", "http://eb"),
+        ("marketplace_interval", "1m"),
+    ]);
+    let token = r#"{"access_token":"e","expires_in":7200}"#;
+    let page = ebay_orders(&[
+        ("A", "2024-05-01T09:55:00.000Z"),
+        ("B", "2024-05-01T09:58:00.000Z"),
+    ]);
+    let (fake, r) = run(&s, "2024-05-01T09:50:00Z", &[(200, token), (200, &page)]);
+    let r = r.expect("verdict");
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert_eq!(fake.calls().len(), 3, "app, token, one page");
+    // 30 s later: the app moved past A; the marketplace is not asked again.
+    let (fake, r) = run_at(&s, NOW + 30_000, "2024-05-01T09:55:00Z", &[]);
+    let r = r.expect("verdict");
+    assert_eq!(fake.calls().len(), 1, "only the app: {:?}", fake.urls());
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert!(
+        r.summary.contains("1 order behind") && r.summary.ends_with("(marketplace read 30s ago)"),
+        "{}",
+        r.summary
+    );
+    // Stuck for 20 minutes: B is 22 minutes old; still no new read needed to
+    // fail... but the interval is over, so it reads again (and the read wins).
+    let later = NOW + 20 * MIN;
+    let (fake, r) = run_at(&s, later, "2024-05-01T09:55:00Z", &[(200, &page)]);
+    let r = r.expect("verdict");
+    assert_eq!(fake.calls().len(), 2, "{:?}", fake.urls());
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+}
+
+#[test]
+fn a_throttled_marketplace_is_left_alone_until_it_says() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+    ]);
+    assert_eq!(
+        s.max_pages, 1,
+        "one page a minute is getOrders' sustained rate"
+    );
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    let quota = r#"{"errors":[{"code":"QuotaExceeded","message":"You exceeded your quota for the requested resource."}]}"#;
+    rollback_plugin_sdk::kv::delete("lwa-token");
+    let (fake, r) = run(&s, "2024-05-01T09:00:00Z", &[(200, token), (429, quota)]);
+    assert!(no_verdict(r).is_some_and(|e| e.contains("HTTP 429")));
+    assert_eq!(fake.calls().len(), 3);
+    // 10 s later: no call at all, and it says when the next one may go.
+    let (fake, r) = run_at(&s, NOW + 10_000, "2024-05-01T09:00:00Z", &[]);
+    let r = r.expect("a result");
+    assert_eq!(fake.calls().len(), 1, "{:?}", fake.urls());
+    assert_eq!(r.status, Status::Inconclusive);
+    assert!(
+        r.summary
+            .contains("no marketplace data: the next marketplace call is allowed at"),
+        "{}",
+        r.summary
+    );
+}
+
+#[test]
+fn an_old_answer_can_still_fail_but_never_pass() {
+    let s = valid(&[
+        ("provider", "ebay"),
+        ("endpoint", "http://eb"),
+        ("marketplace_interval", "1m"),
+        ("max_lag", "10m"),
+    ]);
+    let token = r#"{"access_token":"e","expires_in":7200}"#;
+    let page = ebay_orders(&[("A", "2024-05-01T09:55:00.000Z")]);
+    let (_, r) = run(&s, "2024-05-01T09:50:00Z", &[(200, token), (200, &page)]);
+    assert_eq!(r.expect("verdict").status, Status::Pass);
+    // Three minutes on, the marketplace is down: A is 8 minutes old, within
+    // max_lag, but the answer that says so is 3 minutes old: no verdict.
+    let (_, r) = run_at(&s, NOW + 3 * MIN, "2024-05-01T09:50:00Z", &[(503, "{}")]);
+    let r = r.expect("a result");
+    assert_eq!(r.status, Status::Inconclusive, "{}", r.summary);
+    // Ten minutes on, still down: A is 15 minutes behind. The app has not
+    // synced an order the marketplace listed: that is lag, whatever the age.
+    let (_, r) = run_at(&s, NOW + 10 * MIN, "2024-05-01T09:50:00Z", &[(503, "{}")]);
+    let r = r.expect("a result");
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+    assert!(
+        r.summary.contains("oldest unsynced order A"),
+        "{}",
+        r.summary
+    );
 }

@@ -135,6 +135,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
     timeout: Option<Duration>,
+    max_retries: Option<u8>,
     /// A JSON serialization error, reported by `send`.
     error: Option<String>,
 }
@@ -148,6 +149,7 @@ impl Request {
             headers: Vec::new(),
             body: None,
             timeout: None,
+            max_retries: None,
             error: None,
         }
     }
@@ -204,6 +206,15 @@ impl Request {
         self
     }
 
+    /// At most this many retries by the host after a 429 or 503 (default
+    /// and most: 4). `0` for an API whose quota a quick retry would only
+    /// spend: the 429 comes back and the plugin decides when to call again.
+    #[must_use]
+    pub fn max_retries(mut self, retries: u8) -> Self {
+        self.max_retries = Some(retries);
+        self
+    }
+
     /// The method, upper-cased.
     pub fn method(&self) -> &str {
         &self.method
@@ -234,6 +245,7 @@ impl Request {
                 .collect(),
             body: self.body,
             timeout_ms,
+            max_retries: self.max_retries,
         })
     }
 
