@@ -2024,3 +2024,136 @@ fn marketplace_a_throttled_bake_holds_the_app_and_spends_one_request() {
     assert!(!kinds.contains(&"marked-good"), "{kinds:?}");
     assert!(kinds.contains(&"held"), "{kinds:?}");
 }
+
+/// The shop's app for the completeness check: `GET /sync/status` answers a
+/// position of now (it keeps up), `POST /orders` says which of the asked
+/// ids it lacks. A release with `"drops": true` skipped every third order
+/// the marketplace has (by id order); the others have them all.
+fn orders_app(root: &Path, ids: Vec<String>) -> u16 {
+    let release = root.join("current/release.json");
+    let mut sorted = ids;
+    sorted.sort();
+    let dropped: Vec<String> = sorted.iter().step_by(3).cloned().collect();
+    http_server(move |req| {
+        let text = std::fs::read_to_string(&release).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        match (req.method.as_str(), req.path_only()) {
+            ("GET", "/sync/status") => HttpReply::json(
+                200,
+                &json!({"last_order_update": rfc3339(now_ms() - 1000)}).to_string(),
+            ),
+            ("POST", "/orders") => {
+                let asked: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                let missing: Vec<&str> = asked["order_ids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|id| v["drops"] == true && dropped.iter().any(|d| d == id))
+                    .collect();
+                HttpReply::json(200, &json!({ "missing": missing }).to_string())
+            }
+            _ => HttpReply::new(404, ""),
+        }
+    })
+}
+
+fn completeness_agent(m: &Marketplace, app: u16, dir: tempfile::TempDir) -> Agent {
+    let (entry, env) = agent_entry(
+        m,
+        "",
+        &[
+            (
+                "app_status_url",
+                format!("http://127.0.0.1:{app}/sync/status"),
+            ),
+            ("app_orders_url", format!("http://127.0.0.1:{app}/orders")),
+            ("max_lag", "10m".into()),
+            ("grace", "5m".into()),
+            ("completeness_window", "1h".into()),
+        ],
+        &m.secrets(),
+        &[app],
+    );
+    let config = check_config(
+        "1500ms",
+        "orders",
+        "order-sync-lag",
+        &format!("interval = \"300ms\"\nfail_after = 2\ntimeout = \"5s\"\n{entry}"),
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Agent::start_in_with_env(dir, &config, &env)
+}
+
+/// The seed's first failure: a release that drops orders while its position
+/// keeps moving on. Lag alone passes it; the completeness check names the
+/// orders it lacks and rolls it back.
+#[test]
+fn marketplace_a_release_that_drops_every_third_order_is_rolled_back() {
+    let m = Marketplace::start(Provider::Amazon);
+    let orders: Vec<Order> = (0..9)
+        .map(|i| Order::updated_ago(&format!("114-8{i:06}-0000001"), (10 + 5 * i) * MIN))
+        .collect();
+    let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+    m.set_orders(orders);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let [good, bad] = [("1.0.0", false), ("1.1.0", true)].map(|(v, drops)| {
+        let release = json!({"version": v, "drops": drops}).to_string();
+        release_source(dir.path(), v, &[("release.json", release)])
+    });
+    let app = orders_app(&root, ids.clone());
+    let agent = completeness_agent(&m, app, dir);
+    let history = deploy_good_then_bad(&agent, &good, &bad, |_| {});
+    let summary = assert_rolled_back_by(&history, "orders");
+    let mut sorted = ids;
+    sorted.sort();
+    let dropped: Vec<&str> = sorted.iter().step_by(3).map(String::as_str).collect();
+    assert!(
+        summary.contains("3 of 9 order(s) updated between")
+            && summary.contains("are missing from the app: ")
+            && dropped.iter().all(|id| summary.contains(id)),
+        "names {dropped:?}: {summary}"
+    );
+    let kept = sorted.iter().filter(|id| !dropped.contains(&id.as_str()));
+    assert!(
+        kept.clone().all(|id| !summary.contains(id.as_str())),
+        "{summary}"
+    );
+    // Quota: the marketplace was read once a minute at most, not per run.
+    let reads = m.requests("/orders/v0/orders").len();
+    assert!(reads <= 2, "{reads} getOrders requests");
+}
+
+/// Quiet hours: the only orders are ones the app rightly ignores (not paid
+/// yet, fulfilled by Amazon for an app that ships its own). No lag, nothing
+/// missing: a release is not failed for them.
+#[test]
+fn marketplace_quiet_hours_with_only_skipped_orders_pass() {
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_orders(vec![
+        Order::updated_ago("114-9000001-0000001", 40 * MIN).status("Pending"),
+        Order::updated_ago("114-9000002-0000001", 30 * MIN).channel("AFN"),
+        Order::updated_ago("114-9000003-0000001", 20 * MIN).status("Canceled"),
+    ]);
+    // An app that syncs nothing at night and has none of them.
+    let app = http_server(|req| match (req.method.as_str(), req.path_only()) {
+        ("GET", "/sync/status") => HttpReply::json(
+            200,
+            &json!({"last_order_update": rfc3339(ago(60 * MIN))}).to_string(),
+        ),
+        ("POST", "/orders") => {
+            let asked: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            HttpReply::json(200, &json!({ "missing": asked["order_ids"] }).to_string())
+        }
+        _ => HttpReply::new(404, ""),
+    });
+    let mut config = sync_config(app, "10m");
+    config.push(("app_orders_url", format!("http://127.0.0.1:{app}/orders")));
+    config.push(("fulfillment_channels", "MFN".into()));
+    let r = run_plugin("order-sync-lag", &m, &config, &[], &[app]);
+    r.expect(0, "pass", "quiet hours");
+    assert_eq!(r.metric("orders_behind"), 0.0, "{r:?}");
+    assert_eq!(r.metric("orders_missing"), 0.0, "{r:?}");
+    assert_eq!(r.metric("orders_checked"), 0.0, "{r:?}");
+}

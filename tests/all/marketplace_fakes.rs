@@ -106,6 +106,11 @@ pub struct Order {
     pub id: String,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// The provider's status word; none: the usual one of an order to ship
+    /// (Amazon `Unshipped`, Shopee `READY_TO_SHIP`).
+    pub status: Option<&'static str>,
+    /// Amazon's FulfillmentChannel; none: `MFN`.
+    pub channel: Option<&'static str>,
 }
 
 impl Order {
@@ -117,7 +122,22 @@ impl Order {
             id: id.to_string(),
             created_ms: updated_ms - 3_600_000,
             updated_ms,
+            status: None,
+            channel: None,
         }
+    }
+
+    /// The order in the provider's `status` (e.g. Amazon `Pending`,
+    /// Shopee `UNPAID`, `CANCELLED`).
+    pub fn status(mut self, status: &'static str) -> Order {
+        self.status = Some(status);
+        self
+    }
+
+    /// An Amazon order of this FulfillmentChannel (`AFN`: FBA).
+    pub fn channel(mut self, channel: &'static str) -> Order {
+        self.channel = Some(channel);
+        self
     }
 
     /// An order last updated `ago` before now.
@@ -1004,8 +1024,8 @@ fn amazon_order(o: &Order) -> Value {
         "SellerOrderId": o.id,
         "PurchaseDate": rfc3339(o.created_ms),
         "LastUpdateDate": rfc3339(o.updated_ms),
-        "OrderStatus": "Unshipped",
-        "FulfillmentChannel": "MFN",
+        "OrderStatus": o.status.unwrap_or("Unshipped"),
+        "FulfillmentChannel": o.channel.unwrap_or("MFN"),
         "SalesChannel": "Amazon.com",
         "ShipServiceLevel": "Std US D2D Dom",
         "OrderTotal": {"CurrencyCode": "USD", "Amount": "24.99"},
@@ -1372,7 +1392,7 @@ fn shopee_order_list(st: &mut State, cx: &Ctx) -> Reply {
         .map(|o| {
             let mut v = json!({"order_sn": o.id});
             if with_status {
-                v["order_status"] = json!("READY_TO_SHIP");
+                v["order_status"] = json!(o.status.unwrap_or("READY_TO_SHIP"));
             }
             v
         })
@@ -1402,7 +1422,7 @@ fn shopee_order_detail(st: &mut State, cx: &Ctx) -> Reply {
                 "region": "SG",
                 "currency": "SGD",
                 "cod": false,
-                "order_status": "READY_TO_SHIP",
+                "order_status": o.status.unwrap_or("READY_TO_SHIP"),
                 "create_time": o.created_ms / 1000,
                 "update_time": o.updated_ms / 1000,
                 "days_to_ship": 3,

@@ -100,7 +100,41 @@ struct Settings {
     interval_ms: u64,
     /// What the marketplace snapshot in kv belongs to.
     fingerprint: String,
+    /// Which listed orders the app is expected to have.
+    filter: Filter,
+    /// The dropped-orders check, when `app_orders_url` is set.
+    completeness: Option<Completeness>,
 }
+
+/// Asks the app which of the marketplace's orders it has.
+#[derive(Debug, Clone, PartialEq)]
+struct Completeness {
+    /// `POST {"order_ids": [...]}` -> `{"missing": [...]}`.
+    url: String,
+    /// Orders updated this recently are not asked about yet (the app may
+    /// still be syncing them).
+    grace_ms: i64,
+    /// How far back before the grace the orders are asked about.
+    window_ms: i64,
+}
+
+/// The statuses an app is not expected to have imported, per provider:
+/// orders not yet paid or confirmed, and cancelled ones (the list cannot
+/// tell a cancellation the app must process from an order it never had;
+/// an app that acts on cancellations sets `skip_statuses` without them).
+fn default_skip_statuses(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::Amazon => &["Pending", "Canceled"],
+        Provider::Shopee => &["UNPAID", "CANCELLED", "IN_CANCEL"],
+        Provider::Walmart => &["Cancelled"],
+        Provider::Ebay => &["CANCELED"],
+    }
+}
+
+/// Most order ids asked about in one request to `app_orders_url`.
+const APP_ORDERS_BATCH: usize = 500;
+/// Most missing order ids named in a summary.
+const MISSING_SHOWN: usize = 10;
 
 /// Pages one read takes at most where no documented rate says fewer.
 const DEFAULT_MAX_PAGES: u32 = 10;
@@ -155,6 +189,41 @@ impl Settings {
             Provider::Walmart => Source::Walmart(Walmart::from_config(config)?),
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
         };
+        let list = |key: &str| {
+            config.optional(key).map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+            })
+        };
+        let filter = Filter {
+            skip_statuses: list("skip_statuses").unwrap_or_else(|| {
+                default_skip_statuses(provider)
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
+            channels: list("fulfillment_channels"),
+        };
+        let fingerprint = format!(
+            "{fingerprint}\n{}\n{:?}",
+            filter.skip_statuses.join(","),
+            filter.channels
+        );
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let completeness = match config.optional("app_orders_url") {
+            None => None,
+            Some(url) => Some(Completeness {
+                url,
+                grace_ms: ms(config
+                    .parse_with("grace", time::parse_duration)?
+                    .unwrap_or(std::time::Duration::from_secs(300))),
+                window_ms: ms(config
+                    .parse_with("completeness_window", time::parse_duration)?
+                    .unwrap_or(std::time::Duration::from_secs(3600))),
+            }),
+        };
         let interval_ms = match interval {
             Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
             None => source.default_interval_ms(),
@@ -171,6 +240,8 @@ impl Settings {
             max_pages,
             interval_ms,
             fingerprint,
+            filter,
+            completeness,
         })
     }
 
@@ -194,14 +265,14 @@ impl Settings {
         // marketplace_interval (sooner only when no answer covers this
         // position), and after a 429 only when it says.
         if let Err(wait) = marketplace::quota::allowed(now_ms, known.is_none()) {
-            return Ok(match &known {
-                Some(s) => self.judge_known(s, position, now),
-                None => CheckResult::inconclusive(format!(
+            return match &known {
+                Some(s) => self.judge_known(s, position, now, transport),
+                None => Ok(CheckResult::inconclusive(format!(
                     "{provider}: no verdict yet, no marketplace data: {wait}"
-                )),
-            });
+                ))),
+            };
         }
-        let mut scan = Scan::new(position, self.max_pages);
+        let mut scan = self.scan(position, now);
         let read = match &self.source {
             Source::Amazon(api) => amazon(api, transport, now, &mut scan),
             Source::Shopee(shop) => shopee(shop, transport, now, &mut scan),
@@ -221,7 +292,7 @@ impl Settings {
         if let Err(e) = read {
             // Orders it listed before and the app still lacks are still lag.
             if let Some(s) = &known {
-                let r = self.judge_known(s, position, now);
+                let r = self.judge_known(s, position, now, transport)?;
                 if r.status == Status::Fail {
                     return Ok(r);
                 }
@@ -232,50 +303,148 @@ impl Settings {
         }
         Snapshot::of(&scan, now_ms).store(&self.fingerprint);
         log::debug!(
-            "{}: {} page(s) read, {} order(s) updated after {}",
+            "{}: {} page(s) read, {} order(s) updated after {}, {} left out by the filters",
             self.source.provider(),
             scan.pages,
             scan.behind,
-            show_time(position)
+            show_time(position),
+            scan.skipped
         );
-        Ok(judge(
-            self.source.provider(),
-            &scan,
-            now,
-            self.max_lag_ms,
-            self.max_pages,
-        ))
+        self.verdict(&scan, now, now, transport)
     }
+
+    /// A scan from `position`, reaching back to the completeness window.
+    fn scan(&self, position: i64, now: i64) -> Scan {
+        let mut scan = Scan::new(position, self.max_pages);
+        scan.filter = self.filter.clone();
+        if let Some(c) = &self.completeness {
+            scan.bound = position.min(now - c.grace_ms - c.window_ms);
+        }
+        scan
+    }
+
+    /// The verdict on `scan`, read at `read_at`: lag, and with
+    /// `app_orders_url` the orders the app dropped.
+    fn verdict(
+        &self,
+        scan: &Scan,
+        read_at: i64,
+        now: i64,
+        transport: &dyn Transport,
+    ) -> Result<CheckResult, String> {
+        let provider = self.source.provider();
+        let lag = judge(provider, scan, now, self.max_lag_ms, self.max_pages);
+        let Some(c) = &self.completeness else {
+            return Ok(lag);
+        };
+        let from = (now - c.grace_ms - c.window_ms).max(scan.bound);
+        let until = (now - c.grace_ms).min(read_at);
+        let ids: Vec<&str> = scan
+            .listed
+            .iter()
+            .filter(|(t, _, cancelled)| !cancelled && *t > from && *t <= until)
+            .map(|(_, id, _)| id.as_str())
+            .collect();
+        let missing = app_missing(transport, &c.url, &ids)?;
+        let span = format!("between {} and {}", show_time(from), show_time(until));
+        let result = if missing.is_empty() {
+            CheckResult {
+                summary: format!(
+                    "{}; all {} order(s) updated {span} are in the app",
+                    lag.summary,
+                    ids.len()
+                ),
+                ..lag
+            }
+        } else {
+            let shown: Vec<&str> = missing
+                .iter()
+                .take(MISSING_SHOWN)
+                .map(String::as_str)
+                .collect();
+            let more = missing.len().saturating_sub(MISSING_SHOWN);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            CheckResult {
+                status: Status::Fail,
+                summary: format!(
+                    "{provider}: {} of {} order(s) updated {span} are missing from the app: {}{more}; {}",
+                    missing.len(),
+                    ids.len(),
+                    shown.join(", "),
+                    lag.summary
+                ),
+                metrics: lag.metrics,
+            }
+        };
+        Ok(result
+            .metric("orders_checked", ids.len() as f64)
+            .metric("orders_missing", missing.len() as f64))
+    }
+}
+
+/// Which of `ids` the app says it lacks: `POST url` with
+/// `{"order_ids": [...]}` in batches, each answered `{"missing": [...]}`.
+/// The app's side: any other answer (an id it was not asked about included)
+/// is an error.
+fn app_missing(transport: &dyn Transport, url: &str, ids: &[&str]) -> Result<Vec<String>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        missing: Vec<String>,
+    }
+    let target = format!("POST {}", transport::without_query(url));
+    let mut missing = Vec::new();
+    for batch in ids.chunks(APP_ORDERS_BATCH) {
+        let call = marketplace::Call::post_json(url, &serde_json::json!({ "order_ids": batch }))
+            .header("Accept", "application/json");
+        let response = transport::send(transport, &call)?;
+        let answer: Answer = transport::expect_json(&call, response)?;
+        for id in answer.missing {
+            if !batch.contains(&id.as_str()) {
+                return Err(format!(
+                    "{target}: the app says order {id} is missing, but it was not asked about it"
+                ));
+            }
+            if !missing.contains(&id) {
+                missing.push(id);
+            }
+        }
+    }
+    Ok(missing)
 }
 
 impl Settings {
     /// The verdict from the marketplace's last answer: orders it listed that
     /// are still behind the app's position. A failure stands however old the
     /// answer is; anything else needs an answer younger than two intervals.
-    fn judge_known(&self, known: &Snapshot, position: i64, now: i64) -> CheckResult {
+    fn judge_known(
+        &self,
+        known: &Snapshot,
+        position: i64,
+        now: i64,
+        transport: &dyn Transport,
+    ) -> Result<CheckResult, String> {
         let mut scan = Scan::new(position, self.max_pages);
-        for (updated, id) in &known.orders {
-            scan.add(id, *updated);
+        scan.bound = known.position;
+        for (updated, id, cancelled) in &known.orders {
+            scan.add_listed(id, *updated, *cancelled);
         }
         scan.truncated = known.truncated;
         let age_ms = u64::try_from(now - known.read_at_ms).unwrap_or(0);
         let age = format_duration_ms(age_ms);
-        let r = judge(
-            self.source.provider(),
-            &scan,
-            now,
-            self.max_lag_ms,
-            self.max_pages,
-        );
+        let r = self.verdict(&scan, known.read_at_ms, now, transport)?;
         if r.status != Status::Fail && age_ms > self.interval_ms.saturating_mul(2) {
-            return CheckResult::inconclusive(format!(
+            return Ok(CheckResult::inconclusive(format!(
                 "{}: no verdict, the marketplace's last answer is {age} old ({})",
                 self.source.provider(),
                 r.summary
-            ));
+            )));
         }
         let summary = format!("{} (marketplace read {age} ago)", r.summary);
-        CheckResult { summary, ..r }
+        Ok(CheckResult { summary, ..r })
     }
 }
 
@@ -291,8 +460,8 @@ struct Snapshot {
     position: i64,
     /// Paging stopped before the end, or orders were left out.
     truncated: bool,
-    /// (update time, id), oldest first, at most [`SNAPSHOT_ORDERS`].
-    orders: Vec<(i64, String)>,
+    /// (update time, id, cancelled), oldest first, at most [`SNAPSHOT_ORDERS`].
+    orders: Vec<(i64, String, bool)>,
 }
 
 /// Orders a snapshot keeps (the oldest: they decide the lag), so that it
@@ -303,14 +472,14 @@ const SNAPSHOT_KEY: &str = "orders-snapshot";
 
 impl Snapshot {
     fn of(scan: &Scan, now_ms: u64) -> Snapshot {
-        let mut orders = scan.counted.clone();
+        let mut orders = scan.listed.clone();
         orders.sort();
         let truncated = scan.truncated || orders.len() > SNAPSHOT_ORDERS;
         orders.truncate(SNAPSHOT_ORDERS);
         Snapshot {
             fingerprint: String::new(),
             read_at_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
-            position: scan.after_ms,
+            position: scan.bound,
             truncated,
             orders,
         }
@@ -350,12 +519,19 @@ fn app_position(transport: &dyn Transport, url: &str) -> Result<i64, String> {
 /// What the marketplace said about the orders updated after the position.
 #[derive(Debug)]
 struct Scan {
-    /// The app's position (ms); only orders updated later count.
+    /// The app's position (ms); only orders updated later count as behind.
     after_ms: i64,
-    /// Order ids counted, so that overlapping pages count an order once.
+    /// The query's bound (at most the position): orders updated later are
+    /// listed (the completeness window may reach before the position).
+    bound: i64,
+    /// Order ids listed, so that overlapping pages list an order once.
     seen: BTreeSet<String>,
-    /// The orders counted: (update time, id).
-    counted: Vec<(i64, String)>,
+    /// The orders listed: (update time, id, cancelled).
+    listed: Vec<(i64, String, bool)>,
+    /// Orders the filters left out (statuses, channels).
+    skipped: u64,
+    /// Which orders count.
+    filter: Filter,
     /// Orders updated after the position.
     behind: u64,
     /// The oldest of them: update time (ms) and id.
@@ -371,8 +547,11 @@ impl Scan {
     fn new(after_ms: i64, max_pages: u32) -> Self {
         Scan {
             after_ms,
+            bound: after_ms,
             seen: BTreeSet::new(),
-            counted: Vec::new(),
+            listed: Vec::new(),
+            skipped: 0,
+            filter: Filter::default(),
             behind: 0,
             oldest: None,
             pages: 0,
@@ -382,12 +561,30 @@ impl Scan {
     }
 
     /// Counts an order updated at `updated_ms` if that is after the position.
+    #[cfg(test)]
     fn add(&mut self, id: &str, updated_ms: i64) {
-        if updated_ms <= self.after_ms || !self.seen.insert(id.to_string()) {
+        self.add_listed(id, updated_ms, false);
+    }
+
+    /// Lists an order the marketplace answered with, unless `filter` leaves
+    /// it out.
+    fn list(&mut self, order: &Listed) {
+        if !self.filter.keeps(order) {
+            self.skipped += 1;
+            return;
+        }
+        self.add_listed(&order.id, order.updated, order.cancelled());
+    }
+
+    fn add_listed(&mut self, id: &str, updated_ms: i64, cancelled: bool) {
+        if updated_ms <= self.bound || !self.seen.insert(id.to_string()) {
+            return;
+        }
+        self.listed.push((updated_ms, id.to_string(), cancelled));
+        if updated_ms <= self.after_ms {
             return;
         }
         self.behind += 1;
-        self.counted.push((updated_ms, id.to_string()));
         if self.oldest.as_ref().is_none_or(|(t, _)| updated_ms < *t) {
             self.oldest = Some((updated_ms, id.to_string()));
         }
@@ -460,9 +657,64 @@ fn show_time(ms: i64) -> String {
     }
 }
 
-/// The orders of one page (id, update time in ms) and where the next page
-/// is, if anywhere.
-type Page = (Vec<(String, i64)>, Option<String>);
+/// One order as a marketplace lists it.
+#[derive(Debug, Clone, PartialEq)]
+struct Listed {
+    id: String,
+    /// Update time, ms.
+    updated: i64,
+    /// The provider's status word (empty when the list does not say).
+    status: String,
+    /// Amazon's FulfillmentChannel (`MFN`, `AFN`); empty elsewhere.
+    channel: String,
+}
+
+impl Listed {
+    fn new(id: impl Into<String>, updated: i64) -> Listed {
+        Listed {
+            id: id.into(),
+            updated,
+            status: String::new(),
+            channel: String::new(),
+        }
+    }
+
+    /// Cancelled at the marketplace (any provider's spelling).
+    fn cancelled(&self) -> bool {
+        matches!(
+            self.status.to_ascii_uppercase().as_str(),
+            "CANCELED" | "CANCELLED" | "IN_CANCEL"
+        )
+    }
+}
+
+/// Which listed orders the app is expected to have: `skip_statuses` (per
+/// provider by default: orders not yet paid or confirmed) and, for Amazon,
+/// `fulfillment_channels`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Filter {
+    skip_statuses: Vec<String>,
+    channels: Option<Vec<String>>,
+}
+
+impl Filter {
+    fn keeps(&self, order: &Listed) -> bool {
+        let skipped = self
+            .skip_statuses
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(&order.status));
+        let channel_ok = match &self.channels {
+            Some(list) if !order.channel.is_empty() => {
+                list.iter().any(|c| c.eq_ignore_ascii_case(&order.channel))
+            }
+            _ => true,
+        };
+        !skipped && channel_ok
+    }
+}
+
+/// The orders of one page and where the next page is, if anywhere.
+type Page = (Vec<Listed>, Option<String>);
 
 // ---- Amazon ----------------------------------------------------------------
 
@@ -485,6 +737,10 @@ struct AmazonPayload {
 struct AmazonOrder {
     amazon_order_id: String,
     last_update_date: String,
+    #[serde(default)]
+    order_status: String,
+    #[serde(default)]
+    fulfillment_channel: String,
 }
 
 /// The orders (id, update time) of a page and its `NextToken`.
@@ -500,7 +756,11 @@ fn amazon_page(page: AmazonOrders) -> Result<Page, String> {
                 order.amazon_order_id
             )
         })?;
-        orders.push((order.amazon_order_id, updated));
+        orders.push(Listed {
+            status: order.order_status,
+            channel: order.fulfillment_channel,
+            ..Listed::new(order.amazon_order_id, updated)
+        });
     }
     Ok((orders, payload.next_token.filter(|t| !t.is_empty())))
 }
@@ -510,7 +770,7 @@ fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> 
     let ids = ids.join(",");
     // Later than now - 2 min is refused; the orders in between are then
     // read and filtered by their LastUpdateDate.
-    let after = scan.after_ms.min(now - AMAZON_MIN_AGE_MS);
+    let after = scan.bound.min(now - AMAZON_MIN_AGE_MS);
     // Every page repeats the query: the model requires CreatedAfter or
     // LastUpdatedAfter on each call, the NextToken included.
     let query = format!(
@@ -520,8 +780,8 @@ fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> 
     let mut path = query.clone();
     while scan.next_page() {
         let (orders, next) = amazon_page(api.get(transport, &path)?)?;
-        for (id, updated) in &orders {
-            scan.add(id, *updated);
+        for order in &orders {
+            scan.list(order);
         }
         match next {
             Some(token) => {
@@ -549,6 +809,8 @@ struct ShopeeList {
 #[derive(Debug, Deserialize)]
 struct ShopeeListed {
     order_sn: String,
+    #[serde(default)]
+    order_status: String,
 }
 
 /// `get_order_detail` `response`.
@@ -585,9 +847,9 @@ fn shopee(
     scan: &mut Scan,
 ) -> Result<(), String> {
     // Oldest window first: the oldest unsynced order is what lag is about.
-    let mut listed: Vec<String> = Vec::new();
+    let mut listed: Vec<(String, String)> = Vec::new();
     let mut seen = BTreeSet::new();
-    'windows: for (from, to) in shopee_windows(scan.after_ms, now.div_euclid(1000)) {
+    'windows: for (from, to) in shopee_windows(scan.bound, now.div_euclid(1000)) {
         let (from, to) = (from.to_string(), to.to_string());
         let mut cursor = String::new();
         loop {
@@ -608,7 +870,7 @@ fn shopee(
             )?;
             for order in page.order_list {
                 if seen.insert(order.order_sn.clone()) {
-                    listed.push(order.order_sn);
+                    listed.push((order.order_sn, order.order_status));
                 }
             }
             if !page.more || page.next_cursor.is_empty() || page.next_cursor == cursor {
@@ -619,12 +881,13 @@ fn shopee(
     }
     // The list has no update times: read them in batches.
     for batch in listed.chunks(SHOPEE_DETAIL_BATCH) {
+        let sns: Vec<&str> = batch.iter().map(|(sn, _)| sn.as_str()).collect();
         let details: ShopeeDetails = shop.get(
             transport,
             "/api/v2/order/get_order_detail",
-            &[("order_sn_list", &batch.join(","))],
+            &[("order_sn_list", &sns.join(","))],
         )?;
-        for sn in batch {
+        for (sn, status) in batch {
             let detail = details
                 .order_list
                 .iter()
@@ -632,7 +895,10 @@ fn shopee(
                 .ok_or_else(|| {
                     format!("get_order_detail: order {sn} was listed but has no detail")
                 })?;
-            scan.add(sn, detail.update_time.saturating_mul(1000));
+            scan.list(&Listed {
+                status: status.clone(),
+                ..Listed::new(sn.clone(), detail.update_time.saturating_mul(1000))
+            });
         }
     }
     Ok(())
@@ -716,7 +982,7 @@ fn walmart_page(page: WalmartOrders) -> Result<Page, String> {
                     order.purchase_order_id
                 )
             })?;
-        orders.push((order.purchase_order_id, updated));
+        orders.push(Listed::new(order.purchase_order_id, updated));
     }
     let next = page
         .list
@@ -735,7 +1001,7 @@ fn walmart(api: &Walmart, transport: &dyn Transport, scan: &mut Scan) -> Result<
     let mut url = format!(
         "{}/v3/orders?lastModifiedStartDate={}&limit=100",
         api.endpoint,
-        encode(&format_rfc3339(scan.after_ms))
+        encode(&format_rfc3339(scan.bound))
     );
     while scan.next_page() {
         let (call, response) = api.get(transport, &url)?;
@@ -743,8 +1009,8 @@ fn walmart(api: &Walmart, transport: &dyn Transport, scan: &mut Scan) -> Result<
             return Ok(());
         }
         let (orders, next) = walmart_page(transport::expect_json(&call, response)?)?;
-        for (id, updated) in &orders {
-            scan.add(id, *updated);
+        for order in &orders {
+            scan.list(order);
         }
         match next {
             Some(cursor) if cursor.starts_with('?') => {
@@ -781,6 +1047,17 @@ struct EbayOrders {
 struct EbayOrder {
     order_id: String,
     last_modified_date: String,
+    #[serde(default)]
+    order_fulfillment_status: String,
+    #[serde(default)]
+    cancel_status: Option<EbayCancel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EbayCancel {
+    #[serde(default)]
+    cancel_state: String,
 }
 
 fn ebay_url(endpoint: &str, after_ms: i64, offset: u64) -> String {
@@ -802,7 +1079,14 @@ fn ebay_page(page: EbayOrders, endpoint: &str, after_ms: i64) -> Result<Page, St
                 order.order_id
             )
         })?;
-        orders.push((order.order_id.clone(), updated));
+        let status = match &order.cancel_status {
+            Some(c) if c.cancel_state == "CANCELED" => "CANCELED".to_string(),
+            _ => order.order_fulfillment_status.clone(),
+        };
+        orders.push(Listed {
+            status,
+            ..Listed::new(order.order_id.clone(), updated)
+        });
     }
     let next = match page.next.filter(|n| !n.trim().is_empty()) {
         Some(next) if next.starts_with('/') => Some(format!("{endpoint}{next}")),
@@ -818,13 +1102,13 @@ fn ebay_page(page: EbayOrders, endpoint: &str, after_ms: i64) -> Result<Page, St
 }
 
 fn ebay(api: &Ebay, transport: &dyn Transport, scan: &mut Scan) -> Result<(), String> {
-    let mut url = ebay_url(&api.endpoint, scan.after_ms, 0);
+    let mut url = ebay_url(&api.endpoint, scan.bound, 0);
     while scan.next_page() {
         let (call, response) = api.get(transport, &url)?;
         let page: EbayOrders = transport::expect_json(&call, response)?;
-        let (orders, next) = ebay_page(page, &api.endpoint, scan.after_ms)?;
-        for (id, updated) in &orders {
-            scan.add(id, *updated);
+        let (orders, next) = ebay_page(page, &api.endpoint, scan.bound)?;
+        for order in &orders {
+            scan.list(order);
         }
         match next {
             Some(next) if next != url => url = next,

@@ -231,10 +231,14 @@ fn every_get_orders_sandbox_example_parses() {
             serde_json::from_value(example["response"].clone()).expect("a getOrders answer");
         let (orders, next) = amazon_page(page).expect("valid orders");
         assert!(!orders.is_empty(), "{example}");
-        for (id, updated) in &orders {
-            assert!(!id.is_empty());
+        for order in &orders {
+            assert!(!order.id.is_empty());
             // Some sandbox dates are in January 1970, but valid.
-            assert!(*updated >= 0);
+            assert!(order.updated >= 0);
+            assert!(
+                !order.status.is_empty(),
+                "the model's examples carry OrderStatus"
+            );
         }
         with_token += usize::from(next.is_some());
     }
@@ -243,9 +247,20 @@ fn every_get_orders_sandbox_example_parses() {
         serde_json::from_value(op["responses"]["200"]["examples"]["application/json"].clone())
             .expect("the documented example");
     let (orders, next) = amazon_page(doc).expect("valid");
+    let got: Vec<(&str, i64, &str, &str)> = orders
+        .iter()
+        .map(|o| {
+            (
+                o.id.as_str(),
+                o.updated,
+                o.status.as_str(),
+                o.channel.as_str(),
+            )
+        })
+        .collect();
     assert_eq!(
-        orders,
-        vec![("902-3159896-1390916".to_string(), 1_484_941_775_000)]
+        got,
+        [("902-3159896-1390916", 1_484_941_775_000, "Pending", "MFN")]
     );
     assert_eq!(next.as_deref(), Some("2YgYW55IGNhcm5hbCBwbGVhc3VyZS4"));
     // And the error example reads well.
@@ -539,7 +554,7 @@ fn ebay_paging_state() {
         0,
     )
     .expect("valid");
-    assert_eq!(orders, vec![("1".to_string(), NOW - 5 * MIN)]);
+    assert_eq!(orders, vec![Listed::new("1", NOW - 5 * MIN)]);
     assert_eq!(
         next.as_deref(),
         Some("https://api.ebay.com/sell/fulfillment/v1/order?offset=200")
@@ -734,4 +749,149 @@ fn an_old_answer_can_still_fail_but_never_pass() {
         "{}",
         r.summary
     );
+}
+
+fn amazon_orders(orders: &[(&str, &str, &str)]) -> String {
+    let list: Vec<String> = orders
+        .iter()
+        .map(|(id, at, status)| {
+            format!(
+                r#"{{"AmazonOrderId":"{id}","LastUpdateDate":"{at}","OrderStatus":"{status}","FulfillmentChannel":"MFN"}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"payload":{{"Orders":[{}]}}}}"#, list.join(","))
+}
+
+fn completeness(extra: &[(&str, &str)]) -> Settings {
+    let mut pairs = vec![
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("app_orders_url", "http://app/orders"),
+        ("grace", "5m"),
+        ("completeness_window", "1h"),
+    ];
+    pairs.extend_from_slice(extra);
+    valid(&pairs)
+}
+
+#[test]
+fn dropped_orders_fail_and_are_named() {
+    let s = completeness(&[]);
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    // The app's position is recent (09:58): lag alone would pass, but it
+    // skipped 2 of the orders updated between 09:00 and 09:55.
+    let page = amazon_orders(&[
+        ("111-1", "2024-05-01T09:10:00Z", "Unshipped"),
+        ("111-2", "2024-05-01T09:20:00Z", "Shipped"),
+        ("111-3", "2024-05-01T09:30:00Z", "Unshipped"),
+        ("111-4", "2024-05-01T09:40:00Z", "Canceled"),
+        ("111-5", "2024-05-01T09:45:00Z", "Pending"),
+        ("111-6", "2024-05-01T09:57:00Z", "Unshipped"),
+        ("111-7", "2024-05-01T09:59:00Z", "Unshipped"),
+    ]);
+    rollback_plugin_sdk::kv::delete("lwa-token");
+    let (fake, r) = run(
+        &s,
+        "2024-05-01T09:58:00Z",
+        &[
+            (200, token),
+            (200, &page),
+            (200, r#"{"missing":["111-1","111-3"]}"#),
+        ],
+    );
+    let r = r.expect("verdict");
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+    assert!(
+        r.summary.starts_with(
+            "amazon: 2 of 3 order(s) updated between 2024-05-01T08:55:00Z and \
+             2024-05-01T09:55:00Z are missing from the app: 111-1, 111-3; amazon: 1 order behind"
+        ),
+        "{}",
+        r.summary
+    );
+    assert_eq!(r.metric_value("orders_missing"), Some(2.0));
+    assert_eq!(r.metric_value("orders_checked"), Some(3.0));
+    let calls = fake.calls();
+    // The query reached back to the window, not only to the position.
+    assert!(
+        calls[2]
+            .url
+            .contains("LastUpdatedAfter=2024-05-01T08%3A55%3A00Z"),
+        "{}",
+        calls[2].url
+    );
+    // Asked about the orders in the window only: not the cancelled one, not
+    // the Pending one (skipped by default), not those inside the grace.
+    let asked: serde_json::Value =
+        serde_json::from_slice(calls[3].body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        asked,
+        serde_json::json!({"order_ids": ["111-1", "111-2", "111-3"]})
+    );
+    assert_eq!(calls[3].method, "POST");
+    assert_eq!(calls[3].url, "http://app/orders");
+
+    // All there: the lag verdict stands, with the completeness said.
+    let (_, r) = run(
+        &s,
+        "2024-05-01T09:58:00Z",
+        &[(200, &page), (200, r#"{"missing":[]}"#)],
+    );
+    let r = r.expect("verdict");
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert!(
+        r.summary.ends_with("; all 3 order(s) updated between 2024-05-01T08:55:00Z and 2024-05-01T09:55:00Z are in the app"),
+        "{}",
+        r.summary
+    );
+}
+
+#[test]
+fn the_apps_answer_about_orders_is_the_apps_responsibility() {
+    let s = completeness(&[]);
+    let page = amazon_orders(&[("111-1", "2024-05-01T09:10:00Z", "Unshipped")]);
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    for (status, body, expected) in [
+        (200, r#"{"missing":["999"]}"#, "POST http://app/orders: the app says order 999 is missing, but it was not asked about it"),
+        (500, "down", "POST http://app/orders -> HTTP 500: down"),
+        (200, r#"{"have":[]}"#, "POST http://app/orders: unexpected answer: missing field `missing` at line 1 column 11"),
+    ] {
+        rollback_plugin_sdk::kv::delete("lwa-token");
+        let (_, r) = run(&s, "2024-05-01T09:58:00Z", &[(200, token), (200, &page), (status, body)]);
+        assert_eq!(r.err().as_deref(), Some(expected));
+    }
+}
+
+#[test]
+fn orders_the_app_rightly_ignores_are_not_lag() {
+    // Night: nothing but a Pending order (not paid yet) and an FBA order
+    // for an app that only syncs its own fulfilment.
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("fulfillment_channels", "MFN"),
+        ("max_lag", "10m"),
+    ]);
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    let page = r#"{"payload":{"Orders":[
+        {"AmazonOrderId":"1","LastUpdateDate":"2024-05-01T09:00:00Z","OrderStatus":"Pending","FulfillmentChannel":"MFN"},
+        {"AmazonOrderId":"2","LastUpdateDate":"2024-05-01T09:05:00Z","OrderStatus":"Shipped","FulfillmentChannel":"AFN"}]}}"#;
+    rollback_plugin_sdk::kv::delete("lwa-token");
+    let (_, r) = run(&s, "2024-05-01T08:00:00Z", &[(200, token), (200, page)]);
+    let r = r.expect("verdict");
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert_eq!(r.metric_value("orders_behind"), Some(0.0));
+    // With the filters emptied, the same night is an hour of lag.
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("skip_statuses", ""),
+        ("max_lag", "10m"),
+    ]);
+    let (_, r) = run(&s, "2024-05-01T08:00:00Z", &[(200, page)]);
+    assert_eq!(r.expect("verdict").status, Status::Fail);
 }
