@@ -5,6 +5,10 @@ It serves, on 127.0.0.1 only:
 
   POST /auth/o2/token     Login with Amazon: the refresh-token grant (form body
                           grant_type, refresh_token, client_id, client_secret)
+  GET  /orders/2026-01-01/orders  Orders API 2026-01-01 searchOrders:
+                          marketplaceIds with lastUpdatedAfter or createdAfter
+                          (optional Before bounds, maxResultsPerPage), then
+                          paginationToken paging with the query repeated
   GET  /orders/v0/orders  Orders v0 getOrders: MarketplaceIds with
                           LastUpdatedAfter or CreatedAfter (optional
                           LastUpdatedBefore / CreatedBefore, MaxResultsPerPage),
@@ -304,6 +308,100 @@ def get_orders(fake, query, now):
     return 200, {"payload": payload}, note
 
 
+# Orders API 2026-01-01 spells statuses and fulfilment its own way.
+STATUS_2026 = {"Pending": "PENDING", "Unshipped": "UNSHIPPED", "Shipped": "SHIPPED"}
+
+
+def order_2026(order):
+    """A v0 order in the Orders API 2026-01-01 shape (its required fields
+    and the fulfilment a check reads)."""
+    return {
+        "orderId": order["AmazonOrderId"],
+        "orderAliases": [{"aliasId": order["SellerOrderId"], "aliasType": "SELLER_ORDER_ID"}],
+        "createdTime": order["PurchaseDate"],
+        "lastUpdatedTime": order["LastUpdateDate"],
+        "salesChannel": {"channelName": "AMAZON", "marketplaceId": MARKETPLACE_ID, "marketplaceName": "Amazon.com"},
+        "orderItems": [],
+        "fulfillment": {
+            "fulfillmentStatus": STATUS_2026[order["OrderStatus"]],
+            "fulfilledBy": "MERCHANT",
+        },
+    }
+
+
+def search_orders(fake, query, now):
+    """searchOrders as the 2026-01-01 model documents it: exactly one of
+    createdAfter and lastUpdatedAfter; a paginationToken only with every
+    other parameter as on the request that produced it (maxResultsPerPage
+    and includedData excepted)."""
+
+    def param(name):
+        values = query.get(name)
+        return values[-1] if values else None
+
+    ids = param("marketplaceIds")
+    if ids is not None:
+        ids = ids.split(",")
+        if len(ids) > 50:
+            return (*invalid_input("marketplaceIds accepts at most 50 values."), "")
+        for mid in ids:
+            if mid != MARKETPLACE_ID:
+                return (*invalid_input(f"Invalid marketplaceIds: {mid}"), "")
+    bound = sorted(
+        (k, v[-1]) for k, v in query.items()
+        if k not in ("maxResultsPerPage", "includedData", "paginationToken")
+    )
+    size = param("maxResultsPerPage") or str(MAX_PAGE)
+    if not size.isdigit() or not 1 <= int(size) <= MAX_PAGE:
+        return (*invalid_input("maxResultsPerPage must be between 1 and 100."), "")
+    times = {}
+    for name in ("createdAfter", "createdBefore", "lastUpdatedAfter", "lastUpdatedBefore"):
+        text = param(name)
+        if text is not None:
+            times[name] = parse_time(text)
+            if times[name] is None:
+                return (*invalid_input(f"{name} is not a valid ISO 8601 date: {text}"), "")
+    created = "createdAfter" in times
+    updated = "lastUpdatedAfter" in times
+    if created == updated:
+        return (*invalid_input("Exactly one of createdAfter and lastUpdatedAfter must be provided."), "")
+    if created and "lastUpdatedBefore" in times or updated and "createdBefore" in times:
+        return (*invalid_input("Created and lastUpdated filters cannot be combined."), "")
+    prefix = "lastUpdated" if updated else "created"
+    lo = times[prefix + "After"]
+    hi = times.get(prefix + "Before")
+    if hi is not None and (hi < lo or hi > now - 120):
+        return (*invalid_input(f"{prefix}Before must be after {prefix}After and at least two minutes before now."), "")
+    token = param("paginationToken")
+    if token is not None:
+        cursor = fake.load_cursor(token)
+        if cursor is None:
+            return (*invalid_input("Invalid paginationToken."), "")
+        if cursor.get("bound") != [list(p) for p in bound]:
+            return (*invalid_input("All parameters must be the same as in the request that produced the paginationToken."), "")
+        cursor = dict(cursor, size=int(size))
+    else:
+        cursor = {
+            "field": "updated" if updated else "created",
+            "lo": lo,
+            "hi": now if hi is None else hi,
+            "as_of": now,
+            "size": int(size),
+            "offset": 0,
+            "bound": [list(p) for p in bound],
+        }
+    orders = fake.clock.select(cursor["field"], cursor["lo"], cursor["hi"], cursor["as_of"])
+    start, size = cursor["offset"], cursor["size"]
+    page = orders[start:start + size]
+    body = {"orders": [order_2026(o) for o in page]}
+    body["lastUpdatedBefore" if cursor["field"] == "updated" else "createdBefore"] = iso(cursor["hi"])
+    note = f"{len(page)} of {len(orders)} orders"
+    if start + size < len(orders):
+        body["pagination"] = {"nextToken": fake.save_cursor(dict(cursor, offset=start + size))}
+        note += ", nextToken"
+    return 200, body, note
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "sp-api-fake"
     sys_version = ""
@@ -315,8 +413,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-amzn-RequestId", request_id)
-        if self.path.startswith("/orders/"):
+        if self.path.startswith("/orders/v0/"):
             self.send_header("x-amzn-RateLimit-Limit", "0.0167")
+        elif self.path.startswith("/orders/2026-01-01/"):
+            self.send_header("x-amzn-RateLimit-Limit", "0.0056")
         self.end_headers()
         self.wfile.write(data)
         if status >= 400:
@@ -344,7 +444,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         fake = self.server.fake
         url = urllib.parse.urlsplit(self.path)
-        if url.path != "/orders/v0/orders":
+        if url.path not in ("/orders/v0/orders", "/orders/2026-01-01/orders"):
             return self.answer(*sp_error(404, "NotFound", "The resource specified does not exist."))
         now = time.time()
         state = fake.token_state(self.headers.get("x-amz-access-token"), now)
@@ -356,7 +456,10 @@ class Handler(BaseHTTPRequestHandler):
             }[state]
             return self.answer(*sp_error(403, "Unauthorized", "Access to requested resource is denied.", details))
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
-        self.answer(*get_orders(fake, query, now))
+        if url.path == "/orders/v0/orders":
+            self.answer(*get_orders(fake, query, now))
+        else:
+            self.answer(*search_orders(fake, query, now))
 
     def log_message(self, fmt, *args):
         pass  # answer() writes the request log

@@ -2157,3 +2157,101 @@ fn marketplace_quiet_hours_with_only_skipped_orders_pass() {
     assert_eq!(r.metric("orders_missing"), 0.0, "{r:?}");
     assert_eq!(r.metric("orders_checked"), 0.0, "{r:?}");
 }
+
+/// Orders API 2026-01-01 searchOrders, the default: every page repeats the
+/// whole query with `paginationToken`, the fake refuses a token without it,
+/// and the 2026 spellings of statuses and channels are filtered like v0's.
+#[test]
+fn marketplace_order_sync_reads_orders_api_2026_01_01() {
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_page_size(2);
+    m.set_orders(vec![
+        Order::updated_ago("114-2026001-0000001", 50 * MIN),
+        Order::updated_ago("114-2026002-0000001", 45 * MIN).status("Pending"),
+        Order::updated_ago("114-2026003-0000001", 40 * MIN).channel("AFN"),
+        Order::updated_ago("114-2026004-0000001", 35 * MIN).status("Shipped"),
+        Order::updated_ago("114-2026005-0000001", 30 * MIN),
+    ]);
+    let app = app_synced_to(ago(60 * MIN));
+    let mut config = sync_config(app, "10m");
+    config.extend([
+        ("api", "2026-01-01".to_string()),
+        ("max_pages", "5".to_string()),
+        ("fulfillment_channels", "MFN".to_string()),
+    ]);
+    let r = run_plugin("order-sync-lag", &m, &config, &[], &[app]);
+    r.expect(3, "fail", "2026-01-01");
+    assert_eq!(
+        r.metric("orders_behind"),
+        3.0,
+        "PENDING and AMAZON left out: {r:?}"
+    );
+    let pages = m.requests("/orders/2026-01-01/orders");
+    assert_eq!(pages.len(), 3, "{pages:#?}");
+    assert!(pages.iter().all(|p| p.status == 200), "{pages:#?}");
+    for p in &pages {
+        assert_eq!(p.param("marketplaceIds"), Some(AMAZON_MARKETPLACE));
+        assert!(
+            p.param("lastUpdatedAfter").is_some(),
+            "every page repeats the query"
+        );
+    }
+    assert!(pages[0].param("paginationToken").is_none());
+    assert!(pages[1].param("paginationToken").is_some());
+    assert!(m.requests("/orders/v0/orders").is_empty());
+
+    // The fake holds clients to the model.
+    let token = lwa_token(&m);
+    let after = encode(&rfc3339(ago(60 * MIN)));
+    let base = format!("/orders/2026-01-01/orders?marketplaceIds={AMAZON_MARKETPLACE}");
+    let first = amazon_get(
+        &m,
+        &token,
+        &format!("{base}&lastUpdatedAfter={after}&maxResultsPerPage=2"),
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    let next = first.value()["pagination"]["nextToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (what, target) in [
+        (
+            "token alone",
+            format!("{base}&paginationToken={}", encode(&next)),
+        ),
+        (
+            "another bound",
+            format!(
+                "{base}&lastUpdatedAfter={}&paginationToken={}",
+                encode(&rfc3339(ago(59 * MIN))),
+                encode(&next)
+            ),
+        ),
+        (
+            "both bounds",
+            format!("{base}&lastUpdatedAfter={after}&createdAfter={after}"),
+        ),
+        ("no bound", base.clone()),
+        (
+            "page size",
+            format!("{base}&lastUpdatedAfter={after}&maxResultsPerPage=101"),
+        ),
+    ] {
+        let a = amazon_get(&m, &token, &target);
+        assert_eq!(a.status, 400, "{what}: {}", a.body);
+        assert_eq!(a.value()["errors"][0]["code"], "InvalidInput", "{what}");
+    }
+    let same = amazon_get(
+        &m,
+        &token,
+        &format!(
+            "{base}&lastUpdatedAfter={after}&maxResultsPerPage=1&paginationToken={}",
+            encode(&next)
+        ),
+    );
+    assert_eq!(
+        same.status, 200,
+        "maxResultsPerPage may change: {}",
+        same.body
+    );
+}

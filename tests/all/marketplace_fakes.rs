@@ -307,7 +307,13 @@ struct State {
     shopee_refresh_issued: Vec<String>,
     /// SP-API getOrders' token bucket: tokens, and when it was last filled.
     get_orders_bucket: (f64, i64),
+    /// searchOrders' (Orders API 2026-01-01) bucket.
+    search_orders_bucket: (f64, i64),
 }
+
+/// searchOrders: 0.0056 requests per second, burst 20 (the 2026-01-01
+/// model's usage plan).
+const SEARCH_ORDERS_RATE: f64 = 0.0056;
 
 /// getOrders: 0.0167 requests per second, burst 20 (the Orders v0 model's
 /// usage plan), per seller and application.
@@ -354,6 +360,7 @@ impl Marketplace {
             shopee_refresh: SHOPEE_REFRESH_TOKEN.to_string(),
             shopee_refresh_issued: vec![SHOPEE_REFRESH_TOKEN.to_string()],
             get_orders_bucket: (GET_ORDERS_BURST, now_ms()),
+            search_orders_bucket: (GET_ORDERS_BURST, now_ms()),
         }));
         let shared = state.clone();
         let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
@@ -442,7 +449,9 @@ impl Marketplace {
     /// The seller's own app has just spent getOrders' burst: the bucket is
     /// empty and refills at the documented rate (one request a minute).
     pub fn drain_get_orders_quota(&self) {
-        self.lock().get_orders_bucket = (0.0, now_ms());
+        let mut st = self.lock();
+        st.get_orders_bucket = (0.0, now_ms());
+        st.search_orders_bucket = (0.0, now_ms());
     }
 
     /// Answers the next request whose path is `path` with `failure`
@@ -477,6 +486,9 @@ impl Marketplace {
         let mut add = |k: &str, v: String| c.push((k.to_string(), v));
         match self.provider {
             Provider::Amazon => {
+                // The tests written for getOrders (v0, kept until Amazon
+                // removes it); the 2026-01-01 tests set `api` themselves.
+                add("api", "v0".to_string());
                 add("marketplace_ids", AMAZON_MARKETPLACE.to_string());
                 add("token_url", format!("{}/auth/o2/token", self.url()));
             }
@@ -777,6 +789,9 @@ fn amazon(st: &mut State, cx: &Ctx) -> Reply {
     match (cx.req.method.as_str(), cx.path) {
         ("POST", "/auth/o2/token") => lwa_token(st, cx),
         ("GET", "/orders/v0/orders") => amazon_auth(st, cx).unwrap_or_else(|| get_orders(st, cx)),
+        ("GET", "/orders/2026-01-01/orders") => {
+            amazon_auth(st, cx).unwrap_or_else(|| search_orders(st, cx))
+        }
         ("GET", "/fba/inventory/v1/summaries") => {
             amazon_auth(st, cx).unwrap_or_else(|| get_inventory_summaries(st, cx))
         }
@@ -902,17 +917,12 @@ fn check_marketplaces(value: Option<&str>, name: &str, max: usize) -> Result<(),
 fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
     // The token bucket of the usage plan: a request without a token is
     // refused with 429 QuotaExceeded and the rate in x-amzn-RateLimit-Limit.
-    let (tokens, at) = st.get_orders_bucket;
-    let tokens =
-        (tokens + (cx.now - at).max(0) as f64 / 1000.0 * GET_ORDERS_RATE).min(GET_ORDERS_BURST);
-    if tokens < 1.0 {
-        st.get_orders_bucket = (tokens, cx.now);
+    if !take_token(&mut st.get_orders_bucket, GET_ORDERS_RATE, cx.now) {
         return failed(
             Provider::Amazon,
             &Failure::RateLimited { retry_after: None },
         );
     }
-    st.get_orders_bucket = (tokens - 1.0, cx.now);
     if let Err(a) = check_marketplaces(cx.param("MarketplaceIds"), "MarketplaceIds", 50) {
         return a;
     }
@@ -1016,6 +1026,170 @@ fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
         payload["NextToken"] = json!(st.cursor(&query, offset + n));
     }
     Reply::json(200, json!({ "payload": payload })).header("x-amzn-RateLimit-Limit", "0.0167")
+}
+
+/// Takes a token from `bucket` (refilled at `rate`, burst 20) at `now`;
+/// `false` when there is none.
+fn take_token(bucket: &mut (f64, i64), rate: f64, now: i64) -> bool {
+    let (tokens, at) = *bucket;
+    let tokens = (tokens + (now - at).max(0) as f64 / 1000.0 * rate).min(GET_ORDERS_BURST);
+    if tokens < 1.0 {
+        *bucket = (tokens, now);
+        return false;
+    }
+    *bucket = (tokens - 1.0, now);
+    true
+}
+
+/// Orders API 2026-01-01 searchOrders, as its model documents it: exactly
+/// one of createdAfter and lastUpdatedAfter, the `Before` bounds at least two
+/// minutes old, maxResultsPerPage 1 to 100, and a paginationToken only
+/// with every other parameter as on the request that produced it
+/// (maxResultsPerPage and includedData excepted).
+fn search_orders(st: &mut State, cx: &Ctx) -> Reply {
+    if !take_token(&mut st.search_orders_bucket, SEARCH_ORDERS_RATE, cx.now) {
+        return amazon_error(
+            429,
+            "QuotaExceeded",
+            "You exceeded your quota for the requested resource.",
+            "",
+        )
+        .header("x-amzn-RateLimit-Limit", "0.0056");
+    }
+    if let Some(ids) = cx.param("marketplaceIds") {
+        if let Err(a) = check_marketplaces(Some(ids), "marketplaceIds", 50) {
+            return a;
+        }
+    }
+    // The parameters a page token binds: all but these two.
+    let bound: Vec<(String, String)> = cx
+        .query
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "maxResultsPerPage" | "includedData" | "paginationToken"
+            )
+        })
+        .cloned()
+        .collect();
+    let offset = match cx.param("paginationToken") {
+        Some(t) => match st.cursors.get(t) {
+            Some(c) if c.query == bound => c.offset,
+            Some(_) => {
+                return invalid_input(
+                    "All parameters must be the same as in the request that produced the paginationToken.",
+                )
+            }
+            None => return invalid_input("Invalid paginationToken."),
+        },
+        None => 0,
+    };
+    let p = |k: &str| lookup(cx.query, k).filter(|v| !v.is_empty());
+    let time = |k: &str| -> Result<Option<i64>, Reply> {
+        match p(k) {
+            None => Ok(None),
+            Some(v) => parse_time(v)
+                .map(Some)
+                .ok_or_else(|| invalid_input(&format!("{k} is not a valid ISO 8601 date: {v}"))),
+        }
+    };
+    let (created_after, created_before, updated_after, updated_before) = match (
+        time("createdAfter"),
+        time("createdBefore"),
+        time("lastUpdatedAfter"),
+        time("lastUpdatedBefore"),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return e,
+    };
+    if created_after.is_some() == updated_after.is_some() {
+        return invalid_input("Exactly one of createdAfter and lastUpdatedAfter must be provided.");
+    }
+    if created_after.is_some() && updated_before.is_some()
+        || updated_after.is_some() && created_before.is_some()
+    {
+        return invalid_input("Created and lastUpdated filters cannot be combined.");
+    }
+    let latest = cx.now - 120_000;
+    for (after, before) in [
+        (created_after, created_before),
+        (updated_after, updated_before),
+    ] {
+        if let (Some(a), Some(b)) = (after, before) {
+            if b < a || b > latest {
+                return invalid_input(
+                    "The Before date must be after the After date and at least two minutes before now.",
+                );
+            }
+        }
+    }
+    let per_page = match p("maxResultsPerPage").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return invalid_input("maxResultsPerPage must be between 1 and 100."),
+    };
+    let by_update = updated_after.is_some();
+    let (lo, hi) = if by_update {
+        (updated_after.unwrap_or(0), updated_before.unwrap_or(cx.now))
+    } else {
+        (created_after.unwrap_or(0), created_before.unwrap_or(cx.now))
+    };
+    let mut matching: Vec<Order> = st
+        .orders
+        .iter()
+        .filter(|o| {
+            let t = if by_update {
+                o.updated_ms
+            } else {
+                o.created_ms
+            };
+            t >= lo && t <= hi
+        })
+        .cloned()
+        .collect();
+    matching.sort_by_key(|o| (o.updated_ms, o.id.clone()));
+    let n = per_page.min(st.page_size);
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(n)
+        .map(search_order)
+        .collect();
+    let mut body = json!({ "orders": page });
+    body[if by_update {
+        "lastUpdatedBefore"
+    } else {
+        "createdBefore"
+    }] = json!(rfc3339(hi));
+    if offset + n < matching.len() {
+        body["pagination"] = json!({ "nextToken": st.cursor(&bound, offset + n) });
+    }
+    Reply::json(200, body).header("x-amzn-RateLimit-Limit", "0.0056")
+}
+
+/// One order in the 2026-01-01 shape (the required fields and the ones a
+/// check reads), from the fake's v0 words.
+fn search_order(o: &Order) -> Value {
+    let status = match o.status.unwrap_or("Unshipped") {
+        "Pending" => "PENDING",
+        "Canceled" => "CANCELLED",
+        "Shipped" => "SHIPPED",
+        "PartiallyShipped" => "PARTIALLY_SHIPPED",
+        _ => "UNSHIPPED",
+    };
+    let by = match o.channel.unwrap_or("MFN") {
+        "AFN" => "AMAZON",
+        _ => "MERCHANT",
+    };
+    json!({
+        "orderId": o.id,
+        "createdTime": rfc3339(o.created_ms),
+        "lastUpdatedTime": rfc3339(o.updated_ms),
+        "salesChannel": {"channelName": "AMAZON", "marketplaceId": AMAZON_MARKETPLACE, "marketplaceName": "Amazon.com"},
+        "orderItems": [],
+        "fulfillment": {"fulfillmentStatus": status, "fulfilledBy": by},
+    })
 }
 
 fn amazon_order(o: &Order) -> Value {

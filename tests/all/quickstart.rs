@@ -390,7 +390,7 @@ fn quickstart_order_sync_lag_reads_the_sp_api_fake() {
     );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("&NextToken="),
+        text.contains("&paginationToken="),
         "the plugin did not page: {text}"
     );
 }

@@ -71,9 +71,28 @@ const SHOPEE_WINDOW_S: i64 = 15 * 86_400 - 1;
 /// `get_order_detail` takes at most 50 order numbers.
 const SHOPEE_DETAIL_BATCH: usize = 50;
 
+/// Which SP-API orders operation the check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AmazonApi {
+    /// Orders API 2026-01-01 `searchOrders` (the default).
+    V2026,
+    /// Orders v0 `getOrders`, deprecated: Amazon removes it on 2027-03-27.
+    V0,
+}
+
+impl AmazonApi {
+    /// The operation's documented sustained rate, requests per second.
+    fn rate(self) -> f64 {
+        match self {
+            AmazonApi::V2026 => AMAZON_2026_RATE,
+            AmazonApi::V0 => AMAZON_V0_RATE,
+        }
+    }
+}
+
 /// The marketplace and its client.
 enum Source {
-    Amazon(SpApi),
+    Amazon(SpApi, AmazonApi),
     Shopee(Shopee),
     Walmart(Walmart),
     Ebay(Ebay),
@@ -82,7 +101,7 @@ enum Source {
 impl Source {
     fn provider(&self) -> Provider {
         match self {
-            Source::Amazon(_) => Provider::Amazon,
+            Source::Amazon(..) => Provider::Amazon,
             Source::Shopee(_) => Provider::Shopee,
             Source::Walmart(_) => Provider::Walmart,
             Source::Ebay(_) => Provider::Ebay,
@@ -124,7 +143,8 @@ struct Completeness {
 /// an app that acts on cancellations sets `skip_statuses` without them).
 fn default_skip_statuses(provider: Provider) -> &'static [&'static str] {
     match provider {
-        Provider::Amazon => &["Pending", "Canceled"],
+        // v0 and 2026-01-01 spell them differently.
+        Provider::Amazon => &["Pending", "PENDING_AVAILABILITY", "Canceled", "CANCELLED"],
         Provider::Shopee => &["UNPAID", "CANCELLED", "IN_CANCEL"],
         Provider::Walmart => &["Cancelled"],
         Provider::Ebay => &["CANCELED"],
@@ -141,14 +161,18 @@ const DEFAULT_MAX_PAGES: u32 = 10;
 /// SP-API getOrders (v0): 0.0167 requests per second per seller and
 /// application, burst 20.
 const AMAZON_V0_RATE: f64 = 0.0167;
+/// Orders API 2026-01-01 searchOrders: 0.0056 requests per second, burst 20.
+const AMAZON_2026_RATE: f64 = 0.0056;
 
 impl Source {
     /// The documented pace at which the check reads the marketplace unless
     /// `marketplace_interval` says otherwise.
     fn default_interval_ms(&self) -> u64 {
         match self {
-            // One call a minute: getOrders' sustained rate.
-            Source::Amazon(_) => 60_000,
+            // One call per request's worth of the sustained rate: a minute
+            // for getOrders, three for searchOrders.
+            Source::Amazon(_, AmazonApi::V0) => 60_000,
+            Source::Amazon(_, AmazonApi::V2026) => 180_000,
             Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => 60_000,
         }
     }
@@ -158,8 +182,8 @@ impl Source {
     /// rate that low; `max_pages` alone caps).
     fn pages_allowed(&self, interval_ms: u64) -> Option<u32> {
         match self {
-            Source::Amazon(_) => {
-                let pages = (interval_ms as f64 / 1000.0 * AMAZON_V0_RATE).floor();
+            Source::Amazon(_, api) => {
+                let pages = (interval_ms as f64 / 1000.0 * api.rate()).floor();
                 Some((pages as u32).max(1))
             }
             Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => None,
@@ -177,14 +201,24 @@ impl Settings {
         let max_pages = config.parse_in::<u32>("max_pages", 1..)?;
         let interval = config.parse_with("marketplace_interval", time::parse_duration)?;
         let fingerprint = format!(
-            "{provider}\n{}\n{}\n{}\n{}",
+            "{provider}\n{}\n{}\n{}\n{}\n{}",
+            config.optional("api").unwrap_or_default(),
             marketplace::endpoint(config, provider),
             config.optional("marketplace_ids").unwrap_or_default(),
             config.optional("shop_id").unwrap_or_default(),
             config.optional("ship_node_type").unwrap_or_default()
         );
         let source = match provider {
-            Provider::Amazon => Source::Amazon(SpApi::from_config(config)?),
+            Provider::Amazon => {
+                let api = config
+                    .parse_with("api", |v| match v.trim() {
+                        "2026-01-01" => Ok(AmazonApi::V2026),
+                        "v0" => Ok(AmazonApi::V0),
+                        _ => Err("expected 2026-01-01 or v0".to_string()),
+                    })?
+                    .unwrap_or(AmazonApi::V2026);
+                Source::Amazon(SpApi::from_config(config)?, api)
+            }
             Provider::Shopee => Source::Shopee(Shopee::from_config(config)?),
             Provider::Walmart => Source::Walmart(Walmart::from_config(config)?),
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
@@ -274,7 +308,8 @@ impl Settings {
         }
         let mut scan = self.scan(position, now);
         let read = match &self.source {
-            Source::Amazon(api) => amazon(api, transport, now, &mut scan),
+            Source::Amazon(api, AmazonApi::V0) => amazon(api, transport, now, &mut scan),
+            Source::Amazon(api, AmazonApi::V2026) => search_orders(api, transport, now, &mut scan),
             Source::Shopee(shop) => shopee(shop, transport, now, &mut scan),
             Source::Walmart(api) => walmart(api, transport, &mut scan),
             Source::Ebay(api) => ebay(api, transport, &mut scan),
@@ -704,12 +739,22 @@ impl Filter {
             .iter()
             .any(|s| s.eq_ignore_ascii_case(&order.status));
         let channel_ok = match &self.channels {
-            Some(list) if !order.channel.is_empty() => {
-                list.iter().any(|c| c.eq_ignore_ascii_case(&order.channel))
-            }
+            Some(list) if !order.channel.is_empty() => list
+                .iter()
+                .any(|c| channel_name(c) == channel_name(&order.channel)),
             _ => true,
         };
         !skipped && channel_ok
+    }
+}
+
+/// Amazon's fulfilment channel in v0's words: 2026-01-01 says `MERCHANT`
+/// and `AMAZON` where v0 says `MFN` and `AFN`.
+fn channel_name(c: &str) -> String {
+    match c.trim().to_ascii_uppercase().as_str() {
+        "MERCHANT" => "MFN".to_string(),
+        "AMAZON" => "AFN".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -787,6 +832,95 @@ fn amazon(api: &SpApi, transport: &dyn Transport, now: i64, scan: &mut Scan) -> 
             Some(token) => {
                 path = format!("{query}&NextToken={}", encode(&token));
             }
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// `searchOrders` answer (Orders API 2026-01-01).
+#[derive(Debug, Deserialize)]
+struct SearchOrders {
+    orders: Option<Vec<SearchOrder>>,
+    pagination: Option<SearchPagination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchPagination {
+    next_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchOrder {
+    order_id: String,
+    last_updated_time: String,
+    fulfillment: Option<SearchFulfillment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchFulfillment {
+    #[serde(default)]
+    fulfillment_status: String,
+    #[serde(default)]
+    fulfilled_by: String,
+}
+
+/// The orders of a `searchOrders` page and its `pagination.nextToken`.
+fn search_orders_page(page: SearchOrders) -> Result<Page, String> {
+    let list = page
+        .orders
+        .ok_or("searchOrders: the answer has no `orders`")?;
+    let mut orders = Vec::with_capacity(list.len());
+    for order in list {
+        let updated = time::parse_rfc3339(&order.last_updated_time).map_err(|e| {
+            format!(
+                "searchOrders: order {}: `lastUpdatedTime`: {e}",
+                order.order_id
+            )
+        })?;
+        let (status, by) = order
+            .fulfillment
+            .map(|f| (f.fulfillment_status, f.fulfilled_by))
+            .unwrap_or_default();
+        orders.push(Listed {
+            status,
+            channel: by,
+            ..Listed::new(order.order_id, updated)
+        });
+    }
+    let next = page
+        .pagination
+        .and_then(|p| p.next_token)
+        .filter(|t| !t.is_empty());
+    Ok((orders, next))
+}
+
+/// Orders API 2026-01-01: every page repeats the whole query with the
+/// previous page's `pagination.nextToken` as `paginationToken`.
+fn search_orders(
+    api: &SpApi,
+    transport: &dyn Transport,
+    now: i64,
+    scan: &mut Scan,
+) -> Result<(), String> {
+    let ids: Vec<String> = api.marketplace_ids.iter().map(|id| encode(id)).collect();
+    let after = scan.bound.min(now - AMAZON_MIN_AGE_MS);
+    let query = format!(
+        "/orders/2026-01-01/orders?marketplaceIds={}&lastUpdatedAfter={}&maxResultsPerPage=100",
+        ids.join(","),
+        encode(&format_rfc3339(after))
+    );
+    let mut path = query.clone();
+    while scan.next_page() {
+        let (orders, next) = search_orders_page(api.get(transport, &path)?)?;
+        for order in &orders {
+            scan.list(order);
+        }
+        match next {
+            Some(token) => path = format!("{query}&paginationToken={}", encode(&token)),
             None => return Ok(()),
         }
     }

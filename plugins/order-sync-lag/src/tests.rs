@@ -277,6 +277,7 @@ fn every_get_orders_sandbox_example_parses() {
 fn amazon_pages_and_filters() {
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("token_url", "http://lwa/auth/o2/token"),
         ("marketplace_ids", "ATVPDKIKX0DER, A2EUQ1WTGCTBG2"),
@@ -326,6 +327,7 @@ fn amazon_pages_and_filters() {
 fn amazon_errors_are_inconclusive() {
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
     ]);
@@ -348,6 +350,7 @@ fn amazon_errors_are_inconclusive() {
 fn amazon_stops_at_max_pages() {
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
         ("max_pages", "2"),
@@ -696,6 +699,7 @@ fn the_marketplace_is_read_at_most_every_marketplace_interval() {
 fn a_throttled_marketplace_is_left_alone_until_it_says() {
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
     ]);
@@ -766,6 +770,7 @@ fn amazon_orders(orders: &[(&str, &str, &str)]) -> String {
 fn completeness(extra: &[(&str, &str)]) -> Settings {
     let mut pairs = vec![
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
         ("app_orders_url", "http://app/orders"),
@@ -870,6 +875,7 @@ fn orders_the_app_rightly_ignores_are_not_lag() {
     // for an app that only syncs its own fulfilment.
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
         ("fulfillment_channels", "MFN"),
@@ -887,6 +893,7 @@ fn orders_the_app_rightly_ignores_are_not_lag() {
     // With the filters emptied, the same night is an hour of lag.
     let s = valid(&[
         ("provider", "amazon"),
+        ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
         ("skip_statuses", ""),
@@ -894,4 +901,96 @@ fn orders_the_app_rightly_ignores_are_not_lag() {
     ]);
     let (_, r) = run(&s, "2024-05-01T08:00:00Z", &[(200, page)]);
     assert_eq!(r.expect("verdict").status, Status::Fail);
+}
+
+#[test]
+fn search_orders_of_the_2026_01_01_api_is_the_default() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "ATVPDKIKX0DER,A2EUQ1WTGCTBG2"),
+        ("marketplace_interval", "10m"),
+    ]);
+    assert_eq!(s.interval_ms, 600_000);
+    assert_eq!(s.max_pages, 3, "10 minutes of 0.0056 requests a second");
+    let d = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+    ]);
+    assert_eq!(
+        (d.interval_ms, d.max_pages),
+        (180_000, 1),
+        "searchOrders' rate"
+    );
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    let page1 = r#"{"orders":[
+        {"orderId":"1","createdTime":"2024-05-01T09:00:00Z","lastUpdatedTime":"2024-05-01T09:50:00Z","salesChannel":{"channelName":"AMAZON"},"orderItems":[],"fulfillment":{"fulfillmentStatus":"UNSHIPPED","fulfilledBy":"MERCHANT"}},
+        {"orderId":"2","createdTime":"2024-05-01T09:00:00Z","lastUpdatedTime":"2024-05-01T09:40:00Z","salesChannel":{"channelName":"AMAZON"},"orderItems":[],"fulfillment":{"fulfillmentStatus":"PENDING","fulfilledBy":"MERCHANT"}}],
+        "pagination":{"nextToken":"p+2/="}}"#;
+    let page2 = r#"{"orders":[
+        {"orderId":"3","createdTime":"2024-05-01T09:00:00Z","lastUpdatedTime":"2024-05-01T09:45:00Z","salesChannel":{"channelName":"AMAZON"},"orderItems":[],"fulfillment":{"fulfillmentStatus":"SHIPPED","fulfilledBy":"AMAZON"}}]}"#;
+    rollback_plugin_sdk::kv::delete("lwa-token");
+    let (fake, r) = run(
+        &s,
+        "2024-05-01T09:30:00Z",
+        &[(200, token), (200, page1), (200, page2)],
+    );
+    let r = r.expect("verdict");
+    assert_eq!(
+        r.metric_value("orders_behind"),
+        Some(2.0),
+        "PENDING is skipped: {}",
+        r.summary
+    );
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+    let urls = fake.urls();
+    let first = "http://sp/orders/2026-01-01/orders?marketplaceIds=ATVPDKIKX0DER,A2EUQ1WTGCTBG2&lastUpdatedAfter=2024-05-01T09%3A30%3A00Z&maxResultsPerPage=100";
+    assert_eq!(urls[2], first);
+    assert_eq!(
+        urls[3],
+        format!("{first}&paginationToken=p%2B2%2F%3D"),
+        "every page repeats the query"
+    );
+    // fulfilledBy AMAZON is AFN: left out for an MFN-only app.
+    let mfn = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("max_pages", "5"),
+        ("fulfillment_channels", "MFN"),
+    ]);
+    let (_, r) = run(&mfn, "2024-05-01T09:30:00Z", &[(200, page1), (200, page2)]);
+    assert_eq!(r.expect("verdict").metric_value("orders_behind"), Some(1.0));
+    let err = settings(&[
+        ("provider", "amazon"),
+        ("app_status_url", "x"),
+        ("marketplace_ids", "A"),
+        ("api", "v1"),
+    ])
+    .err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config `api` = `v1`: expected 2026-01-01 or v0")
+    );
+}
+
+#[test]
+fn the_2026_01_01_models_example_reads() {
+    let model: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../tests/api-models/amazon-sp-api/orders_2026-01-01.json"
+    ))
+    .expect("the model");
+    let example = model["paths"]["/orders/2026-01-01/orders"]["get"]["responses"]["200"]
+        ["examples"]["application/json"]
+        .clone();
+    let page: SearchOrders = serde_json::from_value(example).expect("a searchOrders answer");
+    let (orders, _) = search_orders_page(page).expect("valid");
+    assert!(!orders.is_empty());
+    assert_eq!(orders[0].id, "123-4567890-1234567");
+    assert_eq!(
+        orders[0].updated,
+        time::parse_rfc3339("2024-12-25T14:45:00Z").unwrap()
+    );
+    assert!(!orders[0].status.is_empty());
 }
