@@ -2255,3 +2255,19 @@ fn marketplace_order_sync_reads_orders_api_2026_01_01() {
         same.body
     );
 }
+
+/// Walmart searches the last 7 days of orders unless told otherwise: an
+/// update to an order placed 10 days ago must still be seen.
+#[test]
+fn marketplace_walmart_sees_updates_to_orders_older_than_its_default_window() {
+    let m = Marketplace::start(Provider::Walmart);
+    let mut old = Order::updated_ago("108829000000001", 30 * MIN);
+    old.created_ms = ago(10 * 24 * 60 * MIN);
+    m.set_orders(vec![old]);
+    let app = app_synced_to(ago(60 * MIN));
+    let r = order_sync(&m, app, "10m");
+    r.expect(3, "fail", "an old order's new update is lag");
+    assert_eq!(r.metric("orders_behind"), 1.0, "{r:?}");
+    let asked = m.requests(Provider::Walmart.orders_path());
+    assert!(asked[0].param("createdStartDate").is_some(), "{asked:?}");
+}

@@ -1830,6 +1830,9 @@ fn walmart_orders(st: &mut State, cx: &Ctx) -> Reply {
         (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return e,
     };
+    // Without createdStartDate Walmart searches the orders created in the
+    // last 7 days only (and keeps 180 days).
+    let created_from = created_from.or(Some(cx.now - 7 * 86_400_000));
     let limit = match cx.param("limit").map(str::parse::<usize>) {
         None => 100,
         Some(Ok(n)) if (1..=200).contains(&n) => n,

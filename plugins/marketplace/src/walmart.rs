@@ -10,8 +10,9 @@
 //! `Accept: application/json`.
 //!
 //! Config: `endpoint` (default `https://marketplace.walmartapis.com`),
-//! `svc_name` (default `Walmart Marketplace`). Secrets: `client_id`,
-//! `client_secret`.
+//! `svc_name` (default `Walmart Marketplace`), `market` (`us`, the default;
+//! `ca` or `mx` send `WM_MARKET` with every request, as Walmart Canada and
+//! Mexico require). Secrets: `client_id`, `client_secret`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -31,6 +32,8 @@ pub struct Walmart {
     /// Base URL without a trailing `/`.
     pub endpoint: String,
     svc_name: String,
+    /// `WM_MARKET` for Canada and Mexico; none for the US.
+    market: Option<&'static str>,
     client_id: String,
     client_secret: String,
 }
@@ -44,6 +47,14 @@ impl Walmart {
             svc_name: config
                 .optional("svc_name")
                 .unwrap_or_else(|| DEFAULT_SVC_NAME.to_string()),
+            market: config
+                .parse_with("market", |m| match m.trim().to_ascii_lowercase().as_str() {
+                    "us" => Ok(None),
+                    "ca" => Ok(Some("ca")),
+                    "mx" => Ok(Some("mx")),
+                    _ => Err("expected us, ca or mx".to_string()),
+                })?
+                .flatten(),
             client_id: config.required_secret("client_id")?,
             client_secret: config.required_secret("client_secret")?,
         })
@@ -53,10 +64,19 @@ impl Walmart {
     /// returned whatever its status (Walmart answers "no orders" with 404).
     pub fn get(&self, transport: &dyn Transport, url: &str) -> Result<(Call, Response), String> {
         token::get_authorized(self, transport, url, &|call, token| {
-            call.header("WM_SEC.ACCESS_TOKEN", token)
-                .header("WM_SVC.NAME", &self.svc_name)
-                .header("WM_QOS.CORRELATION_ID", &correlation_id(transport.now_ms()))
+            self.market_header(
+                call.header("WM_SEC.ACCESS_TOKEN", token)
+                    .header("WM_SVC.NAME", &self.svc_name)
+                    .header("WM_QOS.CORRELATION_ID", &correlation_id(transport.now_ms())),
+            )
         })
+    }
+
+    fn market_header(&self, call: Call) -> Call {
+        match self.market {
+            Some(market) => call.header("WM_MARKET", market),
+            None => call,
+        }
     }
 }
 
@@ -70,17 +90,18 @@ impl TokenSource for Walmart {
     }
 
     fn token_call(&self) -> Call {
-        Call::post_form(
+        let call = Call::post_form(
             format!("{}/v3/token", self.endpoint),
             &[("grant_type", "client_credentials")],
-        )
-        .header(
-            "Authorization",
-            &transport::basic_auth(&self.client_id, &self.client_secret),
-        )
-        .header("WM_SVC.NAME", &self.svc_name)
-        .header("WM_QOS.CORRELATION_ID", &correlation_id(0))
-        .header("Accept", "application/json")
+        );
+        self.market_header(call)
+            .header(
+                "Authorization",
+                &transport::basic_auth(&self.client_id, &self.client_secret),
+            )
+            .header("WM_SVC.NAME", &self.svc_name)
+            .header("WM_QOS.CORRELATION_ID", &correlation_id(0))
+            .header("Accept", "application/json")
     }
 }
 
@@ -155,5 +176,32 @@ mod tests {
             .collect();
         assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
         assert_eq!(ids[1].len(), 36);
+        assert!(calls.iter().all(|c| c.header_value("WM_MARKET").is_none()));
+    }
+
+    #[test]
+    fn canada_and_mexico_send_their_market() {
+        let config = |m: &str| {
+            Config::from_pairs(&[("endpoint", "http://127.0.0.1:3"), ("market", m)])
+                .with_secrets(&[("client_id", "cid"), ("client_secret", "csecret")])
+        };
+        let w = Walmart::from_config(&config("MX")).expect("valid");
+        let fake = Fake::new(
+            0,
+            &[
+                (200, r#"{"access_token":"a","expires_in":900}"#),
+                (200, "{}"),
+            ],
+        );
+        w.get(&fake, "http://127.0.0.1:3/v3/orders").expect("sent");
+        assert!(fake
+            .calls()
+            .iter()
+            .all(|c| c.header_value("WM_MARKET") == Some("mx")));
+        let err = Walmart::from_config(&config("uk")).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("config `market` = `uk`: expected us, ca or mx")
+        );
     }
 }

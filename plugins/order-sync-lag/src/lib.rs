@@ -94,7 +94,9 @@ impl AmazonApi {
 enum Source {
     Amazon(SpApi, AmazonApi),
     Shopee(Shopee),
-    Walmart(Walmart),
+    /// With the `shipNodeType` asked for (none: Walmart's default,
+    /// `SellerFulfilled`).
+    Walmart(Walmart, Option<String>),
     Ebay(Ebay),
 }
 
@@ -103,7 +105,7 @@ impl Source {
         match self {
             Source::Amazon(..) => Provider::Amazon,
             Source::Shopee(_) => Provider::Shopee,
-            Source::Walmart(_) => Provider::Walmart,
+            Source::Walmart(..) => Provider::Walmart,
             Source::Ebay(_) => Provider::Ebay,
         }
     }
@@ -173,7 +175,7 @@ impl Source {
             // for getOrders, three for searchOrders.
             Source::Amazon(_, AmazonApi::V0) => 60_000,
             Source::Amazon(_, AmazonApi::V2026) => 180_000,
-            Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => 60_000,
+            Source::Shopee(_) | Source::Walmart(..) | Source::Ebay(_) => 60_000,
         }
     }
 
@@ -186,7 +188,7 @@ impl Source {
                 let pages = (interval_ms as f64 / 1000.0 * api.rate()).floor();
                 Some((pages as u32).max(1))
             }
-            Source::Shopee(_) | Source::Walmart(_) | Source::Ebay(_) => None,
+            Source::Shopee(_) | Source::Walmart(..) | Source::Ebay(_) => None,
         }
     }
 }
@@ -220,7 +222,13 @@ impl Settings {
                 Source::Amazon(SpApi::from_config(config)?, api)
             }
             Provider::Shopee => Source::Shopee(Shopee::from_config(config)?),
-            Provider::Walmart => Source::Walmart(Walmart::from_config(config)?),
+            Provider::Walmart => {
+                let node = config.parse_with("ship_node_type", |v| match v.trim() {
+                    n @ ("SellerFulfilled" | "WFSFulfilled" | "3PLFulfilled") => Ok(n.to_string()),
+                    _ => Err("expected SellerFulfilled, WFSFulfilled or 3PLFulfilled".to_string()),
+                })?;
+                Source::Walmart(Walmart::from_config(config)?, node)
+            }
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
         };
         let list = |key: &str| {
@@ -311,7 +319,7 @@ impl Settings {
             Source::Amazon(api, AmazonApi::V0) => amazon(api, transport, now, &mut scan),
             Source::Amazon(api, AmazonApi::V2026) => search_orders(api, transport, now, &mut scan),
             Source::Shopee(shop) => shopee(shop, transport, now, &mut scan),
-            Source::Walmart(api) => walmart(api, transport, &mut scan),
+            Source::Walmart(api, node) => walmart(api, node.as_deref(), transport, now, &mut scan),
             Source::Ebay(api) => ebay(api, transport, &mut scan),
         };
         marketplace::quota::wait_until(
@@ -1131,12 +1139,27 @@ fn walmart_no_content(response: &Response) -> bool {
     response.status() == 404 && errors::describe(response.body()).contains("CONTENT_NOT_FOUND")
 }
 
-fn walmart(api: &Walmart, transport: &dyn Transport, scan: &mut Scan) -> Result<(), String> {
+/// How far back Walmart keeps orders: `createdStartDate` reaches back this
+/// far, so that an update to an older order is not hidden by the default
+/// window of the last 7 days.
+const WALMART_KEEPS_MS: i64 = 180 * 86_400_000;
+
+fn walmart(
+    api: &Walmart,
+    ship_node: Option<&str>,
+    transport: &dyn Transport,
+    now: i64,
+    scan: &mut Scan,
+) -> Result<(), String> {
     let mut url = format!(
-        "{}/v3/orders?lastModifiedStartDate={}&limit=100",
+        "{}/v3/orders?createdStartDate={}&lastModifiedStartDate={}&limit=100",
         api.endpoint,
+        encode(&format_rfc3339(now - WALMART_KEEPS_MS)),
         encode(&format_rfc3339(scan.bound))
     );
+    if let Some(node) = ship_node {
+        url.push_str(&format!("&shipNodeType={node}"));
+    }
     while scan.next_page() {
         let (call, response) = api.get(transport, &url)?;
         if walmart_no_content(&response) {

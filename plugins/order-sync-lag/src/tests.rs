@@ -508,7 +508,7 @@ fn walmart_pages_use_the_latest_line_status() {
     let urls = fake.urls();
     assert_eq!(
         urls[2],
-        "http://wm/v3/orders?lastModifiedStartDate=2024-05-01T09%3A30%3A00Z&limit=100"
+        "http://wm/v3/orders?createdStartDate=2023-11-03T10%3A00%3A00Z&lastModifiedStartDate=2024-05-01T09%3A30%3A00Z&limit=100"
     );
     assert_eq!(
         urls[3],
@@ -993,4 +993,32 @@ fn the_2026_01_01_models_example_reads() {
         time::parse_rfc3339("2024-12-25T14:45:00Z").unwrap()
     );
     assert!(!orders[0].status.is_empty());
+}
+
+#[test]
+fn walmart_asks_for_its_ship_node_type() {
+    let s = valid(&[
+        ("provider", "walmart"),
+        ("endpoint", "http://wm"),
+        ("ship_node_type", "WFSFulfilled"),
+    ]);
+    let token = r#"{"access_token":"w","expires_in":900}"#;
+    let none = r#"{"errors":{"error":[{"code":"CONTENT_NOT_FOUND.GMP_ORDER_API","description":"No Orders found"}]}}"#;
+    let (fake, r) = run(&s, "2024-05-01T09:30:00Z", &[(200, token), (404, none)]);
+    assert_eq!(r.expect("verdict").status, Status::Pass);
+    assert!(
+        fake.urls()[2].ends_with("&limit=100&shipNodeType=WFSFulfilled"),
+        "{:?}",
+        fake.urls()
+    );
+    let err = settings(&[
+        ("provider", "walmart"),
+        ("app_status_url", "x"),
+        ("ship_node_type", "Drone"),
+    ])
+    .err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config `ship_node_type` = `Drone`: expected SellerFulfilled, WFSFulfilled or 3PLFulfilled")
+    );
 }
