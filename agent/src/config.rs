@@ -1205,18 +1205,28 @@ impl Validator<'_> {
         }
         let mut config = BTreeMap::new();
         for (k, v) in raw.config {
+            let scalar = |v: toml::Value| match v {
+                toml::Value::String(s) => Some(s),
+                toml::Value::Integer(i) => Some(i.to_string()),
+                toml::Value::Float(f) => Some(f.to_string()),
+                toml::Value::Boolean(b) => Some(b.to_string()),
+                toml::Value::Datetime(d) => Some(d.to_string()),
+                toml::Value::Array(_) | toml::Value::Table(_) => None,
+            };
+            // A list of scalars reaches the plugin comma-separated.
             let value = match v {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                toml::Value::Datetime(d) => d.to_string(),
-                toml::Value::Array(_) | toml::Value::Table(_) => {
-                    return Err(self.err(
-                        format!("{key}.config.{k}"),
-                        "values must be strings, numbers or booleans",
-                    ));
-                }
+                toml::Value::Array(items) => items
+                    .into_iter()
+                    .map(scalar)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|items| items.join(",")),
+                v => scalar(v),
+            };
+            let Some(value) = value else {
+                return Err(self.err(
+                    format!("{key}.config.{k}"),
+                    "values must be strings, numbers, booleans or lists of them",
+                ));
             };
             config.insert(k, value);
         }
@@ -1389,6 +1399,26 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
     }
 
     #[test]
+    fn plugin_config_lists_arrive_comma_separated() {
+        let base = "[apps.shop]\nroot = \"/srv/shop\"\n\n[[apps.shop.checks]]\nname = \"e\"\nplugin = \"p.wasm\"\n";
+        let c = parse(&format!(
+            "{base}config = {{ exclude = [\"404\", 409], one = \"x\" }}\n"
+        ))
+        .unwrap();
+        let entry = &c.apps["shop"].checks[0].entry;
+        assert_eq!(entry.config["exclude"], "404,409");
+        assert_eq!(entry.config["one"], "x");
+        assert_eq!(
+            invalid_key(&format!("{base}config = {{ exclude = [[1]] }}\n")),
+            "apps.shop.checks[0].config.exclude"
+        );
+        assert_eq!(
+            invalid_key(&format!("{base}config = {{ t = {{ a = 1 }} }}\n")),
+            "apps.shop.checks[0].config.t"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let base = "[apps.shop]\nroot = \"/srv/shop\"\n";
         assert_eq!(
@@ -1439,7 +1469,7 @@ config = { url = "http://127.0.0.1:8080/health", expect_status = 200 }
             "apps.shop.checks[0].allow_hosts[0]"
         );
         assert_eq!(
-            invalid_key(&format!("{base}{check}config = {{ a = [1] }}\n")),
+            invalid_key(&format!("{base}{check}config = {{ a = [[1]] }}\n")),
             "apps.shop.checks[0].config.a"
         );
         assert_eq!(

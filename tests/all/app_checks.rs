@@ -509,13 +509,13 @@ async fn marketplace_errors_judges_the_ratio_between_scrapes_and_survives_resets
     assert_eq!(r.status, Status::Warn);
     assert!(r.metrics.is_empty());
 
-    // +97 OK, +2 rate-limited, +1 failed: 3%.
+    // +97 OK, +2 rate-limited (counted apart), +1 failed: 1%.
     set(exposition(1097, 12, 11));
     let r = check.run("1.0.0", Phase::Bake, 10_000).await.unwrap();
     assert_eq!(r.status, Status::Pass, "{}", r.summary);
     assert_eq!(
         r.summary,
-        "error ratio 3% over 10.0s, max 5% (3 of 100 marketplace API responses, 2 rate-limited)"
+        "error ratio 1% over 10.0s, max 5% (1 of 100 marketplace API responses, 2 rate-limited)"
     );
     let m = |r: &CheckResult| {
         (
@@ -525,25 +525,25 @@ async fn marketplace_errors_judges_the_ratio_between_scrapes_and_survives_resets
             r.metrics["error_ratio"],
         )
     };
-    assert_eq!(m(&r), (100.0, 3.0, 2.0, 0.03));
+    assert_eq!(m(&r), (100.0, 1.0, 2.0, 0.01));
 
-    // +40 OK, +30 rate-limited, +30 failed: 60%.
+    // +40 OK, +30 rate-limited, +30 failed: 30%.
     set(exposition(1137, 42, 41));
     let r = check.run("1.0.0", Phase::Bake, 20_000).await.unwrap();
     assert_eq!(r.status, Status::Fail);
     assert!(
         r.summary
-            .starts_with("error ratio 60% over 10.0s is above max 5%"),
+            .starts_with("error ratio 30% over 10.0s is above max 5%"),
         "{}",
         r.summary
     );
-    assert_eq!(m(&r), (100.0, 60.0, 30.0, 0.6));
+    assert_eq!(m(&r), (100.0, 30.0, 30.0, 0.3));
 
     // The app restarted (counters back near zero): the new values count.
     set(exposition(95, 1, 4));
     let r = check.run("1.0.0", Phase::Bake, 30_000).await.unwrap();
     assert_eq!(r.status, Status::Pass, "{}", r.summary);
-    assert_eq!(m(&r), (100.0, 5.0, 1.0, 0.05));
+    assert_eq!(m(&r), (100.0, 4.0, 1.0, 0.04));
     assert!(r.summary.contains("3 counter reset(s)"), "{}", r.summary);
 
     // Too little traffic to judge: pass, said so.
@@ -626,7 +626,7 @@ config = {{ metrics_url = "http://127.0.0.1:{port}/metrics", match = 'marketplac
     let history = deploy_good_then_bad(&agent, &good, &bad, |_| {});
     let summary = assert_rolled_back_by(&history, "marketplace-errors");
     assert!(
-        summary.contains("error ratio 40% over") && summary.contains("above max 5%"),
+        summary.contains("error ratio 20% over") && summary.contains("above max 5%"),
         "{summary}"
     );
     // Healed: 1.0.0's 1% is judged again.
@@ -904,9 +904,10 @@ fn marketplace_errors_passes_and_fails_through_plugin_test_with_a_kv_file() {
     assert_eq!((code, r["status"].as_str()), (0, Some("pass")), "{r}");
     assert_eq!(r["metrics"]["requests"], 200.0, "{r}");
     assert_eq!(r["metrics"]["rate_limited"], 2.0, "{r}");
-    // 100 more, 30 of them 503 and 10 429: 40% errors.
+    // 100 more, 30 of them 503 and 10 429: 30% errors, the 429s apart.
     set_metrics(exposition(1258, 12, 30));
     let (code, r) = run();
     assert_eq!((code, r["status"].as_str()), (3, Some("fail")), "{r}");
-    assert_eq!(r["metrics"]["errors"], 40.0, "{r}");
+    assert_eq!(r["metrics"]["errors"], 30.0, "{r}");
+    assert_eq!(r["metrics"]["rate_limited"], 10.0, "{r}");
 }

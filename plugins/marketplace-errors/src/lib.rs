@@ -7,8 +7,10 @@
 //! is what happened in between. A value lower than before is a counter
 //! reset (the app restarted) and counts whole, as Prometheus' `rate()` does;
 //! a series that was not there before counts whole too (counters created on
-//! first use). The ratio is errors (status code 400 and up, 429 included)
-//! over all responses.
+//! first use). The ratio is errors (status code 400 and up, but neither 429
+//! nor the codes in `exclude`) over all responses. Rate limiting (429) is the
+//! marketplace's throttling, counted apart: it is judged only when
+//! `max_rate_limited_ratio` is set.
 //!
 //! Config keys (the plugin entry's `config` table, all strings):
 //!
@@ -22,6 +24,12 @@
 //!   above this (a fraction or a percentage such as `5%`).
 //! - `min_requests` (default `20`): with fewer responses between two
 //!   scrapes the check passes, saying traffic is too low to judge.
+//! - `exclude` (optional): codes or classes that are not errors, comma
+//!   separated (`404`, `404,409`, `4xx`); they count as answered requests.
+//!   Walmart answers "no orders" with 404: a quiet shop is not failing.
+//! - `max_rate_limited_ratio` (optional): fail when the share of 429
+//!   responses is above this (a release that hammers the API); unset, 429s
+//!   are only reported.
 //!
 //! The first scrape (and the first of a newly active release, so a ratio
 //! never spans two releases) is only recorded: `warn`. A missing metric, no
@@ -69,6 +77,9 @@ struct Settings {
     matchers: Vec<(String, String)>,
     max_error_ratio: f64,
     min_requests: f64,
+    /// Codes (`404`) or classes (`4xx`) that are not errors.
+    exclude: Vec<String>,
+    max_rate_limited_ratio: Option<f64>,
 }
 
 impl Settings {
@@ -93,7 +104,25 @@ impl Settings {
             .unwrap_or_default();
         let max_error_ratio = config.ratio("max_error_ratio")?.unwrap_or(0.05);
         let min_requests = config.parse::<u32>("min_requests")?.unwrap_or(20);
+        let exclude = match config.optional("exclude") {
+            None => Vec::new(),
+            Some(text) => {
+                let mut out = Vec::new();
+                for code in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                    if Class::of(code).is_none() {
+                        return Err(format!(
+                            "config `exclude` = `{text}`: `{code}` is not a status code or class like 404 or 4xx"
+                        ));
+                    }
+                    out.push(code.to_ascii_lowercase());
+                }
+                out
+            }
+        };
+        let max_rate_limited_ratio = config.ratio("max_rate_limited_ratio")?;
         Ok(Settings {
+            exclude,
+            max_rate_limited_ratio,
             metrics_url,
             metric,
             code_label,
@@ -126,6 +155,14 @@ impl Settings {
     }
 
     /// The selected series of `samples`, checked.
+    /// Whether `code` is one `exclude` names, itself or by its class.
+    fn excluded(&self, code: &str) -> bool {
+        let code = code.trim().to_ascii_lowercase();
+        self.exclude.iter().any(|e| {
+            *e == code || (e.ends_with("xx") && code.as_bytes().first() == e.as_bytes().first())
+        })
+    }
+
     fn select(&self, samples: &[Sample]) -> Result<Scrape, String> {
         let mut named = 0;
         let mut series = BTreeMap::new();
@@ -159,6 +196,11 @@ impl Settings {
                     self.metric, self.code_label
                 )
             })?;
+            let class = if self.excluded(code) {
+                Class::Ok
+            } else {
+                class
+            };
             if series.insert(key.clone(), (class, s.value)).is_some() {
                 return Err(format!(
                     "series {}{key} appears twice in the exposition",
@@ -363,7 +405,7 @@ impl Totals {
                 None => now,
             };
             t.requests += delta;
-            if class != Class::Ok {
+            if class == Class::Error {
                 t.errors += delta;
                 if delta > 0.0 {
                     t.by_series.push((key.clone(), delta));
@@ -431,6 +473,15 @@ fn judge(
             "traffic too low to judge: {} responses in {span}, fewer than min_requests = {} ({detail})",
             count(t.requests),
             count(settings.min_requests)
+        ))
+    } else if let Some(max) = settings
+        .max_rate_limited_ratio
+        .filter(|max| t.rate_limited / t.requests > *max)
+    {
+        CheckResult::fail(format!(
+            "rate-limited ratio {} over {span} is above max_rate_limited_ratio {} ({detail})",
+            pct(t.rate_limited / t.requests),
+            pct(max)
         ))
     } else if ratio > settings.max_error_ratio {
         let worst: Vec<String> = t
@@ -575,27 +626,26 @@ mod tests {
         );
         assert!(r.metrics.is_empty());
 
-        // +190 OK, +6 errors of which 4 rate-limited: 3% of 196.
+        // +190 OK, +2 errors and 4 rate-limited (counted apart): 1% of 196.
         let r = run(&s, "1.0.0", 11_000, &counters(290, 2, 4));
         assert_eq!(r.status, Status::Pass, "{}", r.summary);
         assert_eq!(
             r.summary,
-            "error ratio 3.1% over 10.0s, max 5% (6 of 196 marketplace API responses, 4 rate-limited)"
+            "error ratio 1% over 10.0s, max 5% (2 of 196 marketplace API responses, 4 rate-limited)"
         );
         assert_eq!(r.metric_value("requests"), Some(196.0));
-        assert_eq!(r.metric_value("errors"), Some(6.0));
+        assert_eq!(r.metric_value("errors"), Some(2.0));
         assert_eq!(r.metric_value("rate_limited"), Some(4.0));
 
-        // +10 OK, +30 errors: 75%.
+        // +10 OK, +20 errors and +10 rate-limited: 50%.
         let r = run(&s, "1.0.0", 21_000, &counters(300, 22, 14));
         assert_eq!(r.status, Status::Fail);
         assert_eq!(
             r.summary,
-            "error ratio 75% over 10.0s is above max 5% (30 of 40 marketplace API responses, \
-             10 rate-limited); most: {code=\"503\",marketplace=\"amazon\"} 20, \
-             {code=\"429\",marketplace=\"amazon\"} 10"
+            "error ratio 50% over 10.0s is above max 5% (20 of 40 marketplace API responses, \
+             10 rate-limited); most: {code=\"503\",marketplace=\"amazon\"} 20"
         );
-        assert_eq!(r.metric_value("error_ratio"), Some(0.75));
+        assert_eq!(r.metric_value("error_ratio"), Some(0.5));
     }
 
     #[test]
@@ -617,8 +667,53 @@ mod tests {
         let r = run(&s, "1", 10_000, &counters(40, 9, 1));
         assert_eq!(r.status, Status::Fail);
         assert_eq!(r.metric_value("requests"), Some(50.0));
-        assert_eq!(r.metric_value("errors"), Some(10.0));
+        assert_eq!(
+            r.metric_value("errors"),
+            Some(9.0),
+            "the 429 is counted apart"
+        );
         assert!(r.summary.contains("3 counter reset(s)"), "{}", r.summary);
+    }
+
+    #[test]
+    fn excluded_codes_and_rate_limits_are_not_errors_unless_asked() {
+        let exposition = |ok: u32, not_found: u32, limited: u32| {
+            format!(
+                "marketplace_api_responses_total{{code=\"200\"}} {ok}\n\
+                 marketplace_api_responses_total{{code=\"404\"}} {not_found}\n\
+                 marketplace_api_responses_total{{code=\"429\"}} {limited}\n"
+            )
+        };
+        // A quiet Walmart shop: most answers are 404 "no orders".
+        let quiet = settings(&[("exclude", "404")]).expect("valid");
+        run(&quiet, "1", 0, &exposition(0, 0, 0));
+        let r = run(&quiet, "1", 10_000, &exposition(10, 90, 0));
+        assert_eq!(r.status, Status::Pass, "{}", r.summary);
+        assert_eq!(r.metric_value("errors"), Some(0.0));
+        let strict = settings(&[]).expect("valid");
+        run(&strict, "1", 0, &exposition(0, 0, 0));
+        let r = run(&strict, "1", 10_000, &exposition(10, 90, 0));
+        assert_eq!(r.status, Status::Fail, "without exclude: {}", r.summary);
+        // 429s only fail with max_rate_limited_ratio.
+        run(&strict, "1", 0, &exposition(0, 0, 0));
+        let r = run(&strict, "1", 10_000, &exposition(50, 0, 50));
+        assert_eq!(r.status, Status::Pass, "{}", r.summary);
+        let hammer = settings(&[("max_rate_limited_ratio", "10%")]).expect("valid");
+        run(&hammer, "1", 0, &exposition(0, 0, 0));
+        let r = run(&hammer, "1", 10_000, &exposition(50, 0, 50));
+        assert_eq!(r.status, Status::Fail, "{}", r.summary);
+        assert!(
+            r.summary.starts_with(
+                "rate-limited ratio 50% over 10.0s is above max_rate_limited_ratio 10%"
+            ),
+            "{}",
+            r.summary
+        );
+        // Classes and lists.
+        let s = settings(&[("exclude", "404, 4xx")]).expect("valid");
+        assert!(s.excluded("409") && s.excluded("404") && !s.excluded("500"));
+        let e = settings(&[("exclude", "404,nope")]).unwrap_err();
+        assert!(e.contains("`nope` is not a status code or class"), "{e}");
     }
 
     #[test]
