@@ -112,12 +112,7 @@ impl Settings {
         // The marketplace's trouble says nothing about the release.
         let market = match read {
             Ok(market) => market,
-            Err(e) => {
-                return Ok(CheckResult::inconclusive(format!(
-                    "{}: no verdict, the marketplace could not be read: {e}",
-                    self.provider
-                )))
-            }
+            Err(e) => return Ok(marketplace::unreadable(self.provider, &e)),
         };
         let compared: Vec<Compared> = sample
             .iter()

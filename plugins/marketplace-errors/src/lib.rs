@@ -104,21 +104,16 @@ impl Settings {
             .unwrap_or_default();
         let max_error_ratio = config.ratio("max_error_ratio")?.unwrap_or(0.05);
         let min_requests = config.parse::<u32>("min_requests")?.unwrap_or(20);
-        let exclude = match config.optional("exclude") {
-            None => Vec::new(),
-            Some(text) => {
-                let mut out = Vec::new();
-                for code in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                    if Class::of(code).is_none() {
-                        return Err(format!(
-                            "config `exclude` = `{text}`: `{code}` is not a status code or class like 404 or 4xx"
-                        ));
-                    }
-                    out.push(code.to_ascii_lowercase());
-                }
-                out
+        let mut exclude = config.list("exclude").unwrap_or_default();
+        for code in exclude.iter_mut() {
+            if Class::of(code).is_none() {
+                return Err(format!(
+                    "config `exclude` = `{}`: `{code}` is not a status code or class like 404 or 4xx",
+                    config.get("exclude").unwrap_or_default()
+                ));
             }
-        };
+            code.make_ascii_lowercase();
+        }
         let max_rate_limited_ratio = config.ratio("max_rate_limited_ratio")?;
         Ok(Settings {
             exclude,
@@ -712,7 +707,7 @@ mod tests {
         // Classes and lists.
         let s = settings(&[("exclude", "404, 4xx")]).expect("valid");
         assert!(s.excluded("409") && s.excluded("404") && !s.excluded("500"));
-        let e = settings(&[("exclude", "404,nope")]).unwrap_err();
+        let e = settings(&[("exclude", "404,nope")]).expect_err("not a code");
         assert!(e.contains("`nope` is not a status code or class"), "{e}");
     }
 

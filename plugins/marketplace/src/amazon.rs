@@ -87,11 +87,7 @@ impl SpApi {
     /// Reads `endpoint`, `marketplace_ids` and the LWA settings.
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let ids = config.required("marketplace_ids")?;
-        let marketplace_ids: Vec<String> = ids
-            .split(',')
-            .map(|id| id.trim().to_string())
-            .filter(|id| !id.is_empty())
-            .collect();
+        let marketplace_ids = config.list("marketplace_ids").unwrap_or_default();
         if marketplace_ids.is_empty() {
             return Err(format!(
                 "config `marketplace_ids` = `{ids}`: no marketplace id"

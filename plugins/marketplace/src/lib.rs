@@ -139,6 +139,15 @@ pub mod testing {
     }
 }
 
+/// The result of a run the marketplace kept from a verdict (throttled,
+/// down, credentials refused, an unreadable answer): `inconclusive`, never
+/// a failure of the release, with `why` in the summary.
+pub fn unreadable(provider: Provider, why: &str) -> rollback_plugin_sdk::types::CheckResult {
+    rollback_plugin_sdk::types::CheckResult::inconclusive(format!(
+        "{provider}: no verdict, the marketplace could not be read: {why}"
+    ))
+}
+
 /// The `endpoint` config value without a trailing `/`, or `provider`'s
 /// default.
 pub fn endpoint(config: &Config, provider: Provider) -> String {

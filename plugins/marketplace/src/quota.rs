@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(allowed(0, false), Ok(()));
         wait_until(0, 60_000, "marketplace_interval 1m");
         assert_eq!(allowed(1_000, true), Ok(()), "the pace yields to need");
-        let err = allowed(1_000, false).unwrap_err();
+        let err = allowed(1_000, false).expect_err("paced");
         assert!(
             err.contains("1970-01-01T00:01:00Z (in 59s): marketplace_interval 1m"),
             "{err}"

@@ -231,22 +231,14 @@ impl Settings {
             }
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
         };
-        let list = |key: &str| {
-            config.optional(key).map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-            })
-        };
         let filter = Filter {
-            skip_statuses: list("skip_statuses").unwrap_or_else(|| {
+            skip_statuses: config.list("skip_statuses").unwrap_or_else(|| {
                 default_skip_statuses(provider)
                     .iter()
                     .map(|s| s.to_string())
                     .collect()
             }),
-            channels: list("fulfillment_channels"),
+            channels: config.list("fulfillment_channels"),
         };
         let fingerprint = format!(
             "{fingerprint}\n{}\n{:?}",
@@ -340,9 +332,7 @@ impl Settings {
                     return Ok(r);
                 }
             }
-            return Ok(CheckResult::inconclusive(format!(
-                "{provider}: no verdict, the marketplace could not be read: {e}"
-            )));
+            return Ok(marketplace::unreadable(provider, &e));
         }
         Snapshot::of(&scan, now_ms).store(&self.fingerprint);
         log::debug!(

@@ -830,7 +830,7 @@ fn dropped_orders_fail_and_are_named() {
     // Asked about the orders in the window only: not the cancelled one, not
     // the Pending one (skipped by default), not those inside the grace.
     let asked: serde_json::Value =
-        serde_json::from_slice(calls[3].body.as_deref().unwrap()).unwrap();
+        serde_json::from_slice(calls[3].body.as_deref().expect("a body")).expect("JSON");
     assert_eq!(
         asked,
         serde_json::json!({"order_ids": ["111-1", "111-2", "111-3"]})
@@ -890,17 +890,24 @@ fn orders_the_app_rightly_ignores_are_not_lag() {
     let r = r.expect("verdict");
     assert_eq!(r.status, Status::Pass, "{}", r.summary);
     assert_eq!(r.metric_value("orders_behind"), Some(0.0));
-    // With the filters emptied, the same night is an hour of lag.
+    // With no status skipped, the Pending MFN order is an hour of lag.
     let s = valid(&[
         ("provider", "amazon"),
         ("api", "v0"),
         ("endpoint", "http://sp"),
         ("marketplace_ids", "A1"),
         ("skip_statuses", ""),
+        ("fulfillment_channels", "MFN"),
         ("max_lag", "10m"),
     ]);
     let (_, r) = run(&s, "2024-05-01T08:00:00Z", &[(200, page)]);
-    assert_eq!(r.expect("verdict").status, Status::Fail);
+    let r = r.expect("verdict");
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+    assert!(
+        r.summary.contains("oldest unsynced order 1 "),
+        "{}",
+        r.summary
+    );
 }
 
 #[test]
@@ -990,7 +997,7 @@ fn the_2026_01_01_models_example_reads() {
     assert_eq!(orders[0].id, "123-4567890-1234567");
     assert_eq!(
         orders[0].updated,
-        time::parse_rfc3339("2024-12-25T14:45:00Z").unwrap()
+        time::parse_rfc3339("2024-12-25T14:45:00Z").expect("a time")
     );
     assert!(!orders[0].status.is_empty());
 }

@@ -126,6 +126,18 @@ impl<'a> Config<'a> {
         })
     }
 
+    /// The value of `key` as a comma-separated list (the agent passes a TOML
+    /// list so), each item trimmed, empty items dropped; `None` when absent.
+    /// A blank value is an empty list: set, to nothing.
+    pub fn list(&self, key: &str) -> Option<Vec<String>> {
+        self.get(key).map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+    }
+
     /// The value of `key` as a duration (see [`parse_duration`]); `Ok(None)`
     /// when absent.
     pub fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
@@ -334,6 +346,18 @@ pub fn parse_share(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists() {
+        let c = Config::from_pairs(&[("a", " 404, ,4xx "), ("blank", ""), ("one", "x")]);
+        assert_eq!(
+            c.list("a"),
+            Some(vec!["404".to_string(), "4xx".to_string()])
+        );
+        assert_eq!(c.list("blank"), Some(vec![]), "set, to nothing");
+        assert_eq!(c.list("one"), Some(vec!["x".to_string()]));
+        assert_eq!(c.list("absent"), None);
+    }
 
     #[test]
     fn required_and_optional() {
