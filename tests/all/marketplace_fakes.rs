@@ -913,6 +913,117 @@ fn check_marketplaces(value: Option<&str>, name: &str, max: usize) -> Result<(),
     Ok(())
 }
 
+/// How an orders operation spells its parameters: createdAfter,
+/// createdBefore, lastUpdatedAfter, lastUpdatedBefore, maxResultsPerPage.
+type OrderParams = [&'static str; 5];
+const V0_NAMES: OrderParams = [
+    "CreatedAfter",
+    "CreatedBefore",
+    "LastUpdatedAfter",
+    "LastUpdatedBefore",
+    "MaxResultsPerPage",
+];
+const V2026_NAMES: OrderParams = [
+    "createdAfter",
+    "createdBefore",
+    "lastUpdatedAfter",
+    "lastUpdatedBefore",
+    "maxResultsPerPage",
+];
+
+/// The window of an orders search as both SP-API models document it:
+/// exactly one of the `After` bounds, no mix of created and updated
+/// bounds, a `Before` bound after the `After` one and at least two minutes
+/// old, a page size of 1 to 100. Both bounds are inclusive ("after (or
+/// at)", "before (or at)").
+struct OrdersWindow {
+    by_update: bool,
+    lo: i64,
+    hi: i64,
+    per_page: usize,
+}
+
+impl OrdersWindow {
+    fn of(query: &[(String, String)], names: OrderParams, now: i64) -> Result<Self, Reply> {
+        let [ca, cb, ua, ub, size] = names;
+        let p = |k: &str| lookup(query, k).filter(|v| !v.is_empty());
+        let time = |k: &str| -> Result<Option<i64>, Reply> {
+            match p(k) {
+                None => Ok(None),
+                Some(v) => parse_time(v).map(Some).ok_or_else(|| {
+                    invalid_input(&format!("{k} is not a valid ISO 8601 date: {v}"))
+                }),
+            }
+        };
+        let (created_after, created_before, updated_after, updated_before) =
+            (time(ca)?, time(cb)?, time(ua)?, time(ub)?);
+        match (created_after, updated_after) {
+            (None, None) => {
+                return Err(invalid_input(&format!(
+                    "Either {ca} or {ua} must be specified."
+                )))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid_input(&format!("{ca} and {ua} cannot both be set.")))
+            }
+            _ => {}
+        }
+        if created_after.is_some() && updated_before.is_some()
+            || updated_after.is_some() && created_before.is_some()
+        {
+            return Err(invalid_input(
+                "Created and updated filters cannot be combined.",
+            ));
+        }
+        let latest = now - 120_000;
+        for (after, before, name) in [
+            (created_after, created_before, cb),
+            (updated_after, updated_before, ub),
+        ] {
+            if let (Some(a), Some(b)) = (after, before) {
+                if b < a || b > latest {
+                    return Err(invalid_input(&format!(
+                        "{name} must be after the lower bound and at least two minutes before now."
+                    )));
+                }
+            }
+        }
+        let per_page = match p(size).map(str::parse::<usize>) {
+            None => 100,
+            Some(Ok(n)) if (1..=100).contains(&n) => n,
+            Some(_) => return Err(invalid_input(&format!("{size} must be between 1 and 100."))),
+        };
+        let by_update = updated_after.is_some();
+        let (lo, hi) = if by_update {
+            (updated_after.unwrap_or(0), updated_before.unwrap_or(now))
+        } else {
+            (created_after.unwrap_or(0), created_before.unwrap_or(now))
+        };
+        Ok(OrdersWindow {
+            by_update,
+            lo,
+            hi,
+            per_page,
+        })
+    }
+
+    /// The orders in the window.
+    fn select(&self, orders: &[Order]) -> Vec<Order> {
+        orders
+            .iter()
+            .filter(|o| {
+                let t = if self.by_update {
+                    o.updated_ms
+                } else {
+                    o.created_ms
+                };
+                t >= self.lo && t <= self.hi
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 /// Orders v0 getOrders.
 fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
     // The token bucket of the usage plan: a request without a token is
@@ -939,76 +1050,12 @@ fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
         },
         None => (cx.query.to_vec(), 0),
     };
-    let p = |k: &str| lookup(&query, k).filter(|v| !v.is_empty());
-    let time = |k: &str| -> Result<Option<i64>, Reply> {
-        match p(k) {
-            None => Ok(None),
-            Some(v) => parse_time(v)
-                .map(Some)
-                .ok_or_else(|| invalid_input(&format!("{k} is not a valid ISO 8601 date: {v}"))),
-        }
+    let window = match OrdersWindow::of(&query, V0_NAMES, cx.now) {
+        Ok(w) => w,
+        Err(e) => return e,
     };
-    let (created_after, created_before, updated_after, updated_before) = match (
-        time("CreatedAfter"),
-        time("CreatedBefore"),
-        time("LastUpdatedAfter"),
-        time("LastUpdatedBefore"),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return e,
-    };
-    match (created_after, updated_after) {
-        (None, None) => {
-            return invalid_input("Either CreatedAfter or LastUpdatedAfter must be specified.")
-        }
-        (Some(_), Some(_)) => {
-            return invalid_input("CreatedAfter and LastUpdatedAfter cannot both be set.")
-        }
-        _ => {}
-    }
-    if created_after.is_some() && updated_before.is_some()
-        || updated_after.is_some() && created_before.is_some()
-    {
-        return invalid_input("Created and LastUpdated filters cannot be combined.");
-    }
-    let latest = cx.now - 120_000;
-    for (after, before, name) in [
-        (created_after, created_before, "CreatedBefore"),
-        (updated_after, updated_before, "LastUpdatedBefore"),
-    ] {
-        if let (Some(a), Some(b)) = (after, before) {
-            if b < a || b > latest {
-                return invalid_input(&format!(
-                    "{name} must be after the lower bound and at least two minutes before now."
-                ));
-            }
-        }
-    }
-    let per_page = match p("MaxResultsPerPage").map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return invalid_input("MaxResultsPerPage must be between 1 and 100."),
-    };
-    // Documented as "after (or at)" and "before (or at)": both bounds inclusive.
-    let by_update = updated_after.is_some();
-    let (lo, hi) = if by_update {
-        (updated_after.unwrap_or(0), updated_before.unwrap_or(cx.now))
-    } else {
-        (created_after.unwrap_or(0), created_before.unwrap_or(cx.now))
-    };
-    let matching: Vec<Order> = st
-        .orders
-        .iter()
-        .filter(|o| {
-            let t = if by_update {
-                o.updated_ms
-            } else {
-                o.created_ms
-            };
-            t >= lo && t <= hi
-        })
-        .cloned()
-        .collect();
+    let (by_update, hi, per_page) = (window.by_update, window.hi, window.per_page);
+    let matching = window.select(&st.orders);
     let n = per_page.min(st.page_size);
     let page: Vec<Value> = matching
         .iter()
@@ -1061,7 +1108,8 @@ fn search_orders(st: &mut State, cx: &Ctx) -> Reply {
             return a;
         }
     }
-    // The parameters a page token binds: all but these two.
+    // The parameters a page token binds: all but the page size, includedData
+    // and the token itself.
     let bound: Vec<(String, String)> = cx
         .query
         .iter()
@@ -1085,69 +1133,12 @@ fn search_orders(st: &mut State, cx: &Ctx) -> Reply {
         },
         None => 0,
     };
-    let p = |k: &str| lookup(cx.query, k).filter(|v| !v.is_empty());
-    let time = |k: &str| -> Result<Option<i64>, Reply> {
-        match p(k) {
-            None => Ok(None),
-            Some(v) => parse_time(v)
-                .map(Some)
-                .ok_or_else(|| invalid_input(&format!("{k} is not a valid ISO 8601 date: {v}"))),
-        }
+    let window = match OrdersWindow::of(cx.query, V2026_NAMES, cx.now) {
+        Ok(w) => w,
+        Err(e) => return e,
     };
-    let (created_after, created_before, updated_after, updated_before) = match (
-        time("createdAfter"),
-        time("createdBefore"),
-        time("lastUpdatedAfter"),
-        time("lastUpdatedBefore"),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return e,
-    };
-    if created_after.is_some() == updated_after.is_some() {
-        return invalid_input("Exactly one of createdAfter and lastUpdatedAfter must be provided.");
-    }
-    if created_after.is_some() && updated_before.is_some()
-        || updated_after.is_some() && created_before.is_some()
-    {
-        return invalid_input("Created and lastUpdated filters cannot be combined.");
-    }
-    let latest = cx.now - 120_000;
-    for (after, before) in [
-        (created_after, created_before),
-        (updated_after, updated_before),
-    ] {
-        if let (Some(a), Some(b)) = (after, before) {
-            if b < a || b > latest {
-                return invalid_input(
-                    "The Before date must be after the After date and at least two minutes before now.",
-                );
-            }
-        }
-    }
-    let per_page = match p("maxResultsPerPage").map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return invalid_input("maxResultsPerPage must be between 1 and 100."),
-    };
-    let by_update = updated_after.is_some();
-    let (lo, hi) = if by_update {
-        (updated_after.unwrap_or(0), updated_before.unwrap_or(cx.now))
-    } else {
-        (created_after.unwrap_or(0), created_before.unwrap_or(cx.now))
-    };
-    let mut matching: Vec<Order> = st
-        .orders
-        .iter()
-        .filter(|o| {
-            let t = if by_update {
-                o.updated_ms
-            } else {
-                o.created_ms
-            };
-            t >= lo && t <= hi
-        })
-        .cloned()
-        .collect();
+    let (by_update, hi, per_page) = (window.by_update, window.hi, window.per_page);
+    let mut matching = window.select(&st.orders);
     matching.sort_by_key(|o| (o.updated_ms, o.id.clone()));
     let n = per_page.min(st.page_size);
     let page: Vec<Value> = matching
