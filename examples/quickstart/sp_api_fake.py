@@ -235,6 +235,41 @@ def lwa_token(fake, form, now):
     }
 
 
+# How each orders operation spells its window and page size.
+V0_NAMES = ("CreatedAfter", "CreatedBefore", "LastUpdatedAfter", "LastUpdatedBefore", "MaxResultsPerPage")
+V2026_NAMES = ("createdAfter", "createdBefore", "lastUpdatedAfter", "lastUpdatedBefore", "maxResultsPerPage")
+
+
+def search_window(param, names, now):
+    """The window of an orders search as both SP-API models document it:
+    (field, lo, hi, page size), or the error message. Exactly one `After`
+    bound, no mix of created and updated bounds, a `Before` bound after the
+    `After` one and at least two minutes old, a page size of 1 to 100."""
+    created_after, created_before, updated_after, updated_before, size_name = names
+    times = {}
+    for name in names[:4]:
+        text = param(name)
+        if text is not None:
+            times[name] = parse_time(text)
+            if times[name] is None:
+                return f"{name} is not a valid ISO 8601 date: {text}"
+    created, updated = created_after in times, updated_after in times
+    if not created and not updated:
+        return f"Either {created_after} or {updated_after} must be specified."
+    if created and updated:
+        return f"{created_after} and {updated_after} cannot both be set."
+    if created and updated_before in times or updated and created_before in times:
+        return "Created and updated filters cannot be combined."
+    after, before = (updated_after, updated_before) if updated else (created_after, created_before)
+    lo, hi = times[after], times.get(before)
+    if hi is not None and (hi < lo or hi > now - 120):
+        return f"{before} must be after {after} and at least two minutes before now."
+    size = param(size_name) or str(MAX_PAGE)
+    if not size.isdigit() or not 1 <= int(size) <= MAX_PAGE:
+        return f"{size_name} must be between 1 and 100."
+    return ("updated" if updated else "created", lo, now if hi is None else hi, int(size))
+
+
 def get_orders(fake, query, now):
     """Orders v0 getOrders. Returns (status, body, note for the log)."""
 
@@ -262,38 +297,12 @@ def get_orders(fake, query, now):
         if cursor is None:
             return (*invalid_input("Invalid NextToken."), "")
     else:
-        times = {}
-        for name in ("CreatedAfter", "CreatedBefore", "LastUpdatedAfter", "LastUpdatedBefore"):
-            text = param(name)
-            if text is not None:
-                times[name] = parse_time(text)
-                if times[name] is None:
-                    return (*invalid_input(f"{name} is not a valid ISO 8601 date: {text}"), "")
-        created = "CreatedAfter" in times
-        updated = "LastUpdatedAfter" in times
-        if not created and not updated:
-            return (*invalid_input("Either CreatedAfter or LastUpdatedAfter must be specified."), "")
-        if created and updated:
-            return (*invalid_input("CreatedAfter and LastUpdatedAfter cannot both be set."), "")
-        if created and "LastUpdatedBefore" in times or updated and "CreatedBefore" in times:
-            return (*invalid_input("Created and LastUpdated filters cannot be combined."), "")
-        prefix = "LastUpdated" if updated else "Created"
-        lo = times[prefix + "After"]
-        hi = times.get(prefix + "Before")
-        if hi is not None and (hi < lo or hi > now - 120):
-            return (*invalid_input(f"{prefix}Before must be after {prefix}After and at least two minutes before now."), "")
-        size = param("MaxResultsPerPage") or str(MAX_PAGE)
-        if not size.isdigit() or not 1 <= int(size) <= MAX_PAGE:
-            return (*invalid_input("MaxResultsPerPage must be between 1 and 100."), "")
+        window = search_window(param, V0_NAMES, now)
+        if isinstance(window, str):
+            return (*invalid_input(window), "")
+        field, lo, hi, size = window
         # The page walk sees the marketplace as it was at its first page.
-        cursor = {
-            "field": "updated" if updated else "created",
-            "lo": lo,
-            "hi": now if hi is None else hi,
-            "as_of": now,
-            "size": int(size),
-            "offset": 0,
-        }
+        cursor = {"field": field, "lo": lo, "hi": hi, "as_of": now, "size": size, "offset": 0}
 
     orders = fake.clock.select(cursor["field"], cursor["lo"], cursor["hi"], cursor["as_of"])
     start, size = cursor["offset"], cursor["size"]
@@ -351,27 +360,10 @@ def search_orders(fake, query, now):
         (k, v[-1]) for k, v in query.items()
         if k not in ("maxResultsPerPage", "includedData", "paginationToken")
     )
-    size = param("maxResultsPerPage") or str(MAX_PAGE)
-    if not size.isdigit() or not 1 <= int(size) <= MAX_PAGE:
-        return (*invalid_input("maxResultsPerPage must be between 1 and 100."), "")
-    times = {}
-    for name in ("createdAfter", "createdBefore", "lastUpdatedAfter", "lastUpdatedBefore"):
-        text = param(name)
-        if text is not None:
-            times[name] = parse_time(text)
-            if times[name] is None:
-                return (*invalid_input(f"{name} is not a valid ISO 8601 date: {text}"), "")
-    created = "createdAfter" in times
-    updated = "lastUpdatedAfter" in times
-    if created == updated:
-        return (*invalid_input("Exactly one of createdAfter and lastUpdatedAfter must be provided."), "")
-    if created and "lastUpdatedBefore" in times or updated and "createdBefore" in times:
-        return (*invalid_input("Created and lastUpdated filters cannot be combined."), "")
-    prefix = "lastUpdated" if updated else "created"
-    lo = times[prefix + "After"]
-    hi = times.get(prefix + "Before")
-    if hi is not None and (hi < lo or hi > now - 120):
-        return (*invalid_input(f"{prefix}Before must be after {prefix}After and at least two minutes before now."), "")
+    window = search_window(param, V2026_NAMES, now)
+    if isinstance(window, str):
+        return (*invalid_input(window), "")
+    field, lo, hi, size = window
     token = param("paginationToken")
     if token is not None:
         cursor = fake.load_cursor(token)
@@ -379,14 +371,14 @@ def search_orders(fake, query, now):
             return (*invalid_input("Invalid paginationToken."), "")
         if cursor.get("bound") != [list(p) for p in bound]:
             return (*invalid_input("All parameters must be the same as in the request that produced the paginationToken."), "")
-        cursor = dict(cursor, size=int(size))
+        cursor = dict(cursor, size=size)
     else:
         cursor = {
-            "field": "updated" if updated else "created",
+            "field": field,
             "lo": lo,
-            "hi": now if hi is None else hi,
+            "hi": hi,
             "as_of": now,
-            "size": int(size),
+            "size": size,
             "offset": 0,
             "bound": [list(p) for p in bound],
         }
