@@ -24,7 +24,11 @@ class WitWorld(wit_world.WitWorld):
         max_ratio = _float_config("max_error_ratio", DEFAULT_MAX_ERROR_RATIO)
 
         try:
-            resp = http.send(http.Request("GET", url, [], None, None))
+            resp = http.send(
+                http.Request(
+                    method="GET", url=url, headers=[], body=None, timeout_ms=None, max_retries=None
+                )
+            )
         except Err as e:
             raise Err(f"GET {url}: {_describe(e.value)}")
         if not 200 <= resp.status < 300:
