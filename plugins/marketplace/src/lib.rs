@@ -7,9 +7,10 @@
 //!   access tokens refreshed with a rotating refresh token.
 //! - [`walmart`]: Walmart Marketplace client-credentials token and headers.
 //! - [`ebay`]: eBay refresh-token grant and bearer calls.
-//! - [`token`]: the access-token cache in `kv` (with expiry; Shopee's
-//!   rotating refresh token is kept in the same entry) and the "on 401/403,
-//!   drop the token, fetch another and retry once" rule.
+//! - [`token`]: the access-token cache in `kv` (with expiry) and the "on
+//!   401/403, drop the token, fetch another and retry once" rule.
+//! - [`rotating`]: access tokens from a refresh token that rotates (Shopee,
+//!   Lazada), the newest refresh token kept in the same `kv` entry.
 //! - [`errors`]: readable texts from the providers' error bodies.
 //! - [`quota`]: when the marketplace may be called next (its quota is the
 //!   seller's too), after `marketplace_interval` or a 429.
@@ -26,6 +27,7 @@ pub mod amazon;
 pub mod ebay;
 pub mod errors;
 pub mod quota;
+pub mod rotating;
 pub mod shopee;
 pub mod time;
 pub mod token;

@@ -17,12 +17,8 @@
 //! `partner_id + path + timestamp` only, with the JSON body
 //! `{"refresh_token","partner_id","shop_id"}`, answered with an
 //! `access_token`, its `expire_in` and a new `refresh_token`. Refresh tokens
-//! rotate: the one just used stops working. So the newest is kept in `kv`
-//! under [`TOKEN_KEY`] with the access token (a [`crate::token::Cached`]
-//! entry, tied to a fingerprint of the configured refresh token), and it is
-//! stored before the new access token is used. The configured secret only
-//! seeds that state, again whenever it changes; a configured
-//! `access_token` is then the first token tried. An answer refusing the
+//! rotate: the one just used stops working, so the newest is kept in `kv`
+//! under [`TOKEN_KEY`] ([`crate::rotating`]). An answer refusing the
 //! token ([`TOKEN_REFUSED`]: `error_auth`, `invalid_access_token` and the
 //! misspelt `invalid_acceess_token`) to a token that did not come from a
 //! refresh of this run refreshes once and retries once.
@@ -30,8 +26,6 @@
 //! Config: `endpoint` (default `https://partner.shopeemobile.com`),
 //! `partner_id`, `shop_id` (required integers). Secrets: `partner_key`, and
 //! `refresh_token` or `access_token` (or both).
-
-use std::cell::RefCell;
 
 use hmac::{Hmac, KeyInit, Mac};
 use rollback_plugin_sdk::config::Config;
@@ -42,7 +36,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::token::{self, hex, Cached};
+use crate::rotating::{Fresh, Rotating};
+use crate::token::hex;
 use crate::transport::{self, Call, Transport};
 use crate::{errors, Provider};
 
@@ -83,22 +78,6 @@ pub fn sign(partner_key: &str, base: &str) -> String {
     };
     mac.update(base.as_bytes());
     hex(&mac.finalize().into_bytes())
-}
-
-/// Where the access token comes from.
-enum Auth {
-    /// Only `access_token` is configured: used as it is.
-    Fixed(String),
-    /// `refresh_token` is configured: it seeds the state in `kv`, and
-    /// `first` (a configured `access_token`) is the first token tried.
-    Refresh { seed: String, first: Option<String> },
-}
-
-/// The access token of this run. `may_refresh`: it was not issued by a
-/// refresh of this run, so an `error_auth` answer may mean it expired.
-struct Current {
-    token: String,
-    may_refresh: bool,
 }
 
 /// A Shopee answer that carries no data.
@@ -144,8 +123,7 @@ pub struct Shopee {
     /// The shop's id.
     pub shop_id: u64,
     partner_key: String,
-    auth: Auth,
-    current: RefCell<Option<Current>>,
+    tokens: Rotating,
 }
 
 impl Shopee {
@@ -162,23 +140,20 @@ impl Shopee {
         let partner_id = id("partner_id")?;
         let shop_id = id("shop_id")?;
         let partner_key = config.required_secret("partner_key")?;
-        let access_token = config.secret("access_token");
-        let auth = match config.secret("refresh_token") {
-            Some(seed) => Auth::Refresh {
-                seed,
-                first: access_token,
-            },
-            None => Auth::Fixed(access_token.ok_or(
-                "secret `refresh_token` (or an `access_token` kept current elsewhere) is required",
-            )?),
-        };
+        let tokens = Rotating::new(
+            "shopee",
+            TOKEN_KEY,
+            format!("{endpoint}\n{partner_id}\n{shop_id}"),
+            ACCESS_TOKEN_LIFETIME_S * 1000,
+            config.secret("refresh_token"),
+            config.secret("access_token"),
+        )?;
         Ok(Shopee {
             endpoint,
             partner_id,
             shop_id,
             partner_key,
-            auth,
-            current: RefCell::new(None),
+            tokens,
         })
     }
 
@@ -235,14 +210,15 @@ impl Shopee {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, String> {
-        let (access_token, may_refresh) = self.access_token(transport)?;
+        let refresh = |used: &str| self.refresh_with(transport, used);
+        let (access_token, may_refresh) = self.tokens.access_token(transport.now_ms(), &refresh)?;
         match self.get_with(transport, path, query, &access_token) {
             Err(failed) if failed.auth && may_refresh => {
                 log::info!(
                     "GET {}{path} -> error_auth with a stored access token; refreshing it and retrying once",
                     self.endpoint
                 );
-                let access_token = self.refresh(transport)?;
+                let access_token = self.tokens.refresh(transport.now_ms(), &refresh)?;
                 self.get_with(transport, path, query, &access_token)
                     .map_err(|f| f.text)
             }
@@ -274,77 +250,9 @@ impl Shopee {
         }
     }
 
-    /// What identifies the token state in `kv`: the shop and the configured
-    /// refresh token. Not the configured `access_token`: changing only that
-    /// must not throw away the rotated refresh token.
-    fn owner(&self, seed: &str) -> String {
-        format!(
-            "{}\n{}\n{}\n{seed}",
-            self.endpoint, self.partner_id, self.shop_id
-        )
-    }
-
-    /// The `kv` state of the configured refresh token, if any.
-    fn stored(&self, seed: &str) -> Option<Cached> {
-        token::load(TOKEN_KEY, &self.owner(seed)).filter(|c| c.refresh_token.is_some())
-    }
-
-    /// The access token to use, and whether an `error_auth` answer to it
-    /// may be cured by a refresh.
-    fn access_token(&self, transport: &dyn Transport) -> Result<(String, bool), String> {
-        let (seed, first) = match &self.auth {
-            Auth::Fixed(access_token) => return Ok((access_token.clone(), false)),
-            Auth::Refresh { seed, first } => (seed, first),
-        };
-        if let Some(current) = self.current.borrow().as_ref() {
-            return Ok((current.token.clone(), current.may_refresh));
-        }
-        let now = transport.now_ms();
-        let access_token = match (self.stored(seed), first) {
-            (Some(entry), _) if entry.is_fresh(now) => entry.access_token,
-            (Some(_), _) | (None, None) => return Ok((self.refresh(transport)?, false)),
-            (None, Some(first)) => {
-                // Its age is unknown, but it cannot have more than a new
-                // token's lifetime left.
-                let mut entry = Cached::new(
-                    first,
-                    now,
-                    ACCESS_TOKEN_LIFETIME_S * 1000,
-                    &self.owner(seed),
-                );
-                entry.refresh_token = Some(seed.clone());
-                if let Err(err) = token::store(TOKEN_KEY, &entry) {
-                    log::warn!("could not store the shopee token state: {err}");
-                }
-                first.clone()
-            }
-        };
-        self.remember(&access_token, true);
-        Ok((access_token, true))
-    }
-
-    fn remember(&self, access_token: &str, may_refresh: bool) {
-        *self.current.borrow_mut() = Some(Current {
-            token: access_token.to_string(),
-            may_refresh,
-        });
-    }
-
-    /// A new access token, from the newest refresh token held (the one in
-    /// `kv`, else the configured one). The rotated refresh token is stored
-    /// before the access token is returned: once Shopee has answered, the
-    /// one just used is dead, and a run that used the new access token
-    /// without keeping its refresh token would lock every later run out.
-    fn refresh(&self, transport: &dyn Transport) -> Result<String, String> {
-        let Auth::Refresh { seed, .. } = &self.auth else {
-            return Err("no `refresh_token` secret to refresh the shopee access token with".into());
-        };
-        let owner = self.owner(seed);
-        let used = self
-            .stored(seed)
-            .and_then(|c| c.refresh_token)
-            .unwrap_or_else(|| seed.clone());
-        let call = self.refresh_call(&used, transport.now_ms() / 1000);
+    /// Trades the refresh token `used` for a new access token.
+    fn refresh_with(&self, transport: &dyn Transport, used: &str) -> Result<Fresh, String> {
+        let call = self.refresh_call(used, transport.now_ms() / 1000);
         let response = transport::send(transport, &call)
             .map_err(|e| format!("refreshing the shopee access token: {e}"))?;
         let body = answer(&call, &response).map_err(|failed| match failed.detail {
@@ -369,29 +277,11 @@ impl Shopee {
                 call.target()
             ));
         }
-        let mut entry = Cached::new(
-            &fresh.access_token,
-            transport.now_ms(),
-            fresh.expire_in.saturating_mul(1000),
-            &owner,
-        );
-        // An answer without a new refresh token leaves the used one current.
-        entry.refresh_token = Some(if fresh.refresh_token.is_empty() {
-            used
-        } else {
-            fresh.refresh_token
-        });
-        token::store(TOKEN_KEY, &entry).map_err(|e| {
-            format!(
-                "shopee issued a new refresh token that could not be kept ({e}); the old one no longer works: set a new `refresh_token` secret from the seller's re-authorisation"
-            )
-        })?;
-        log::debug!(
-            "shopee access token refreshed, valid for {}s",
-            fresh.expire_in
-        );
-        self.remember(&fresh.access_token, false);
-        Ok(fresh.access_token)
+        Ok(Fresh {
+            access_token: fresh.access_token,
+            refresh_token: fresh.refresh_token,
+            expires_in_s: fresh.expire_in,
+        })
     }
 }
 
@@ -438,6 +328,7 @@ mod tests {
     use rollback_plugin_sdk::kv;
 
     use super::*;
+    use crate::token::Cached;
     use crate::transport::fake::Fake;
 
     const KEY: &str = "shpk4e6f5a4b7c8d9e0f1a2b3c4d5e6f7a8b";
