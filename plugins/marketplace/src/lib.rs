@@ -5,6 +5,8 @@
 //!   with `x-amz-access-token`.
 //! - [`shopee`]: Shopee Open Platform v2 request signing, its error shape and
 //!   access tokens refreshed with a rotating refresh token.
+//! - [`lazada`]: Lazada Open Platform request signing, its error shape and
+//!   access tokens refreshed with a rotating refresh token.
 //! - [`walmart`]: Walmart Marketplace client-credentials token and headers.
 //! - [`ebay`]: eBay refresh-token grant and bearer calls.
 //! - [`token`]: the access-token cache in `kv` (with expiry) and the "on
@@ -20,12 +22,13 @@
 //!
 //! Config keys read here (all plugins use the same names): `provider`,
 //! `endpoint`, `marketplace_ids`, `token_url`, `partner_id`, `shop_id`,
-//! `svc_name`, `scope`; secrets `client_id`, `client_secret`,
-//! `refresh_token`, `partner_key`, `access_token`.
+//! `svc_name`, `scope`, `country`; secrets `client_id`, `client_secret`,
+//! `refresh_token`, `partner_key`, `access_token`, `app_key`, `app_secret`.
 
 pub mod amazon;
 pub mod ebay;
 pub mod errors;
+pub mod lazada;
 pub mod quota;
 pub mod rotating;
 pub mod shopee;
@@ -51,15 +54,18 @@ pub enum Provider {
     Walmart,
     /// eBay Sell APIs.
     Ebay,
+    /// Lazada Open Platform.
+    Lazada,
 }
 
 impl Provider {
     /// Every provider, in the order they are documented.
-    pub const ALL: [Provider; 4] = [
+    pub const ALL: [Provider; 5] = [
         Provider::Amazon,
         Provider::Shopee,
         Provider::Walmart,
         Provider::Ebay,
+        Provider::Lazada,
     ];
 
     /// The name used in config and summaries.
@@ -69,6 +75,7 @@ impl Provider {
             Provider::Shopee => "shopee",
             Provider::Walmart => "walmart",
             Provider::Ebay => "ebay",
+            Provider::Lazada => "lazada",
         }
     }
 
@@ -79,6 +86,9 @@ impl Provider {
             Provider::Shopee => "https://partner.shopeemobile.com",
             Provider::Walmart => "https://marketplace.walmartapis.com",
             Provider::Ebay => "https://api.ebay.com",
+            // One gateway per country: `lazada::Lazada` takes it from
+            // `country` and never falls back to this one.
+            Provider::Lazada => "https://api.lazada.sg/rest",
         }
     }
 
@@ -129,9 +139,11 @@ pub mod testing {
     /// Config of `pairs`, with a made-up value for every secret the
     /// providers read: `client_id` = `cid`, `client_secret` = `csecret`,
     /// `refresh_token` = `rtoken`, `partner_key` = `pkey`, `access_token` =
-    /// `atoken`.
+    /// `atoken`, `app_key` = `akey`, `app_secret` = `asecret`.
     pub fn config(pairs: &[(&str, &str)]) -> Config<'static> {
         Config::from_pairs(pairs).with_secrets(&[
+            ("app_key", "akey"),
+            ("app_secret", "asecret"),
             ("client_id", "cid"),
             ("client_secret", "csecret"),
             ("refresh_token", "rtoken"),
@@ -184,7 +196,10 @@ mod tests {
         );
         assert_eq!(
             Provider::from_config(&c, &Provider::ALL),
-            Err("config `provider` is required (amazon, shopee, walmart or ebay)".to_string())
+            Err(
+                "config `provider` is required (amazon, shopee, walmart, ebay or lazada)"
+                    .to_string()
+            )
         );
         assert_eq!(
             Provider::from_config(&c, &[Provider::Ebay]),

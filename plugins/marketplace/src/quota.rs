@@ -113,7 +113,13 @@ pub fn throttle_wait(response: &Response) -> (u64, String) {
 /// Notes a 429 answered at `now_ms`: no call before it says.
 pub fn throttled(now_ms: u64, response: &Response) {
     let (wait, why) = throttle_wait(response);
-    set(now_ms, now_ms.saturating_add(wait), why, true);
+    throttled_for(now_ms, wait, why);
+}
+
+/// Notes that the marketplace throttled us at `now_ms` for `wait_ms` (in
+/// its own words: Lazada's `ApiCallLimit` arrives as HTTP 200).
+pub fn throttled_for(now_ms: u64, wait_ms: u64, why: String) {
+    set(now_ms, now_ms.saturating_add(wait_ms), why, true);
 }
 
 #[cfg(test)]

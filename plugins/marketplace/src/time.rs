@@ -8,7 +8,8 @@ use rollback_plugin_sdk::config;
 /// Parses an RFC 3339 date-time such as `2024-05-01T10:00:00Z`,
 /// `2024-05-01T10:00:00.123456+02:00` or `2024-05-01 10:00:00z`: fractional
 /// seconds are cut to milliseconds; the offset is `Z` or `±hh:mm` (`±hhmm`
-/// and `±hh` are accepted too).
+/// and `±hh` are accepted too, and one space before a numeric offset, as
+/// Lazada writes `2024-05-01 17:58:12 +0800`).
 pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
     parse_inner(text.trim())
         .ok_or_else(|| format!("`{text}` is not an RFC 3339 date-time like 2024-05-01T10:00:00Z"))
@@ -53,6 +54,11 @@ fn parse_inner(s: &str) -> Option<i64> {
             }
         }
         rest = &frac[len..];
+    }
+    if let Some(offset) = rest.strip_prefix(' ') {
+        if offset.starts_with(['+', '-']) {
+            rest = offset;
+        }
     }
     let offset_s = match rest {
         "Z" | "z" => 0,
@@ -265,7 +271,14 @@ mod tests {
             Ok(1_709_251_199_999)
         );
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Ok(-1000));
+        // Lazada's spelling: a space before the offset.
+        assert_eq!(
+            parse_rfc3339("2024-05-01 18:00:00 +0800"),
+            Ok(1_714_557_600_000)
+        );
         for bad in [
+            "2024-05-01 18:00:00 Z",
+            "2024-05-01 18:00:00  +0800",
             "",
             "2024-05-01",
             "2024-05-01T10:00:00",

@@ -1,6 +1,6 @@
 //! `order-sync-lag`: a health check that fails when the app has not synced
-//! orders that changed at the marketplace (Amazon, Shopee, Walmart or eBay)
-//! for longer than `max_lag`.
+//! orders that changed at the marketplace (Amazon, Shopee, Walmart, eBay or
+//! Lazada) for longer than `max_lag`.
 //!
 //! Each run:
 //!
@@ -21,20 +21,21 @@
 //!
 //! The marketplace is read at most every `marketplace_interval` (its quota
 //! is the seller's), its last answer kept in kv (`orders-snapshot`) and used
-//! by the runs in between; a 429 sets when the next read may go
-//! (`marketplace::quota`).
+//! by the runs in between; a 429 (Lazada: `ApiCallLimit`) sets when the
+//! next read may go (`marketplace::quota`).
 //!
-//! Config keys: `provider` (`amazon`, `shopee`, `walmart`, `ebay`; required),
-//! `endpoint`, `app_status_url` (required), `max_lag` (default `10m`),
-//! `max_pages` (Amazon: what the rate allows per interval; else 10),
-//! `marketplace_interval` (default 1m), and the provider's keys and secrets (see the
-//! `marketplace` crate and docs/marketplaces.md). Metrics: `lag_seconds`,
+//! Config keys: `provider` (`amazon`, `shopee`, `walmart`, `ebay`,
+//! `lazada`; required), `endpoint`, `app_status_url` (required), `max_lag`
+//! (default `10m`), `max_pages` (Amazon: what the rate allows per interval;
+//! else 10), `marketplace_interval` (Amazon v0 1m, 2026-01-01 3m, Lazada 5m,
+//! else 1m), and the provider's keys and secrets (see the `marketplace`
+//! crate and docs/marketplaces.md). Metrics: `lag_seconds`,
 //! `orders_behind`.
-
 use std::collections::BTreeSet;
 
 use marketplace::amazon::SpApi;
 use marketplace::ebay::Ebay;
+use marketplace::lazada::Lazada;
 use marketplace::shopee::Shopee;
 use marketplace::time::{format_duration_ms, format_rfc3339, format_rfc3339_millis};
 use marketplace::transport::{self, encode};
@@ -98,6 +99,7 @@ enum Source {
     /// `SellerFulfilled`).
     Walmart(Walmart, Option<String>),
     Ebay(Ebay),
+    Lazada(Lazada),
 }
 
 impl Source {
@@ -107,6 +109,7 @@ impl Source {
             Source::Shopee(_) => Provider::Shopee,
             Source::Walmart(..) => Provider::Walmart,
             Source::Ebay(_) => Provider::Ebay,
+            Source::Lazada(_) => Provider::Lazada,
         }
     }
 }
@@ -150,6 +153,7 @@ fn default_skip_statuses(provider: Provider) -> &'static [&'static str] {
         Provider::Shopee => &["UNPAID", "CANCELLED", "IN_CANCEL"],
         Provider::Walmart => &["Cancelled"],
         Provider::Ebay => &["CANCELED"],
+        Provider::Lazada => &["unpaid", "canceled"],
     }
 }
 
@@ -160,6 +164,8 @@ const MISSING_SHOWN: usize = 10;
 
 /// Pages one read takes at most where no documented rate says fewer.
 const DEFAULT_MAX_PAGES: u32 = 10;
+/// Lazada's default `marketplace_interval`.
+const LAZADA_INTERVAL_MS: u64 = 300_000;
 /// SP-API getOrders (v0): 0.0167 requests per second per seller and
 /// application, burst 20.
 const AMAZON_V0_RATE: f64 = 0.0167;
@@ -176,6 +182,9 @@ impl Source {
             Source::Amazon(_, AmazonApi::V0) => 60_000,
             Source::Amazon(_, AmazonApi::V2026) => 180_000,
             Source::Shopee(_) | Source::Walmart(..) | Source::Ebay(_) => 60_000,
+            // Lazada warns that polling GetOrders in a loop can get an app
+            // disabled: five minutes between reads.
+            Source::Lazada(_) => LAZADA_INTERVAL_MS,
         }
     }
 
@@ -188,7 +197,7 @@ impl Source {
                 let pages = (interval_ms as f64 / 1000.0 * api.rate()).floor();
                 Some((pages as u32).max(1))
             }
-            Source::Shopee(_) | Source::Walmart(..) | Source::Ebay(_) => None,
+            Source::Shopee(_) | Source::Walmart(..) | Source::Ebay(_) | Source::Lazada(_) => None,
         }
     }
 }
@@ -203,8 +212,9 @@ impl Settings {
         let max_pages = config.parse_in::<u32>("max_pages", 1..)?;
         let interval = config.parse_with("marketplace_interval", time::parse_duration)?;
         let fingerprint = format!(
-            "{provider}\n{}\n{}\n{}\n{}\n{}",
+            "{provider}\n{}\n{}\n{}\n{}\n{}\n{}",
             config.optional("api").unwrap_or_default(),
+            config.optional("country").unwrap_or_default(),
             marketplace::endpoint(config, provider),
             config.optional("marketplace_ids").unwrap_or_default(),
             config.optional("shop_id").unwrap_or_default(),
@@ -230,6 +240,7 @@ impl Settings {
                 Source::Walmart(Walmart::from_config(config)?, node)
             }
             Provider::Ebay => Source::Ebay(Ebay::from_config(config)?),
+            Provider::Lazada => Source::Lazada(Lazada::from_config(config)?),
         };
         let filter = Filter {
             skip_statuses: config.list("skip_statuses").unwrap_or_else(|| {
@@ -313,6 +324,7 @@ impl Settings {
             Source::Shopee(shop) => shopee(shop, transport, now, &mut scan),
             Source::Walmart(api, node) => walmart(api, node.as_deref(), transport, now, &mut scan),
             Source::Ebay(api) => ebay(api, transport, &mut scan),
+            Source::Lazada(api) => lazada(api, transport, &mut scan),
         };
         marketplace::quota::wait_until(
             now_ms,
@@ -1261,6 +1273,123 @@ fn ebay(api: &Ebay, transport: &dyn Transport, scan: &mut Scan) -> Result<(), St
             Some(next) if next != url => url = next,
             _ => return Ok(()),
         }
+    }
+    Ok(())
+}
+
+// ---- Lazada ----------------------------------------------------------------
+
+/// GetOrders' page size (its maximum).
+const LAZADA_LIMIT: u64 = 100;
+/// The largest `offset` GetOrders accepts.
+const LAZADA_MAX_OFFSET: u64 = 5000;
+
+/// GetOrders `data`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LazadaOrders {
+    #[serde(default)]
+    count_total: Value,
+    #[serde(default)]
+    orders: Vec<LazadaOrder>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LazadaOrder {
+    order_id: Value,
+    updated_at: String,
+    #[serde(default)]
+    statuses: Vec<String>,
+}
+
+/// A number Lazada may send as a string (`"500"`) or a number.
+fn lazada_number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// An order id: digits, as a number or a string.
+fn lazada_id(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// The orders of a GetOrders page and the total the filter matches.
+fn lazada_page(page: LazadaOrders) -> Result<(Vec<Listed>, Option<u64>), String> {
+    let mut orders = Vec::with_capacity(page.orders.len());
+    for order in page.orders {
+        let id = lazada_id(&order.order_id).ok_or("GET /orders/get: an order has no `order_id`")?;
+        let updated = time::parse_rfc3339(&order.updated_at)
+            .map_err(|e| format!("GET /orders/get: order {id}: `updated_at`: {e}"))?;
+        // One status per item: the order's is theirs when they agree (an
+        // order of cancelled and live items is neither).
+        let mut statuses = order.statuses;
+        statuses.sort_unstable();
+        statuses.dedup();
+        orders.push(Listed {
+            status: statuses.join(","),
+            ..Listed::new(id, updated)
+        });
+    }
+    Ok((orders, lazada_number(&page.count_total)))
+}
+
+/// ISO 8601 with a numeric offset, as GetOrders asks
+/// (`YYYY-MM-DDTHH:mm:ss±HH:MM`).
+fn lazada_time(ms: i64) -> String {
+    let text = format_rfc3339(ms);
+    match text.strip_suffix('Z') {
+        Some(t) => format!("{t}+00:00"),
+        None => text,
+    }
+}
+
+/// GetOrders by update time, oldest first, `offset` paging; past Lazada's
+/// largest offset the query goes on from the last update time read.
+fn lazada(api: &Lazada, transport: &dyn Transport, scan: &mut Scan) -> Result<(), String> {
+    let mut after = scan.bound;
+    let mut offset = 0;
+    while scan.next_page() {
+        let (update_after, at) = (lazada_time(after), offset.to_string());
+        let page: LazadaOrders = api.get(
+            transport,
+            "/orders/get",
+            &[
+                ("update_after", &update_after),
+                ("sort_by", "updated_at"),
+                ("sort_direction", "ASC"),
+                ("limit", &LAZADA_LIMIT.to_string()),
+                ("offset", &at),
+            ],
+        )?;
+        let (orders, total) = lazada_page(page)?;
+        for order in &orders {
+            scan.list(order);
+        }
+        let read = offset + orders.len() as u64;
+        if orders.is_empty() || total.is_none_or(|t| read >= t) {
+            return Ok(());
+        }
+        if read + LAZADA_LIMIT <= LAZADA_MAX_OFFSET {
+            offset = read;
+            continue;
+        }
+        // Sorted by update time: the rest are updated at or after the last
+        // one read ("after or on": it is listed again, and counted once).
+        let last = orders.iter().map(|o| o.updated).max().unwrap_or(after);
+        if last.div_euclid(1000) <= after.div_euclid(1000) {
+            // More than 5,000 orders in one second: no query reaches past.
+            scan.truncated = true;
+            return Ok(());
+        }
+        after = last;
+        offset = 0;
     }
     Ok(())
 }

@@ -69,12 +69,12 @@ fn config() {
     let err = settings(&[("app_status_url", "http://app/s")]).err();
     assert_eq!(
         err.as_deref(),
-        Some("config `provider` is required (amazon, shopee, walmart or ebay)")
+        Some("config `provider` is required (amazon, shopee, walmart, ebay or lazada)")
     );
     let err = settings(&[("provider", "etsy"), ("app_status_url", "x")]).err();
     assert_eq!(
         err.as_deref(),
-        Some("config `provider` = `etsy`: expected one of amazon, shopee, walmart, ebay")
+        Some("config `provider` = `etsy`: expected one of amazon, shopee, walmart, ebay, lazada")
     );
     let err = settings(&[("provider", "ebay")]).err();
     assert_eq!(err.as_deref(), Some("config `app_status_url` is required"));
@@ -624,6 +624,177 @@ fn ebay_end_to_end() {
         fake.calls()[2].header_value("Authorization"),
         Some("Bearer v^1.1#i")
     );
+}
+
+fn lazada_orders(total: u64, orders: &[(&str, &str, &str)]) -> String {
+    let orders: Vec<Value> = orders
+        .iter()
+        .map(|(id, updated, status)| {
+            serde_json::json!({
+                "order_id": id.parse::<u64>().map_or(Value::from(*id), Value::from),
+                "order_number": id,
+                "created_at": "2024-05-01 08:00:00 +0800",
+                "updated_at": updated,
+                "statuses": status.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "code": "0",
+        "data": {"count": orders.len().to_string(), "countTotal": total.to_string(), "orders": orders},
+        "request_id": "0ba2887315178178017221014",
+    })
+    .to_string()
+}
+
+#[test]
+fn lazada_reads_get_orders_by_update_time_and_pages_by_offset() {
+    let s = valid(&[
+        ("provider", "lazada"),
+        ("endpoint", "http://l/rest"),
+        ("max_lag", "5m"),
+    ]);
+    assert_eq!(s.interval_ms, 300_000, "Lazada is read every 5 minutes");
+    let page1 = lazada_orders(
+        3,
+        &[
+            ("491253082180001", "2024-05-01 17:50:00 +0800", "pending"),
+            ("491253082180002", "2024-05-01T17:52:00+08:00", "unpaid"),
+        ],
+    );
+    let page2 = lazada_orders(
+        3,
+        &[(
+            "491253082180003",
+            "2024-05-01 17:58:12 +0800",
+            "canceled,pending",
+        )],
+    );
+    let (fake, r) = verdict(&s, "2024-05-01T09:45:00Z", &[(200, &page1), (200, &page2)]);
+    assert_eq!(r.status, Status::Fail, "{}", r.summary);
+    assert_eq!(
+        r.summary,
+        "lazada: 2 orders behind, lag 10m > max_lag 5m; oldest unsynced order 491253082180001 updated 2024-05-01T09:50:00Z"
+    );
+    let calls = fake.calls();
+    let query = |i: usize, key: &str| -> Option<String> {
+        let (_, q) = calls[i].url.split_once('?')?;
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    };
+    assert!(calls[1].url.starts_with("http://l/rest/orders/get?"));
+    assert_eq!(
+        query(1, "update_after").as_deref(),
+        Some("2024-05-01T09%3A45%3A00%2B00%3A00")
+    );
+    assert_eq!(query(1, "sort_by").as_deref(), Some("updated_at"));
+    assert_eq!(query(1, "sort_direction").as_deref(), Some("ASC"));
+    assert_eq!(query(1, "limit").as_deref(), Some("100"));
+    assert_eq!(query(1, "offset").as_deref(), Some("0"));
+    assert_eq!(query(2, "offset").as_deref(), Some("2"));
+    assert_eq!(query(2, "update_after"), query(1, "update_after"));
+    assert_eq!(query(1, "access_token").as_deref(), Some("atoken"));
+    assert_eq!(query(1, "app_key").as_deref(), Some("akey"));
+    assert!(query(1, "sign").is_some_and(|s| s.len() == 64 && s == s.to_ascii_uppercase()));
+    assert_eq!(calls.len(), 3, "countTotal reached: no more pages");
+}
+
+#[test]
+fn lazada_goes_on_from_the_last_update_past_the_largest_offset() {
+    let s = valid(&[
+        ("provider", "lazada"),
+        ("endpoint", "http://l/rest"),
+        ("max_pages", "60"),
+    ]);
+    // 5,000 orders at the same place would need offset 5,000: the scan
+    // goes on with update_after at the last update read, offset 0.
+    let pages: Vec<String> = (0..50)
+        .map(|p| {
+            let orders: Vec<(String, String)> = (0..100)
+                .map(|i| {
+                    let n = p * 100 + i;
+                    (
+                        format!("{}", 400_000_000 + n),
+                        format!(
+                            "2024-05-01T0{}:{:02}:{:02}Z",
+                            8 + n / 3600,
+                            (n / 60) % 60,
+                            n % 60
+                        ),
+                    )
+                })
+                .collect();
+            let refs: Vec<(&str, &str, &str)> = orders
+                .iter()
+                .map(|(id, t)| (id.as_str(), t.as_str(), "pending"))
+                .collect();
+            lazada_orders(5_001, &refs)
+        })
+        .collect();
+    let last = lazada_orders(
+        2,
+        &[
+            ("400004999", "2024-05-01T09:23:19Z", "pending"),
+            ("400005000", "2024-05-01T09:23:20Z", "pending"),
+        ],
+    );
+    let mut answers: Vec<(u16, &str)> = pages.iter().map(|p| (200, p.as_str())).collect();
+    answers.push((200, &last));
+    let (fake, r) = verdict(&s, "2024-05-01T07:59:59Z", &answers);
+    assert_eq!(
+        r.metric_value("orders_behind"),
+        Some(5_001.0),
+        "{}",
+        r.summary
+    );
+    let urls = fake.urls();
+    assert!(urls[50].contains("&offset=4900&"), "{}", urls[50]);
+    assert!(
+        urls[51].contains("update_after=2024-05-01T09%3A23%3A19%2B00%3A00")
+            && urls[51].contains("&offset=0&"),
+        "{}",
+        urls[51]
+    );
+}
+
+#[test]
+fn lazada_trouble_is_inconclusive_and_its_filters_skip_unpaid_and_cancelled() {
+    let s = valid(&[("provider", "lazada"), ("endpoint", "http://l/rest")]);
+    for (body, expected) in [
+        (
+            r#"{"type":"ISV","code":"ApiCallLimit","message":"The request has exceeded the limit. This ban will last 30 seconds","request_id":"x"}"#,
+            "/orders/get -> HTTP 200: ApiCallLimit",
+        ),
+        (
+            r#"{"type":"ISP","code":"InternalError","message":"The request processing has failed due to some unknown error.","request_id":"x"}"#,
+            "/orders/get -> HTTP 200: InternalError",
+        ),
+        // Refused: one refresh, which cannot reach the auth host here.
+        (
+            r#"{"type":"ISV","code":"IllegalAccessToken","message":"The specified access token is invalid or expired","request_id":"x"}"#,
+            "refreshing the lazada access token",
+        ),
+        (
+            r#"{"code":"0","data":{"countTotal":1,"orders":[{"order_id":1,"updated_at":"yesterday"}]}}"#,
+            "order 1: `updated_at`",
+        ),
+    ] {
+        let (_, r) = run(&s, "2024-05-01T09:00:00Z", &[(200, body)]);
+        let why = no_verdict(r).expect("inconclusive");
+        assert!(why.contains(expected), "{why}");
+    }
+    // Unpaid and cancelled orders are not the app's to import.
+    let page = lazada_orders(
+        2,
+        &[
+            ("1001", "2024-05-01 17:00:00 +0800", "unpaid"),
+            ("1002", "2024-05-01 17:01:00 +0800", "canceled"),
+        ],
+    );
+    let (_, r) = verdict(&s, "2024-05-01T08:00:00Z", &[(200, &page)]);
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert_eq!(r.metric_value("orders_behind"), Some(0.0));
 }
 
 #[test]
