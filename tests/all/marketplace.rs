@@ -1153,6 +1153,7 @@ fn order_id(p: Provider, n: usize) -> String {
         Provider::Shopee => format!("2405{n:02}ABCD{n:04}"),
         Provider::Walmart => format!("{}", 1_581_000_000_000u64 + n as u64),
         Provider::Ebay => format!("14-{n:05}-12345"),
+        Provider::Lazada => format!("{}", 491_253_082_180_000u64 + n as u64),
     }
 }
 
@@ -1279,7 +1280,7 @@ fn marketplace_order_sync_follows_every_page() {
                 Provider::Amazon => l.param("NextToken"),
                 Provider::Shopee => l.param("cursor"),
                 Provider::Walmart => l.param("soIndex"),
-                Provider::Ebay => l.param("offset"),
+                Provider::Ebay | Provider::Lazada => l.param("offset"),
             })
             .collect();
         match p {
@@ -1297,6 +1298,13 @@ fn marketplace_order_sync_follows_every_page() {
             Provider::Ebay => {
                 assert!(matches!(follow[0], None | Some("0")), "{follow:?}");
                 assert_eq!(follow[1..], [Some("2"), Some("4")]);
+            }
+            Provider::Lazada => {
+                assert_eq!(follow, [Some("0"), Some("2"), Some("4")]);
+                assert!(pages
+                    .iter()
+                    .all(|l| l.param("sort_by") == Some("updated_at")
+                        && l.param("update_after") == pages[0].param("update_after")));
             }
         }
     });
@@ -1370,7 +1378,10 @@ fn marketplace_order_sync_does_not_retry_a_429_at_once_and_waits_for_its_slot() 
         let kv = tempfile::tempdir().unwrap();
         let kv_file = kv.path().join("kv.json");
         let kv_arg = ["--kv", kv_file.to_str().unwrap()];
-        let config = sync_config(app, "10m");
+        // A pace shorter than the ban (Lazada's default is 5 minutes): the
+        // ban is what keeps the next run away.
+        let mut config = sync_config(app, "10m");
+        config.push(("marketplace_interval", "1m".into()));
         let secrets = m.secrets();
         let r = run_plugin_with("order-sync-lag", &m, &config, &secrets, &[app], &kv_arg);
         r.expect(4, "inconclusive", p.name());
@@ -1380,18 +1391,17 @@ fn marketplace_order_sync_does_not_retry_a_429_at_once_and_waits_for_its_slot() 
             "{}: no quick retry spends the quota: {r:?}",
             p.name()
         );
-        assert!(
-            r.out["summary"].as_str().unwrap().contains("HTTP 429"),
-            "{r:?}"
-        );
+        // Lazada throttles with HTTP 200 and `ApiCallLimit`, naming the ban.
+        let (said, wait) = match p {
+            Provider::Lazada => ("ApiCallLimit", "throttled (ApiCallLimit, a ban of 120 s)"),
+            _ => ("HTTP 429", "throttled (HTTP 429, Retry-After: 120)"),
+        };
+        assert!(r.out["summary"].as_str().unwrap().contains(said), "{r:?}");
         // The next run keeps away from the marketplace until Retry-After.
         let r = run_plugin_with("order-sync-lag", &m, &config, &secrets, &[app], &kv_arg);
         r.expect(4, "inconclusive", p.name());
         assert!(
-            r.out["summary"]
-                .as_str()
-                .unwrap()
-                .contains("throttled (HTTP 429, Retry-After: 120)"),
+            r.out["summary"].as_str().unwrap().contains(wait),
             "{}: {r:?}",
             p.name()
         );
@@ -1400,7 +1410,8 @@ fn marketplace_order_sync_does_not_retry_a_429_at_once_and_waits_for_its_slot() 
             .iter()
             .map(|l| l.status)
             .collect();
-        assert_eq!(statuses, [429], "{}", p.name());
+        let throttled = if p == Provider::Lazada { 200 } else { 429 };
+        assert_eq!(statuses, [throttled], "{}", p.name());
     });
 }
 
@@ -1519,6 +1530,219 @@ fn marketplace_shopee_refresh_token_rotates_through_kv() {
     assert_eq!(shopee_state(&kv)["refresh_token"], m.shopee_refresh_token());
 }
 
+/// A signed Lazada call to `api_path` (under `/rest`) with `params` and
+/// the common parameters, signed with `secret`; `token` is the
+/// `access_token` (or, for the refresh, the `refresh_token`) pair.
+fn lazada_call(
+    m: &Marketplace,
+    api_path: &str,
+    params: &[(&str, &str)],
+    token: (&str, &str),
+    secret: &str,
+    timestamp_ms: i64,
+) -> Answer {
+    let ts = timestamp_ms.to_string();
+    let mut all: Vec<(String, String)> = [
+        ("app_key", LAZADA_APP_KEY),
+        ("timestamp", ts.as_str()),
+        ("sign_method", "sha256"),
+        token,
+    ]
+    .iter()
+    .chain(params)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sign = lazada_sign(secret, api_path, &all);
+    all.push(("sign".to_string(), sign));
+    let query: Vec<String> = all
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let target = format!("/rest{api_path}?{}", query.join("&"));
+    call(m.port, "GET", &target, &[], "")
+}
+
+#[test]
+fn marketplace_fake_lazada_checks_signatures_parameters_and_rotates_refresh_tokens() {
+    let m = Marketplace::start(Provider::Lazada);
+    let t = ago(30 * MIN) / 1000 * 1000;
+    m.set_orders(vec![
+        Order::at("491253082180001", t),
+        Order::at("491253082180002", t + 60_000).status("unpaid"),
+    ]);
+    let access = ("access_token", LAZADA_ACCESS_TOKEN);
+    // `2024-05-01 17:58:12 +0800` as GetOrders asks: `2024-05-01T17:58:12+08:00`.
+    let local = lazada_time(t - 1000);
+    let after = format!("{}T{}+08:00", &local[..10], &local[11..19]);
+    let orders = |params: &[(&str, &str)], secret: &str, ts: i64| {
+        lazada_call(&m, "/orders/get", params, access, secret, ts)
+    };
+    let code = |a: &Answer| {
+        assert_eq!(
+            a.status, 200,
+            "Lazada answers errors with HTTP 200: {}",
+            a.body
+        );
+        a.value()["code"].as_str().unwrap_or_default().to_string()
+    };
+    let now = now_ms();
+    let ok = orders(
+        &[
+            ("update_after", &after),
+            ("sort_by", "updated_at"),
+            ("sort_direction", "ASC"),
+        ],
+        LAZADA_APP_SECRET,
+        now,
+    );
+    assert_eq!(code(&ok), "0", "{}", ok.body);
+    let data = &ok.value()["data"];
+    assert_eq!(data["countTotal"], "2");
+    assert_eq!(data["orders"][0]["order_id"], 491_253_082_180_001u64);
+    assert_eq!(data["orders"][0]["updated_at"], lazada_time(t));
+    assert_eq!(data["orders"][1]["statuses"], json!(["unpaid"]));
+    assert!(lazada_time(t).ends_with(" +0800"));
+    // Every refusal, each with its documented code.
+    for (params, secret, ts, expected) in [
+        (
+            vec![("update_after", after.as_str())],
+            "wrong-secret",
+            now,
+            "IncompleteSignature",
+        ),
+        (
+            vec![("update_after", after.as_str())],
+            LAZADA_APP_SECRET,
+            now - 7_300_000,
+            "InvalidTimestamp",
+        ),
+        (vec![], LAZADA_APP_SECRET, now, "MissingParameter"),
+        (
+            vec![("update_after", "2024-05-01T09:00:00Z")],
+            LAZADA_APP_SECRET,
+            now,
+            "17",
+        ),
+        (
+            vec![("update_after", after.as_str()), ("limit", "101")],
+            LAZADA_APP_SECRET,
+            now,
+            "19",
+        ),
+        (
+            vec![("update_after", after.as_str()), ("offset", "5001")],
+            LAZADA_APP_SECRET,
+            now,
+            "14",
+        ),
+        (
+            vec![("update_after", after.as_str()), ("sort_by", "id")],
+            LAZADA_APP_SECRET,
+            now,
+            "75",
+        ),
+    ] {
+        let a = orders(&params, secret, ts);
+        assert_eq!(code(&a), expected, "{params:?}: {}", a.body);
+    }
+    let a = lazada_call(
+        &m,
+        "/orders/get",
+        &[("update_after", &after)],
+        ("access_token", "nope"),
+        LAZADA_APP_SECRET,
+        now,
+    );
+    assert_eq!(code(&a), "IllegalAccessToken");
+
+    // The refresh: signed the same way, rotating the refresh token.
+    let refresh = |token: &str| {
+        lazada_call(
+            &m,
+            "/auth/token/refresh",
+            &[],
+            ("refresh_token", token),
+            LAZADA_APP_SECRET,
+            now_ms(),
+        )
+    };
+    let a = refresh(LAZADA_REFRESH_TOKEN);
+    assert_eq!(code(&a), "0", "{}", a.body);
+    let fresh = a.value();
+    let new_access = fresh["access_token"].as_str().unwrap().to_string();
+    assert_eq!(fresh["refresh_token"], m.shopee_refresh_token());
+    assert_eq!(code(&refresh(LAZADA_REFRESH_TOKEN)), "IllegalRefreshToken");
+    let a = lazada_call(
+        &m,
+        "/orders/get",
+        &[("update_after", &after)],
+        ("access_token", &new_access),
+        LAZADA_APP_SECRET,
+        now_ms(),
+    );
+    assert_eq!(code(&a), "0", "{}", a.body);
+}
+
+/// The `lazada-token` state in a `--kv` file.
+fn lazada_state(kv: &Path) -> Value {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(kv).unwrap()).unwrap();
+    serde_json::from_str(file["lazada-token"].as_str().expect("lazada-token stored")).unwrap()
+}
+
+#[test]
+fn marketplace_lazada_refreshes_a_revoked_token_and_keeps_the_rotated_refresh_token() {
+    let (m, app) = in_sync(Provider::Lazada, 5 * MIN);
+    let dir = tempfile::tempdir().unwrap();
+    let kv = dir.path().join("kv.json");
+    let mut config = sync_config(app, "10m");
+    config.push(("marketplace_interval", "1ms".into()));
+    let secrets: Vec<(String, String)> = [
+        ("app_key", LAZADA_APP_KEY),
+        ("app_secret", LAZADA_APP_SECRET),
+        ("access_token", LAZADA_ACCESS_TOKEN),
+        ("refresh_token", LAZADA_REFRESH_TOKEN),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sync = |kv: &Path| {
+        let kv = ["--kv", kv.to_str().unwrap()];
+        run_plugin_with("order-sync-lag", &m, &config, &secrets, &[app], &kv)
+    };
+    let refreshes = || m.requests(Provider::Lazada.token_path().unwrap()).len();
+    // The configured access token first: no refresh.
+    sync(&kv).expect(0, "pass", "first run");
+    assert_eq!(refreshes(), 0);
+    // Revoked early: one refused call, one refresh, the call again.
+    m.expire_tokens();
+    sync(&kv).expect(0, "pass", "after revocation");
+    assert_eq!(refreshes(), 1);
+    assert_eq!(m.errors(), ["IllegalAccessToken"]);
+    let rotated = m.shopee_refresh_token();
+    assert_ne!(rotated, LAZADA_REFRESH_TOKEN);
+    assert_eq!(
+        lazada_state(&kv)["refresh_token"],
+        rotated,
+        "kv holds the live refresh token"
+    );
+    // Again: refreshed with the rotated token from kv, not the configured one.
+    m.expire_tokens();
+    sync(&kv).expect(0, "pass", "second revocation");
+    assert_eq!(refreshes(), 2);
+    let sent = m.requests("/rest/auth/token/refresh")[1].form("refresh_token");
+    assert_eq!(sent.as_deref(), Some(rotated.as_str()));
+    // A store without the state starts from the configured refresh token,
+    // rotated away since: inconclusive, saying what to do.
+    m.expire_tokens();
+    let r = sync(&dir.path().join("empty.json"));
+    r.expect(4, "inconclusive", "refused refresh token");
+    let summary = r.out["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("lazada refresh token refused (IllegalRefreshToken"),
+        "{summary}"
+    );
+}
+
 #[test]
 fn marketplace_shopee_access_token_is_tried_before_a_refresh() {
     let p = Provider::Shopee;
@@ -1615,6 +1839,7 @@ fn marketplace_order_sync_is_inconclusive_on_the_marketplaces_trouble_and_errors
         let wrong: &[(&str, &str)] = match p {
             Provider::Amazon | Provider::Walmart | Provider::Ebay => &[("client_secret", "wrong")],
             Provider::Shopee => &[("access_token", "wrong")],
+            Provider::Lazada => &[("app_secret", "wrong")],
         };
         run_plugin(
             "order-sync-lag",

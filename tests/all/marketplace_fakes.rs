@@ -1,8 +1,8 @@
 //! Local fakes of the marketplace APIs that the `order-sync-lag` and
 //! `inventory-drift` plugins call: Amazon (Login with Amazon, SP-API Orders
 //! v0 and FBA Inventory v1), Shopee Open Platform v2 (token refresh, orders
-//! and products), Walmart Marketplace and eBay (OAuth and Sell Fulfillment
-//! v1).
+//! and products), Walmart Marketplace, eBay (OAuth and Sell Fulfillment
+//! v1) and Lazada Open Platform (signed GetOrders, token refresh).
 //!
 //! Each fake serves on 127.0.0.1 and is written from the providers' published
 //! documents, not from the plugins: paths, parameters, authentication,
@@ -49,6 +49,17 @@ pub const EBAY_GRANTED_SCOPES: [&str; 3] = [
     "https://api.ebay.com/oauth/api_scope/sell.inventory.readonly",
 ];
 
+/// Lazada app and seller, as the fake knows them.
+pub const LAZADA_APP_KEY: &str = "120437";
+pub const LAZADA_APP_SECRET: &str = "Lz8Hq2Vx7Wm4Ke9Rb3Tn6Yc1Pa5Sd0Fg";
+pub const LAZADA_ACCESS_TOKEN: &str =
+    "50000601c30atpedfgu3LVvik87Ixlsvle3mSoB7701ceb156fPunYZ43GBg";
+pub const LAZADA_REFRESH_TOKEN: &str =
+    "50001600c30atpedfgu3LVvik87Ixlsvle3mSoB7701ceb156fRefreshToken";
+
+/// Lazada refuses requests whose `timestamp` (ms) is further off than this.
+const LAZADA_TIMESTAMP_WINDOW_MS: i64 = 7_200_000;
+
 /// Shopee refuses requests whose `timestamp` is older than this (seconds).
 const SHOPEE_TIMESTAMP_WINDOW: i64 = 300;
 
@@ -58,14 +69,16 @@ pub enum Provider {
     Shopee,
     Walmart,
     Ebay,
+    Lazada,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 4] = [
+    pub const ALL: [Provider; 5] = [
         Provider::Amazon,
         Provider::Shopee,
         Provider::Walmart,
         Provider::Ebay,
+        Provider::Lazada,
     ];
 
     /// The value of the plugins' `provider` key.
@@ -75,6 +88,7 @@ impl Provider {
             Provider::Shopee => "shopee",
             Provider::Walmart => "walmart",
             Provider::Ebay => "ebay",
+            Provider::Lazada => "lazada",
         }
     }
 
@@ -85,6 +99,7 @@ impl Provider {
             Provider::Shopee => "/api/v2/order/get_order_list",
             Provider::Walmart => "/v3/orders",
             Provider::Ebay => "/sell/fulfillment/v1/order",
+            Provider::Lazada => "/rest/orders/get",
         }
     }
 
@@ -95,6 +110,7 @@ impl Provider {
             Provider::Shopee => Some("/api/v2/auth/access_token/get"),
             Provider::Walmart => Some("/v3/token"),
             Provider::Ebay => Some("/identity/v1/oauth2/token"),
+            Provider::Lazada => Some("/rest/auth/token/refresh"),
         }
     }
 }
@@ -302,9 +318,9 @@ struct State {
     log: Vec<Logged>,
     seq: u64,
     /// The one Shopee refresh token accepted now.
-    shopee_refresh: String,
+    refresh: String,
     /// Every Shopee refresh token issued, the current one included.
-    shopee_refresh_issued: Vec<String>,
+    refresh_issued: Vec<String>,
     /// SP-API getOrders' token bucket: tokens, and when it was last filled.
     get_orders_bucket: (f64, i64),
     /// searchOrders' (Orders API 2026-01-01) bucket.
@@ -330,17 +346,27 @@ pub struct Marketplace {
 impl Marketplace {
     pub fn start(provider: Provider) -> Marketplace {
         let mut tokens = HashMap::new();
-        if provider == Provider::Shopee {
-            // Shopee's access token comes from the shop's authorization; the
-            // fake treats it as issued and valid for four hours.
+        // Shopee's and Lazada's access tokens come from the seller's
+        // authorization; the fake treats them as issued: four hours
+        // (Shopee), seven days (Lazada, an app in test).
+        let authorized = match provider {
+            Provider::Shopee => Some((SHOPEE_ACCESS_TOKEN, 4 * 3_600_000)),
+            Provider::Lazada => Some((LAZADA_ACCESS_TOKEN, 7 * 86_400_000)),
+            _ => None,
+        };
+        if let Some((token, life)) = authorized {
             tokens.insert(
-                SHOPEE_ACCESS_TOKEN.to_string(),
+                token.to_string(),
                 Token {
-                    expires_ms: now_ms() + 4 * 3_600_000,
+                    expires_ms: now_ms() + life,
                     scopes: Vec::new(),
                 },
             );
         }
+        let first_refresh = match provider {
+            Provider::Lazada => LAZADA_REFRESH_TOKEN,
+            _ => SHOPEE_REFRESH_TOKEN,
+        };
         let state = Arc::new(Mutex::new(State {
             orders: Vec::new(),
             stock: Vec::new(),
@@ -349,6 +375,7 @@ impl Marketplace {
                 Provider::Shopee => 14_400,
                 Provider::Walmart => 900,
                 Provider::Ebay => 7200,
+                Provider::Lazada => 604_800,
                 _ => 3600,
             },
             born_expired: 0,
@@ -357,8 +384,8 @@ impl Marketplace {
             cursors: HashMap::new(),
             log: Vec::new(),
             seq: 0,
-            shopee_refresh: SHOPEE_REFRESH_TOKEN.to_string(),
-            shopee_refresh_issued: vec![SHOPEE_REFRESH_TOKEN.to_string()],
+            refresh: first_refresh.to_string(),
+            refresh_issued: vec![first_refresh.to_string()],
             get_orders_bucket: (GET_ORDERS_BURST, now_ms()),
             search_orders_bucket: (GET_ORDERS_BURST, now_ms()),
         }));
@@ -424,9 +451,10 @@ impl Marketplace {
         }
     }
 
-    /// The Shopee refresh token the fake accepts now (the newest issued).
+    /// The Shopee (or Lazada) refresh token the fake accepts now (the
+    /// newest issued).
     pub fn shopee_refresh_token(&self) -> String {
-        self.lock().shopee_refresh.clone()
+        self.lock().refresh.clone()
     }
 
     /// The seller authorizes the Shopee app again: a new refresh token,
@@ -434,7 +462,7 @@ impl Marketplace {
     pub fn reauthorize_shopee(&self) -> String {
         let mut st = self.lock();
         let id = st.next_id();
-        st.rotate_shopee_refresh(id)
+        st.rotate_refresh(id)
     }
 
     /// Every access and refresh token the fake issued or accepts: none may
@@ -442,7 +470,7 @@ impl Marketplace {
     pub fn issued_tokens(&self) -> Vec<String> {
         let st = self.lock();
         let mut all: Vec<String> = st.tokens.keys().cloned().collect();
-        all.extend(st.shopee_refresh_issued.iter().cloned());
+        all.extend(st.refresh_issued.iter().cloned());
         all
     }
 
@@ -504,6 +532,14 @@ impl Marketplace {
                 );
                 add("scope", EBAY_GRANTED_SCOPES[1].to_string());
             }
+            Provider::Lazada => {
+                // One port serves the country gateway and the auth host.
+                c[1].1 = format!("{}/rest", self.url());
+                c.push((
+                    "token_url".to_string(),
+                    format!("{}/rest/auth/token/refresh", self.url()),
+                ));
+            }
         }
         c
     }
@@ -528,6 +564,11 @@ impl Marketplace {
                 ("client_id", EBAY_CLIENT_ID),
                 ("client_secret", EBAY_CLIENT_SECRET),
                 ("refresh_token", EBAY_REFRESH_TOKEN),
+            ],
+            Provider::Lazada => &[
+                ("app_key", LAZADA_APP_KEY),
+                ("app_secret", LAZADA_APP_SECRET),
+                ("access_token", LAZADA_ACCESS_TOKEN),
             ],
         };
         pairs
@@ -562,6 +603,7 @@ fn serve(state: &Mutex<State>, provider: Provider, port: u16, req: &HttpRequest)
             Provider::Shopee => shopee(&mut st, &ctx),
             Provider::Walmart => walmart(&mut st, &ctx),
             Provider::Ebay => ebay(&mut st, &ctx),
+            Provider::Lazada => lazada(&mut st, &ctx),
         },
     };
     if provider == Provider::Amazon {
@@ -652,11 +694,12 @@ impl State {
         }
     }
 
-    /// Replaces the Shopee refresh token with a new one, returned.
-    fn rotate_shopee_refresh(&mut self, id: u64) -> String {
-        let token = format!("{:016x}{id:016x}", fnv(&format!("shopee-refresh-{id}")));
-        self.shopee_refresh = token.clone();
-        self.shopee_refresh_issued.push(token.clone());
+    /// Replaces the (Shopee or Lazada) refresh token with a new one,
+    /// returned.
+    fn rotate_refresh(&mut self, id: u64) -> String {
+        let token = format!("{:016x}{id:016x}", fnv(&format!("refresh-{id}")));
+        self.refresh = token.clone();
+        self.refresh_issued.push(token.clone());
         token
     }
 
@@ -685,10 +728,11 @@ fn failed(provider: Provider, f: &Failure) -> Reply {
             Provider::Shopee => r#"{"error":"","response":{"order_list":[{"order_sn"#,
             Provider::Walmart => r#"{"list":{"meta":{"totalCount":3,"#,
             Provider::Ebay => r#"{"href":"x","total":2,"orders":[{"orderId":"#,
+            Provider::Lazada => r#"{"code":"0","data":{"countTotal":"3","orders":[{"order_id":"#,
         };
         return Reply::from(HttpReply::json(200, body)).code("malformed");
     }
-    let (status, retry_after) = match f {
+    let (status, mut retry_after) = match f {
         Failure::RateLimited { retry_after } => (429, *retry_after),
         Failure::Status(s) => (*s, None),
         Failure::Malformed => unreachable!(),
@@ -763,6 +807,32 @@ fn failed(provider: Provider, f: &Failure) -> Reply {
                 _ => (30500, "API_FULFILLMENT", "There was a problem with an eBay internal system or process. Contact eBay developer support for assistance."),
             };
             ebay_error(status, id, domain, message)
+        }
+        Provider::Lazada => {
+            // Lazada answers its errors with HTTP 200 and a code; a ban
+            // names its length in the message, never in a header.
+            let secs = retry_after.take().unwrap_or(1);
+            let (kind, code, message) = match status {
+                429 => (
+                    "ISV",
+                    "ApiCallLimit",
+                    format!(
+                        "The request has exceeded the limit. This ban will last {secs} seconds"
+                    ),
+                ),
+                400 => ("ISV", "InvalidParameter", "Invalid parameter".to_string()),
+                403 => (
+                    "ISV",
+                    "InsufficientPermission",
+                    "The app has no permission to call this api".to_string(),
+                ),
+                _ => (
+                    "ISP",
+                    "InternalError",
+                    "The request processing has failed due to some unknown error.".to_string(),
+                ),
+            };
+            lazada_error(kind, code, &message)
         }
     };
     if let Some(secs) = retry_after {
@@ -1478,11 +1548,11 @@ fn shopee_refresh(st: &mut State, cx: &Ctx) -> Reply {
         Some(_) => return shopee_param("Invalid shop_id."),
         None => return shopee_param("Missing shop_id."),
     }
-    if refresh != st.shopee_refresh {
+    if refresh != st.refresh {
         return shopee_error(403, "error_auth", "Invalid refresh_token");
     }
     let id = st.next_id();
-    let refresh_token = st.rotate_shopee_refresh(id);
+    let refresh_token = st.rotate_refresh(id);
     let access_token = st.issue_token(
         format!("{:016x}{id:016x}", fnv(&format!("shopee-access-{id}"))),
         Vec::new(),
@@ -2186,6 +2256,281 @@ fn ebay_orders(st: &mut State, cx: &Ctx) -> Reply {
         body["prev"] = json!(link(offset.saturating_sub(limit)));
     }
     Reply::json(200, body)
+}
+
+// ---------------------------------------------------------------- Lazada
+
+/// Lazada's error shape, always with HTTP 200: `type` is `ISV` for the
+/// caller's mistakes, `ISP` for its backend.
+fn lazada_error(kind: &str, code: &str, message: &str) -> Reply {
+    Reply::json(
+        200,
+        json!({"type": kind, "code": code, "message": message, "request_id": request_id()}),
+    )
+    .code(code)
+}
+
+fn lazada_ok(data: Value) -> Reply {
+    Reply::json(
+        200,
+        json!({"code": "0", "data": data, "request_id": request_id()}),
+    )
+}
+
+/// `sign`: upper-case hex HMAC-SHA256 with the app secret over the API
+/// path followed by every other parameter's key and value, sorted by key.
+pub fn lazada_sign(app_secret: &str, api_path: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sign").collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut base = api_path.to_string();
+    for (k, v) in sorted {
+        base.push_str(k);
+        base.push_str(v);
+    }
+    hmac_hex(app_secret, &base).to_ascii_uppercase()
+}
+
+/// Lazada's time: `2024-05-01 17:58:12 +0800`, as its live API writes
+/// `created_at` and `updated_at` (Singapore time).
+pub fn lazada_time(ms: i64) -> String {
+    let local = rfc3339(ms + 8 * 3_600_000);
+    format!("{} {} +0800", &local[..10], &local[11..19])
+}
+
+/// GetOrders' dates: ISO 8601 with a numeric offset,
+/// `YYYY-MM-DDTHH:mm:ss±HH:MM`, nothing else.
+fn lazada_query_time(v: &str) -> Option<i64> {
+    let b = v.as_bytes();
+    let shaped = b.len() == 25 && b[10] == b'T' && matches!(b[19], b'+' | b'-') && b[22] == b':';
+    shaped.then(|| parse_time(v)).flatten()
+}
+
+/// The common parameters of every call (from the query, or a form body):
+/// the app, a timestamp within two hours, `sign_method` and a valid `sign`
+/// over `api_path`. `None` means go on.
+fn lazada_common(cx: &Ctx, api_path: &str, params: &[(String, String)]) -> Option<Reply> {
+    for k in ["app_key", "timestamp", "sign_method", "sign"] {
+        if lookup(params, k).is_none_or(str::is_empty) {
+            return Some(lazada_error(
+                "ISV",
+                "MissingParameter",
+                &format!("The input parameter \"{k}\" that is mandatory for processing this request is not supplied"),
+            ));
+        }
+    }
+    if lookup(params, "app_key") != Some(LAZADA_APP_KEY) {
+        return Some(lazada_error(
+            "ISV",
+            "InvalidAppKey",
+            "The specified app key is invalid",
+        ));
+    }
+    let fresh = lookup(params, "timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| (cx.now - t).abs() <= LAZADA_TIMESTAMP_WINDOW_MS);
+    if !fresh {
+        return Some(lazada_error(
+            "ISV",
+            "InvalidTimestamp",
+            "The specified timestamp is invalid or out of the allowed range",
+        ));
+    }
+    if lookup(params, "sign_method") != Some("sha256") {
+        return Some(lazada_error(
+            "ISV",
+            "InvalidSignMethod",
+            "The specified sign method is not supported",
+        ));
+    }
+    if lookup(params, "sign") != Some(lazada_sign(LAZADA_APP_SECRET, api_path, params).as_str()) {
+        return Some(lazada_error(
+            "ISV",
+            "IncompleteSignature",
+            "The request signature does not conform to platform standards",
+        ));
+    }
+    None
+}
+
+fn lazada(st: &mut State, cx: &Ctx) -> Reply {
+    match (cx.req.method.as_str(), cx.path) {
+        ("GET" | "POST", "/rest/auth/token/refresh") => lazada_refresh(st, cx),
+        ("GET", "/rest/orders/get") => {
+            let params = cx.query.to_vec();
+            if let Some(refused) = lazada_common(cx, "/orders/get", &params) {
+                return refused;
+            }
+            match st.token_state(cx.param("access_token"), cx.now) {
+                TokenState::Live(_) => lazada_orders(st, cx),
+                TokenState::Missing => lazada_error(
+                    "ISV",
+                    "MissingParameter",
+                    "The input parameter \"access_token\" that is mandatory for processing this request is not supplied",
+                ),
+                _ => lazada_error(
+                    "ISV",
+                    "IllegalAccessToken",
+                    "The specified access token is invalid or expired",
+                ),
+            }
+        }
+        _ => lazada_error("ISV", "InvalidApiPath", "The specified API path is invalid"),
+    }
+}
+
+/// `/auth/token/refresh`: signed like any call, with `refresh_token`
+/// instead of an access token. The refresh token must be the newest one;
+/// each use rotates it.
+fn lazada_refresh(st: &mut State, cx: &Ctx) -> Reply {
+    let mut params = cx.query.to_vec();
+    if cx.is_form() {
+        params.extend(cx.form());
+    }
+    if let Some(refused) = lazada_common(cx, "/auth/token/refresh", &params) {
+        return refused;
+    }
+    let Some(refresh) = lookup(&params, "refresh_token").filter(|t| !t.is_empty()) else {
+        return lazada_error(
+            "ISV",
+            "MissingParameter",
+            "The input parameter \"refresh_token\" that is mandatory for processing this request is not supplied",
+        );
+    };
+    if refresh != st.refresh {
+        return lazada_error(
+            "ISV",
+            "IllegalRefreshToken",
+            "The specified refresh token is invalid or expired",
+        );
+    }
+    let id = st.next_id();
+    let refresh_token = st.rotate_refresh(id);
+    let access_token = st.issue_token(
+        format!("50000{:016x}{id:016x}", fnv(&format!("lazada-access-{id}"))),
+        Vec::new(),
+        cx.now,
+    );
+    Reply::json(
+        200,
+        json!({
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "expires_in": st.expires_in,
+            "refresh_expires_in": 1_209_600,
+            "country": "sg",
+            "account_platform": "seller_center",
+            "account": "seller@example.com",
+            "country_user_info": [{"country": "sg", "user_id": "100001", "seller_id": "1000010001", "short_code": "SG1A2B3C"}],
+            "code": "0",
+            "request_id": request_id(),
+        }),
+    )
+}
+
+/// GetOrders: `update_after` or `created_after` (ISO 8601), `sort_by`
+/// `created_at`|`updated_at`, `sort_direction` `ASC`|`DESC`, `limit` at most
+/// 100, `offset` at most 5,000, an optional `status`; `count` and
+/// `countTotal` as strings, as the documented example answers.
+fn lazada_orders(st: &mut State, cx: &Ctx) -> Reply {
+    let date = |name: &str| -> Result<Option<i64>, Reply> {
+        match cx.param(name) {
+            None => Ok(None),
+            Some(v) => lazada_query_time(v).map(Some).ok_or_else(|| {
+                lazada_error("ISV", "17", &format!("E017: \"{v}\" Invalid Date Format"))
+            }),
+        }
+    };
+    let (update_after, created_after) = match (date("update_after"), date("created_after")) {
+        (Ok(u), Ok(c)) => (u, c),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let (update_before, created_before) = match (date("update_before"), date("created_before")) {
+        (Ok(u), Ok(c)) => (u, c),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if update_after.is_none() && created_after.is_none() {
+        return lazada_error(
+            "ISV",
+            "MissingParameter",
+            "Either UpdatedAfter or CreatedAfter is mandatory",
+        );
+    }
+    let limit = match cx.param("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            let v = cx.param("limit").unwrap_or_default();
+            return lazada_error("ISV", "19", &format!("E019: \"{v}\" Invalid Limit"));
+        }
+    };
+    let offset = match cx.param("offset").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= 5000 => n,
+        Some(_) => {
+            let v = cx.param("offset").unwrap_or_default();
+            return lazada_error("ISV", "14", &format!("E014: \"{v}\" Invalid Offset"));
+        }
+    };
+    let by_update = match cx.param("sort_by") {
+        None | Some("created_at") => false,
+        Some("updated_at") => true,
+        Some(_) => return lazada_error("ISV", "75", "E075: Invalid sort filter."),
+    };
+    let descending = match cx.param("sort_direction") {
+        None | Some("DESC") => true,
+        Some("ASC") => false,
+        Some(_) => return lazada_error("ISV", "74", "E074: Invalid sort direction."),
+    };
+    let status = cx.param("status");
+    let status_of = |o: &Order| o.status.unwrap_or("pending");
+    // The bounds are inclusive ("after or on"), in whole seconds.
+    let mut matching: Vec<&Order> = st
+        .orders
+        .iter()
+        .filter(|o| update_after.is_none_or(|t| o.updated_ms >= t))
+        .filter(|o| update_before.is_none_or(|t| o.updated_ms <= t))
+        .filter(|o| created_after.is_none_or(|t| o.created_ms >= t))
+        .filter(|o| created_before.is_none_or(|t| o.created_ms <= t))
+        .filter(|o| status.is_none_or(|s| status_of(o) == s))
+        .collect();
+    matching.sort_by_key(|o| {
+        let t = if by_update {
+            o.updated_ms
+        } else {
+            o.created_ms
+        };
+        (t, o.id.clone())
+    });
+    if descending {
+        matching.reverse();
+    }
+    let n = limit.min(st.page_size);
+    let orders: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(n)
+        .map(|o| {
+            let id =
+                o.id.parse::<u64>()
+                    .map_or_else(|_| json!(o.id), |n| json!(n));
+            json!({
+                "order_id": id,
+                "order_number": id,
+                "created_at": lazada_time(o.created_ms),
+                "updated_at": lazada_time(o.updated_ms),
+                "statuses": [status_of(o)],
+                "items_count": 1,
+                "price": "106.00",
+                "payment_method": "COD",
+                "warehouse_code": "dropshipping",
+            })
+        })
+        .collect();
+    lazada_ok(json!({
+        "count": orders.len().to_string(),
+        "countTotal": matching.len().to_string(),
+        "orders": orders,
+    }))
 }
 
 // ---------------------------------------------------------------- helpers
