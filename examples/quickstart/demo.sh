@@ -134,7 +134,7 @@ until listening "$fake_port"; do
     ((SECONDS < deadline)) || die "the SP-API fake did not listen on 127.0.0.1:$fake_port within 15 s"
     sleep 0.1
 done
-echo "the fake is running (pid $fake_pid): LWA token endpoint and Orders v0 getOrders"
+echo "the fake is running (pid $fake_pid): LWA token endpoint and Orders API 2026-01-01 searchOrders"
 
 header "Start rollbackd with a fresh state directory"
 show "$rollbackd --config $config &   # log: ${run#"$repo/"}/agent.log"

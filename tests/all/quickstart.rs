@@ -1,6 +1,6 @@
 //! The quickstart's parts without the agent (`make demo` runs the whole
 //! story): the SP-API fake `examples/quickstart/sp_api_fake.py` answers as
-//! the Orders v0 model says, `order-sync-lag` reads it, and the two releases
+//! the Orders v0 and 2026-01-01 models say, `order-sync-lag` reads it, and the two releases
 //! of the example app either keep up with it (1.0.0) or stand still while
 //! `/health` stays 200 (1.1.0).
 
@@ -328,6 +328,80 @@ fn quickstart_sp_api_fake_follows_lwa_and_the_orders_v0_model() {
     for secret in [CLIENT_SECRET, REFRESH_TOKEN, token.as_str()] {
         assert!(!text.contains(secret), "the log shows a secret: {text}");
     }
+}
+
+const SEARCH: &str = "/orders/2026-01-01/orders";
+
+/// A searchOrders answer, checked against the Orders API 2026-01-01 model.
+fn search(port: u16, token: &str, query: &str) -> (Answer, Value) {
+    let a = call(
+        port,
+        "GET",
+        &format!("{SEARCH}?{query}"),
+        &[("x-amz-access-token", token)],
+        "",
+    );
+    assert!(a.header_value("x-amzn-RequestId").is_some(), "{query}");
+    assert_valid("orders_2026-01-01.json", SEARCH, query, &a);
+    let v = a.value();
+    (a, v)
+}
+
+#[test]
+fn quickstart_sp_api_fake_search_orders_follows_the_2026_01_01_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_fake, port) = start_fake(&dir.path().join("sp-api.log"));
+    let a = lwa(port, CLIENT_SECRET, REFRESH_TOKEN);
+    let token = a.value()["access_token"].as_str().unwrap().to_string();
+    let after = rfc3339(now_ms() - 30 * 60_000);
+    let query = format!(
+        "marketplaceIds={MARKETPLACE}&lastUpdatedAfter={}&maxResultsPerPage=5",
+        encode(&after)
+    );
+    // Two pages, the second asked with the whole query and the token.
+    let (a, first) = search(port, &token, &query);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let orders = first["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 5);
+    for o in orders {
+        assert!(
+            parse_time(o["lastUpdatedTime"].as_str().unwrap()).unwrap()
+                >= parse_time(&after).unwrap()
+        );
+        assert!(o["fulfillment"]["fulfillmentStatus"].is_string(), "{o}");
+    }
+    let next = first["pagination"]["nextToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (a, second) = search(
+        port,
+        &token,
+        &format!("{query}&paginationToken={}", encode(&next)),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_ne!(
+        second["orders"][0]["orderId"],
+        first["orders"][0]["orderId"]
+    );
+    // Refused, in the model's error shape: the token alone, no bound, no token.
+    for (what, q, status) in [
+        (
+            "token alone",
+            format!(
+                "marketplaceIds={MARKETPLACE}&paginationToken={}",
+                encode(&next)
+            ),
+            400,
+        ),
+        ("no bound", format!("marketplaceIds={MARKETPLACE}"), 400),
+    ] {
+        let (a, v) = search(port, &token, &q);
+        assert_eq!(a.status, status, "{what}: {}", a.body);
+        assert_eq!(v["errors"][0]["code"], "InvalidInput", "{what}");
+    }
+    let (a, _) = search(port, "Atza|nope", &query);
+    assert_eq!(a.status, 403);
 }
 
 /// `rollbackctl plugin test order-sync-lag` against the fake, with an app

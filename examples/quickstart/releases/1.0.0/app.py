@@ -3,9 +3,9 @@
 quickstart's app (Python 3 stdlib only).
 
 Every SYNC_EVERY seconds (default 1) it asks the Selling Partner API
-(Orders v0 getOrders) for the orders updated since its position, following
-NextToken pages, keeps them, and moves its position to the newest
-LastUpdateDate it has seen. The position outlives restarts in
+(Orders API 2026-01-01 searchOrders) for the orders updated since its
+position, following pagination.nextToken pages, keeps them, and moves its
+position to the newest lastUpdatedTime it has seen. The position outlives restarts in
 $SHOP_DATA_DIR/sync-position.json; on its very first run it starts ten
 minutes back.
 
@@ -129,21 +129,21 @@ class Sync:
 
     def once(self):
         after = self.position if self.position is not None else time.time() - FIRST_SYNC_LOOKBACK_S
-        query = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        query = {"marketplaceIds": MARKETPLACE_ID, "lastUpdatedAfter": iso(after)}
         params = query
         newest, seen = after, 0
         while True:
-            page = self.api.get("/orders/v0/orders", params)
-            payload = page["payload"]
-            for order in payload["Orders"]:
+            page = self.api.get("/orders/2026-01-01/orders", params)
+            for order in page["orders"]:
                 with self.lock:
-                    self.orders[order["AmazonOrderId"]] = order["OrderStatus"]
-                newest = max(newest, parse_time(order["LastUpdateDate"]))
+                    self.orders[order["orderId"]] = order["fulfillment"]["fulfillmentStatus"]
+                newest = max(newest, parse_time(order["lastUpdatedTime"]))
                 seen += 1
-            if not payload.get("NextToken"):
+            token = page.get("pagination", {}).get("nextToken")
+            if not token:
                 break
-            # Each page repeats the query, as the Orders v0 model requires.
-            params = dict(query, NextToken=payload["NextToken"])
+            # Each page repeats the query with the token, as the model requires.
+            params = dict(query, paginationToken=token)
         with self.lock:
             moved = self.position is None or newest > self.position
             self.position = newest

@@ -3,9 +3,9 @@
 quickstart's app (Python 3 stdlib only).
 
 Every SYNC_EVERY seconds (default 1) it asks the Selling Partner API
-(Orders v0 getOrders) for the orders updated since its position, following
-NextToken pages, keeps them, and moves its position to the newest
-LastUpdateDate it has seen. The position outlives restarts in
+(Orders API 2026-01-01 searchOrders) for the orders updated since its
+position, following pagination.nextToken pages, keeps them, and moves its
+position to the newest lastUpdatedTime it has seen. The position outlives restarts in
 $SHOP_DATA_DIR/sync-position.json; on its very first run it starts ten
 minutes back.
 
@@ -103,13 +103,13 @@ class SpApi:
 
 
 def page_orders(page):
-    """The orders of a getOrders page; an empty page may leave the list out."""
-    return page.get("payload", {}).get("orders", [])
+    """The orders of a searchOrders page; an empty page may leave the list out."""
+    return page.get("Orders", [])
 
 
 def next_token(page):
-    """The token of the next getOrders page, None on the last one."""
-    return page.get("payload", {}).get("NextToken")
+    """The token of the next searchOrders page, None on the last one."""
+    return page.get("pagination", {}).get("nextToken")
 
 
 class Sync:
@@ -139,21 +139,21 @@ class Sync:
 
     def once(self):
         after = self.position if self.position is not None else time.time() - FIRST_SYNC_LOOKBACK_S
-        query = {"MarketplaceIds": MARKETPLACE_ID, "LastUpdatedAfter": iso(after)}
+        query = {"marketplaceIds": MARKETPLACE_ID, "lastUpdatedAfter": iso(after)}
         params = query
         newest, seen = after, 0
         while True:
-            page = self.api.get("/orders/v0/orders", params)
+            page = self.api.get("/orders/2026-01-01/orders", params)
             for order in page_orders(page):
                 with self.lock:
-                    self.orders[order["AmazonOrderId"]] = order["OrderStatus"]
-                newest = max(newest, parse_time(order["LastUpdateDate"]))
+                    self.orders[order["orderId"]] = order["fulfillment"]["fulfillmentStatus"]
+                newest = max(newest, parse_time(order["lastUpdatedTime"]))
                 seen += 1
             token = next_token(page)
             if not token:
                 break
-            # Each page repeats the query, as the Orders v0 model requires.
-            params = dict(query, NextToken=token)
+            # Each page repeats the query with the token, as the model requires.
+            params = dict(query, paginationToken=token)
         with self.lock:
             moved = self.position is None or newest > self.position
             self.position = newest
