@@ -1751,10 +1751,14 @@ fn marketplace_shopee_access_token_is_tried_before_a_refresh() {
     m.set_stock(stock.clone());
     let app = inventory_app(&stock, p);
     let dir = tempfile::tempdir().unwrap();
-    let config = [(
-        "app_inventory_url",
-        format!("http://127.0.0.1:{app}/inventory"),
-    )];
+    // Every run reads the marketplace (the fake has no quota).
+    let config = [
+        (
+            "app_inventory_url",
+            format!("http://127.0.0.1:{app}/inventory"),
+        ),
+        ("marketplace_interval", "1ms".to_string()),
+    ];
     let check = |secrets: &[(String, String)], kv: &Path| {
         let kv = ["--kv", kv.to_str().unwrap()];
         run_plugin_with("inventory-drift", &m, &config, secrets, &[app], &kv)
@@ -1913,6 +1917,47 @@ fn catalogue(provider: Provider) -> Vec<Stock> {
             }
         })
         .collect()
+}
+
+#[test]
+fn marketplace_inventory_drift_reads_the_marketplace_at_most_every_interval() {
+    each(&[Provider::Amazon, Provider::Shopee], |p| {
+        let m = Marketplace::start(p);
+        let stock = catalogue(p);
+        m.set_stock(stock.clone());
+        let app = inventory_app(&stock, p);
+        let dir = tempfile::tempdir().unwrap();
+        let kv = dir.path().join("kv.json");
+        let kv = ["--kv", kv.to_str().unwrap()];
+        let config = [
+            (
+                "app_inventory_url",
+                format!("http://127.0.0.1:{app}/inventory"),
+            ),
+            ("marketplace_interval", "10m".to_string()),
+        ];
+        let run = || run_plugin_with("inventory-drift", &m, &config, &m.secrets(), &[app], &kv);
+        run().expect(0, "pass", p.name());
+        let calls = m.log().len();
+        assert!(
+            calls > 0,
+            "{}: the first run reads the marketplace",
+            p.name()
+        );
+        // The next run judges the app against the kept answer, no call.
+        let r = run();
+        r.expect(0, "pass", p.name());
+        assert_eq!(m.log().len(), calls, "{}: no marketplace call", p.name());
+        assert!(
+            r.out["summary"]
+                .as_str()
+                .unwrap()
+                .contains("(marketplace read "),
+            "{}: {r:?}",
+            p.name()
+        );
+        assert_eq!(r.metric("skus_checked"), 10.0, "{}", p.name());
+    });
 }
 
 #[test]
@@ -2109,10 +2154,15 @@ fn marketplace_inventory_drift_rolls_back_a_release_that_miscounts_stock() {
     let (entry, env) = agent_entry(
         &m,
         "",
-        &[(
-            "app_inventory_url",
-            format!("http://127.0.0.1:{app}/inventory"),
-        )],
+        &[
+            (
+                "app_inventory_url",
+                format!("http://127.0.0.1:{app}/inventory"),
+            ),
+            // Each run reads the marketplace: the bad release's counts are
+            // compared at once, not judged by an answer read before it.
+            ("marketplace_interval", "1ms".to_string()),
+        ],
         &m.secrets(),
         &[app],
     );
@@ -2163,7 +2213,10 @@ fn marketplace_shopee_checks_of_one_shop_share_rotating_tokens_through_kv_scope(
     let (stock_entry, _) = entry(
         "stock",
         "inventory-drift",
-        &[("app_inventory_url", inventory_url)],
+        &[
+            ("app_inventory_url", inventory_url),
+            ("marketplace_interval", "1ms".to_string()),
+        ],
         stock_app,
     );
     let config =

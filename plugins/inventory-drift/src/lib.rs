@@ -15,13 +15,26 @@
 //!    not know it.
 //! 4. Fails when drifted / checked > `max_drifted_ratio`.
 //!
-//! Any transport, auth, status or parse problem is an error, never a pass;
-//! the cursor only moves after a completed comparison.
+//! The app's side failing (unreachable, garbled) is an error; the
+//! marketplace's (throttled, down, credentials refused, unreadable) is
+//! `inconclusive`; neither is a pass, and the cursor only moves after a
+//! completed comparison.
+//!
+//! The marketplace is read at most every `marketplace_interval` (default
+//! 1m; its quota is the seller's) and after a 429 only when it says
+//! (`marketplace::quota`, kv `inventory-next-call`). Its last answer is kept in kv
+//! (`inventory-snapshot`) with the app's quantities then; the runs in
+//! between re-read the app and judge the same SKUs by it: a SKU matches
+//! when the app now says what the marketplace said, and stays drifted while
+//! the app still says what it said when they disagreed; a SKU the app
+//! changed since is not judged. An answer older than two intervals judges
+//! nothing (`inconclusive`).
 //!
 //! Config keys: `provider` (`amazon` or `shopee`, required), `endpoint`,
 //! `app_inventory_url` (required), `sample_size` (default 50), `tolerance`
 //! (default 0), `max_drifted_ratio` (default 0.05; a fraction or a
-//! percentage, at most 1), and the provider's keys and secrets (see the
+//! percentage, at most 1), `marketplace_interval`, and the provider's keys
+//! and secrets (see the
 //! `marketplace` crate and docs/marketplaces.md).
 //! Metrics: `skus_checked`, `skus_drifted`, `drifted_ratio`.
 
@@ -30,18 +43,20 @@ use std::collections::BTreeMap;
 
 use marketplace::amazon::SpApi;
 use marketplace::shopee::Shopee;
+use marketplace::time::{self, format_duration_ms, format_rfc3339};
 use marketplace::transport::{self, encode};
 use marketplace::{Host, Provider, Transport};
 use rollback_plugin_sdk::check::{self, CheckContext, CheckResult, Guest};
 use rollback_plugin_sdk::config::Config;
 use rollback_plugin_sdk::{kv, log};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The plugin; its `check` is the world's export.
 struct InventoryDrift;
 
 impl Guest for InventoryDrift {
     fn check(_ctx: CheckContext) -> Result<CheckResult, String> {
+        marketplace::quota::use_key(QUOTA_KEY);
         let settings = Settings::from_config(&Config::host())?;
         settings.run(&Host)
     }
@@ -51,6 +66,13 @@ check::export_check!(InventoryDrift);
 
 /// Where the last SKU compared is kept between runs.
 const CURSOR_KEY: &str = "inventory-cursor";
+/// This plugin's schedule of marketplace calls, apart from other checks
+/// sharing its `kv`.
+const QUOTA_KEY: &str = "inventory-next-call";
+/// Where the marketplace's last answer is kept between runs.
+const SNAPSHOT_KEY: &str = "inventory-snapshot";
+/// The least time between two reads of the marketplace, by default.
+const DEFAULT_INTERVAL_MS: u64 = 60_000;
 /// SP-API's `sellerSkus` and Shopee's `item_id_list` take at most 50.
 const BATCH: usize = 50;
 /// A batch of at most 50 SKUs fits one page; more pages than this means
@@ -73,6 +95,20 @@ struct Settings {
     sample_size: usize,
     tolerance: u64,
     max_drifted_ratio: f64,
+    /// The least time between two reads of the marketplace.
+    interval_ms: u64,
+    /// What a kept answer belongs to (provider, endpoint, shop, ids).
+    fingerprint: String,
+}
+
+/// The marketplace's last answer: per SKU, the app's quantity and the
+/// marketplace's when it was read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Snapshot {
+    fingerprint: String,
+    read_at_ms: u64,
+    /// (SKU, app quantity then, marketplace quantity or none).
+    skus: Vec<(String, i64, Option<i64>)>,
 }
 
 impl Settings {
@@ -82,6 +118,18 @@ impl Settings {
         let sample_size = config.parse_in::<usize>("sample_size", 1..)?.unwrap_or(50);
         let tolerance = config.parse::<u64>("tolerance")?.unwrap_or(0);
         let max_drifted_ratio = config.ratio("max_drifted_ratio")?.unwrap_or(0.05);
+        let interval_ms = config
+            .parse_with("marketplace_interval", time::parse_duration)?
+            .map_or(DEFAULT_INTERVAL_MS, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
+        let fingerprint = format!(
+            "{provider}\n{}\n{}\n{}\n{}",
+            marketplace::endpoint(config, provider),
+            config.optional("marketplace_ids").unwrap_or_default(),
+            config.optional("shop_id").unwrap_or_default(),
+            app_inventory_url,
+        );
         let source = match provider {
             Provider::Shopee => Source::Shopee(Shopee::from_config(config)?),
             _ => Source::Amazon(SpApi::from_config(config)?),
@@ -93,12 +141,31 @@ impl Settings {
             sample_size,
             tolerance,
             max_drifted_ratio,
+            interval_ms,
+            fingerprint,
         })
     }
 
     fn run(&self, transport: &dyn Transport) -> Result<CheckResult, String> {
         let items: Vec<AppItem> = transport::get_json(transport, &self.app_inventory_url)?;
         let total = items.len();
+        let now = transport.now_ms();
+        let kept = kv::get_json::<Snapshot>(SNAPSHOT_KEY)
+            .ok()
+            .flatten()
+            .filter(|s| s.fingerprint == self.fingerprint);
+        // The marketplace's quota is the seller's: read it at most every
+        // marketplace_interval (sooner only without a kept answer), and
+        // after a 429 only when it says.
+        if let Err(wait) = marketplace::quota::allowed(now, kept.is_none()) {
+            return Ok(match kept {
+                Some(kept) => self.judge_kept(&kept, &items, total, now),
+                None => CheckResult::inconclusive(format!(
+                    "{}: no verdict yet, no marketplace data: {wait}",
+                    self.provider
+                )),
+            });
+        }
         let cursor = kv::get(CURSOR_KEY).map(|v| String::from_utf8_lossy(&v).into_owned());
         let sample = sample(items, self.sample_size, cursor.as_deref());
         let read = match &self.source {
@@ -109,6 +176,14 @@ impl Settings {
                 shopee_quantities(shop, transport, &sample, ids)
             }
         };
+        marketplace::quota::wait_until(
+            now,
+            now.saturating_add(self.interval_ms),
+            format!(
+                "marketplace_interval {}",
+                format_duration_ms(self.interval_ms)
+            ),
+        );
         // The marketplace's trouble says nothing about the release.
         let market = match read {
             Ok(market) => market,
@@ -128,6 +203,17 @@ impl Settings {
                 log::warn!("could not store the sample cursor: {err}");
             }
         }
+        let snapshot = Snapshot {
+            fingerprint: self.fingerprint.clone(),
+            read_at_ms: now,
+            skus: compared
+                .iter()
+                .map(|c| (c.sku.clone(), c.app, c.market))
+                .collect(),
+        };
+        if let Err(err) = kv::set_json(SNAPSHOT_KEY, &snapshot) {
+            log::warn!("could not keep the marketplace's answer: {err}");
+        }
         Ok(judge(
             self.provider,
             &compared,
@@ -135,6 +221,68 @@ impl Settings {
             self.tolerance,
             self.max_drifted_ratio,
         ))
+    }
+}
+
+impl Settings {
+    /// The verdict between two reads: the kept answer's SKUs against what
+    /// the app says now.
+    fn judge_kept(
+        &self,
+        kept: &Snapshot,
+        items: &[AppItem],
+        total: usize,
+        now: u64,
+    ) -> CheckResult {
+        let age_ms = now.saturating_sub(kept.read_at_ms);
+        let age = format_duration_ms(age_ms);
+        let read_at = format_rfc3339(i64::try_from(kept.read_at_ms).unwrap_or(i64::MAX));
+        if age_ms > self.interval_ms.saturating_mul(2) {
+            return CheckResult::inconclusive(format!(
+                "{}: no verdict, the marketplace's last answer is {age} old (read at {read_at})",
+                self.provider
+            ));
+        }
+        let mut changed = 0;
+        let mut compared = Vec::with_capacity(kept.skus.len());
+        for (sku, app_then, market) in &kept.skus {
+            let Some(now) = items.iter().find(|i| &i.sku == sku).map(|i| i.quantity) else {
+                changed += 1;
+                continue;
+            };
+            let still = Compared {
+                sku: sku.clone(),
+                app: now,
+                market: *market,
+            };
+            // Agreeing now, or disagreeing as when both were read: judged.
+            // Moved since and disagreeing: the marketplace may have moved too.
+            if !still.is_drifted(self.tolerance) || now == *app_then {
+                compared.push(still);
+            } else {
+                changed += 1;
+            }
+        }
+        if compared.is_empty() {
+            return CheckResult::inconclusive(format!(
+                "{}: no verdict until the next marketplace read: the app changed every SKU read at {read_at}",
+                self.provider
+            ));
+        }
+        let r = judge(
+            self.provider,
+            &compared,
+            total.max(compared.len()),
+            self.tolerance,
+            self.max_drifted_ratio,
+        );
+        let unjudged = if changed > 0 {
+            format!(", {changed} SKU(s) changed in the app since, not judged")
+        } else {
+            String::new()
+        };
+        let summary = format!("{} (marketplace read {age} ago{unjudged})", r.summary);
+        CheckResult { summary, ..r }
     }
 }
 

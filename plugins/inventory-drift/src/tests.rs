@@ -337,7 +337,8 @@ fn amazon_end_to_end() {
     assert_eq!(urls[3], format!("{first}&nextToken=t%2F1"));
     assert!(urls[4].ends_with("&sellerSkus=S49,S50"), "{}", urls[4]);
     assert_eq!(kv::get(CURSOR_KEY).as_deref(), Some(&b"S50"[..]));
-    // The next run starts after S50 and wraps around.
+    // The next run, once a read is due, starts after S50 and wraps around.
+    marketplace::quota::forget();
     let empty = r#"{"payload":{"inventorySummaries":[]}}"#;
     let fake = Fake::new(0, &[(200, &app), (200, empty), (200, empty)]);
     let r = s.run(&fake).expect("verdict");
@@ -372,6 +373,7 @@ fn problems_are_errors_and_keep_the_cursor() {
         (vec![(200, app), (200, token), (200, "[")], "GET http://sp/fba/inventory/v1/summaries: unexpected answer: EOF while parsing a list at line 1 column 1"),
     ] {
         kv::delete("lwa-token");
+        marketplace::quota::forget();
         let fake = Fake::new(0, &answers);
         let r = s.run(&fake).expect("a result");
         assert_eq!(r.status, Status::Inconclusive);
@@ -381,8 +383,79 @@ fn problems_are_errors_and_keep_the_cursor() {
         );
         assert_eq!(kv::get(CURSOR_KEY), None);
     }
+    marketplace::quota::forget();
     let fake = Fake::new(0, &[(200, "[]")]);
     assert_eq!(s.run(&fake).expect("verdict").status, Status::Warn);
+}
+
+#[test]
+fn between_reads_the_kept_answer_judges_the_app_now() {
+    let s = valid(&[
+        ("provider", "amazon"),
+        ("endpoint", "http://sp"),
+        ("marketplace_ids", "A1"),
+        ("max_drifted_ratio", "0.5"),
+        ("marketplace_interval", "1m"),
+    ]);
+    let app = |a: i64, b: i64, c: i64| {
+        json!([{"sku": "a", "quantity": a}, {"sku": "b", "quantity": b}, {"sku": "c", "quantity": c}])
+            .to_string()
+    };
+    let token = r#"{"access_token":"t","expires_in":3600}"#;
+    let market = json!({"payload": {"inventorySummaries": [
+        {"sellerSku": "a", "totalQuantity": 5},
+        {"sellerSku": "b", "totalQuantity": 6},
+        {"sellerSku": "c", "totalQuantity": 3}]}})
+    .to_string();
+    let first = app(5, 7, 3);
+    let fake = Fake::new(0, &[(200, &first), (200, token), (200, &market)]);
+    let r = s.run(&fake).expect("verdict");
+    assert_eq!(r.status, Status::Pass, "{}", r.summary);
+    assert_eq!(r.metric_value("skus_drifted"), Some(1.0));
+
+    // 10 s later: the app only. `a` still matches, `b` still says what it
+    // said when they disagreed, `c` moved since and is not judged.
+    let now = app(5, 7, 4);
+    let fake = Fake::new(10_000, &[(200, &now)]);
+    let r = s.run(&fake).expect("verdict");
+    assert_eq!(
+        fake.calls().len(),
+        1,
+        "no marketplace call before the interval"
+    );
+    assert_eq!(
+        r.summary,
+        "amazon: 1 of 2 sampled of 3 SKUs drifted (50.0% <= max 50.0%): b app 7 vs amazon 6 (marketplace read 10s ago, 1 SKU(s) changed in the app since, not judged)"
+    );
+    assert_eq!(r.metric_value("skus_checked"), Some(2.0));
+    // The app fixed `b`: it now agrees with what the marketplace said.
+    let fixed = app(5, 6, 3);
+    let fake = Fake::new(20_000, &[(200, &fixed)]);
+    let r = s.run(&fake).expect("verdict");
+    assert_eq!(r.metric_value("skus_drifted"), Some(0.0), "{}", r.summary);
+
+    // A minute on, a read is due; throttled, it says when the next may go.
+    let fake = Fake::new(61_000, &[(200, &fixed), (429, "{}")]);
+    fake.answers.borrow_mut()[1] = (429, r#"{"errors":[{"code":"QuotaExceeded","message":"You exceeded your quota for the requested resource."}]}"#.to_string());
+    let r = s.run(&fake).expect("a result");
+    assert_eq!(r.status, Status::Inconclusive, "{}", r.summary);
+    // Still throttled (a minute from the 429), and past two intervals:
+    // the kept answer judges nothing.
+    let fake = Fake::new(120_500, &[(200, &fixed)]);
+    let r = s.run(&fake).expect("a result");
+    assert_eq!(r.status, Status::Inconclusive);
+    assert!(
+        r.summary
+            .starts_with("amazon: no verdict, the marketplace's last answer is 2m"),
+        "{}",
+        r.summary
+    );
+    assert!(
+        r.summary.ends_with(" old (read at 1970-01-01T00:00:00Z)"),
+        "{}",
+        r.summary
+    );
+    assert_eq!(fake.calls().len(), 1);
 }
 
 // ---- Shopee ----------------------------------------------------------------

@@ -11,6 +11,10 @@
 //! marketplace calls with no host retries ([`crate::Call::metered`]) and
 //! the next run waits for the slot.
 //!
+//! One schedule per plugin ([`use_key`]): checks of one shop may share a
+//! `kv` (`kv_scope`), but they call different operations, each with its
+//! own quota.
+//!
 //! Decides nothing about the release: it says "not yet" and why.
 
 use rollback_plugin_sdk::http::Response;
@@ -19,8 +23,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::{format_duration_ms, format_rfc3339};
 
-/// The `kv` key of the schedule.
+/// The `kv` key of the schedule unless the plugin names another.
 pub const KEY: &str = "market-next-call";
+
+thread_local! {
+    static SCHEDULE: std::cell::Cell<&'static str> = const { std::cell::Cell::new(KEY) };
+}
+
+/// Keeps this plugin's schedule under `key` (from now on, in this
+/// instance): e.g. `inventory-next-call`, apart from `order-sync-lag`'s.
+pub fn use_key(key: &'static str) {
+    SCHEDULE.with(|k| k.set(key));
+}
+
+fn key() -> &'static str {
+    SCHEDULE.with(std::cell::Cell::get)
+}
 /// The longest wait a marketplace answer can impose.
 pub const MAX_WAIT_MS: u64 = 3_600_000;
 /// The wait after a 429 that says nothing about when to come back.
@@ -40,7 +58,7 @@ pub struct Next {
 
 /// The stored schedule, if any.
 pub fn next() -> Option<Next> {
-    kv::get_json::<Next>(KEY).ok().flatten()
+    kv::get_json::<Next>(key()).ok().flatten()
 }
 
 /// `Ok` when a marketplace call is allowed at `now_ms`; else the text of
@@ -77,14 +95,14 @@ fn set(now_ms: u64, at_ms: u64, why: String, throttled: bool) {
         why,
         throttled: throttled || still_throttled,
     };
-    if let Err(e) = kv::set_json(KEY, &entry) {
+    if let Err(e) = kv::set_json(key(), &entry) {
         rollback_plugin_sdk::log::warn!("cannot store the marketplace schedule: {e}");
     }
 }
 
 /// Forgets the schedule (tests, or a changed config).
 pub fn forget() {
-    kv::delete(KEY);
+    kv::delete(key());
 }
 
 /// How long a 429 `response` asks to wait, and the reason in words.
