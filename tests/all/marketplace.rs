@@ -477,6 +477,85 @@ fn marketplace_fake_amazon_bodies_match_the_sp_api_models() {
     }
 }
 
+#[test]
+fn marketplace_fake_search_orders_bodies_match_the_2026_01_01_model() {
+    const MODEL: &str = "orders_2026-01-01.json";
+    const PATH: &str = "/orders/2026-01-01/orders";
+    // The validator rejects what the model forbids.
+    let bad =
+        json!({"orders": [{"orderId": "1", "createdTime": "x", "lastUpdatedTime": "yesterday"}]});
+    assert!(!sp_api_validator(MODEL, PATH, 200).is_valid(&bad));
+
+    let m = Marketplace::start(Provider::Amazon);
+    m.set_orders(vec![
+        Order::updated_ago("114-2026101-0000001", 40 * MIN),
+        Order::updated_ago("114-2026102-0000001", 30 * MIN).status("Pending"),
+        Order::updated_ago("114-2026103-0000001", 20 * MIN).channel("AFN"),
+        Order::updated_ago("114-2026104-0000001", 10 * MIN).status("Canceled"),
+        Order::updated_ago("114-2026105-0000001", 5 * MIN).status("Shipped"),
+    ]);
+    m.set_page_size(2);
+    let token = lwa_token(&m);
+    let query = format!(
+        "{PATH}?marketplaceIds={AMAZON_MARKETPLACE}&lastUpdatedAfter={}",
+        encode(&rfc3339(ago(60 * MIN)))
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut check = |what: &str, a: Answer| {
+        assert_valid(MODEL, PATH, what, &a);
+        seen.insert(a.status);
+        a
+    };
+    let mut target = query.clone();
+    let mut statuses = Vec::new();
+    for page in 1..=3 {
+        let a = check(&format!("page {page}"), amazon_get(&m, &token, &target));
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.value();
+        for o in v["orders"].as_array().unwrap() {
+            statuses.push(
+                o["fulfillment"]["fulfillmentStatus"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        match v["pagination"]["nextToken"].as_str() {
+            Some(next) => target = format!("{query}&paginationToken={}", encode(next)),
+            None => break,
+        }
+    }
+    statuses.sort();
+    statuses.dedup();
+    assert!(statuses.len() >= 3, "several statuses: {statuses:?}");
+    check(
+        "no bound",
+        amazon_get(
+            &m,
+            &token,
+            &format!("{PATH}?marketplaceIds={AMAZON_MARKETPLACE}"),
+        ),
+    );
+    check("no token", call(m.port, "GET", &query, &[], ""));
+    check(
+        "unknown token",
+        amazon_get(&m, &token.replace("Atza|", "Atza|x"), &query),
+    );
+    for status in [404, 500, 503, 400, 403] {
+        m.fail_next(PATH, Failure::Status(status));
+        check("programmed", amazon_get(&m, &token, &query));
+    }
+    m.fail_next(PATH, Failure::RateLimited { retry_after: None });
+    check("throttled", amazon_get(&m, &token, &query));
+    m.set_orders(Vec::new());
+    check("no orders", amazon_get(&m, &token, &query));
+    m.expire_tokens();
+    check("expired", amazon_get(&m, &token, &query));
+    for status in [200, 400, 403, 404, 429, 500, 503] {
+        assert!(seen.contains(&status), "{status} not generated");
+    }
+}
+
 /// A signed Shopee shop-level call with the authorization's access token.
 fn shopee_get(m: &Marketplace, path: &str, params: &str, key: &str, ts: i64) -> Answer {
     shopee_get_with(m, path, params, key, ts, SHOPEE_ACCESS_TOKEN)
@@ -1507,6 +1586,15 @@ fn marketplace_shopee_refresh_token_rotates_through_kv() {
     assert_eq!(refreshes_sent(&m), [SHOPEE_REFRESH_TOKEN, rotated.as_str()]);
     assert_eq!(m.errors(), ["error_auth"]);
     assert_eq!(shopee_state(&kv)["refresh_token"], m.shopee_refresh_token());
+
+    // Invalidated early, in either of Shopee's spellings: refreshed too.
+    for code in ["invalid_access_token", "invalid_acceess_token"] {
+        let before = refreshes_sent(&m).len();
+        m.expire_shopee_tokens_with(code);
+        sync(&only_refresh, &kv).expect(0, "pass", code);
+        assert_eq!(refreshes_sent(&m).len(), before + 1, "{code}");
+        assert_eq!(m.errors().last().map(String::as_str), Some(code));
+    }
 
     // A store without that state (a renamed entry, say) starts from the
     // configured token, rotated away since: an error naming the cause.

@@ -312,6 +312,8 @@ struct State {
     page_size: usize,
     expires_in: u64,
     born_expired: u32,
+    /// The `error` Shopee answers a dead access token with.
+    shopee_refused: &'static str,
     tokens: HashMap<String, Token>,
     failures: VecDeque<(String, Failure)>,
     cursors: HashMap<String, Cursor>,
@@ -379,6 +381,7 @@ impl Marketplace {
                 _ => 3600,
             },
             born_expired: 0,
+            shopee_refused: "error_auth",
             tokens,
             failures: VecDeque::new(),
             cursors: HashMap::new(),
@@ -449,6 +452,15 @@ impl Marketplace {
         for t in self.lock().tokens.values_mut() {
             t.expires_ms = 0;
         }
+    }
+
+    /// Expires every access token, as [`Marketplace::expire_tokens`], and
+    /// has Shopee refuse them with `code`: `error_auth`, or the early
+    /// invalidation codes `invalid_access_token` and Shopee's own spelling
+    /// `invalid_acceess_token`.
+    pub fn expire_shopee_tokens_with(&self, code: &'static str) {
+        self.lock().shopee_refused = code;
+        self.expire_tokens();
     }
 
     /// The Shopee (or Lazada) refresh token the fake accepts now (the
@@ -1497,7 +1509,10 @@ fn shopee(st: &mut State, cx: &Ctx) -> Reply {
     }
     match st.token_state(Some(token), cx.now) {
         TokenState::Live(_) => {}
-        _ => return shopee_error(403, "error_auth", "Invalid access_token."),
+        _ => {
+            let code = st.shopee_refused;
+            return shopee_error(403, code, "Invalid access_token.");
+        }
     }
     if shop_id != SHOPEE_SHOP_ID.to_string() {
         return shopee_error(403, "error_auth", "Invalid shop_id.");
