@@ -715,6 +715,15 @@ impl State {
         token
     }
 
+    /// A refresh: a new access token (starting with `prefix`) and a new
+    /// refresh token, the used one dead from now on.
+    fn refreshed(&mut self, prefix: &str, now: i64) -> (String, String) {
+        let id = self.next_id();
+        let refresh_token = self.rotate_refresh(id);
+        let token = format!("{prefix}{:016x}{id:016x}", fnv(&format!("access-{id}")));
+        (self.issue_token(token, Vec::new(), now), refresh_token)
+    }
+
     /// Registers where the next page starts; returns an opaque token.
     fn cursor(&mut self, query: &[(String, String)], offset: usize) -> String {
         let id = self.next_id();
@@ -1566,13 +1575,7 @@ fn shopee_refresh(st: &mut State, cx: &Ctx) -> Reply {
     if refresh != st.refresh {
         return shopee_error(403, "error_auth", "Invalid refresh_token");
     }
-    let id = st.next_id();
-    let refresh_token = st.rotate_refresh(id);
-    let access_token = st.issue_token(
-        format!("{:016x}{id:016x}", fnv(&format!("shopee-access-{id}"))),
-        Vec::new(),
-        cx.now,
-    );
+    let (access_token, refresh_token) = st.refreshed("", cx.now);
     Reply::json(
         200,
         json!({
@@ -2418,13 +2421,7 @@ fn lazada_refresh(st: &mut State, cx: &Ctx) -> Reply {
             "The specified refresh token is invalid or expired",
         );
     }
-    let id = st.next_id();
-    let refresh_token = st.rotate_refresh(id);
-    let access_token = st.issue_token(
-        format!("50000{:016x}{id:016x}", fnv(&format!("lazada-access-{id}"))),
-        Vec::new(),
-        cx.now,
-    );
+    let (access_token, refresh_token) = st.refreshed("50000", cx.now);
     Reply::json(
         200,
         json!({

@@ -35,13 +35,11 @@
 use hmac::{Hmac, KeyInit, Mac};
 use rollback_plugin_sdk::config::Config;
 use rollback_plugin_sdk::http::Response;
-use rollback_plugin_sdk::log;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::rotating::{Fresh, Rotating};
+use crate::rotating::{Failure, Fresh, Rotating};
 use crate::token::hex;
 use crate::transport::{self, encode, Call, Transport};
 use crate::{errors, quota};
@@ -106,20 +104,6 @@ struct Failed {
     text: String,
     /// Lazada's `code`, when it sent one.
     code: Option<String>,
-}
-
-/// The answer of [`REFRESH_PATH`]. No `Debug`: it holds secrets.
-#[derive(Deserialize)]
-struct RefreshAnswer {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: String,
-    #[serde(default = "default_expires_in")]
-    expires_in: u64,
-}
-
-fn default_expires_in() -> u64 {
-    ACCESS_TOKEN_LIFETIME_S
 }
 
 /// A Lazada seller. No `Debug`: it holds secrets.
@@ -247,19 +231,14 @@ impl Lazada {
         params: &[(&str, &str)],
     ) -> Result<T, String> {
         let refresh = |used: &str| self.refresh_with(transport, used);
-        let (access_token, may_refresh) = self.tokens.access_token(transport.now_ms(), &refresh)?;
-        match self.get_with(transport, path, params, &access_token) {
-            Err(failed) if may_refresh && failed.code.as_deref().is_some_and(is_token_refused) => {
-                log::info!(
-                    "GET {}{path} -> IllegalAccessToken with a stored access token; refreshing it and retrying once",
-                    self.endpoint
-                );
-                let access_token = self.tokens.refresh(transport.now_ms(), &refresh)?;
-                self.get_with(transport, path, params, &access_token)
-                    .map_err(|f| f.text)
-            }
-            result => result.map_err(|f| f.text),
-        }
+        let send = |token: &str| {
+            self.get_with(transport, path, params, token)
+                .map_err(|f| Failure {
+                    token_refused: f.code.as_deref().is_some_and(is_token_refused),
+                    text: f.text,
+                })
+        };
+        self.tokens.call(&|| transport.now_ms(), &refresh, &send)
     }
 
     fn get_with<T: DeserializeOwned>(
@@ -309,25 +288,7 @@ impl Lazada {
             ),
             _ => format!("refreshing the lazada access token: {}", failed.text),
         })?;
-        // Serde's text is not quoted: it can hold part of the body, and this
-        // body holds tokens.
-        let fresh: RefreshAnswer = serde_json::from_value(body).map_err(|_| {
-            format!(
-                "refreshing the lazada access token: {}: the answer has no `access_token`",
-                call.target()
-            )
-        })?;
-        if fresh.access_token.is_empty() {
-            return Err(format!(
-                "refreshing the lazada access token: {}: empty `access_token`",
-                call.target()
-            ));
-        }
-        Ok(Fresh {
-            access_token: fresh.access_token,
-            refresh_token: fresh.refresh_token,
-            expires_in_s: fresh.expires_in,
-        })
+        Fresh::from_answer("lazada", &call.target(), body, ACCESS_TOKEN_LIFETIME_S)
     }
 }
 

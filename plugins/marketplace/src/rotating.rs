@@ -19,6 +19,8 @@
 use std::cell::RefCell;
 
 use rollback_plugin_sdk::log;
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::token::{self, Cached};
 
@@ -30,6 +32,50 @@ pub struct Fresh {
     pub refresh_token: String,
     /// The access token's lifetime in seconds.
     pub expires_in_s: u64,
+}
+
+impl Fresh {
+    /// The tokens of a refresh answer's JSON `body`, from `target` (e.g.
+    /// `POST https://...`): `access_token` (not empty), `refresh_token`,
+    /// and the lifetime in `expires_in` (Shopee: `expire_in`), else
+    /// `default_lifetime_s`. The body is never quoted: it holds tokens.
+    pub fn from_answer(
+        provider: &str,
+        target: &str,
+        body: Value,
+        default_lifetime_s: u64,
+    ) -> Result<Fresh, String> {
+        /// No `Debug`: it holds secrets.
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            #[serde(default)]
+            refresh_token: String,
+            #[serde(default, alias = "expire_in")]
+            expires_in: Option<u64>,
+        }
+        let answer: Answer = serde_json::from_value(body).map_err(|_| {
+            format!("refreshing the {provider} access token: {target}: the answer has no `access_token`")
+        })?;
+        if answer.access_token.is_empty() {
+            return Err(format!(
+                "refreshing the {provider} access token: {target}: empty `access_token`"
+            ));
+        }
+        Ok(Fresh {
+            access_token: answer.access_token,
+            refresh_token: answer.refresh_token,
+            expires_in_s: answer.expires_in.unwrap_or(default_lifetime_s),
+        })
+    }
+}
+
+/// Why a call made with an access token got no data.
+pub struct Failure {
+    /// The whole error text.
+    pub text: String,
+    /// The answer refused the token itself (expired or revoked early).
+    pub token_refused: bool,
 }
 
 /// Where the access token comes from.
@@ -133,6 +179,31 @@ impl Rotating {
         };
         self.remember(&access_token, true);
         Ok((access_token, true))
+    }
+
+    /// `send` with the access token of this run (`now` tells the time,
+    /// `refresh` gets a new token). When the answer refuses a token that
+    /// may have expired, the token is refreshed once and `send` called
+    /// again; a second refusal is the error.
+    pub fn call<T>(
+        &self,
+        now: &dyn Fn() -> u64,
+        refresh: &dyn Fn(&str) -> Result<Fresh, String>,
+        send: &dyn Fn(&str) -> Result<T, Failure>,
+    ) -> Result<T, String> {
+        let (access_token, may_refresh) = self.access_token(now(), refresh)?;
+        match send(&access_token) {
+            Err(failed) if failed.token_refused && may_refresh => {
+                log::info!(
+                    "{}; refreshing the stored {} access token and retrying once",
+                    failed.text,
+                    self.provider
+                );
+                let access_token = self.refresh(now(), refresh)?;
+                send(&access_token).map_err(|f| f.text)
+            }
+            result => result.map_err(|f| f.text),
+        }
     }
 
     fn remember(&self, access_token: &str, may_refresh: bool) {

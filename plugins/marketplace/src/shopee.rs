@@ -30,13 +30,11 @@
 use hmac::{Hmac, KeyInit, Mac};
 use rollback_plugin_sdk::config::Config;
 use rollback_plugin_sdk::http::Response;
-use rollback_plugin_sdk::log;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::rotating::{Fresh, Rotating};
+use crate::rotating::{Failure, Fresh, Rotating};
 use crate::token::hex;
 use crate::transport::{self, Call, Transport};
 use crate::{errors, Provider};
@@ -98,20 +96,6 @@ impl Failed {
             auth: false,
         }
     }
-}
-
-/// The answer of [`REFRESH_PATH`]. No `Debug`: it holds secrets.
-#[derive(Deserialize)]
-struct RefreshAnswer {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: String,
-    #[serde(default = "default_expire_in")]
-    expire_in: u64,
-}
-
-fn default_expire_in() -> u64 {
-    ACCESS_TOKEN_LIFETIME_S
 }
 
 /// A Shopee shop. No `Debug`: it holds secrets.
@@ -211,19 +195,14 @@ impl Shopee {
         query: &[(&str, &str)],
     ) -> Result<T, String> {
         let refresh = |used: &str| self.refresh_with(transport, used);
-        let (access_token, may_refresh) = self.tokens.access_token(transport.now_ms(), &refresh)?;
-        match self.get_with(transport, path, query, &access_token) {
-            Err(failed) if failed.auth && may_refresh => {
-                log::info!(
-                    "GET {}{path} -> error_auth with a stored access token; refreshing it and retrying once",
-                    self.endpoint
-                );
-                let access_token = self.tokens.refresh(transport.now_ms(), &refresh)?;
-                self.get_with(transport, path, query, &access_token)
-                    .map_err(|f| f.text)
-            }
-            result => result.map_err(|f| f.text),
-        }
+        let send = |token: &str| {
+            self.get_with(transport, path, query, token)
+                .map_err(|f| Failure {
+                    text: f.text,
+                    token_refused: f.auth,
+                })
+        };
+        self.tokens.call(&|| transport.now_ms(), &refresh, &send)
     }
 
     fn get_with<T: DeserializeOwned>(
@@ -263,25 +242,7 @@ impl Shopee {
             }
             _ => format!("refreshing the shopee access token: {}", failed.text),
         })?;
-        // Serde's text is not quoted: it can hold part of the body, and this
-        // body holds tokens.
-        let fresh: RefreshAnswer = serde_json::from_value(body).map_err(|_| {
-            format!(
-                "refreshing the shopee access token: {}: the answer has no `access_token`",
-                call.target()
-            )
-        })?;
-        if fresh.access_token.is_empty() {
-            return Err(format!(
-                "refreshing the shopee access token: {}: empty `access_token`",
-                call.target()
-            ));
-        }
-        Ok(Fresh {
-            access_token: fresh.access_token,
-            refresh_token: fresh.refresh_token,
-            expires_in_s: fresh.expire_in,
-        })
+        Fresh::from_answer("shopee", &call.target(), body, ACCESS_TOKEN_LIFETIME_S)
     }
 }
 
