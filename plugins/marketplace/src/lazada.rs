@@ -29,7 +29,8 @@
 //! ban it names (`This ban will last N seconds`), else a minute.
 //!
 //! Config: `country` (`sg`, `my`, `th`, `ph`, `vn`, `id`) or `endpoint`,
-//! `token_url`. Secrets: `app_key`, `app_secret`, and `refresh_token` or
+//! `token_url` (or `auth_endpoint`, the auth host's base:
+//! `https://auth.lazada.com/rest`). Secrets: `app_key`, `app_secret`, and `refresh_token` or
 //! `access_token` (or both).
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -144,9 +145,15 @@ impl Lazada {
             }
         };
         let endpoint = endpoint.trim().trim_end_matches('/').to_string();
-        let token_url = config
-            .optional("token_url")
-            .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_string());
+        // `auth_endpoint`: the auth host's `/rest` base, as the gateways'.
+        let token_url = match (
+            config.optional("token_url"),
+            config.optional("auth_endpoint"),
+        ) {
+            (Some(url), _) => url,
+            (None, Some(base)) => format!("{}{REFRESH_PATH}", base.trim().trim_end_matches('/')),
+            (None, None) => DEFAULT_TOKEN_URL.to_string(),
+        };
         let app_key = config.required_secret("app_key")?;
         let app_secret = config.required_secret("app_secret")?;
         let tokens = Rotating::new(
@@ -461,6 +468,13 @@ mod tests {
         let th = Lazada::from_config(&c).expect("valid");
         assert_eq!(th.endpoint, "https://api.lazada.co.th/rest");
         assert_eq!(th.token_url, DEFAULT_TOKEN_URL);
+        let c = Config::from_pairs(&[
+            ("country", "my"),
+            ("auth_endpoint", "http://127.0.0.1:9/rest/"),
+        ])
+        .with_secrets(&[("app_key", "1"), ("app_secret", "s"), ("access_token", "a")]);
+        let my = Lazada::from_config(&c).expect("valid");
+        assert_eq!(my.token_url, "http://127.0.0.1:9/rest/auth/token/refresh");
         let err = |pairs: &[(&str, &str)], secrets: &[(&str, &str)]| {
             Lazada::from_config(&Config::from_pairs(pairs).with_secrets(secrets)).err()
         };

@@ -1373,7 +1373,12 @@ fn lazada(api: &Lazada, transport: &dyn Transport, scan: &mut Scan) -> Result<()
             scan.list(order);
         }
         let read = offset + orders.len() as u64;
-        if orders.is_empty() || total.is_none_or(|t| read >= t) {
+        // Without `countTotal`, a full page may have more behind it.
+        let more = match total {
+            Some(total) => read < total,
+            None => orders.len() as u64 >= LAZADA_LIMIT,
+        };
+        if orders.is_empty() || !more {
             return Ok(());
         }
         if read + LAZADA_LIMIT <= LAZADA_MAX_OFFSET {

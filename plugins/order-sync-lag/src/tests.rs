@@ -759,6 +759,31 @@ fn lazada_goes_on_from_the_last_update_past_the_largest_offset() {
 }
 
 #[test]
+fn lazada_without_count_total_reads_on_after_a_full_page() {
+    let s = valid(&[("provider", "lazada"), ("endpoint", "http://l/rest")]);
+    let page = |n: u64, from: u64| -> String {
+        let orders: Vec<Value> = (from..from + n)
+            .map(|i| serde_json::json!({"order_id": i, "updated_at": "2024-05-01 17:00:00 +0800", "statuses": ["pending"]}))
+            .collect();
+        serde_json::json!({"code": "0", "data": {"orders": orders}}).to_string()
+    };
+    let (full, last) = (page(100, 1), page(3, 101));
+    let (fake, r) = verdict(&s, "2024-05-01T08:00:00Z", &[(200, &full), (200, &last)]);
+    assert_eq!(
+        r.metric_value("orders_behind"),
+        Some(103.0),
+        "{}",
+        r.summary
+    );
+    assert_eq!(
+        fake.calls().len(),
+        3,
+        "a full page without countTotal reads on"
+    );
+    assert!(fake.urls()[2].contains("&offset=100&"));
+}
+
+#[test]
 fn lazada_trouble_is_inconclusive_and_its_filters_skip_unpaid_and_cancelled() {
     let s = valid(&[("provider", "lazada"), ("endpoint", "http://l/rest")]);
     for (body, expected) in [
