@@ -980,6 +980,28 @@ fn marketplace_fake_walmart_token_headers_and_cursor_paging() {
         a.value()["errors"]["error"][0]["code"],
         "CONTENT_NOT_FOUND.GMP_ORDER_API"
     );
+    // The bucket's state in every answer; empty, a 429 saying when it refills.
+    let count = |a: &Answer| -> f64 {
+        a.header_value("x-current-token-count")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(count(&get(&first)) > 4000.0);
+    m.drain_walmart_quota(Duration::from_secs(30));
+    let a = get(&first);
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(
+        a.value()["error"][0]["code"],
+        "REQUEST_THRESHOLD_VIOLATED.GMP_GATEWAY_API"
+    );
+    assert_eq!(count(&a), 0.0);
+    let at: i64 = a
+        .header_value("x-next-replenishment-time")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at >= now_ms() + 29_000, "refills after the 30 s: {at}");
     m.expire_tokens();
     assert_eq!(get(&first).status, 401);
 }
@@ -1492,6 +1514,40 @@ fn marketplace_order_sync_does_not_retry_a_429_at_once_and_waits_for_its_slot() 
         let throttled = if p == Provider::Lazada { 200 } else { 429 };
         assert_eq!(statuses, [throttled], "{}", p.name());
     });
+}
+
+#[test]
+fn marketplace_order_sync_waits_for_walmarts_bucket_to_refill() {
+    let (m, app) = in_sync(Provider::Walmart, 5 * MIN);
+    order_sync(&m, app, "10m").expect(0, "pass", "walmart");
+    m.drain_walmart_quota(Duration::from_secs(90));
+    let dir = tempfile::tempdir().unwrap();
+    let kv_file = dir.path().join("kv.json");
+    let kv = ["--kv", kv_file.to_str().unwrap()];
+    let mut config = sync_config(app, "10m");
+    config.push(("marketplace_interval", "1s".into()));
+    let run = || run_plugin_with("order-sync-lag", &m, &config, &m.secrets(), &[app], &kv);
+    let r = run();
+    r.expect(4, "inconclusive", "walmart throttled");
+    assert_eq!(r.retries(), 0, "{r:?}");
+    // The next run keeps away until the bucket refills, though the
+    // check's own pace (1s) would allow a call.
+    let r = run();
+    r.expect(4, "inconclusive", "walmart still throttled");
+    let summary = r.out["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("throttled (HTTP 429, x-next-replenishment-time: "),
+        "{summary}"
+    );
+    let statuses: Vec<u16> = m
+        .requests(Provider::Walmart.orders_path())
+        .iter()
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(statuses, [200, 429]);
+    assert!(m
+        .errors()
+        .contains(&"REQUEST_THRESHOLD_VIOLATED.GMP_GATEWAY_API".to_string()));
 }
 
 #[test]

@@ -327,6 +327,8 @@ struct State {
     get_orders_bucket: (f64, i64),
     /// searchOrders' (Orders API 2026-01-01) bucket.
     search_orders_bucket: (f64, i64),
+    /// Walmart's `GET /v3/orders` bucket.
+    walmart_orders_bucket: (f64, i64),
 }
 
 /// searchOrders: 0.0056 requests per second, burst 20 (the 2026-01-01
@@ -337,6 +339,11 @@ const SEARCH_ORDERS_RATE: f64 = 0.0056;
 /// usage plan), per seller and application.
 const GET_ORDERS_RATE: f64 = 0.0167;
 const GET_ORDERS_BURST: f64 = 20.0;
+
+/// Walmart's `GET /v3/orders`: 5,000 calls a minute per seller (its
+/// rate-limiting table), the whole minute's worth available at once.
+const WALMART_ORDERS_RATE: f64 = 5000.0 / 60.0;
+const WALMART_ORDERS_BURST: f64 = 5000.0;
 
 /// One running fake marketplace.
 pub struct Marketplace {
@@ -391,6 +398,7 @@ impl Marketplace {
             refresh_issued: vec![first_refresh.to_string()],
             get_orders_bucket: (GET_ORDERS_BURST, now_ms()),
             search_orders_bucket: (GET_ORDERS_BURST, now_ms()),
+            walmart_orders_bucket: (WALMART_ORDERS_BURST, now_ms()),
         }));
         let shared = state.clone();
         let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
@@ -492,6 +500,12 @@ impl Marketplace {
         let mut st = self.lock();
         st.get_orders_bucket = (0.0, now_ms());
         st.search_orders_bucket = (0.0, now_ms());
+    }
+
+    /// Another app of the seller keeps Walmart's orders bucket empty for
+    /// `busy` more; then it refills at the documented rate.
+    pub fn drain_walmart_quota(&self, busy: Duration) {
+        self.lock().walmart_orders_bucket = (0.0, now_ms() + busy.as_millis() as i64);
     }
 
     /// Answers the next request whose path is `path` with `failure`
@@ -1169,13 +1183,20 @@ fn get_orders(st: &mut State, cx: &Ctx) -> Reply {
 /// Takes a token from `bucket` (refilled at `rate`, burst 20) at `now`;
 /// `false` when there is none.
 fn take_token(bucket: &mut (f64, i64), rate: f64, now: i64) -> bool {
+    take_from(bucket, rate, GET_ORDERS_BURST, now)
+}
+
+/// Takes one token from a bucket of `burst` refilled at `rate` a second
+/// from its time on (a time to come: nothing refills before it).
+fn take_from(bucket: &mut (f64, i64), rate: f64, burst: f64, now: i64) -> bool {
     let (tokens, at) = *bucket;
-    let tokens = (tokens + (now - at).max(0) as f64 / 1000.0 * rate).min(GET_ORDERS_BURST);
+    let tokens = (tokens + (now - at).max(0) as f64 / 1000.0 * rate).min(burst);
+    let at = at.max(now);
     if tokens < 1.0 {
-        *bucket = (tokens, now);
+        *bucket = (tokens, at);
         return false;
     }
-    *bucket = (tokens - 1.0, now);
+    *bucket = (tokens - 1.0, at);
     true
 }
 
@@ -1821,7 +1842,26 @@ fn walmart(st: &mut State, cx: &Ctx) -> Reply {
                     "Unauthorized token or token is expired",
                 );
             }
-            walmart_orders(st, cx)
+            // The orders API's bucket: 5,000 calls a minute per seller,
+            // refilled continuously, its state in every answer's headers.
+            let bucket = &mut st.walmart_orders_bucket;
+            let allowed = take_from(bucket, WALMART_ORDERS_RATE, WALMART_ORDERS_BURST, cx.now);
+            let left = bucket.0.floor().max(0.0);
+            let refill_ms = ((1.0 - bucket.0.fract()) / WALMART_ORDERS_RATE * 1000.0).ceil() as i64;
+            let next = (bucket.1 + refill_ms).to_string();
+            let reply = if allowed {
+                walmart_orders(st, cx)
+            } else {
+                walmart_gateway(
+                    429,
+                    "REQUEST_THRESHOLD_VIOLATED.GMP_GATEWAY_API",
+                    "REQUEST_THRESHOLD_VIOLATED",
+                    "Too Many Requests",
+                )
+            };
+            reply
+                .header("x-current-token-count", &format!("{left}"))
+                .header("x-next-replenishment-time", &next)
         }
         _ => walmart_errors(
             404,

@@ -5,9 +5,10 @@
 //! getOrders allows one request a minute per seller and application, a
 //! burst of 20), so a check must never spend it faster than its
 //! `marketplace_interval`, and after a 429 must wait as long as the answer
-//! says: `Retry-After` (seconds, capped at [`MAX_WAIT_MS`]), else one
-//! request's worth of `x-amzn-RateLimit-Limit` (requests per second), else
-//! a minute. A throttled call is not retried at once: the plugin sends
+//! says: `Retry-After` (seconds, capped at [`MAX_WAIT_MS`]), else
+//! Walmart's `x-next-replenishment-time` (when its bucket refills: epoch
+//! seconds or milliseconds, or RFC 3339), else one request's worth of
+//! `x-amzn-RateLimit-Limit` (requests per second), else a minute. A throttled call is not retried at once: the plugin sends
 //! marketplace calls with no host retries ([`crate::Call::metered`]) and
 //! the next run waits for the slot.
 //!
@@ -105,32 +106,56 @@ pub fn forget() {
     kv::delete(key());
 }
 
-/// How long a 429 `response` asks to wait, and the reason in words.
-pub fn throttle_wait(response: &Response) -> (u64, String) {
+/// When Walmart's `x-next-replenishment-time` says its bucket refills, in
+/// ms: epoch seconds, epoch milliseconds or RFC 3339.
+fn replenished_at(value: &str) -> Option<u64> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(n) if n >= 100_000_000_000 => Some(n),
+        Ok(n) => Some(n.saturating_mul(1000)),
+        Err(_) => crate::time::parse_rfc3339(value)
+            .ok()
+            .and_then(|ms| u64::try_from(ms).ok()),
+    }
+}
+
+/// How long a 429 `response` answered at `now_ms` asks to wait, and the
+/// reason in words.
+pub fn throttle_wait(now_ms: u64, response: &Response) -> (u64, String) {
     let retry_after = response
         .header("retry-after")
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let replenished = response
+        .header("x-next-replenishment-time")
+        .and_then(replenished_at);
     let rate = response
         .header("x-amzn-ratelimit-limit")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|r| r.is_finite() && *r > 0.0);
-    let (ms, why) = match (retry_after, rate) {
-        (Some(s), _) => (
+    let (ms, why) = match (retry_after, replenished, rate) {
+        (Some(s), ..) => (
             s.saturating_mul(1000),
             format!("throttled (HTTP 429, Retry-After: {s})"),
         ),
-        (None, Some(r)) => (
+        (None, Some(at), _) => (
+            at.saturating_sub(now_ms),
+            format!(
+                "throttled (HTTP 429, x-next-replenishment-time: {})",
+                format_rfc3339(i64::try_from(at).unwrap_or(i64::MAX))
+            ),
+        ),
+        (None, None, Some(r)) => (
             (1000.0 / r).ceil() as u64,
             format!("throttled (HTTP 429, x-amzn-RateLimit-Limit: {r} requests/s)"),
         ),
-        (None, None) => (DEFAULT_THROTTLE_WAIT_MS, "throttled (HTTP 429)".to_string()),
+        (None, None, None) => (DEFAULT_THROTTLE_WAIT_MS, "throttled (HTTP 429)".to_string()),
     };
     (ms.clamp(1000, MAX_WAIT_MS), why)
 }
 
 /// Notes a 429 answered at `now_ms`: no call before it says.
 pub fn throttled(now_ms: u64, response: &Response) {
-    let (wait, why) = throttle_wait(response);
+    let (wait, why) = throttle_wait(now_ms, response);
     throttled_for(now_ms, wait, why);
 }
 
@@ -155,34 +180,52 @@ mod tests {
     #[test]
     fn waits_follow_the_answer() {
         assert_eq!(
-            throttle_wait(&answer(&[("Retry-After", "30")])),
+            throttle_wait(0, &answer(&[("Retry-After", "30")])),
             (30_000, "throttled (HTTP 429, Retry-After: 30)".to_string())
         );
         assert_eq!(
-            throttle_wait(&answer(&[("x-amzn-RateLimit-Limit", "0.0167")])).0,
+            throttle_wait(0, &answer(&[("x-amzn-RateLimit-Limit", "0.0167")])).0,
             59_881,
             "one request's worth of the rate"
         );
         assert_eq!(
-            throttle_wait(&answer(&[("x-amzn-RateLimit-Limit", "0.0056")])).0,
+            throttle_wait(0, &answer(&[("x-amzn-RateLimit-Limit", "0.0056")])).0,
             178_572
         );
-        assert_eq!(throttle_wait(&answer(&[])).0, DEFAULT_THROTTLE_WAIT_MS);
+        assert_eq!(throttle_wait(0, &answer(&[])).0, DEFAULT_THROTTLE_WAIT_MS);
+        // Walmart: when its bucket refills, in any of its spellings.
+        let now = 1_714_557_600_000;
+        for at in ["1714557645000", "1714557645", "2024-05-01T10:00:45Z"] {
+            let (wait, why) = throttle_wait(now, &answer(&[("x-next-replenishment-time", at)]));
+            assert_eq!(wait, 45_000, "{at}");
+            assert_eq!(
+                why,
+                "throttled (HTTP 429, x-next-replenishment-time: 2024-05-01T10:00:45Z)"
+            );
+        }
+        let past = answer(&[("x-next-replenishment-time", "1714557500000")]);
+        assert_eq!(
+            throttle_wait(now, &past).0,
+            1000,
+            "a time gone by: the least wait"
+        );
+        let junk = answer(&[("x-next-replenishment-time", "soon")]);
+        assert_eq!(throttle_wait(now, &junk).0, DEFAULT_THROTTLE_WAIT_MS);
         // Hostile or silly values are capped, never a panic or a spin.
         assert_eq!(
-            throttle_wait(&answer(&[("Retry-After", "18446744073709551615")])).0,
+            throttle_wait(0, &answer(&[("Retry-After", "18446744073709551615")])).0,
             MAX_WAIT_MS
         );
-        assert_eq!(throttle_wait(&answer(&[("Retry-After", "0")])).0, 1000);
+        assert_eq!(throttle_wait(0, &answer(&[("Retry-After", "0")])).0, 1000);
         for bad in ["0", "-1", "NaN", "inf", "x"] {
             assert_eq!(
-                throttle_wait(&answer(&[("x-amzn-RateLimit-Limit", bad)])).0,
+                throttle_wait(0, &answer(&[("x-amzn-RateLimit-Limit", bad)])).0,
                 DEFAULT_THROTTLE_WAIT_MS,
                 "{bad}"
             );
         }
         assert_eq!(
-            throttle_wait(&answer(&[("x-amzn-RateLimit-Limit", "1e-9")])).0,
+            throttle_wait(0, &answer(&[("x-amzn-RateLimit-Limit", "1e-9")])).0,
             MAX_WAIT_MS
         );
     }
