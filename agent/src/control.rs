@@ -668,6 +668,7 @@ impl Control {
                 commit: r.commit,
                 tag: r.tag,
                 message: r.message,
+                digest: r.digest,
             })
             .collect();
         releases.sort_by(|a, b| (a.created_at_ms, &a.version).cmp(&(b.created_at_ms, &b.version)));

@@ -871,6 +871,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                 "CREATED",
                 "ACTIVATED",
                 "COMMIT",
+                "DIGEST",
                 "NOTE",
             ]
             .map(String::from)
@@ -887,6 +888,11 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
                     time(rel.created_at_ms),
                     rel.activated_at_ms.map(time).unwrap_or_else(|| "-".into()),
                     opt(&rel.commit).into(),
+                    // Enough of it to tell two apart; `--json` has it whole.
+                    rel.digest
+                        .as_deref()
+                        .map(|d| d.chars().take(19).collect())
+                        .unwrap_or_else(|| "-".into()),
                     // Why it failed, else what it changed.
                     rel.reason
                         .clone()

@@ -383,6 +383,9 @@ pub struct Release {
     pub tag: Option<String>,
     /// What changed, from `deploy --message` or `release.toml`'s `summary`.
     pub message: Option<String>,
+    /// The content digest (`sha256:<hex>` over paths, modes and contents),
+    /// taken when it was staged.
+    pub digest: Option<String>,
 }
 
 impl Release {
@@ -400,6 +403,7 @@ impl Release {
             commit: None,
             tag: None,
             message: None,
+            digest: None,
         }
     }
 }

@@ -434,6 +434,10 @@ pub struct ReleaseView {
     /// What changed.
     #[serde(default)]
     pub message: Option<String>,
+    /// The content digest, `sha256:<hex>` (none for a release found on
+    /// disk rather than staged).
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// `Releases` reply.

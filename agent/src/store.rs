@@ -89,6 +89,8 @@ struct ReleaseRow {
     tag: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
 }
 
 /// Moves fields between a domain type and its row, both ways.
@@ -121,7 +123,7 @@ row!(App <-> AppRow {
 } maps { checks });
 row!(Release <-> ReleaseRow {
     app, version, state, source, created_at_ms, activated_at_ms, decided_at_ms, reason,
-    commit, tag, message
+    commit, tag, message, digest
 } maps {});
 
 /// The sled database and its trees.

@@ -1178,11 +1178,14 @@ impl Supervisor {
                 crate::release::read_manifest(&self.dir.release_path(&version), &version)
             })?
             .unwrap_or_default();
+        let path = self.dir.release_path(&version);
+        let digest = blocking(move || crate::release::tree_digest(&path)).await?;
         let mut r = self.release_rec(version.as_str())?;
         r.source = Some(source.display().to_string());
         r.commit = meta.commit.or(manifest.commit);
         r.tag = manifest.tag;
         r.message = meta.message.or(manifest.summary);
+        r.digest = Some(digest);
         self.store.put_release(&r)?;
         let mut what = format!("from {}", source.display());
         if let Some(c) = &r.commit {

@@ -228,6 +228,31 @@ fn archives_deploy_and_operators_roll_back_by_hand() {
         .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["version"], "1.0.1");
+    // The archive and the directory hold the same bits: one content digest.
+    let digest = |v: &str| {
+        releases["releases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .and_then(|r| r["digest"].as_str())
+            .unwrap_or_else(|| panic!("no digest for {v}: {releases}"))
+            .to_string()
+    };
+    assert!(
+        digest("1.0.0").starts_with("sha256:"),
+        "{}",
+        digest("1.0.0")
+    );
+    assert_eq!(digest("1.0.0").len(), 7 + 64);
+    assert_eq!(digest("1.0.0"), digest("1.0.1"));
+    let table = agent.ctl(&["releases", "shop"]);
+    assert!(table.stdout.contains("DIGEST"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains(&digest("1.0.0")[..19]),
+        "{}",
+        table.stdout
+    );
 
     // Explicit --to a release that exists; then to the active one (refused).
     let out = agent.ctl(&["rollback", "shop", "--to", "1.0.1"]);

@@ -21,7 +21,8 @@
 //!   removal of inactive releases ([`AppDir::remove`]);
 //!
 //! Split by concern: `version` (validated names), `stage` (copying and
-//! unpacking a source into a staging directory), `manifest` (`release.toml`);
+//! unpacking a source into a staging directory), `manifest` (`release.toml`),
+//! `digest` (the content digest that proves two copies hold the same bits);
 //! this file keeps the layout (`AppDir`) and its errors. Which releases
 //! `keep_releases` removes is decided in `crate::policy`.
 //!
@@ -40,10 +41,12 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+mod digest;
 mod manifest;
 mod stage;
 mod version;
 
+pub use digest::tree_digest;
 pub use manifest::{parse_manifest, read_manifest, ReleaseManifest, MAX_SUMMARY};
 use stage::*;
 use version::shorten;
