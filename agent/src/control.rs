@@ -121,6 +121,15 @@ fn gid_of(group: &str) -> Result<u32, BindError> {
     }
 }
 
+/// What a deploy and a stage are given about the new release.
+struct NewRelease<'a> {
+    app: &'a str,
+    source: &'a str,
+    version: &'a str,
+    commit: &'a Option<String>,
+    message: &'a Option<String>,
+}
+
 impl Authz {
     /// Looks the groups up (they must exist).
     pub fn new(admin_group: Option<&str>, socket_group: Option<&str>) -> Result<Authz, BindError> {
@@ -377,7 +386,8 @@ impl Control {
             let mut authorized = self.authorize(&call, &actor, access);
             // A deploy's source descriptor, if it declares one.
             let mut opened = None;
-            if authorized.is_ok() && call.method == method::DEPLOY {
+            if authorized.is_ok() && (call.method == method::DEPLOY || call.method == method::STAGE)
+            {
                 match self.deploy_source(&call, &actor, reader.get_mut()) {
                     Ok(file) => opened = file,
                     Err(e) => authorized = Err(e),
@@ -455,6 +465,7 @@ impl Control {
     fn authorize(&self, call: &Call, actor: &Actor, access: Access) -> Result<(), RemoteError> {
         let needed = match call.method.as_str() {
             method::DEPLOY
+            | method::STAGE
             | method::ROLLBACK
             | method::ACTIVATE
             | method::PROMOTE
@@ -589,6 +600,10 @@ impl Control {
                 self.rollback(protocol::parameters(&call.parameters)?, actor)
                     .await
             }
+            method::STAGE => {
+                self.stage(protocol::parameters(&call.parameters)?, actor, opened)
+                    .await
+            }
             other
                 if other.starts_with(&format!("{}.", protocol::INTERFACE))
                     || other.starts_with(&format!("{}.", protocol::SERVICE_INTERFACE)) =>
@@ -700,17 +715,91 @@ impl Control {
         actor: &Actor,
         opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
-        let handle = self.handle(&p.app)?;
-        let version = Version::parse(&p.version)
+        let new = NewRelease {
+            app: &p.app,
+            source: &p.source,
+            version: &p.version,
+            commit: &p.commit,
+            message: &p.message,
+        };
+        let (handle, version, source, meta) = self.new_release(new, opened)?;
+        let outcome = handle
+            .deploy(source, version.clone(), actor.clone(), p.wait, meta)
+            .await
+            .map_err(command_error)?;
+        let (name, active, reason) = match outcome {
+            DeployOutcome::Baking => ("baking", Some(version.to_string()), None),
+            DeployOutcome::Good => ("good", Some(version.to_string()), None),
+            DeployOutcome::RolledBack { to, reason } => ("rolled-back", Some(to), Some(reason)),
+            DeployOutcome::Degraded { reason } => ("degraded", None, Some(reason)),
+            DeployOutcome::Held { reason } => ("held", Some(version.to_string()), Some(reason)),
+        };
+        to_value(&protocol::DeployReply {
+            app: p.app,
+            version: version.to_string(),
+            outcome: name.to_string(),
+            active,
+            reason,
+            event: None,
+        })
+    }
+
+    /// `Stage`: the release staged and recorded beside the active one.
+    async fn stage(
+        &self,
+        p: protocol::StageParams,
+        actor: &Actor,
+        opened: Option<std::fs::File>,
+    ) -> Result<serde_json::Value, RemoteError> {
+        let new = NewRelease {
+            app: &p.app,
+            source: &p.source,
+            version: &p.version,
+            commit: &p.commit,
+            message: &p.message,
+        };
+        let (handle, version, source, meta) = self.new_release(new, opened)?;
+        let staged = handle
+            .stage(source, version, actor.clone(), meta)
+            .await
+            .map_err(command_error)?;
+        let digest = self
+            .store
+            .release(&p.app, &staged)
+            .map_err(internal)?
+            .and_then(|r| r.digest);
+        to_value(&protocol::StageReply {
+            app: p.app,
+            version: staged,
+            digest,
+        })
+    }
+
+    /// The checked parameters of a deploy or a stage.
+    fn new_release(
+        &self,
+        p: NewRelease<'_>,
+        opened: Option<std::fs::File>,
+    ) -> Result<
+        (
+            AppHandle,
+            Version,
+            crate::supervisor::Source,
+            crate::supervisor::DeployMeta,
+        ),
+        RemoteError,
+    > {
+        let handle = self.handle(p.app)?;
+        let version = Version::parse(p.version)
             .map_err(|e| RemoteError::invalid_parameter("version", e.to_string()))?;
-        let source = PathBuf::from(&p.source);
+        let source = PathBuf::from(p.source);
         if !source.is_absolute() {
             return Err(RemoteError::invalid_parameter(
                 "source",
                 format!("source `{}` must be an absolute path", p.source),
             ));
         }
-        if let Some(c) = &p.commit {
+        if let Some(c) = p.commit {
             if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) {
                 return Err(RemoteError::invalid_parameter(
                     "commit",
@@ -738,25 +827,7 @@ impl Control {
             path: source,
             opened,
         };
-        let outcome = handle
-            .deploy(source, version.clone(), actor.clone(), p.wait, meta)
-            .await
-            .map_err(command_error)?;
-        let (name, active, reason) = match outcome {
-            DeployOutcome::Baking => ("baking", Some(version.to_string()), None),
-            DeployOutcome::Good => ("good", Some(version.to_string()), None),
-            DeployOutcome::RolledBack { to, reason } => ("rolled-back", Some(to), Some(reason)),
-            DeployOutcome::Degraded { reason } => ("degraded", None, Some(reason)),
-            DeployOutcome::Held { reason } => ("held", Some(version.to_string()), Some(reason)),
-        };
-        to_value(&protocol::DeployReply {
-            app: p.app,
-            version: version.to_string(),
-            outcome: name.to_string(),
-            active,
-            reason,
-            event: None,
-        })
+        Ok((handle, version, source, meta))
     }
 
     /// `Watch`: one reply per live event (of one app, or all) until the

@@ -139,6 +139,26 @@ pub enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stage a release beside the active one without activating it (for
+    /// `activate` later, or a fleet rollout).
+    Stage {
+        /// The app.
+        app: String,
+        /// A release directory or archive (on this host).
+        source: PathBuf,
+        /// The new release's version.
+        #[arg(long)]
+        version: String,
+        /// The source commit (recorded with the release).
+        #[arg(long)]
+        commit: Option<String>,
+        /// What changed (recorded with the release).
+        #[arg(long)]
+        message: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Swap back to the last good release (or --to VERSION) and mark the active one failed.
     Rollback {
         /// The app.
@@ -902,6 +922,36 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             }
             out(&table(&rows))?;
         }
+        AgentCommand::Stage {
+            app,
+            source,
+            version,
+            commit,
+            message,
+            json,
+        } => {
+            let (source, opened) = open_source(&source)?;
+            let params = serde_json::json!({
+                "app": app, "source": source, "version": version,
+                "commit": commit, "message": message, "source_fd": true,
+            });
+            client
+                .send_with_fd(method::STAGE, params, false, &opened)
+                .await?;
+            let (raw, _) = client.next_reply().await?.map_err(remote_error)?;
+            let r: protocol::StageReply = serde_json::from_value(raw.clone())
+                .context("the agent sent an unexpected reply")?;
+            if json {
+                print_json(&raw)?;
+            } else {
+                out(&format!(
+                    "{} {}: staged, not active ({})\n",
+                    r.app,
+                    r.version,
+                    opt(&r.digest)
+                ))?;
+            }
+        }
         AgentCommand::Deploy {
             app,
             source,
@@ -911,16 +961,7 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             message,
             json,
         } => {
-            let source = std::fs::canonicalize(&source)
-                .with_context(|| format!("source {}", source.display()))?;
-            // Opened here, with the caller's rights, and passed to the agent,
-            // which reads only through it (never blocking on a fifo).
-            use std::os::unix::fs::OpenOptionsExt;
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(&source)
-                .with_context(|| format!("cannot open the source {}", source.display()))?;
+            let (source, opened) = open_source(&source)?;
             let params = serde_json::json!({
                 "app": app, "source": source, "version": version, "wait": wait,
                 "commit": commit, "message": message, "source_fd": true,
@@ -1212,6 +1253,21 @@ async fn plugin_test(
         out(&text)?;
     }
     Ok(code)
+}
+
+/// `source` made absolute and opened here, with the caller's rights, to be
+/// passed to the agent, which reads only through it (never blocking on a
+/// fifo).
+fn open_source(source: &std::path::Path) -> anyhow::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let source =
+        std::fs::canonicalize(source).with_context(|| format!("source {}", source.display()))?;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&source)
+        .with_context(|| format!("cannot open the source {}", source.display()))?;
+    Ok((source, opened))
 }
 
 #[cfg(test)]

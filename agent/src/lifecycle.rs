@@ -23,6 +23,8 @@ pub enum Op {
     Activate,
     /// Remove releases beyond `keep_releases` with their snapshots.
     Prune,
+    /// Stage a new release without activating it.
+    Stage,
 }
 
 impl Op {
@@ -33,6 +35,7 @@ impl Op {
             Op::Rollback => "rollback",
             Op::Activate => "activate",
             Op::Prune => "prune",
+            Op::Stage => "stage",
         }
     }
 }
@@ -192,7 +195,10 @@ pub fn recover(intent: &Intent, disk: &impl Disk) -> Recovery {
                 Recovery::Finish(steps)
             }
         }
-        Op::Deploy => {
+        // Staging never touches `current`: a copy whose staging did not
+        // finish is removed (its caller was told nothing).
+        Op::Stage if !intent.steps.contains(&Step::Stage) => Recovery::Nothing,
+        Op::Deploy | Op::Stage => {
             if disk.has_release(to) {
                 Recovery::Abandon {
                     version: to.to_string(),
@@ -366,6 +372,16 @@ mod tests {
             ),
             (Op::Prune, vec![remove("2")], Some("2"), Nothing),
             (Op::Prune, vec![], Some("2"), Nothing),
+            // A staging that did not finish goes; a finished one stays.
+            (
+                Op::Stage,
+                vec![Stage],
+                Some("1"),
+                Abandon {
+                    version: "2".into(),
+                },
+            ),
+            (Op::Stage, vec![], Some("1"), Nothing),
         ];
         for (op, steps, current, want) in cases {
             let i = intent(op, steps.clone());
@@ -387,6 +403,12 @@ mod tests {
         assert_eq!(recover(&i, &disk), Recovery::Nothing);
         let i = intent(Op::Deploy, vec![Step::Stage, Step::Swap, Step::Restart]);
         assert_eq!(recover(&i, &disk), Recovery::Nothing);
+        let i = intent(Op::Stage, vec![Step::Stage]);
+        assert_eq!(
+            recover(&i, &disk),
+            Recovery::Nothing,
+            "nothing was published"
+        );
     }
 
     #[test]

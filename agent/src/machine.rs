@@ -244,6 +244,7 @@ impl Flow {
             Op::Deploy => vec![Step::Stage, Step::Swap, Step::Restart],
             Op::Rollback => vec![Step::Swap, Step::Restore, Step::Restart],
             Op::Activate | Op::Prune => vec![Step::Swap, Step::Restart],
+            Op::Stage => vec![Step::Stage],
         };
         Flow {
             op,
@@ -509,6 +510,8 @@ pub enum Answer {
     Paused,
     /// To the promote command: the release marked good.
     Promoted(Result<String, Refusal>),
+    /// To the stage command: the release staged.
+    Staged(Result<String, Refusal>),
     /// To the deploys waiting for their bake.
     Waiters(DeployOutcome),
 }
@@ -633,6 +636,14 @@ pub enum Input {
         actor: Actor,
         /// Answer only once the bake is decided.
         wait: bool,
+    },
+    /// `stage VERSION`: staged and recorded, not activated (the source is
+    /// the shell's).
+    Stage {
+        /// The new version.
+        version: String,
+        /// Who.
+        actor: Actor,
     },
     /// `rollback [--to VERSION]`.
     Rollback {
@@ -914,6 +925,7 @@ impl Machine {
                 actor,
                 wait,
             } => self.deploy(version, actor, wait, facts, &mut fx),
+            Input::Stage { version, actor } => self.stage(version, actor, facts, &mut fx),
             Input::Rollback { to, reason, actor } => {
                 self.manual_rollback(to, reason, actor, facts, &mut fx)
             }
@@ -974,6 +986,28 @@ impl Machine {
         );
         f.caller = Caller::Deploy;
         f.wait = wait;
+        fx.push(Effect::Begin(f.intent()));
+        self.state = State::Staging(f);
+    }
+
+    /// Stages a release beside the active one. Refused while another
+    /// operation or a bake runs (its state would be set aside meanwhile).
+    fn stage(&mut self, version: String, actor: Actor, facts: &impl Facts, fx: &mut Vec<Effect>) {
+        let refusal = self.refuse_busy(true).or_else(|| {
+            (facts.on_disk(&version) || facts.recorded(&version))
+                .then(|| Refusal::ReleaseExists(version.clone()))
+        });
+        if let Some(r) = refusal {
+            return fx.push(Effect::Reply(Answer::Staged(Err(r))));
+        }
+        let f = Flow::new(
+            Op::Stage,
+            &version,
+            self.active.clone(),
+            "stage".into(),
+            actor,
+            self.state.clone(),
+        );
         fx.push(Effect::Begin(f.intent()));
         self.state = State::Staging(f);
     }
@@ -1111,6 +1145,9 @@ impl Machine {
                 self.state = State::Activating(f);
             }
             Op::Rollback => self.after_rollback_swap(f, fx),
+            // Nothing is left to finish of a staging (start-up removes an
+            // unfinished copy).
+            Op::Stage => fx.push(Effect::End),
             Op::Activate | Op::Prune => {
                 self.stop_watch();
                 fx.push(Effect::Restart {
@@ -1145,6 +1182,26 @@ impl Machine {
                     version: f.to.clone(),
                 });
                 State::Staging(f)
+            }
+            (State::Staging(f), Input::Journaled(Err(_))) if f.op == Op::Stage => {
+                fx.push(Effect::Reply(Answer::Staged(Err(Refusal::Failed))));
+                *f.prior
+            }
+            (State::Staging(mut f), Input::Staged(Ok(()))) if f.op == Op::Stage => {
+                fx.push(f.done(&Step::Stage));
+                fx.push(Effect::End);
+                fx.push(Effect::Save);
+                fx.push(Effect::Reply(Answer::Staged(Ok(f.to.clone()))));
+                *f.prior
+            }
+            (State::Staging(f), Input::Staged(Err(_))) if f.op == Op::Stage => {
+                fx.push(Effect::Discard {
+                    version: f.to.clone(),
+                });
+                fx.push(Effect::End);
+                fx.push(Effect::Save);
+                fx.push(Effect::Reply(Answer::Staged(Err(Refusal::Failed))));
+                *f.prior
             }
             (State::Staging(f), Input::Journaled(Err(_))) => {
                 fx.push(Effect::Count(Count::Deploy("refused")));
@@ -1279,7 +1336,7 @@ impl Machine {
                 self.after_rollback_swap(f, fx);
                 std::mem::replace(&mut self.state, State::Empty)
             }
-            Op::Deploy | Op::Activate | Op::Prune => {
+            Op::Deploy | Op::Activate | Op::Prune | Op::Stage => {
                 if f.op == Op::Deploy {
                     fx.push(Effect::Release {
                         version: f.to.clone(),

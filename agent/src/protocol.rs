@@ -103,6 +103,8 @@ pub mod method {
     pub const RELEASES: &str = "io.rollback.Agent.Releases";
     /// Stage, activate and bake a release.
     pub const DEPLOY: &str = "io.rollback.Agent.Deploy";
+    /// Stage a release without activating it.
+    pub const STAGE: &str = "io.rollback.Agent.Stage";
     /// Swap back to a good release.
     pub const ROLLBACK: &str = "io.rollback.Agent.Rollback";
     /// The audit log of one app.
@@ -473,6 +475,39 @@ pub struct DeployParams {
     /// What changed.
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// `Stage` parameters: those of `Deploy` without `wait`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageParams {
+    /// The app.
+    pub app: String,
+    /// Absolute path of a directory or archive on the agent's host.
+    pub source: String,
+    /// The source is the descriptor passed with this call, as for `Deploy`.
+    #[serde(default)]
+    pub source_fd: bool,
+    /// The new version.
+    pub version: String,
+    /// The source commit of the release.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// What changed.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `Stage` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageReply {
+    /// The app.
+    pub app: String,
+    /// The version staged.
+    pub version: String,
+    /// Its content digest, `sha256:<hex>`.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// `Deploy` reply.

@@ -150,6 +150,19 @@ pub enum Command {
         /// Where the outcome goes.
         reply: Reply<DeployOutcome>,
     },
+    /// Stage SOURCE as VERSION beside the active release, not activated.
+    Stage {
+        /// A directory or archive, as for `Deploy`.
+        source: Source,
+        /// The new version.
+        version: Version,
+        /// Who asked.
+        actor: Actor,
+        /// Commit and message given with it.
+        meta: DeployMeta,
+        /// Where the staged version goes.
+        reply: Reply<String>,
+    },
     /// Swap back to the last good release (or `to`).
     Rollback {
         /// Explicit target.
@@ -290,6 +303,28 @@ impl AppHandle {
         .await
     }
 
+    /// Sends a stage and waits for the release to be staged and recorded.
+    pub async fn stage(
+        &self,
+        source: impl Into<Source>,
+        version: Version,
+        actor: Actor,
+        meta: DeployMeta,
+    ) -> Result<String, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Stage {
+                source: source.into(),
+                version,
+                actor,
+                meta,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
     /// Sends a rollback and waits for it to be done.
     pub async fn rollback(
         &self,
@@ -414,6 +449,7 @@ enum Pending {
     Switch(Reply<RollbackDone>),
     Pause(Reply<()>),
     Promote(Reply<String>),
+    Stage(Reply<String>),
 }
 
 /// What a deploy in progress needs beyond its version (not the machine's).
@@ -777,9 +813,15 @@ impl Supervisor {
                     if self.store.release(self.app(), &version)?.is_some() {
                         self.store.delete_release(self.app(), &version)?;
                     }
+                    let again = if intent.op == Op::Stage {
+                        "stage"
+                    } else {
+                        "deploy"
+                    };
                     notes.push(format!(
-                        "the deploy of {version} was interrupted before it went live: \
-                         its staged copy was removed, deploy it again"
+                        "the {} of {version} was interrupted before it went live: \
+                         its staged copy was removed, {again} it again",
+                        intent.op.as_str()
                     ));
                     if let Some((state, reason)) = back_to {
                         (self.rec.state, self.rec.reason) = (state, reason);
@@ -1552,6 +1594,10 @@ impl Supervisor {
             (Answer::Paused, Some(Pending::Pause(tx))) => {
                 let _ = tx.send(Ok(()));
             }
+            (Answer::Staged(r), Some(Pending::Stage(tx))) => {
+                let r = r.map_err(|e| self.refusal(e));
+                let _ = tx.send(r);
+            }
             (Answer::Promoted(r), Some(Pending::Promote(tx))) => {
                 let r = r.map_err(|e| self.refusal(e));
                 let _ = tx.send(r);
@@ -1629,6 +1675,24 @@ impl Supervisor {
                 .await;
                 self.source = None;
             }
+            Command::Stage {
+                source,
+                version,
+                actor,
+                meta,
+                reply,
+            } => {
+                self.pending = Some(Pending::Stage(reply));
+                self.source = Some(DeploySource {
+                    path: source.path,
+                    opened: source.opened,
+                    meta,
+                    actor: actor.clone(),
+                });
+                let version = version.to_string();
+                self.drive(Input::Stage { version, actor }).await;
+                self.source = None;
+            }
             Command::Rollback {
                 to,
                 reason,
@@ -1686,7 +1750,7 @@ impl Supervisor {
             Some(Pending::Deploy(tx)) => drop(tx.send(Err(unanswered))),
             Some(Pending::Switch(tx)) => drop(tx.send(Err(unanswered))),
             Some(Pending::Pause(tx)) => drop(tx.send(Err(unanswered))),
-            Some(Pending::Promote(tx)) => drop(tx.send(Err(unanswered))),
+            Some(Pending::Promote(tx)) | Some(Pending::Stage(tx)) => drop(tx.send(Err(unanswered))),
             None => {}
         }
     }
@@ -2082,7 +2146,7 @@ fn refuse(cmd: Command, err: CommandError) {
             drop(reply.send(Err(err)))
         }
         Command::Pause { reply, .. } | Command::Reload { reply, .. } => drop(reply.send(Err(err))),
-        Command::Promote { reply, .. } => drop(reply.send(Err(err))),
+        Command::Promote { reply, .. } | Command::Stage { reply, .. } => drop(reply.send(Err(err))),
         Command::CheckNow { reply } => drop(reply.send(Err(err))),
     }
 }

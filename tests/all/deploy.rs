@@ -517,3 +517,90 @@ fn an_archive_declaring_a_2_gib_name_is_refused_without_reading_it() {
     assert!(left.is_empty(), "nothing staged is left: {left:?}");
     assert_eq!(agent.ctl(&["status"]).code, 0, "the agent goes on");
 }
+
+#[test]
+fn stage_puts_a_release_beside_the_active_one_without_activating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let agent = Agent::start_in(dir, &shop_config(app.port, "600ms", ""));
+    let out = agent.deploy(s(&example_release("1.0.0")), "1.0.0", true);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let out = agent.ctl(&[
+        "stage",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.1.0",
+        "--commit",
+        "9f2c1ab",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let reply: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(reply["version"], "1.1.0");
+    let digest = reply["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{reply}");
+    // Nothing went live: `current`, the state and the active release stay.
+    assert_eq!(current(&root), "1.0.0");
+    assert!(root.join("releases/1.1.0/release.json").exists());
+    let status = agent.json(&["status", "shop"]);
+    assert_eq!(status["active"], "1.0.0", "{status}");
+    assert_eq!(status["state"], "healthy", "{status}");
+    let releases = agent.json(&["releases", "shop"]);
+    let staged = releases["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "1.1.0")
+        .unwrap()
+        .clone();
+    assert_eq!(staged["state"], "staged");
+    assert_eq!(staged["current"], false);
+    assert_eq!(staged["commit"], "9f2c1ab");
+    assert_eq!(staged["digest"], digest.as_str());
+    let history = events(&agent);
+    assert!(
+        history
+            .iter()
+            .any(|e| e["kind"] == "staged" && e["version"] == "1.1.0"),
+        "{history:?}"
+    );
+    assert!(
+        !history
+            .iter()
+            .any(|e| e["version"] == "1.1.0" && e["kind"] != "staged"),
+        "nothing but the staging happened to it: {history:?}"
+    );
+
+    // Refused, changing nothing: the same version again, a missing source,
+    // an unknown app.
+    let out = agent.ctl(&[
+        "stage",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.1.0",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("1.1.0"), "{}", out.stderr);
+    let missing = agent.path().join("nope");
+    let out = agent.ctl(&["stage", "shop", s(&missing), "--version", "1.2.0"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = agent.ctl(&[
+        "stage",
+        "nope",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.2.0",
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!root.join("releases/1.2.0").exists());
+    assert_eq!(current(&root), "1.0.0");
+
+    // The staged release goes live by hand when wanted.
+    let out = agent.ctl(&["activate", "shop", "1.1.0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(current(&root), "1.1.0");
+}

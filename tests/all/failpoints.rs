@@ -1,7 +1,7 @@
 //! Crash safety at every effect boundary, deterministically: the agent is
 //! built with fail points (`--features failpoints`, as `make test` does) and
 //! killed with SIGKILL at one named point per round, during a deploy, an
-//! automatic rollback, an operator activation or a prune. After the restart
+//! automatic rollback, an operator activation, a prune or a staging. After the restart
 //! the test checks what a user sees, not only the bookkeeping: `current`
 //! names a complete release that the store agrees with, the restart command
 //! ran for it after its last swap, the state files are those of the release
@@ -27,6 +27,9 @@ enum Scenario {
     Activate,
     /// Deploy two good releases: the second prunes the first.
     Prune,
+    /// Stage a release beside the active one (it shares the deploy's
+    /// staging points).
+    Stage,
 }
 
 const POINTS: &[(&str, Scenario)] = &[
@@ -42,6 +45,8 @@ const POINTS: &[(&str, Scenario)] = &[
     ("activate.before-swap", Scenario::Activate),
     ("activate.after-swap", Scenario::Activate),
     ("prune.before-remove", Scenario::Prune),
+    ("deploy.before-stage", Scenario::Stage),
+    ("deploy.after-stage", Scenario::Stage),
 ];
 
 /// `keep_releases` of the app.
@@ -96,6 +101,7 @@ fn run_round(point: &str, scenario: Scenario) {
             assert_eq!(out.code, 0, "{ctx}: {out:?}");
             drop(agent.deploy(&good(), "r3-good", true));
         }
+        Scenario::Stage => drop(agent.ctl(&["stage", "shop", &good(), "--version", "r2-good"])),
     }
     let status = agent.wait_exit();
     assert_eq!(
@@ -115,6 +121,20 @@ fn run_round(point: &str, scenario: Scenario) {
     if matches!(scenario, Scenario::Deploy) && !releases.contains(&"r2-good".to_string()) {
         let out = agent.deploy(&good(), "r2-good", true);
         assert_eq!(out.code, 0, "{ctx}: deploying the version again: {out:?}");
+    }
+    // An interrupted staging left nothing of the release and nothing live.
+    if matches!(scenario, Scenario::Stage) {
+        assert!(
+            !releases.contains(&"r2-good".to_string()),
+            "{ctx}: {releases:?}"
+        );
+        assert_eq!(
+            agent.json(&["status", "shop"])["active"],
+            "r1-good",
+            "{ctx}"
+        );
+        let out = agent.ctl(&["stage", "shop", &good(), "--version", "r2-good"]);
+        assert_eq!(out.code, 0, "{ctx}: staging the version again: {out:?}");
     }
 }
 
