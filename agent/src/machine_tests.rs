@@ -1294,3 +1294,79 @@ fn a_held_app_restarts_held_and_can_be_rolled_back() {
     assert!(has(&fx, "swap 1.0"), "{:?}", names(&fx));
     assert!(has(&fx, "release 1.1 Failed"), "{:?}", names(&fx));
 }
+
+fn stage(version: &str) -> Input {
+    Input::Stage {
+        version: version.into(),
+        actor: operator(),
+    }
+}
+
+#[test]
+fn a_stage_journals_stages_and_ends_where_it_began() {
+    let t0 = Instant::now();
+    let w = World {
+        disk: vec!["1.0"],
+        good: vec!["1.0"],
+    };
+    let mut m = steady_on("1.0", &w, t0);
+    let fx = run(&mut m, stage("1.2"), t0, &w, &mut Script::default());
+    assert_eq!(
+        names(&fx),
+        [
+            "begin stage",
+            "save",
+            "stage 1.2",
+            "done stage",
+            "end",
+            "save",
+            "reply"
+        ]
+    );
+    assert_eq!(replies(&fx), [Answer::Staged(Ok("1.2".into()))]);
+    assert!(
+        matches!(m.state(), State::Steady { version, .. } if version == "1.0"),
+        "{:?}",
+        m.state()
+    );
+    // Nothing of a swap, a restart, a hook or a check.
+    for name in ["swap 1.2", "restart 1.2", "vet 1.2", "watch 1.2"] {
+        assert!(!has(&fx, name), "{name}: {fx:?}");
+    }
+
+    // A refused source: its copy is discarded, the state stays.
+    let mut script = Script {
+        stage: Err("bad archive".into()),
+        ..Script::default()
+    };
+    let fx = run(&mut m, stage("1.3"), t0, &w, &mut script);
+    assert!(has(&fx, "discard 1.3"), "{fx:?}");
+    assert_eq!(replies(&fx), [Answer::Staged(Err(Refusal::Failed))]);
+    assert!(matches!(m.state(), State::Steady { .. }));
+    // A journal that cannot be written: nothing is staged.
+    let mut script = Script {
+        journal: Err("disk full".into()),
+        ..Script::default()
+    };
+    let fx = run(&mut m, stage("1.3"), t0, &w, &mut script);
+    assert!(!has(&fx, "stage 1.3"), "{fx:?}");
+    assert_eq!(replies(&fx), [Answer::Staged(Err(Refusal::Failed))]);
+
+    // Refused: a version already there, and during a bake.
+    let fx = run(&mut m, stage("1.0"), t0, &w, &mut Script::default());
+    assert_eq!(
+        replies(&fx),
+        [Answer::Staged(Err(Refusal::ReleaseExists("1.0".into())))]
+    );
+    let mut w = world();
+    let mut m = baking(t0, &mut w);
+    let fx = run(&mut m, stage("1.4"), t0, &w, &mut Script::default());
+    assert!(
+        matches!(replies(&fx)[..], [Answer::Staged(Err(Refusal::Busy(_)))]),
+        "{fx:?}"
+    );
+    assert!(
+        matches!(m.state(), State::Baking { .. }),
+        "the bake goes on"
+    );
+}
