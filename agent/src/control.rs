@@ -130,6 +130,24 @@ struct NewRelease<'a> {
     message: &'a Option<String>,
 }
 
+impl<'a> NewRelease<'a> {
+    fn of(
+        app: &'a str,
+        source: &'a str,
+        version: &'a str,
+        commit: &'a Option<String>,
+        message: &'a Option<String>,
+    ) -> Self {
+        NewRelease {
+            app,
+            source,
+            version,
+            commit,
+            message,
+        }
+    }
+}
+
 impl Authz {
     /// Looks the groups up (they must exist).
     pub fn new(admin_group: Option<&str>, socket_group: Option<&str>) -> Result<Authz, BindError> {
@@ -715,13 +733,7 @@ impl Control {
         actor: &Actor,
         opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
-        let new = NewRelease {
-            app: &p.app,
-            source: &p.source,
-            version: &p.version,
-            commit: &p.commit,
-            message: &p.message,
-        };
+        let new = NewRelease::of(&p.app, &p.source, &p.version, &p.commit, &p.message);
         let (handle, version, source, meta) = self.new_release(new, opened)?;
         let outcome = handle
             .deploy(source, version.clone(), actor.clone(), p.wait, meta)
@@ -751,13 +763,7 @@ impl Control {
         actor: &Actor,
         opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
-        let new = NewRelease {
-            app: &p.app,
-            source: &p.source,
-            version: &p.version,
-            commit: &p.commit,
-            message: &p.message,
-        };
+        let new = NewRelease::of(&p.app, &p.source, &p.version, &p.commit, &p.message);
         let (handle, version, source, meta) = self.new_release(new, opened)?;
         let staged = handle
             .stage(source, version, actor.clone(), meta)

@@ -461,6 +461,17 @@ struct DeploySource {
     actor: Actor,
 }
 
+impl DeploySource {
+    fn new(source: Source, meta: DeployMeta, actor: &Actor) -> Self {
+        DeploySource {
+            path: source.path,
+            opened: source.opened,
+            meta,
+            actor: actor.clone(),
+        }
+    }
+}
+
 /// What a deploy stages from: a path, read with the agent's rights, or the
 /// descriptor a caller opened with its own (`path` then names it).
 #[derive(Debug)]
@@ -1660,12 +1671,7 @@ impl Supervisor {
                 reply,
             } => {
                 self.pending = Some(Pending::Deploy(reply));
-                self.source = Some(DeploySource {
-                    path: source.path,
-                    opened: source.opened,
-                    meta,
-                    actor: actor.clone(),
-                });
+                self.source = Some(DeploySource::new(source, meta, &actor));
                 let version = version.to_string();
                 self.drive(Input::Deploy {
                     version,
@@ -1683,12 +1689,7 @@ impl Supervisor {
                 reply,
             } => {
                 self.pending = Some(Pending::Stage(reply));
-                self.source = Some(DeploySource {
-                    path: source.path,
-                    opened: source.opened,
-                    meta,
-                    actor: actor.clone(),
-                });
+                self.source = Some(DeploySource::new(source, meta, &actor));
                 let version = version.to_string();
                 self.drive(Input::Stage { version, actor }).await;
                 self.source = None;
