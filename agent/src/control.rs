@@ -128,6 +128,7 @@ struct NewRelease<'a> {
     version: &'a str,
     commit: &'a Option<String>,
     message: &'a Option<String>,
+    digest: &'a Option<String>,
 }
 
 impl<'a> NewRelease<'a> {
@@ -137,6 +138,7 @@ impl<'a> NewRelease<'a> {
         version: &'a str,
         commit: &'a Option<String>,
         message: &'a Option<String>,
+        digest: &'a Option<String>,
     ) -> Self {
         NewRelease {
             app,
@@ -144,6 +146,7 @@ impl<'a> NewRelease<'a> {
             version,
             commit,
             message,
+            digest,
         }
     }
 }
@@ -733,7 +736,9 @@ impl Control {
         actor: &Actor,
         opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
-        let new = NewRelease::of(&p.app, &p.source, &p.version, &p.commit, &p.message);
+        let new = NewRelease::of(
+            &p.app, &p.source, &p.version, &p.commit, &p.message, &p.digest,
+        );
         let (handle, version, source, meta) = self.new_release(new, opened)?;
         let outcome = handle
             .deploy(source, version.clone(), actor.clone(), p.wait, meta)
@@ -763,7 +768,9 @@ impl Control {
         actor: &Actor,
         opened: Option<std::fs::File>,
     ) -> Result<serde_json::Value, RemoteError> {
-        let new = NewRelease::of(&p.app, &p.source, &p.version, &p.commit, &p.message);
+        let new = NewRelease::of(
+            &p.app, &p.source, &p.version, &p.commit, &p.message, &p.digest,
+        );
         let (handle, version, source, meta) = self.new_release(new, opened)?;
         let staged = handle
             .stage(source, version, actor.clone(), meta)
@@ -825,9 +832,24 @@ impl Control {
                 ),
             ));
         }
+        let digest = match p.digest {
+            None => None,
+            Some(d) => {
+                let d = d.to_ascii_lowercase();
+                let hex = d.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(RemoteError::invalid_parameter(
+                        "digest",
+                        "digest must be sha256: followed by 64 hex digits",
+                    ));
+                }
+                Some(d)
+            }
+        };
         let meta = crate::supervisor::DeployMeta {
             commit: p.commit.clone(),
             message: p.message.clone(),
+            digest,
         };
         let source = crate::supervisor::Source {
             path: source,

@@ -135,6 +135,10 @@ pub enum AgentCommand {
         /// What changed (recorded with the release).
         #[arg(long)]
         message: Option<String>,
+        /// The content digest the release must have (sha256:<hex>, as
+        /// `releases --json` shows it); another is refused.
+        #[arg(long)]
+        digest: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -155,6 +159,10 @@ pub enum AgentCommand {
         /// What changed (recorded with the release).
         #[arg(long)]
         message: Option<String>,
+        /// The content digest the release must have (sha256:<hex>, as
+        /// `releases --json` shows it); another is refused.
+        #[arg(long)]
+        digest: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -928,12 +936,13 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             version,
             commit,
             message,
+            digest,
             json,
         } => {
             let (source, opened) = open_source(&source)?;
             let params = serde_json::json!({
                 "app": app, "source": source, "version": version,
-                "commit": commit, "message": message, "source_fd": true,
+                "commit": commit, "message": message, "digest": digest, "source_fd": true,
             });
             client
                 .send_with_fd(method::STAGE, params, false, &opened)
@@ -959,12 +968,13 @@ async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<E
             wait,
             commit,
             message,
+            digest,
             json,
         } => {
             let (source, opened) = open_source(&source)?;
             let params = serde_json::json!({
                 "app": app, "source": source, "version": version, "wait": wait,
-                "commit": commit, "message": message, "source_fd": true,
+                "commit": commit, "message": message, "digest": digest, "source_fd": true,
             });
             client
                 .send_with_fd(method::DEPLOY, params, true, &opened)

@@ -475,6 +475,9 @@ pub struct DeployParams {
     /// What changed.
     #[serde(default)]
     pub message: Option<String>,
+    /// The content digest the staged release must have (`sha256:<hex>`).
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// `Stage` parameters: those of `Deploy` without `wait`.
@@ -496,6 +499,9 @@ pub struct StageParams {
     /// What changed.
     #[serde(default)]
     pub message: Option<String>,
+    /// The content digest the staged release must have (`sha256:<hex>`).
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// `Stage` reply.

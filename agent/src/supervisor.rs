@@ -128,6 +128,8 @@ pub struct DeployMeta {
     pub commit: Option<String>,
     /// `--message`.
     pub message: Option<String>,
+    /// `--digest`: the content digest the staged tree must have.
+    pub digest: Option<String>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -1233,6 +1235,14 @@ impl Supervisor {
             .unwrap_or_default();
         let path = self.dir.release_path(&version);
         let digest = blocking(move || crate::release::tree_digest(&path)).await?;
+        if let Some(want) = meta.digest.as_ref().filter(|want| **want != digest) {
+            // The copy goes with the refusal: these are not the bits asked for.
+            return Err(ReleaseError::Source {
+                path: source,
+                reason: format!("its content digest is {digest}, not the expected {want}"),
+            }
+            .into());
+        }
         let mut r = self.release_rec(version.as_str())?;
         r.source = Some(source.display().to_string());
         r.commit = meta.commit.or(manifest.commit);

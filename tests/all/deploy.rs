@@ -599,6 +599,68 @@ fn stage_puts_a_release_beside_the_active_one_without_activating_it() {
     assert!(!root.join("releases/1.2.0").exists());
     assert_eq!(current(&root), "1.0.0");
 
+    // With --digest, only those bits: another tree is refused and removed,
+    // the expected one staged; a malformed digest is refused at once.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = agent.ctl(&[
+        "stage",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.3.0",
+        "--digest",
+        &wrong,
+    ]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "its content digest is {digest}, not the expected {wrong}"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!root.join("releases/1.3.0").exists());
+    let out = agent.ctl(&[
+        "stage",
+        "shop",
+        s(&example_release("1.0.0")),
+        "--version",
+        "1.3.0",
+        "--digest",
+        &digest.to_uppercase().replace("SHA256:", "sha256:"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for bad in ["sha256:abc", "md5:0", "nonsense"] {
+        let out = agent.ctl(&[
+            "deploy",
+            "shop",
+            s(&example_release("1.0.0")),
+            "--version",
+            "1.4.0",
+            "--digest",
+            bad,
+        ]);
+        assert_eq!(out.code, 1, "{bad}: {out:?}");
+        assert!(
+            out.stderr.contains("digest must be sha256:"),
+            "{}",
+            out.stderr
+        );
+    }
+    let out = agent.ctl(&[
+        "deploy",
+        "shop",
+        s(&example_release("1.1.0")),
+        "--version",
+        "1.4.0",
+        "--digest",
+        &digest,
+    ]);
+    assert_eq!(out.code, 1, "a deploy of other bits is refused: {out:?}");
+    assert!(out.stderr.contains("content digest"), "{}", out.stderr);
+    assert!(!root.join("releases/1.4.0").exists());
+    assert_eq!(current(&root), "1.0.0");
+
     // The staged release goes live by hand when wanted.
     let out = agent.ctl(&["activate", "shop", "1.1.0"]);
     assert_eq!(out.code, 0, "{out:?}");
