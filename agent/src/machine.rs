@@ -1336,7 +1336,12 @@ impl Machine {
                 self.after_rollback_swap(f, fx);
                 std::mem::replace(&mut self.state, State::Empty)
             }
-            Op::Deploy | Op::Activate | Op::Prune | Op::Stage => {
+            // A staging never swaps; should one come here, it only ends.
+            Op::Stage => {
+                fx.push(Effect::End);
+                *f.prior
+            }
+            Op::Deploy | Op::Activate | Op::Prune => {
                 if f.op == Op::Deploy {
                     fx.push(Effect::Release {
                         version: f.to.clone(),
