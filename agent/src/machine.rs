@@ -967,49 +967,56 @@ impl Machine {
         facts: &impl Facts,
         fx: &mut Vec<Effect>,
     ) {
-        let refusal = self.refuse_busy(true).or_else(|| {
-            (facts.on_disk(&version) || facts.recorded(&version))
-                .then(|| Refusal::ReleaseExists(version.clone()))
-        });
-        if let Some(r) = refusal {
-            fx.push(Effect::Count(Count::Deploy("refused")));
-            fx.push(Effect::Reply(Answer::Deploy(Err(r))));
-            return;
-        }
-        let mut f = Flow::new(
-            Op::Deploy,
-            &version,
-            self.active.clone(),
-            "deploy".into(),
-            actor,
-            self.state.clone(),
-        );
+        let mut f = match self.new_release(Op::Deploy, &version, actor, facts) {
+            Ok(f) => f,
+            Err(r) => {
+                fx.push(Effect::Count(Count::Deploy("refused")));
+                fx.push(Effect::Reply(Answer::Deploy(Err(r))));
+                return;
+            }
+        };
         f.caller = Caller::Deploy;
         f.wait = wait;
         fx.push(Effect::Begin(f.intent()));
         self.state = State::Staging(f);
     }
 
+    /// The flow of a deploy or a stage of `version`, unless one cannot
+    /// start now: another operation or a bake runs, or the version is
+    /// already there.
+    fn new_release(
+        &self,
+        op: Op,
+        version: &str,
+        actor: Actor,
+        facts: &impl Facts,
+    ) -> Result<Flow, Refusal> {
+        if let Some(r) = self.refuse_busy(true) {
+            return Err(r);
+        }
+        if facts.on_disk(version) || facts.recorded(version) {
+            return Err(Refusal::ReleaseExists(version.to_string()));
+        }
+        Ok(Flow::new(
+            op,
+            version,
+            self.active.clone(),
+            op.as_str().into(),
+            actor,
+            self.state.clone(),
+        ))
+    }
+
     /// Stages a release beside the active one. Refused while another
     /// operation or a bake runs (its state would be set aside meanwhile).
     fn stage(&mut self, version: String, actor: Actor, facts: &impl Facts, fx: &mut Vec<Effect>) {
-        let refusal = self.refuse_busy(true).or_else(|| {
-            (facts.on_disk(&version) || facts.recorded(&version))
-                .then(|| Refusal::ReleaseExists(version.clone()))
-        });
-        if let Some(r) = refusal {
-            return fx.push(Effect::Reply(Answer::Staged(Err(r))));
+        match self.new_release(Op::Stage, &version, actor, facts) {
+            Ok(f) => {
+                fx.push(Effect::Begin(f.intent()));
+                self.state = State::Staging(f);
+            }
+            Err(r) => fx.push(Effect::Reply(Answer::Staged(Err(r)))),
         }
-        let f = Flow::new(
-            Op::Stage,
-            &version,
-            self.active.clone(),
-            "stage".into(),
-            actor,
-            self.state.clone(),
-        );
-        fx.push(Effect::Begin(f.intent()));
-        self.state = State::Staging(f);
     }
 
     fn manual_rollback(

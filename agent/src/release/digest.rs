@@ -60,7 +60,7 @@ pub fn tree_digest(root: &Path) -> Result<String, ReleaseError> {
             let mut file = File::open(&path).map_err(io_err("open", &path))?;
             let mut hash = Sha256::new();
             io::copy(&mut file, &mut hash).map_err(io_err("read", &path))?;
-            ('f', hex(&hash.finalize()).into_bytes())
+            ('f', format!("{:x}", hash.finalize()).into_bytes())
         } else {
             return Err(ReleaseError::Source {
                 path,
@@ -73,11 +73,7 @@ pub fn tree_digest(root: &Path) -> Result<String, ReleaseError> {
         listing.update(&content);
         listing.update(b"\n");
     }
-    Ok(format!("sha256:{}", hex(&listing.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(format!("sha256:{:x}", listing.finalize()))
 }
 
 #[cfg(test)]

@@ -176,14 +176,7 @@ impl Settings {
                 shopee_quantities(shop, transport, &sample, ids)
             }
         };
-        marketplace::quota::wait_until(
-            now,
-            now.saturating_add(self.interval_ms),
-            format!(
-                "marketplace_interval {}",
-                format_duration_ms(self.interval_ms)
-            ),
-        );
+        marketplace::quota::paced(now, self.interval_ms);
         // The marketplace's trouble says nothing about the release.
         let market = match read {
             Ok(market) => market,

@@ -107,6 +107,13 @@ struct Failed {
     code: Option<String>,
 }
 
+impl Failed {
+    /// A failure without Lazada's own code (transport, status, shape).
+    fn other(text: String) -> Failed {
+        Failed { text, code: None }
+    }
+}
+
 /// A Lazada seller. No `Debug`: it holds secrets.
 pub struct Lazada {
     /// The gateway, e.g. `https://api.lazada.sg/rest`, without a trailing `/`.
@@ -259,8 +266,7 @@ impl Lazada {
         let call = Call::get(url)
             .header("Accept", "application/json")
             .metered();
-        let response =
-            transport::send(transport, &call).map_err(|text| Failed { text, code: None })?;
+        let response = transport::send(transport, &call).map_err(Failed::other)?;
         let body = answer(&call, &response).inspect_err(|failed| {
             if failed
                 .code
@@ -272,14 +278,12 @@ impl Lazada {
             }
         })?;
         match body.get("data") {
-            Some(data) if !data.is_null() => T::deserialize(data).map_err(|e| Failed {
-                text: format!("{}: unexpected `data`: {e}", call.target()),
-                code: None,
-            }),
-            _ => Err(Failed {
-                text: format!("{}: the answer has no `data`", call.target()),
-                code: None,
-            }),
+            Some(data) if !data.is_null() => T::deserialize(data)
+                .map_err(|e| Failed::other(format!("{}: unexpected `data`: {e}", call.target()))),
+            _ => Err(Failed::other(format!(
+                "{}: the answer has no `data`",
+                call.target()
+            ))),
         }
     }
 
@@ -333,19 +337,16 @@ fn answer(call: &Call, response: &Response) -> Result<Value, Failed> {
                 code: code_of(&body),
             })
         }
-        _ if !response.is_success() => Err(Failed {
-            text: transport::status_error(call, response),
-            code: None,
-        }),
-        Ok(body) if code_of(&body).is_none() => Err(Failed {
-            text: format!("{}: the answer has no `code`", call.target()),
-            code: None,
-        }),
+        _ if !response.is_success() => Err(Failed::other(transport::status_error(call, response))),
+        Ok(body) if code_of(&body).is_none() => Err(Failed::other(format!(
+            "{}: the answer has no `code`",
+            call.target()
+        ))),
         Ok(body) => Ok(body),
-        Err(e) => Err(Failed {
-            text: format!("{}: unexpected answer: {e}", call.target()),
-            code: None,
-        }),
+        Err(e) => Err(Failed::other(format!(
+            "{}: unexpected answer: {e}",
+            call.target()
+        ))),
     }
 }
 

@@ -84,6 +84,16 @@ pub fn wait_until(now_ms: u64, at_ms: u64, why: impl Into<String>) {
     set(now_ms, at_ms, why.into(), false);
 }
 
+/// No call for `interval_ms` after one at `now_ms`: the check's own pace,
+/// its `marketplace_interval`.
+pub fn paced(now_ms: u64, interval_ms: u64) {
+    wait_until(
+        now_ms,
+        now_ms.saturating_add(interval_ms),
+        format!("marketplace_interval {}", format_duration_ms(interval_ms)),
+    );
+}
+
 fn set(now_ms: u64, at_ms: u64, why: String, throttled: bool) {
     let current = next();
     if current.as_ref().is_some_and(|n| n.at_ms >= at_ms) {

@@ -326,14 +326,7 @@ impl Settings {
             Source::Ebay(api) => ebay(api, transport, &mut scan),
             Source::Lazada(api) => lazada(api, transport, &mut scan),
         };
-        marketplace::quota::wait_until(
-            now_ms,
-            now_ms.saturating_add(self.interval_ms),
-            format!(
-                "marketplace_interval {}",
-                format_duration_ms(self.interval_ms)
-            ),
-        );
+        marketplace::quota::paced(now_ms, self.interval_ms);
         // The marketplace's side: throttled, down, refusing the credentials
         // or answering what we cannot read says nothing about the release.
         if let Err(e) = read {
