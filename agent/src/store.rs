@@ -126,6 +126,33 @@ row!(Release <-> ReleaseRow {
     commit, tag, message, digest
 } maps {});
 
+/// How long start-up waits for the database lock. Right after a `kill -9`
+/// of the agent the lock can still be held for a moment (the kill tests
+/// saw a restart refused about half the time without this wait).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the database, waiting up to [`LOCK_WAIT`] while another process
+/// holds its lock; any other error at once.
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(dir = %dir.display(), "the state store is locked by another process; waiting");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// The sled database and its trees.
 #[derive(Clone)]
 pub struct Store {
@@ -234,10 +261,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(dir)?;
         Ok(Store {
             apps: db.open_tree("apps")?,
             releases: db.open_tree("releases")?,
