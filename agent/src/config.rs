@@ -84,6 +84,50 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Managed applications by name.
     pub apps: BTreeMap<String, AppConfig>,
+    /// Fleet membership (`[fleet]`), when the agent is part of one.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// Default lease of a fleet member.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// The `[fleet]` table: membership of a fleet coordinated through etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// etcd endpoints, e.g. `http://10.0.0.5:2379`.
+    pub etcd: Vec<String>,
+    /// The fleet's name (its keys' prefix).
+    pub name: String,
+    /// This host's name in the fleet (default: the hostname).
+    pub host: String,
+    /// Labels published with the host.
+    pub labels: BTreeMap<String, String>,
+    /// How long the host stays a member without keep-alives.
+    pub lease_ttl: Duration,
+    /// etcd user, when the cluster has authentication on.
+    pub user: Option<String>,
+    /// That user's password.
+    pub password: Option<SecretRef>,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<FleetTls>,
+    /// Members may pass manual gates (`fleet promote`).
+    pub approver_group: Option<String>,
+    /// An approver must be another user than the one who started the rollout.
+    pub four_eyes: bool,
+    /// Where `fleet rollout --source` may fetch releases from.
+    pub artifact_hosts: Vec<HostRule>,
+}
+
+/// `[fleet.tls]`: the CA that signs etcd's certificate, and a client
+/// certificate when etcd asks for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTls {
+    /// PEM CA bundle.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate.
+    pub cert_file: Option<PathBuf>,
+    /// PEM client key.
+    pub key_file: Option<PathBuf>,
 }
 
 /// The `[agent]` table.
@@ -413,6 +457,29 @@ impl HostRule {
     }
 }
 
+/// Whether `url` may be fetched under `rules` (the list named `list` in
+/// messages): http or https, a matching host and port, and plain HTTP only
+/// where a rule allows it.
+pub fn url_allowed(rules: &[HostRule], url: &url::Url, list: &str) -> Result<(), String> {
+    let scheme = url.scheme();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "scheme `{scheme}` is not allowed (http or https only)"
+        ));
+    }
+    let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
+    let port = url.port_or_known_default().unwrap_or(0);
+    let default = if scheme == "https" { 443 } else { 80 };
+    let mut hosts = rules.iter().filter(|r| r.matches(host, port, default));
+    match hosts.clone().next() {
+        None => Err(format!("{host}:{port} is not in {list}")),
+        Some(_) if scheme == "https" || hosts.any(|r| r.allows_plain_http()) => Ok(()),
+        Some(_) => Err(format!(
+            "{host}:{port} is allowed over https only (allow plain HTTP with `http://{host}` in {list})"
+        )),
+    }
+}
+
 /// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
 fn split_host_port(text: &str) -> Result<(&str, Option<u16>), String> {
     let (host, port) = if text.starts_with('[') {
@@ -468,6 +535,33 @@ struct RawConfig {
     agent: RawAgent,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    etcd: Vec<String>,
+    name: String,
+    host: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    lease_ttl: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    tls: Option<RawFleetTls>,
+    approver_group: Option<String>,
+    four_eyes: Option<bool>,
+    #[serde(default)]
+    artifact_hosts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleetTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -747,6 +841,27 @@ impl Validator<'_> {
         Ok(d)
     }
 
+    /// A secret reference: `env:NAME` or `file:PATH`, never a value.
+    fn secret(&self, key: &str, reference: &str) -> Result<SecretRef, ConfigError> {
+        if let Some(var) = reference.strip_prefix("env:") {
+            if var.is_empty() || var.contains('=') {
+                return Err(self.err(key, "env: needs a variable name"));
+            }
+            Ok(SecretRef::Env(var.to_string()))
+        } else if let Some(path) = reference.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(self.err(key, "file: needs a path"));
+            }
+            Ok(SecretRef::File(self.resolve(Path::new(path))))
+        } else {
+            // Never echo the value: it may be a secret written in by mistake.
+            Err(self.err(
+                key,
+                "must be `env:NAME` or `file:PATH` (secrets are not written in the config)",
+            ))
+        }
+    }
+
     /// `restart_env`: valid variable names, none of the agent's own
     /// (`PATH`, `LANG`, `ROLLBACK_*` are always set), values without NUL.
     fn restart_env(&self, key: &str, raw: Option<RawEnv>) -> Result<Vec<EnvVar>, ConfigError> {
@@ -845,10 +960,126 @@ impl Validator<'_> {
             }
             apps.insert(name, app);
         }
+        let fleet = raw.fleet.map(|f| self.fleet(f)).transpose()?;
         Ok(Config {
             path: self.path.to_path_buf(),
             agent,
             apps,
+            fleet,
+        })
+    }
+
+    fn fleet(&self, raw: RawFleet) -> Result<FleetConfig, ConfigError> {
+        if raw.etcd.is_empty() {
+            return Err(self.err("fleet.etcd", "needs at least one endpoint"));
+        }
+        let mut tls_wanted = false;
+        for (i, e) in raw.etcd.iter().enumerate() {
+            let key = format!("fleet.etcd[{i}]");
+            let url = url::Url::parse(e).map_err(|_| {
+                self.err(
+                    &key,
+                    format!("`{e}` is not a URL like http://10.0.0.5:2379"),
+                )
+            })?;
+            match url.scheme() {
+                "http" => {}
+                "https" => tls_wanted = true,
+                other => {
+                    return Err(self.err(
+                        &key,
+                        format!("`{other}://`: etcd is reached over http:// or https://"),
+                    ))
+                }
+            }
+            if url.host_str().is_none() || url.path() != "/" || !url.username().is_empty() {
+                return Err(self.err(
+                    &key,
+                    format!("`{e}` must be scheme://host:port, without a path or credentials"),
+                ));
+            }
+        }
+        if !valid_name(&raw.name) {
+            return Err(self.err(
+                "fleet.name",
+                "fleet names use A-Z a-z 0-9 . _ - (1 to 64, not starting with . or -)",
+            ));
+        }
+        let host = match raw.host {
+            Some(h) => h,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .ok_or_else(|| {
+                    self.err("fleet.host", "the hostname cannot be read: set fleet.host")
+                })?,
+        };
+        if !crate::fleet::plan::valid_host(&host) {
+            return Err(self.err(
+                "fleet.host",
+                format!("`{host}` is not a host name (letters, digits, `-`, `_`, `.`)"),
+            ));
+        }
+        for (k, v) in &raw.labels {
+            if !valid_name(k) || v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(self.err(
+                    format!("fleet.labels.{k}"),
+                    "label names use A-Z a-z 0-9 . _ -; values are one line of at most 256 bytes",
+                ));
+            }
+        }
+        let lease_ttl = self.duration(
+            "fleet.lease_ttl",
+            raw.lease_ttl,
+            DEFAULT_LEASE_TTL,
+            MAX_DEADLINE,
+        )?;
+        if lease_ttl < Duration::from_secs(2) {
+            return Err(self.err(
+                "fleet.lease_ttl",
+                "must be at least 2s (etcd's own minimum is about 2 x its election timeout)",
+            ));
+        }
+        let password = raw
+            .password
+            .as_deref()
+            .map(|p| self.secret("fleet.password", p))
+            .transpose()?;
+        if password.is_some() != raw.user.is_some() {
+            return Err(self.err("fleet.user", "user and password go together"));
+        }
+        let tls = raw.tls.map(|t| FleetTls {
+            ca_file: t.ca_file.as_deref().map(|p| self.resolve(p)),
+            cert_file: t.cert_file.as_deref().map(|p| self.resolve(p)),
+            key_file: t.key_file.as_deref().map(|p| self.resolve(p)),
+        });
+        if let Some(t) = &tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return Err(self.err("fleet.tls", "cert_file and key_file go together"));
+            }
+            if !tls_wanted {
+                return Err(self.err("fleet.tls", "TLS needs https:// endpoints"));
+            }
+        }
+        let mut artifact_hosts = Vec::with_capacity(raw.artifact_hosts.len());
+        for (i, entry) in raw.artifact_hosts.iter().enumerate() {
+            artifact_hosts.push(
+                HostRule::parse(entry)
+                    .map_err(|m| self.err(format!("fleet.artifact_hosts[{i}]"), m))?,
+            );
+        }
+        Ok(FleetConfig {
+            etcd: raw.etcd,
+            name: raw.name,
+            host,
+            labels: raw.labels,
+            lease_ttl,
+            user: raw.user,
+            password,
+            tls,
+            approver_group: self.group("fleet.approver_group", raw.approver_group)?,
+            four_eyes: raw.four_eyes.unwrap_or(false),
+            artifact_hosts,
         })
     }
 
@@ -1232,26 +1463,7 @@ impl Validator<'_> {
         }
         let mut secrets = BTreeMap::new();
         for (name, reference) in raw.secrets {
-            let secret = if let Some(var) = reference.strip_prefix("env:") {
-                if var.is_empty() || var.contains('=') {
-                    return Err(self.err(
-                        format!("{key}.secrets.{name}"),
-                        "env: needs a variable name",
-                    ));
-                }
-                SecretRef::Env(var.to_string())
-            } else if let Some(path) = reference.strip_prefix("file:") {
-                if path.is_empty() {
-                    return Err(self.err(format!("{key}.secrets.{name}"), "file: needs a path"));
-                }
-                SecretRef::File(self.resolve(Path::new(path)))
-            } else {
-                // Never echo the value: it may be a secret written in by mistake.
-                return Err(self.err(
-                    format!("{key}.secrets.{name}"),
-                    "must be `env:NAME` or `file:PATH` (secrets are not written in the config)",
-                ));
-            };
+            let secret = self.secret(&format!("{key}.secrets.{name}"), &reference)?;
             secrets.insert(name, secret);
         }
         Ok(PluginEntry {

@@ -35,6 +35,8 @@ pub struct Control {
     slots: Arc<tokio::sync::Semaphore>,
     /// What incomplete messages may hold in memory, all connections together.
     budget: protocol::Budget,
+    /// The fleet, when the agent is a member of one.
+    fleet: std::sync::RwLock<Option<Arc<crate::fleet::Fleet>>>,
 }
 
 /// Most connections served at once; the next is answered with
@@ -177,6 +179,19 @@ impl Authz {
         uid == 0 || uid == self.agent_uid
     }
 
+    /// Whether the user `uid` is root, the agent's user or a member of `group`.
+    pub fn is_member(&self, uid: u32, group: &str) -> bool {
+        if self.is_privileged(uid) {
+            return true;
+        }
+        let Ok(gid) = gid_of(group) else { return false };
+        let primary = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw());
+        primary.is_some_and(|p| peer_groups(uid, p).contains(&gid))
+    }
+
     /// The access of a peer with `uid` and primary `gid`.
     pub fn access(&self, uid: u32, gid: u32) -> Access {
         if self.is_privileged(uid) {
@@ -284,6 +299,19 @@ fn command_error(e: CommandError) -> RemoteError {
     RemoteError::new(name, e.to_string())
 }
 
+fn fleet_error(e: crate::fleet::FleetError) -> RemoteError {
+    use crate::fleet::FleetError;
+    let name = match &e {
+        FleetError::Unavailable(_) => error::FLEET_UNAVAILABLE,
+        FleetError::NoRollout(_) => error::NO_SUCH_ROLLOUT,
+        FleetError::InProgress { .. } => error::ROLLOUT_IN_PROGRESS,
+        FleetError::Refused(_) => error::FLEET_REFUSED,
+        FleetError::Denied(_) => error::PERMISSION_DENIED,
+        FleetError::Invalid(_) => error::INVALID_PARAMETER,
+    };
+    RemoteError::new(name, e.to_string())
+}
+
 /// Tells a connection over `MAX_CONNECTIONS` so (within a second) and closes it.
 async fn refuse(mut stream: UnixStream) {
     let err = RemoteError::new(
@@ -317,7 +345,26 @@ impl Control {
             authz,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             budget: protocol::Budget::new(BUFFER_BUDGET),
+            fleet: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Serves the fleet calls through `fleet`.
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::Fleet>) {
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = Some(fleet);
+    }
+
+    fn fleet(&self) -> Result<Arc<crate::fleet::Fleet>, RemoteError> {
+        self.fleet
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                RemoteError::new(
+                    error::FLEET_NOT_CONFIGURED,
+                    "this agent is not a fleet member (no [fleet] in its config)",
+                )
+            })
     }
 
     /// Swaps in the supervisors and plugins of a reloaded config.
@@ -491,7 +538,14 @@ impl Control {
             | method::ACTIVATE
             | method::PROMOTE
             | method::PAUSE
-            | method::RESUME => Access::Admin,
+            | method::RESUME
+            | method::FLEET_ROLLOUT
+            | method::FLEET_PAUSE
+            | method::FLEET_RESUME
+            | method::FLEET_PROMOTE
+            | method::FLEET_ABORT
+            | method::FLEET_HALT
+            | method::FLEET_UNHALT => Access::Admin,
             _ => Access::Read,
         };
         if access >= needed {
@@ -625,6 +679,7 @@ impl Control {
                 self.stage(protocol::parameters(&call.parameters)?, actor, opened)
                     .await
             }
+            m if m.starts_with("io.rollback.Agent.Fleet") => self.fleet_call(call, actor).await,
             other
                 if other.starts_with(&format!("{}.", protocol::INTERFACE))
                     || other.starts_with(&format!("{}.", protocol::SERVICE_INTERFACE)) =>
@@ -638,6 +693,79 @@ impl Control {
                 error::INTERFACE_NOT_FOUND,
                 format!("unknown interface in `{other}`"),
             )),
+        }
+    }
+
+    async fn fleet_call(
+        &self,
+        call: &Call,
+        actor: &Actor,
+    ) -> Result<serde_json::Value, RemoteError> {
+        use crate::fleet::Action;
+        let action = match call.method.as_str() {
+            method::FLEET_PAUSE => Some(Action::Pause),
+            method::FLEET_RESUME => Some(Action::Resume),
+            method::FLEET_PROMOTE => Some(Action::Promote),
+            method::FLEET_ABORT => Some(Action::Abort),
+            _ => None,
+        };
+        let known = action.is_some()
+            || [
+                method::FLEET_STATUS,
+                method::FLEET_HOSTS,
+                method::FLEET_ROLLOUT,
+                method::FLEET_HALT,
+                method::FLEET_UNHALT,
+            ]
+            .contains(&call.method.as_str());
+        if !known {
+            return Err(RemoteError::new(
+                error::METHOD_NOT_FOUND,
+                format!("unknown method `{}`", call.method),
+            ));
+        }
+        let fleet = self.fleet()?;
+        if let Some(action) = action {
+            let p: protocol::FleetActParams = protocol::parameters(&call.parameters)?;
+            let (group, _) = fleet.approvers();
+            let approver = match group {
+                None => true,
+                Some(g) => actor.uid.is_some_and(|uid| self.authz.is_member(uid, g)),
+            };
+            let r = fleet
+                .act(&p.app, action, p.reason, actor, approver)
+                .await
+                .map_err(fleet_error)?;
+            return to_value(&serde_json::json!({ "rollout": r }));
+        }
+        match call.method.as_str() {
+            method::FLEET_STATUS => {
+                let p: protocol::FleetStatusParams = protocol::parameters(&call.parameters)?;
+                let view = fleet.status(p.app.as_deref()).await.map_err(fleet_error)?;
+                to_value(&view)
+            }
+            method::FLEET_HOSTS => {
+                let _: protocol::NoParams = protocol::parameters(&call.parameters)?;
+                let view = fleet.status(None).await.map_err(fleet_error)?;
+                to_value(&serde_json::json!({ "fleet": view.fleet, "hosts": view.hosts }))
+            }
+            method::FLEET_ROLLOUT => {
+                let p: protocol::FleetRolloutParams = protocol::parameters(&call.parameters)?;
+                let new = crate::fleet::NewRollout::from_params(&p)
+                    .map_err(|(param, e)| RemoteError::invalid_parameter(param, e))?;
+                let r = fleet.rollout(new, actor).await.map_err(fleet_error)?;
+                to_value(&serde_json::json!({ "rollout": r }))
+            }
+            method::FLEET_HALT => {
+                let p: protocol::FleetHaltParams = protocol::parameters(&call.parameters)?;
+                let halt = fleet.halt(p.reason, actor).await.map_err(fleet_error)?;
+                to_value(&serde_json::json!({ "halt": halt }))
+            }
+            _ => {
+                let _: protocol::NoParams = protocol::parameters(&call.parameters)?;
+                let was = fleet.unhalt(actor).await.map_err(fleet_error)?;
+                to_value(&serde_json::json!({ "was_halted": was }))
+            }
         }
     }
 

@@ -93,9 +93,14 @@ pub enum Command {
     Man,
 }
 
+mod fleet;
+
 /// The commands that talk to a running agent.
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
+    /// Fleet rollouts through etcd (the agent needs `[fleet]`).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Show each app's state, active release and last check results.
     Status {
         /// Only this app.
@@ -710,6 +715,7 @@ async fn pause_or_resume(
 async fn agent_command(socket: &Path, command: AgentCommand) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(socket).await?;
     match command {
+        AgentCommand::Fleet(cmd) => return fleet::run(&mut client, cmd).await,
         AgentCommand::Activate { app, version, json } => {
             let (r, raw): (protocol::RollbackReply, _) = client
                 .request(

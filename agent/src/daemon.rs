@@ -269,6 +269,8 @@ struct Running {
     control: Arc<Control>,
     /// Drop-in deploys of apps with `watch = true`; dropping it stops them.
     watching: Option<crate::watch::WatchHandle>,
+    /// The fleet membership, with `[fleet]`.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Running {
@@ -317,6 +319,9 @@ impl Running {
         {
             tracing::warn!("changes to [agent] socket and state_dir take effect at the next start");
         }
+        if new.fleet != self.config.fleet {
+            tracing::warn!("changes to [fleet] take effect at the next start");
+        }
         let compiled = match compile(&self.host, &new).await {
             Ok(c) => c,
             Err(e) => {
@@ -358,9 +363,13 @@ impl Running {
         // the supervisors of removed apps.
         self.control
             .replace(apps.clone(), compiled.iter().map(Compiled::view).collect());
+        if let Some(fleet) = &self.fleet {
+            fleet.replace_apps(apps.clone());
+        }
         self.apps = apps;
         self.config = Config {
             agent: self.config.agent.clone(),
+            fleet: self.config.fleet.clone(),
             ..new
         };
         if let Err(e) = self.rewatch() {
@@ -454,6 +463,7 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> 
         apps: BTreeMap::new(),
         control: control.clone(),
         watching: None,
+        fleet: None,
     };
     for app in config.apps.values() {
         let handle = running.start_app(app, &mut loaded);
@@ -464,6 +474,13 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> 
     running.rewatch().context("drop-in deploys")?;
 
     let mut tasks = Vec::new();
+    // The fleet: a session of its own; local supervision never waits on it.
+    if let Some(fleet_cfg) = config.fleet.clone() {
+        let fleet = crate::fleet::Fleet::new(fleet_cfg, store.clone(), running.apps.clone());
+        control.set_fleet(fleet.clone());
+        tasks.push(fleet.start());
+        running.fleet = Some(fleet);
+    }
     // Events are kept `history_retention` (at least 30 days), then pruned.
     let retention = config.agent.history_retention;
     tasks.push({

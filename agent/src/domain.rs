@@ -75,6 +75,8 @@ macro_rules! named {
     };
 }
 
+pub(crate) use named;
+
 named! {
     /// What an app is doing, as shown by `status`.
     "app state" pub enum AppState {
@@ -193,6 +195,20 @@ named! {
         Reloaded = "reloaded",
         /// The app is not supervised (see `AppState::Error`), or is again.
         AppError = "app-error",
+        /// A fleet rollout of the app was started from this host.
+        FleetRollout = "fleet-rollout",
+        /// A fleet rollout was paused from this host.
+        FleetPaused = "fleet-paused",
+        /// A fleet rollout was resumed from this host.
+        FleetResumed = "fleet-resumed",
+        /// A manual gate of a fleet rollout was passed from this host.
+        FleetPromoted = "fleet-promoted",
+        /// A fleet rollout was aborted from this host.
+        FleetAborted = "fleet-aborted",
+        /// The fleet was halted from this host.
+        FleetHalted = "fleet-halted",
+        /// The fleet's halt was lifted from this host.
+        FleetUnhalted = "fleet-unhalted",
     }
 }
 

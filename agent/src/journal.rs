@@ -123,6 +123,7 @@ mod tests {
             steps: vec![Step::Stage, Step::Swap, Step::Restart],
             at_ms: 1,
             before: None,
+            staged: false,
         };
         j.save("shop", &i).unwrap();
         assert_eq!(j.load("shop").unwrap().as_ref(), Some(&i));

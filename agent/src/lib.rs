@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod domain;
 pub mod failpoint;
 pub mod fdpass;
+pub mod fleet;
 mod fsutil;
 pub mod incident;
 pub mod journal;

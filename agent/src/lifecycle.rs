@@ -104,6 +104,10 @@ pub struct Intent {
     /// ends without a swap (a deploy that never went live).
     #[serde(default)]
     pub before: Option<(crate::domain::AppState, Option<String>)>,
+    /// A deploy of a release staged before it began: ending it before the
+    /// swap keeps the release.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 impl Intent {
@@ -198,6 +202,8 @@ pub fn recover(intent: &Intent, disk: &impl Disk) -> Recovery {
         // Staging never touches `current`: a copy whose staging did not
         // finish is removed (its caller was told nothing).
         Op::Stage if !intent.steps.contains(&Step::Stage) => Recovery::Nothing,
+        // A deploy of a release staged earlier ends where it began.
+        Op::Deploy if intent.staged => Recovery::Nothing,
         Op::Deploy | Op::Stage => {
             if disk.has_release(to) {
                 Recovery::Abandon {
@@ -262,6 +268,7 @@ mod tests {
             steps,
             at_ms: 0,
             before: None,
+            staged: false,
         }
     }
 

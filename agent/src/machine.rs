@@ -229,6 +229,9 @@ pub struct Flow {
     pub recovering: bool,
     /// The deploy's bake answers the deploy command (`deploy --wait`).
     pub wait: bool,
+    /// A deploy of a release staged before it began (nothing to stage,
+    /// nothing to discard).
+    pub staged: bool,
 }
 
 impl Flow {
@@ -261,6 +264,7 @@ impl Flow {
             bake_left: None,
             recovering: false,
             wait: false,
+            staged: false,
         }
     }
 
@@ -277,6 +281,7 @@ impl Flow {
             source: None,
             steps: self.steps.clone(),
             at_ms: 0,
+            staged: self.staged,
             before: Some((
                 self.prior.app_state(),
                 match &*self.prior {
@@ -315,6 +320,7 @@ impl Flow {
         f.check = intent.check.clone();
         f.automatic = intent.automatic;
         f.steps = steps;
+        f.staged = intent.staged;
         f.recovering = true;
         f.bake_left = Some(bake_left);
         Some(f)
@@ -628,7 +634,7 @@ pub enum Effect {
 /// What happens to the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// `deploy VERSION` (the source is the shell's).
+    /// `deploy VERSION` (the source is the shell's, unless `staged`).
     Deploy {
         /// The new version.
         version: String,
@@ -636,6 +642,9 @@ pub enum Input {
         actor: Actor,
         /// Answer only once the bake is decided.
         wait: bool,
+        /// The release is staged already (a fleet rollout's, or `stage`d):
+        /// it is activated and baked as it is.
+        staged: bool,
     },
     /// `stage VERSION`: staged and recorded, not activated (the source is
     /// the shell's).
@@ -924,7 +933,8 @@ impl Machine {
                 version,
                 actor,
                 wait,
-            } => self.deploy(version, actor, wait, facts, &mut fx),
+                staged,
+            } => self.deploy(version, actor, wait, staged, facts, &mut fx),
             Input::Stage { version, actor } => self.stage(version, actor, facts, &mut fx),
             Input::Rollback { to, reason, actor } => {
                 self.manual_rollback(to, reason, actor, facts, &mut fx)
@@ -964,10 +974,16 @@ impl Machine {
         version: String,
         actor: Actor,
         wait: bool,
+        staged: bool,
         facts: &impl Facts,
         fx: &mut Vec<Effect>,
     ) {
-        let mut f = match self.new_release(Op::Deploy, &version, actor, facts) {
+        let made = if staged {
+            self.staged_release(&version, actor, facts)
+        } else {
+            self.new_release(Op::Deploy, &version, actor, facts)
+        };
+        let mut f = match made {
             Ok(f) => f,
             Err(r) => {
                 fx.push(Effect::Count(Count::Deploy("refused")));
@@ -1005,6 +1021,37 @@ impl Machine {
             actor,
             self.state.clone(),
         ))
+    }
+
+    /// The flow of a deploy of `version` as staged, unless one cannot start
+    /// now: another operation or a bake runs, the release is not there, or
+    /// it is the active one.
+    fn staged_release(
+        &self,
+        version: &str,
+        actor: Actor,
+        facts: &impl Facts,
+    ) -> Result<Flow, Refusal> {
+        if let Some(r) = self.refuse_busy(true) {
+            return Err(r);
+        }
+        if !(facts.on_disk(version) && facts.recorded(version)) {
+            return Err(Refusal::NotFound(version.to_string()));
+        }
+        if self.active.as_deref() == Some(version) {
+            return Err(Refusal::AlreadyActive(version.to_string()));
+        }
+        let mut f = Flow::new(
+            Op::Deploy,
+            version,
+            self.active.clone(),
+            "deploy (staged)".into(),
+            actor,
+            self.state.clone(),
+        );
+        f.steps.retain(|s| *s != Step::Stage);
+        f.staged = true;
+        Ok(f)
     }
 
     /// Stages a release beside the active one. Refused while another
@@ -1183,6 +1230,15 @@ impl Machine {
     fn advance(&mut self, input: Input, now: Instant, facts: &impl Facts, fx: &mut Vec<Effect>) {
         let state = std::mem::replace(&mut self.state, State::Empty);
         self.state = match (state, input) {
+            (State::Staging(f), Input::Journaled(Ok(()))) if f.staged => {
+                fx.push(Effect::Save);
+                fx.push(Effect::Vet {
+                    version: f.to.clone(),
+                    from: f.from.clone(),
+                    actor: f.actor.clone(),
+                });
+                State::Staging(f)
+            }
             (State::Staging(f), Input::Journaled(Ok(()))) => {
                 fx.push(Effect::Save);
                 fx.push(Effect::Stage {
@@ -1297,9 +1353,12 @@ impl Machine {
         fx.push(Effect::Record(
             Note::new(EventKind::DeployFailed, &f.to, reason).by(&f.actor),
         ));
-        fx.push(Effect::Discard {
-            version: f.to.clone(),
-        });
+        // A release staged before the deploy stays staged.
+        if !f.staged {
+            fx.push(Effect::Discard {
+                version: f.to.clone(),
+            });
+        }
         fx.push(Effect::End);
         fx.push(Effect::Save);
         fx.push(Effect::Count(Count::Deploy("refused")));

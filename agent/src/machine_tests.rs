@@ -143,6 +143,7 @@ fn deploy(version: &str, wait: bool) -> Input {
         version: version.into(),
         actor: operator(),
         wait,
+        staged: false,
     }
 }
 
@@ -872,6 +873,7 @@ fn intent(op: Op, from: &str, to: &str) -> Intent {
         steps: Vec::new(),
         at_ms: 0,
         before: None,
+        staged: false,
     }
 }
 

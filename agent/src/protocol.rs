@@ -123,6 +123,24 @@ pub mod method {
     pub const CHECK: &str = "io.rollback.Agent.Check";
     /// Streams live events (needs `more`).
     pub const WATCH: &str = "io.rollback.Agent.Watch";
+    /// The fleet: rollouts, hosts, halt.
+    pub const FLEET_STATUS: &str = "io.rollback.Agent.FleetStatus";
+    /// The fleet's hosts.
+    pub const FLEET_HOSTS: &str = "io.rollback.Agent.FleetHosts";
+    /// Start a fleet rollout.
+    pub const FLEET_ROLLOUT: &str = "io.rollback.Agent.FleetRollout";
+    /// Pause a fleet rollout.
+    pub const FLEET_PAUSE: &str = "io.rollback.Agent.FleetPause";
+    /// Resume a paused fleet rollout.
+    pub const FLEET_RESUME: &str = "io.rollback.Agent.FleetResume";
+    /// Pass a fleet rollout's manual gate.
+    pub const FLEET_PROMOTE: &str = "io.rollback.Agent.FleetPromote";
+    /// Abort a fleet rollout.
+    pub const FLEET_ABORT: &str = "io.rollback.Agent.FleetAbort";
+    /// Stop every new start in the fleet.
+    pub const FLEET_HALT: &str = "io.rollback.Agent.FleetHalt";
+    /// Lift the fleet's halt.
+    pub const FLEET_UNHALT: &str = "io.rollback.Agent.FleetUnhalt";
     /// Standard Varlink: who serves this socket.
     pub const GET_INFO: &str = "org.varlink.service.GetInfo";
     /// Standard Varlink: an interface's description.
@@ -159,6 +177,16 @@ pub mod error {
     pub const NOT_PROMOTABLE: &str = "io.rollback.Agent.NotPromotable";
     /// The agent serves as many connections as it will.
     pub const TOO_MANY_CONNECTIONS: &str = "io.rollback.Agent.TooManyConnections";
+    /// The agent has no `[fleet]`.
+    pub const FLEET_NOT_CONFIGURED: &str = "io.rollback.Agent.FleetNotConfigured";
+    /// etcd cannot be reached.
+    pub const FLEET_UNAVAILABLE: &str = "io.rollback.Agent.FleetUnavailable";
+    /// The app has no fleet rollout.
+    pub const NO_SUCH_ROLLOUT: &str = "io.rollback.Agent.NoSuchRollout";
+    /// A fleet rollout of the app is in progress.
+    pub const ROLLOUT_IN_PROGRESS: &str = "io.rollback.Agent.RolloutInProgress";
+    /// The fleet call does not fit the rollout's state.
+    pub const FLEET_REFUSED: &str = "io.rollback.Agent.FleetRefused";
     /// Standard Varlink: unknown method.
     pub const METHOD_NOT_FOUND: &str = "org.varlink.service.MethodNotFound";
     /// Standard Varlink: bad or missing parameter.
@@ -502,6 +530,80 @@ pub struct StageParams {
     /// The content digest the staged release must have (`sha256:<hex>`).
     #[serde(default)]
     pub digest: Option<String>,
+}
+
+/// A method without parameters (any given are refused).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `FleetStatus` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetStatusParams {
+    /// Only this app's rollout.
+    #[serde(default)]
+    pub app: Option<String>,
+}
+
+/// `FleetRollout` parameters (the flags of `fleet rollout`, as written).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRolloutParams {
+    /// The app.
+    pub app: String,
+    /// The version every host is to run.
+    pub version: String,
+    /// `1,25%,100%`, or named hosts joined by `+` for a canary.
+    #[serde(default)]
+    pub waves: Option<String>,
+    /// A count or share of hosts that may fail (default 0).
+    #[serde(default)]
+    pub max_failed: Option<String>,
+    /// A count or share of hosts that must stay healthy (default 0).
+    #[serde(default)]
+    pub min_healthy: Option<String>,
+    /// How long each wave stays baked before the next (default 0s).
+    #[serde(default)]
+    pub bake: Option<String>,
+    /// A wave not baked this long after it started aborts.
+    #[serde(default)]
+    pub wave_deadline: Option<String>,
+    /// `auto` or `manual`, or one per wave, comma-separated (default auto).
+    #[serde(default)]
+    pub gate: Option<String>,
+    /// `rollback` (default) or `stop`.
+    #[serde(default)]
+    pub on_abort: Option<String>,
+    /// An archive's URL each agent fetches when it lacks the release.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The archive's SHA-256 (hex), with `source`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The release's content digest (`sha256:<hex>`) every host must have.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// `FleetPause`, `FleetResume`, `FleetPromote`, `FleetAbort` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetActParams {
+    /// The app.
+    pub app: String,
+    /// Why, recorded with the change.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `FleetHalt` parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetHaltParams {
+    /// Why, shown by `fleet status`.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `Stage` reply.

@@ -136,6 +136,17 @@ type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
 /// A request to a supervisor.
 pub enum Command {
+    /// Activate and bake VERSION, staged earlier.
+    DeployStaged {
+        /// The staged version.
+        version: Version,
+        /// Who asked.
+        actor: Actor,
+        /// Reply only once the bake is decided.
+        wait: bool,
+        /// Where the outcome goes.
+        reply: Reply<DeployOutcome>,
+    },
     /// Stage SOURCE as VERSION, activate it and bake it.
     Deploy {
         /// A directory or archive: its absolute path, and the caller's
@@ -298,6 +309,26 @@ impl AppHandle {
                 actor,
                 wait,
                 meta,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Activates and bakes a release staged earlier (after the bake when `wait`).
+    pub async fn deploy_staged(
+        &self,
+        version: Version,
+        actor: Actor,
+        wait: bool,
+    ) -> Result<DeployOutcome, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::DeployStaged {
+                version,
+                actor,
+                wait,
                 reply,
             },
             rx,
@@ -482,6 +513,16 @@ pub struct Source {
     pub path: PathBuf,
     /// The caller's open descriptor of it, if passed.
     pub opened: Option<std::fs::File>,
+}
+
+impl Source {
+    /// A file the agent opened itself (`path` names it in records).
+    pub fn opened(path: PathBuf, file: std::fs::File) -> Source {
+        Source {
+            path,
+            opened: Some(file),
+        }
+    }
 }
 
 impl From<PathBuf> for Source {
@@ -1542,6 +1583,7 @@ impl Supervisor {
                 .collect(),
             at_ms: now_ms(),
             before: None,
+            staged: false,
         };
         if let Err(e) = self.journal.save(&self.cfg.name, &intent) {
             // Pruning can wait for a journal that works.
@@ -1687,9 +1729,25 @@ impl Supervisor {
                     version,
                     actor,
                     wait,
+                    staged: false,
                 })
                 .await;
                 self.source = None;
+            }
+            Command::DeployStaged {
+                version,
+                actor,
+                wait,
+                reply,
+            } => {
+                self.pending = Some(Pending::Deploy(reply));
+                self.drive(Input::Deploy {
+                    version: version.to_string(),
+                    actor,
+                    wait,
+                    staged: true,
+                })
+                .await;
             }
             Command::Stage {
                 source,
@@ -2152,7 +2210,9 @@ async fn unsupervised(
 /// Answers `cmd` with `err`.
 fn refuse(cmd: Command, err: CommandError) {
     match cmd {
-        Command::Deploy { reply, .. } => drop(reply.send(Err(err))),
+        Command::Deploy { reply, .. } | Command::DeployStaged { reply, .. } => {
+            drop(reply.send(Err(err)))
+        }
         Command::Rollback { reply, .. } | Command::Activate { reply, .. } => {
             drop(reply.send(Err(err)))
         }

@@ -12,6 +12,7 @@ mod dropin;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fixtures_ext;
+mod fleet;
 mod hooks;
 mod http;
 mod lifecycle;

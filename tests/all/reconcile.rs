@@ -51,6 +51,7 @@ fn deploy_of_1_0_1(steps: Vec<Step>) -> Intent {
         steps,
         at_ms: now_ms(),
         before: None,
+        staged: false,
     }
 }
 

@@ -20,7 +20,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::check::rollback::plugin::{
     clock, config as wit_config, http, kv as wit_kv, log as wit_log, types,
 };
-use super::{outbound, url_allowed, LogLine, Sandbox, MAX_REDIRECTS};
+use super::{outbound, LogLine, Sandbox, MAX_REDIRECTS};
+use crate::config::url_allowed;
 
 /// Most log lines kept from one call.
 const MAX_LOG_LINES: usize = 100;
@@ -255,7 +256,8 @@ impl http::Host for HostState {
         self.http_requests += 1;
         let url = url::Url::parse(&req.url)
             .map_err(|e| http::Error::InvalidRequest(format!("bad URL `{}`: {e}", req.url)))?;
-        url_allowed(&self.sandbox.grants().allow_hosts, &url).map_err(http::Error::Denied)?;
+        url_allowed(&self.sandbox.grants().allow_hosts, &url, "allow_hosts")
+            .map_err(http::Error::Denied)?;
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| http::Error::InvalidRequest(format!("bad method `{}`", req.method)))?;
         let mut headers = outbound::guest_headers(
@@ -314,7 +316,7 @@ impl http::Host for HostState {
                                 "{url}: redirect to an invalid location"
                             ))
                         })?;
-                    url_allowed(&self.sandbox.grants().allow_hosts, &next)
+                    url_allowed(&self.sandbox.grants().allow_hosts, &next, "allow_hosts")
                         .map_err(|why| http::Error::Denied(format!("redirect refused: {why}")))?;
                     let (next_method, keeps_body) = outbound::method_after(resp.status(), &method);
                     outbound::headers_after(&mut headers, &url, &next, keeps_body);

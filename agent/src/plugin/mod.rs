@@ -445,26 +445,6 @@ pub struct Sandbox {
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
-fn url_allowed(rules: &[HostRule], url: &url::Url) -> Result<(), String> {
-    let scheme = url.scheme();
-    if scheme != "http" && scheme != "https" {
-        return Err(format!(
-            "scheme `{scheme}` is not allowed (http or https only)"
-        ));
-    }
-    let host = url.host_str().ok_or_else(|| format!("{url} has no host"))?;
-    let port = url.port_or_known_default().unwrap_or(0);
-    let default = if scheme == "https" { 443 } else { 80 };
-    let mut hosts = rules.iter().filter(|r| r.matches(host, port, default));
-    match hosts.clone().next() {
-        None => Err(format!("{host}:{port} is not in allow_hosts")),
-        Some(_) if scheme == "https" || hosts.any(|r| r.allows_plain_http()) => Ok(()),
-        Some(_) => Err(format!(
-            "{host}:{port} is allowed over https only (allow plain HTTP with `http://{host}` in allow_hosts)"
-        )),
-    }
-}
-
 impl Sandbox {
     /// Builds the sandbox for one plugin entry.
     pub fn new(grants: Grants, kv: Arc<dyn Kv>) -> Result<Arc<Sandbox>, PluginError> {

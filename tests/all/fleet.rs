@@ -1,0 +1,548 @@
+//! Fleet rollouts end to end: a real 3-member etcd cluster on 127.0.0.1
+//! (Debian's `etcd` binary) and real `rollbackd` processes, each with its
+//! own state dir, app root and health endpoint that fails on a marker file.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The etcd binary: `ETCD_BIN`, else `etcd` on the PATH, else the copy
+/// `.ci/run` extracts into `target/etcd`.
+fn etcd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ETCD_BIN") {
+        return p.into();
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("etcd");
+        if p.is_file() {
+            return p;
+        }
+    }
+    repo().join("target/etcd/usr/bin/etcd")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A 3-member etcd cluster on loopback, stopped on drop.
+struct Etcd {
+    dir: tempfile::TempDir,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    members: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut etcd = Etcd {
+            dir,
+            clients,
+            peers,
+            members: vec![None, None, None],
+        };
+        for i in 0..3 {
+            etcd.start_member(i, "new");
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn start_member(&mut self, i: usize, state: &str) {
+        let cluster: Vec<String> = (0..3)
+            .map(|j| format!("m{j}=http://127.0.0.1:{}", self.peers[j]))
+            .collect();
+        let log = std::fs::File::create(self.dir.path().join(format!("m{i}.log"))).unwrap();
+        let child = Command::new(etcd_bin())
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", self.clients[i]),
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{}", self.clients[i]),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", self.peers[i]),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", self.peers[i]),
+                "--initial-cluster",
+                &cluster.join(","),
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                &format!("t{}", self.peers[0]),
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", etcd_bin().display()));
+        self.members[i] = Some(child);
+    }
+
+    fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn endpoints(&self) -> String {
+        self.clients
+            .iter()
+            .map(|p| format!("\"http://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Waits until every running member answers `GET /health` with true.
+    fn wait_healthy(&self) {
+        wait_for("etcd to become healthy", Duration::from_secs(60), || {
+            let all = (0..3)
+                .filter(|i| self.members[*i].is_some())
+                .all(|i| http_get(self.clients[i], "/health").contains("\"true\""));
+            all.then_some(())
+        });
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.stop_member(i);
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// One host of the fleet: a `rollbackd` process and its app's health
+/// endpoint, which fails while `<dir>/fail` names the active version.
+struct Host {
+    name: String,
+    agent: Agent,
+}
+
+/// The health endpoint of a host: 503 when the marker names the version
+/// `current` points at, else 200.
+fn marker_app(dir: &Path) -> u16 {
+    let (root, marker) = (dir.join("shop"), dir.join("fail"));
+    http_server(move |_| {
+        let version = std::fs::read_to_string(root.join("current/release.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let failing = std::fs::read_to_string(&marker)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == version);
+        let status = if failing { 503 } else { 200 };
+        HttpReply::json(status, &format!("{{\"version\":\"{version}\"}}"))
+    })
+}
+
+fn fleet_config(etcd: &Etcd, fleet: &str, host: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"[apps.shop]
+root = "{{dir}}/shop"
+bake = "1s"
+
+[[apps.shop.checks]]
+name = "health"
+plugin = "{plugin}"
+interval = "200ms"
+fail_after = 2
+timeout = "2s"
+allow_hosts = ["127.0.0.1:{port}"]
+config = {{ url = "http://127.0.0.1:{port}/health" }}
+
+[fleet]
+etcd = [{endpoints}]
+name = "{fleet}"
+host = "{host}"
+lease_ttl = "3s"
+{extra}
+"#,
+        plugin = plugin("http-probe").display(),
+        endpoints = etcd.endpoints(),
+    )
+}
+
+/// A release `version` of the test app.
+fn release(dir: &Path, version: &str) -> PathBuf {
+    release_source(
+        dir,
+        version,
+        &[("release.json", format!("{{\"version\":\"{version}\"}}"))],
+    )
+}
+
+/// `n` hosts `h1..hn` of a fleet named after the test, each running 1.0
+/// (good) with 2.0 staged beside it.
+fn fleet(etcd: &Etcd, name: &str, n: usize, extra: &str) -> Vec<Host> {
+    let _cpu = cpu_heavy();
+    let fleet_name = format!("{name}-{}", std::process::id());
+    let mut hosts = Vec::new();
+    for i in 1..=n {
+        let dir = tempfile::tempdir().unwrap();
+        let port = marker_app(dir.path());
+        let host = format!("h{i}");
+        let cfg = fleet_config(etcd, &fleet_name, &host, port, extra);
+        let agent = Agent::process_in(dir, &cfg);
+        let out = agent.deploy(release(agent.path(), "1.0").to_str().unwrap(), "1.0", true);
+        assert_eq!(
+            out.code,
+            0,
+            "{host}: first deploy: {out:?}\n{}",
+            agent.log()
+        );
+        let src = release(agent.path(), "2.0");
+        let out = agent.ctl(&["stage", "shop", src.to_str().unwrap(), "--version", "2.0"]);
+        assert_eq!(out.code, 0, "{host}: stage: {out:?}");
+        hosts.push(Host { name: host, agent });
+    }
+    // Every host is seen in the fleet before anything starts.
+    wait_for("every host in the fleet", Duration::from_secs(60), || {
+        let v = hosts[0].agent.ctl(&["fleet", "hosts", "--json"]);
+        let v: Value = serde_json::from_str(&v.stdout).ok()?;
+        let seen = v["hosts"]
+            .as_array()?
+            .iter()
+            .filter(|h| h["alive"] == true && h["apps"]["shop"]["state"] == "healthy")
+            .count();
+        (seen == n).then_some(())
+    });
+    hosts
+}
+
+fn fail_on(host: &Host, version: &str) {
+    std::fs::write(host.agent.path().join("fail"), format!("{version}\n")).unwrap();
+}
+
+fn fleet_status(host: &Host) -> Value {
+    host.agent.json(&["fleet", "status", "shop"])
+}
+
+/// Waits (60 s at most) until the rollout's phase is `phase`.
+fn wait_phase(host: &Host, phase: &str) -> Value {
+    let mut last = Value::Null;
+    wait_for_opt(Duration::from_secs(60), || {
+        last = fleet_status(host);
+        (last["rollouts"][0]["rollout"]["progress"]["phase"] == phase).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("timed out waiting for the rollout to be {phase}: {last}"))
+}
+
+fn active(host: &Host) -> String {
+    host.agent.json(&["status", "shop"])["active"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The `kind` events of `version` in a host's history, oldest first, as times.
+fn times(host: &Host, kind: &str, version: &str) -> Vec<u64> {
+    let mut t: Vec<u64> = host.agent.json(&["history", "shop", "--limit", "1000"])["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && (e["version"] == version || e["to"] == version))
+        .map(|e| e["at_ms"].as_u64().unwrap())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn fleet_waves_advance_only_after_the_previous_wave_baked() {
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "waves", 3, "");
+    let out = hosts[1].agent.ctl(&[
+        "fleet", "rollout", "shop", "2.0", "--waves", "1,100%", "--bake", "1s",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let done = wait_phase(&hosts[0], "succeeded");
+    for h in &hosts {
+        assert_eq!(active(h), "2.0", "{}", h.name);
+    }
+    // The canary (h1, first by name) was good before anyone else started.
+    let canary_good = times(&hosts[0], "marked-good", "2.0")[0];
+    for h in &hosts[1..] {
+        let started = times(h, "activated", "2.0")[0];
+        assert!(
+            started > canary_good,
+            "{} activated 2.0 before the canary's wave baked: {done}",
+            h.name
+        );
+    }
+    // Every host recorded who deployed it: the rollout.
+    let id = done["rollouts"][0]["rollout"]["spec"]["id"]
+        .as_str()
+        .unwrap();
+    let hist = hosts[2].agent.json(&["history", "shop"]);
+    assert!(
+        hist["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "activated" && e["actor"]["name"] == format!("fleet:{id}")),
+        "{hist}"
+    );
+    // The operator's call is in the history of the host that took it.
+    let hist = hosts[1].agent.json(&["history", "shop"]);
+    assert!(hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "fleet-rollout"));
+    // Over is over: a new rollout of the app can start.
+    let again = hosts[0].agent.ctl(&["fleet", "rollout", "shop", "2.0"]);
+    assert_eq!(again.code, 0, "{again:?}");
+}
+
+#[test]
+fn fleet_a_failing_canary_aborts_and_nobody_else_gets_the_version() {
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "canary", 3, "");
+    fail_on(&hosts[1], "2.0");
+    let out = hosts[0]
+        .agent
+        .ctl(&["fleet", "rollout", "shop", "2.0", "--waves", "h2,100%"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let st = wait_phase(&hosts[0], "aborted");
+    let reason = st["rollouts"][0]["rollout"]["progress"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("1 of 3 hosts failed"), "{st}");
+    // The canary rolled back by itself; nobody else ever activated 2.0.
+    wait_until("the canary back on 1.0", || active(&hosts[1]) == "1.0");
+    for h in [&hosts[0], &hosts[2]] {
+        assert_eq!(active(h), "1.0");
+        assert!(
+            times(h, "activated", "2.0").is_empty(),
+            "{} got 2.0",
+            h.name
+        );
+    }
+}
+
+#[test]
+fn fleet_failures_above_max_failed_in_wave_two_roll_back_every_host_that_got_it() {
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "maxfailed", 4, "");
+    fail_on(&hosts[2], "2.0");
+    let out = hosts[0].agent.ctl(&[
+        "fleet",
+        "rollout",
+        "shop",
+        "2.0",
+        "--waves",
+        "1,100%",
+        "--max-failed",
+        "0",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let st = wait_phase(&hosts[0], "aborted");
+    for h in &hosts {
+        wait_until(&format!("{} back on 1.0", h.name), || active(h) == "1.0");
+    }
+    // The canary had 2.0 and was sent back by the abort.
+    assert!(!times(&hosts[0], "activated", "2.0").is_empty(), "{st}");
+    assert!(
+        !times(&hosts[0], "rolled-back", "1.0").is_empty()
+            || !times(&hosts[0], "rolled-back", "2.0").is_empty()
+    );
+}
+
+#[test]
+fn fleet_halt_stops_every_new_start_and_unhalt_resumes() {
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "halt", 2, "");
+    let out = hosts[0]
+        .agent
+        .ctl(&["fleet", "halt", "--reason", "payment provider down"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = hosts[1]
+        .agent
+        .ctl(&["fleet", "rollout", "shop", "2.0", "--waves", "100%"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The coordinator saw the rollout and the halt, and started nothing.
+    let st = wait_for(
+        "the coordinator to see the halt",
+        Duration::from_secs(60),
+        || {
+            let st = fleet_status(&hosts[0]);
+            let p = &st["rollouts"][0]["rollout"]["progress"];
+            (!p["stalled_since_ms"].is_null() && !p["targets"].as_array()?.is_empty()).then_some(st)
+        },
+    );
+    assert_eq!(
+        st["halt"]["mark"]["reason"], "payment provider down",
+        "{st}"
+    );
+    assert!(
+        st["rollouts"][0]["rollout"]["progress"]["hosts"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{st}"
+    );
+    for h in &hosts {
+        assert_eq!(active(h), "1.0");
+    }
+    let out = hosts[1].agent.ctl(&["fleet", "unhalt"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_phase(&hosts[0], "succeeded");
+    for h in &hosts {
+        assert_eq!(active(h), "2.0");
+    }
+    let hist = hosts[0].agent.json(&["history", "shop"]);
+    assert!(hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "fleet-halted"));
+}
+
+#[test]
+fn fleet_a_killed_agent_counts_as_missing_and_the_coordinator_moves_on() {
+    let etcd = Etcd::start();
+    let mut hosts = fleet(&etcd, "kill", 3, "");
+    let leader = fleet_status(&hosts[0])["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = hosts.iter().position(|h| h.name == leader).unwrap();
+    hosts[victim].agent.kill9();
+    // Missing within 2 x TTL (3 s), waited for with a bound, not a sleep.
+    let watcher = (victim + 1) % hosts.len();
+    wait_for(
+        "the killed host counted missing",
+        Duration::from_secs(6 + 10),
+        || {
+            let v = hosts[watcher].agent.json(&["fleet", "hosts"]);
+            let alive = v["hosts"]
+                .as_array()?
+                .iter()
+                .find(|h| h["host"] == leader)?["alive"]
+                .clone();
+            (alive == false).then_some(())
+        },
+    );
+    // Another member leads now, and a rollout of the others goes through.
+    wait_until("a new coordinator", || {
+        fleet_status(&hosts[watcher])["leader"]
+            .as_str()
+            .is_some_and(|l| l != leader)
+    });
+    let out = hosts[watcher]
+        .agent
+        .ctl(&["fleet", "rollout", "shop", "2.0", "--waves", "100%"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_phase(&hosts[watcher], "succeeded");
+    for (i, h) in hosts.iter().enumerate() {
+        if i != victim {
+            assert_eq!(active(h), "2.0", "{}", h.name);
+        }
+    }
+}
+
+#[test]
+fn fleet_manual_gates_need_an_approver_other_than_the_starter_with_four_eyes() {
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "gate", 2, "four_eyes = true");
+    let out = hosts[0].agent.ctl(&[
+        "fleet", "rollout", "shop", "2.0", "--waves", "1,100%", "--gate", "manual",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_phase(&hosts[0], "awaiting-approval");
+    // The user who started it (root here) may not approve its gate.
+    let refused = hosts[1].agent.ctl(&["fleet", "promote", "shop"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("four eyes"), "{refused:?}");
+    assert!(refused.stderr.contains("PermissionDenied"), "{refused:?}");
+    assert_eq!(active(&hosts[1]), "1.0");
+    // An abort still works, and sends the canary back.
+    let out = hosts[1]
+        .agent
+        .ctl(&["fleet", "abort", "shop", "--reason", "no approver today"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let st = wait_phase(&hosts[0], "aborted");
+    assert!(st["rollouts"][0]["rollout"]["progress"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no approver today"));
+    wait_until("the canary back on 1.0", || active(&hosts[0]) == "1.0");
+}
+
+#[test]
+fn fleet_calls_without_a_fleet_or_with_bad_flags_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::process_in(dir, &shop_config(1, "1s", ""));
+    let out = agent.ctl(&["fleet", "status"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("FleetNotConfigured"), "{out:?}");
+
+    let etcd = Etcd::start();
+    let hosts = fleet(&etcd, "flags", 1, "");
+    for (args, needle) in [
+        (vec!["--waves", "0%"], "0%"),
+        (vec!["--waves", "h1,h1"], "two waves"),
+        (vec!["--max-failed", "many"], "host count"),
+        (vec!["--gate", "auto,manual,auto,manual"], "gates"),
+        (vec!["--on-abort", "pray"], "on-abort"),
+        (vec!["--bake", "forever"], "duration"),
+        (vec!["--digest", "md5:abc"], "content digest"),
+        (
+            vec![
+                "--source",
+                "https://elsewhere.example/r.tar.gz",
+                "--sha256",
+                &"a".repeat(64),
+            ],
+            "artifact_hosts",
+        ),
+    ] {
+        let mut all = vec!["fleet", "rollout", "shop", "2.0"];
+        all.extend(args.iter().copied());
+        let out = hosts[0].agent.ctl(&all);
+        assert_eq!(out.code, 1, "{all:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{all:?}: {out:?}");
+    }
+    // Nothing was stored by the refused calls.
+    let out = hosts[0].agent.ctl(&["fleet", "status", "shop"]);
+    assert!(
+        out.stderr.contains("NoSuchRollout") || out.code == 0,
+        "{out:?}"
+    );
+    let st = hosts[0].agent.json(&["fleet", "status"]);
+    assert!(st["rollouts"].as_array().unwrap().is_empty(), "{st}");
+}
