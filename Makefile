@@ -11,8 +11,10 @@ DEV_FEATURES ?= --features rollback-agent/failpoints
 
 all: build plugins
 
-## Host: the agent and the componentize tool (root workspace).
+## Host: the agent and the componentize tool (root workspace). protoc (for
+## etcd-client) is installed first when missing (as root; else named).
 build:
+	tests/install-deps.sh build
 	$(CARGO) build --workspace $(DEV_FEATURES)
 
 ## Guest plugins -> target/plugins/*.wasm (components).
@@ -22,6 +24,7 @@ plugins:
 ## All tests: the agent's unit and end-to-end tests (they need the built
 ## plugins) and the guest plugins' own unit tests (native target).
 test: plugins python-example varlink-client
+	tests/install-deps.sh test
 	$(CARGO) test --workspace $(DEV_FEATURES)
 	cd plugins && $(CARGO) test --workspace
 
@@ -55,6 +58,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 ARCH := $(shell uname -m)
 
 release:
+	tests/install-deps.sh build
 	$(CARGO) build --release -p rollback-agent
 
 assets: release plugins

@@ -277,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_deploy_cut_short_before_its_swap_keeps_its_release() {
+        let disk = FakeDisk {
+            current: Some("1"),
+            releases: &["1", "2"],
+        };
+        let mut i = intent(Op::Deploy, vec![Step::Swap, Step::Restart]);
+        i.staged = true;
+        assert_eq!(recover(&i, &disk), Recovery::Nothing);
+        let live = FakeDisk {
+            current: Some("2"),
+            releases: &["1", "2"],
+        };
+        assert_eq!(recover(&i, &live), Recovery::Finish(vec![Step::Restart]));
+    }
+
+    #[test]
     fn recovery_table() {
         use Recovery::*;
         use Step::*;

@@ -1372,3 +1372,60 @@ fn a_stage_journals_stages_and_ends_where_it_began() {
         "the bake goes on"
     );
 }
+
+fn deploy_staged(version: &str) -> Input {
+    Input::Deploy {
+        version: version.into(),
+        actor: operator(),
+        wait: false,
+        staged: true,
+    }
+}
+
+#[test]
+fn a_staged_deploy_swaps_and_bakes_without_staging_and_keeps_the_release_when_it_fails() {
+    let t0 = Instant::now();
+    let w = World {
+        disk: vec!["1.0", "1.2"],
+        good: vec!["1.0"],
+    };
+    let mut m = steady_on("1.0", &w, t0);
+    let fx = run(&mut m, deploy_staged("1.2"), t0, &w, &mut Script::default());
+    assert!(!has(&fx, "stage 1.2"), "{fx:?}");
+    for name in ["vet 1.2", "swap 1.2", "restart 1.2", "watch 1.2"] {
+        assert!(has(&fx, name), "{name}: {fx:?}");
+    }
+    let begin = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Begin(i) => Some(i.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        begin.staged && !begin.steps.contains(&Step::Stage),
+        "{begin:?}"
+    );
+
+    // A swap that fails: the staged release stays (nothing discarded).
+    let mut m = steady_on("1.0", &w, t0);
+    let mut script = Script {
+        swap: Err("disk full".into()),
+        ..Script::default()
+    };
+    let fx = run(&mut m, deploy_staged("1.2"), t0, &w, &mut script);
+    assert!(!has(&fx, "discard 1.2"), "{fx:?}");
+
+    // Not there, or already active: refused before anything starts.
+    let mut m = steady_on("1.0", &w, t0);
+    let fx = run(&mut m, deploy_staged("9.9"), t0, &w, &mut Script::default());
+    assert_eq!(
+        replies(&fx),
+        [Answer::Deploy(Err(Refusal::NotFound("9.9".into())))]
+    );
+    let fx = run(&mut m, deploy_staged("1.0"), t0, &w, &mut Script::default());
+    assert_eq!(
+        replies(&fx),
+        [Answer::Deploy(Err(Refusal::AlreadyActive("1.0".into())))]
+    );
+}

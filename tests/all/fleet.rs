@@ -173,7 +173,7 @@ fn fleet_config(etcd: &Etcd, fleet: &str, host: &str, port: u16, extra: &str) ->
     format!(
         r#"[apps.shop]
 root = "{{dir}}/shop"
-bake = "1s"
+bake = "3s"
 
 [[apps.shop.checks]]
 name = "health"

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! hosts/<host>                 HostInfo, under the host's lease
+//! known/<host>                 HostInfo when its session began (no lease:
+//!                              a host that went away shows as missing)
 //! status/<host>/<app>          HostApp, under the host's lease
 //! rollouts/<app>               Rollout (spec, operators' intent, progress)
 //! running/<app>                the rollout id, present only while it runs
@@ -43,6 +45,16 @@ impl Keys {
     /// A host's record.
     pub fn host(&self, host: &str) -> String {
         format!("{}hosts/{host}", self.root)
+    }
+
+    /// The prefix of every host ever seen.
+    pub fn known(&self) -> String {
+        format!("{}known/", self.root)
+    }
+
+    /// A host ever seen.
+    pub fn known_host(&self, host: &str) -> String {
+        format!("{}known/{host}", self.root)
     }
 
     /// The prefix of every status.

@@ -93,6 +93,7 @@ async fn session(
         apps: fleet.app_names(),
     };
     timed(client.put(keys.host(&host), encode(&info), leased())).await?;
+    timed(client.put(keys.known_host(&host), encode(&info), None)).await?;
     last.clear();
     publish(fleet, &mut client, lease, last).await?;
     flush_outbox(fleet, &mut client, lease).await?;
@@ -212,7 +213,12 @@ fn statuses(fleet: &Fleet) -> BTreeMap<String, HostApp> {
                     (AssignKind::Deploy, None) => match release.map(|r| r.state) {
                         Some(ReleaseState::Good) if on_it => Outcome::Good,
                         Some(ReleaseState::Failed) => Outcome::Failed,
-                        Some(_) if on_it && app.state == AppState::Baking => Outcome::Baking,
+                        // Held: no verdict yet (the wave waits, or its deadline ends it).
+                        Some(_)
+                            if on_it && matches!(app.state, AppState::Baking | AppState::Held) =>
+                        {
+                            Outcome::Baking
+                        }
                         Some(_) if on_it && app.state == AppState::Healthy => Outcome::Good,
                         Some(_) if on_it && app.state == AppState::Degraded => Outcome::Failed,
                         _ => Outcome::Claimed,

@@ -713,6 +713,8 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
 #[derive(Debug, Default)]
 struct Snapshot {
     hosts: BTreeMap<String, HostInfo>,
+    /// Every host ever seen (alive or not).
+    known: BTreeMap<String, HostInfo>,
     /// Per host, per app.
     statuses: BTreeMap<String, BTreeMap<String, HostApp>>,
     /// Per app: the rollout and its key's mod revision.
@@ -730,12 +732,17 @@ impl Snapshot {
             keys.rollouts(),
             keys.reports(),
         );
+        let known = keys.known();
         let halt = keys.halt();
         for kv in kvs {
             let Ok(key) = kv.key_str() else { continue };
             if let Some(host) = Keys::rest(key, &hosts) {
                 if let Some(info) = decode(kv.value()) {
                     s.hosts.insert(host.to_string(), info);
+                }
+            } else if let Some(host) = Keys::rest(key, &known) {
+                if let Some(info) = decode(kv.value()) {
+                    s.known.insert(host.to_string(), info);
                 }
             } else if let Some(rest) = Keys::rest(key, &statuses) {
                 if let (Some((host, app)), Some(st)) = (rest.split_once('/'), decode(kv.value())) {
@@ -784,7 +791,12 @@ impl Snapshot {
     }
 
     fn host_views(&self, rollouts: &[RolloutView], app: Option<&str>) -> Vec<HostView> {
-        let mut names: std::collections::BTreeSet<String> = self.hosts.keys().cloned().collect();
+        let mut names: std::collections::BTreeSet<String> = self
+            .hosts
+            .keys()
+            .chain(self.known.keys())
+            .cloned()
+            .collect();
         for r in rollouts {
             names.extend(r.rollout.progress.targets.iter().cloned());
         }
@@ -792,7 +804,7 @@ impl Snapshot {
             .into_iter()
             .map(|h| HostView {
                 alive: self.hosts.contains_key(&h),
-                info: self.hosts.get(&h).cloned(),
+                info: self.hosts.get(&h).or_else(|| self.known.get(&h)).cloned(),
                 apps: self
                     .statuses
                     .get(&h)

@@ -119,7 +119,7 @@ pub fn valid_host(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
 }
 
 impl FromStr for Waves {

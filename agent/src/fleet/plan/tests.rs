@@ -259,11 +259,14 @@ fn a_halt_stops_new_starts_and_the_clock_of_the_wave() {
     assert!(step(&mut r, &seen, 10_050).is_empty());
     assert_eq!(r.progress.phase, Phase::Running);
     step(&mut r, &seen, 10_200);
-    assert_eq!(
-        r.progress.phase,
-        Phase::RollingBack,
-        "the deadline runs again"
-    );
+    // h1 never claimed its assignment: nothing to send back.
+    assert_eq!(r.progress.phase, Phase::Aborted, "the deadline runs again");
+    assert!(r
+        .progress
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("did not finish"));
 }
 
 #[test]
