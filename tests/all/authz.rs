@@ -6,9 +6,9 @@ use std::process::Command;
 use crate::support::*;
 
 /// Users and groups made for one test, removed on drop.
-struct Accounts {
-    users: Vec<String>,
-    groups: Vec<String>,
+pub struct Accounts {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
 }
 
 impl Accounts {
@@ -21,12 +21,12 @@ impl Accounts {
         );
     }
 
-    fn group(&mut self, name: &str) {
+    pub fn group(&mut self, name: &str) {
         Self::run(&["groupadd", name]);
         self.groups.push(name.into());
     }
 
-    fn user(&mut self, name: &str, groups: &[&str]) {
+    pub fn user(&mut self, name: &str, groups: &[&str]) {
         let mut args = vec!["useradd", "-M", "-s", "/usr/sbin/nologin"];
         let list = groups.join(",");
         if !groups.is_empty() {
@@ -49,7 +49,7 @@ impl Drop for Accounts {
     }
 }
 
-fn as_user(user: &str, socket: &std::path::Path, args: &[&str]) -> Ctl {
+pub fn as_user(user: &str, socket: &std::path::Path, args: &[&str]) -> Ctl {
     let out = Command::new("runuser")
         .args(["-u", user, "--", ROLLBACKCTL, "--socket"])
         .arg(socket)

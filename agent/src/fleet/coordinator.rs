@@ -21,6 +21,8 @@ use super::{encode, timed, Fleet, FleetError, Snapshot};
 /// A round at least this often, whatever the watch says (bakes and
 /// deadlines end without any key changing).
 const ROUND: Duration = Duration::from_millis(500);
+/// How long a burst of changes is gathered before a round.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Campaigns with the session's lease, then coordinates until an error
 /// (the session's end aborts the task).
@@ -49,7 +51,14 @@ pub(super) async fn run(
         // Wait for a change or the timer, whichever comes first.
         tokio::select! {
             m = events.message() => match m {
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => {
+                    // Changes come in bursts (a wave's hosts): one round for
+                    // what arrives within a moment.
+                    tokio::time::sleep(SETTLE).await;
+                    while let Ok(m) = tokio::time::timeout(Duration::ZERO, events.message()).await {
+                        m.map_err(super::unavailable)?;
+                    }
+                }
                 Ok(None) => return Err(FleetError::Unavailable("the watch ended".into())),
                 Err(e) => return Err(super::unavailable(e)),
             },
@@ -66,8 +75,29 @@ async fn round(
     leader_rev: i64,
 ) -> Result<(), FleetError> {
     let keys = &fleet.keys;
-    let all = timed(client.get(keys.all(), Some(GetOptions::new().with_prefix()))).await?;
-    let seen = Snapshot::read(keys, all.kvs());
+    // The rollouts first: an idle fleet costs one small read a round.
+    let rollouts =
+        timed(client.get(keys.rollouts(), Some(GetOptions::new().with_prefix()))).await?;
+    let live = |kv: &etcd_client::KeyValue| {
+        super::decode::<plan::Rollout>(kv.value()).is_some_and(|r| !r.progress.phase.is_over())
+    };
+    if !rollouts.kvs().iter().any(live) {
+        return Ok(());
+    }
+    // The rest at the same revision: one consistent view.
+    let rev = rollouts.header().map(|h| h.revision()).unwrap_or(0);
+    let mut kvs = rollouts.kvs().to_vec();
+    for prefix in [keys.hosts(), keys.statuses()] {
+        let got = timed(client.get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_revision(rev)),
+        ))
+        .await?;
+        kvs.extend_from_slice(got.kvs());
+    }
+    let halt = timed(client.get(keys.halt(), Some(GetOptions::new().with_revision(rev)))).await?;
+    kvs.extend_from_slice(halt.kvs());
+    let seen = Snapshot::read(keys, &kvs);
     let now = crate::domain::now_ms();
     for (app, (rollout, mod_rev)) in &seen.rollouts {
         if rollout.progress.phase.is_over() {

@@ -464,7 +464,10 @@ async fn act(fleet: &Fleet, app: &str, a: &Assignment) -> Result<(), String> {
             handle
                 .rollback(
                     Some(version),
-                    Some(format!("fleet rollout {} aborted", a.rollout)),
+                    Some(match &a.reason {
+                        Some(why) => format!("fleet rollout {} aborted: {why}", a.rollout),
+                        None => format!("fleet rollout {} aborted", a.rollout),
+                    }),
                     actor,
                 )
                 .await
@@ -482,6 +485,7 @@ pub(super) fn check_source(
     let url =
         url::Url::parse(&source.url).map_err(|e| format!("`{}` is not a URL: {e}", source.url))?;
     crate::config::url_allowed(&cfg.artifact_hosts, &url, "[fleet] artifact_hosts")?;
+    archive_suffix(&url)?;
     if source.sha256.len() != 64 || !source.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!(
             "`{}` is not a SHA-256 in hex (64 digits)",
@@ -489,6 +493,15 @@ pub(super) fn check_source(
         ));
     }
     Ok(())
+}
+
+/// The archive kind a URL's path names (the stager goes by the name).
+fn archive_suffix(url: &url::Url) -> Result<&'static str, String> {
+    let path = url.path();
+    [".tar.gz", ".tgz", ".tar.zst", ".tzst"]
+        .into_iter()
+        .find(|s| path.ends_with(s))
+        .ok_or_else(|| format!("{url} does not name a .tar.gz, .tgz, .tar.zst or .tzst archive"))
 }
 
 /// Most bytes one release archive may have.
@@ -516,8 +529,10 @@ async fn fetch(
     if !answer.status().is_success() {
         return Err(format!("{} answered {}", source.url, answer.status()));
     }
+    let url = url::Url::parse(&source.url).map_err(|e| e.to_string())?;
     let mut file = tempfile::Builder::new()
         .prefix(".fleet-fetch-")
+        .suffix(archive_suffix(&url)?)
         .tempfile()
         .map_err(|e| e.to_string())?;
     let mut hash = sha2::Sha256::new();

@@ -483,6 +483,9 @@ pub struct Assignment {
     pub digest: Option<String>,
     /// Where to fetch it when it is not staged (deploys).
     pub source: Option<Artifact>,
+    /// Why (a revert's: the abort's cause).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What one host says of one app (its status key).
@@ -782,6 +785,7 @@ pub fn reconcile(rollout: &Rollout, seen: &Observed, now_ms: u64) -> Decision {
                     version: spec.version.clone(),
                     digest: p.digest.clone(),
                     source: spec.source.clone(),
+                    reason: None,
                 },
             ));
             events.push(format!("{host}: assigned in wave {}", wave + 1));
@@ -863,6 +867,7 @@ fn roll_back(
     now_ms: u64,
 ) {
     let mut waiting = false;
+    let cause = p.reason.clone();
     for (host, part) in p.hosts.iter_mut() {
         // A host that failed rolled back by itself; one that never claimed
         // has nothing to undo.
@@ -886,6 +891,7 @@ fn roll_back(
                     version: previous,
                     digest: None,
                     source: None,
+                    reason: cause.clone(),
                 },
             ));
             events.push(format!("{host}: sent back"));
