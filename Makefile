@@ -49,7 +49,9 @@ fuzz:
 
 ## Benchmarks (release build): ratios against baselines measured in the same run.
 bench: plugins
+	tests/install-deps.sh test
 	$(CARGO) bench -p rollback-agent --bench hot_paths
+	$(CARGO) bench -p rollback-agent --bench fleet
 
 ## ---------------------------------------------------------------------------
 ## Packages (see packaging/README.md). `assets` gathers the release binaries,

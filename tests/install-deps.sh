@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What the build and the tests need besides Rust, installed when missing:
-#   build: protoc (Debian's protobuf-compiler), run by etcd-client's build
+#   build: protoc (Debian's protobuf-compiler) and the well-known .proto files
+#          it imports (libprotobuf-dev, only recommended by the compiler),
+#          both used by etcd-client's build
 #   test:  the etcd binary for the fleet tests (Debian's etcd-server), taken
 #          out of its package into target/etcd so that no service starts
 # As root it installs them; otherwise it names the one command to run.
@@ -15,12 +17,21 @@ as_root() {
     fi
 }
 
-if ! command -v protoc >/dev/null 2>&1; then
-    as_root "protoc" "apt-get update && apt-get install -y protobuf-compiler"
-    echo "installing protobuf-compiler"
+# protoc looks for google/protobuf/*.proto beside its own include directory.
+protoc_include() {
+    local bin
+    bin="$(command -v protoc 2>/dev/null)" || return 1
+    [ -f "$(dirname "$bin")/../include/google/protobuf/descriptor.proto" ] \
+        || [ -f /usr/include/google/protobuf/descriptor.proto ] \
+        || [ -n "${PROTOC_INCLUDE:-}" ]
+}
+if ! protoc_include; then
+    as_root "protoc and its well-known types" \
+        "apt-get update && apt-get install -y protobuf-compiler libprotobuf-dev"
+    echo "installing protobuf-compiler libprotobuf-dev"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends protobuf-compiler
+    apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev
 fi
 
 if [ "$want" = test ] && [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 2>&1 \

@@ -1401,7 +1401,7 @@ fn a_staged_deploy_swaps_and_bakes_without_staging_and_keeps_the_release_when_it
             Effect::Begin(i) => Some(i.clone()),
             _ => None,
         })
-        .unwrap();
+        .expect("the deploy begins an operation");
     assert!(
         begin.staged && !begin.steps.contains(&Step::Stage),
         "{begin:?}"

@@ -9,6 +9,7 @@ mod control;
 mod crash;
 mod deploy;
 mod dropin;
+mod etcd;
 #[cfg(feature = "failpoints")]
 mod failpoints;
 mod fixtures_ext;

@@ -10,6 +10,8 @@ use super::{out, print_json, table, Client};
 use crate::protocol::method;
 
 /// The fleet commands.
+// Parsed once per run: the size of the rollout variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// The fleet's rollouts (one app's, or all), their waves and hosts, who
@@ -316,7 +318,7 @@ pub async fn run(client: &mut Client, cmd: FleetCommand) -> anyhow::Result<ExitC
             hosts_text(reply["hosts"].as_array().map(Vec::as_slice).unwrap_or(&[]))
         }
         method::FLEET_HALT => {
-            format!("fleet halted: no new start anywhere until `rollbackctl fleet unhalt`\n")
+            "fleet halted: no new start anywhere until `rollbackctl fleet unhalt`\n".to_string()
         }
         method::FLEET_UNHALT => {
             if reply["was_halted"].as_bool() == Some(true) {

@@ -10,13 +10,13 @@
 //! mod revision). A deposed coordinator's writes fail; a new one resumes
 //! from what is stored. Must never write outside such a transaction.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 
+use super::keys::Keys;
 use super::plan;
-use super::{encode, timed, Fleet, FleetError, Snapshot};
+use super::{encode, timed, FleetError, Snapshot};
 
 /// A round at least this often, whatever the watch says (bakes and
 /// deadlines end without any key changing).
@@ -26,28 +26,28 @@ const SETTLE: Duration = Duration::from_millis(50);
 
 /// Campaigns with the session's lease, then coordinates until an error
 /// (the session's end aborts the task).
-pub(super) async fn run(
-    fleet: Arc<Fleet>,
+pub async fn run(
+    keys: Keys,
+    host: String,
     mut client: Client,
     lease: i64,
 ) -> Result<(), FleetError> {
-    let keys = fleet.keys.clone();
     let won = client
-        .campaign(keys.leader(), fleet.cfg.host.clone(), lease)
+        .campaign(keys.leader(), host.clone(), lease)
         .await
         .map_err(super::unavailable)?;
     let leader = won.leader().ok_or_else(|| {
         FleetError::Unavailable("the election answered without a leader key".into())
     })?;
     let (leader_key, leader_rev) = (leader.key().to_vec(), leader.rev());
-    tracing::info!(host = %fleet.cfg.host, "fleet coordinator: elected");
+    tracing::info!(host = %host, "fleet coordinator: elected");
 
     let mut events = client
         .watch(keys.all(), Some(WatchOptions::new().with_prefix()))
         .await
         .map_err(super::unavailable)?;
     loop {
-        round(&fleet, &mut client, &leader_key, leader_rev).await?;
+        round(&keys, &mut client, &leader_key, leader_rev).await?;
         // Wait for a change or the timer, whichever comes first.
         tokio::select! {
             m = events.message() => match m {
@@ -69,12 +69,11 @@ pub(super) async fn run(
 
 /// One reconcile of every rollout.
 async fn round(
-    fleet: &Fleet,
+    keys: &Keys,
     client: &mut Client,
     leader_key: &[u8],
     leader_rev: i64,
 ) -> Result<(), FleetError> {
-    let keys = &fleet.keys;
     // The rollouts first: an idle fleet costs one small read a round.
     let rollouts =
         timed(client.get(keys.rollouts(), Some(GetOptions::new().with_prefix()))).await?;

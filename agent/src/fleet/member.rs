@@ -104,7 +104,8 @@ async fn session(
         let (fleet, client) = (fleet.clone(), client.clone());
         async move {
             loop {
-                if let Err(e) = coordinator::run(fleet.clone(), client.clone(), lease).await {
+                let (keys, host) = (fleet.keys.clone(), fleet.cfg.host.clone());
+                if let Err(e) = coordinator::run(keys, host, client.clone(), lease).await {
                     tracing::warn!("fleet coordinator stopped: {e}");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -330,17 +331,7 @@ async fn assignments(
         if a.kind == AssignKind::Deploy {
             // The claim: only while nothing halts the fleet, the rollout
             // runs and the assignment is still this one.
-            let claim = Txn::new()
-                .when(vec![
-                    Compare::version(keys.halt(), CompareOp::Equal, 0),
-                    Compare::value(keys.running(&app), CompareOp::Equal, a.rollout.clone()),
-                    Compare::value(key.clone(), CompareOp::Equal, kv.value().to_vec()),
-                ])
-                .and_then(vec![TxnOp::put(
-                    keys.claim(&app, host),
-                    encode(&serde_json::json!({ "rollout": a.rollout, "version": a.version, "at_ms": now_ms() })),
-                    None,
-                )]);
+            let claim = claim_txn(keys, &app, host, &a, kv.value());
             if !timed(client.txn(claim)).await?.succeeded() {
                 tracing::debug!(app = %app, rollout = %a.rollout, "fleet claim refused (halted, not running or changed)");
                 continue;
@@ -374,6 +365,29 @@ async fn assignments(
         });
     }
     Ok(())
+}
+
+/// The claim of deploy assignment `a` (stored as `raw`) by `host`: it
+/// holds only while nothing halts the fleet, the rollout runs and the
+/// assignment is still this one.
+pub fn claim_txn(
+    keys: &super::keys::Keys,
+    app: &str,
+    host: &str,
+    a: &Assignment,
+    raw: &[u8],
+) -> Txn {
+    Txn::new()
+        .when(vec![
+            Compare::version(keys.halt(), CompareOp::Equal, 0),
+            Compare::value(keys.running(app), CompareOp::Equal, a.rollout.clone()),
+            Compare::value(keys.assignment(app, host), CompareOp::Equal, raw.to_vec()),
+        ])
+        .and_then(vec![TxnOp::put(
+            keys.claim(app, host),
+            encode(&serde_json::json!({ "rollout": a.rollout, "version": a.version, "at_ms": now_ms() })),
+            None,
+        )])
 }
 
 /// Why this host will not deploy `a`, if it will not.

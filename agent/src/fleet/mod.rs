@@ -13,9 +13,9 @@
 //! never act on an app except through its supervisor's handle, and never
 //! write a decision outside a transaction fenced on leadership.
 
-mod coordinator;
+pub mod coordinator;
 pub mod keys;
-mod member;
+pub mod member;
 pub mod plan;
 
 use std::collections::BTreeMap;

@@ -547,6 +547,11 @@ impl Decision {
     }
 }
 
+/// Most assignments one decision makes: they go in one etcd transaction
+/// with the progress, and etcd refuses transactions of more than 128
+/// operations (`--max-txn-ops`). The rest follow in the next rounds.
+pub const MAX_NEW_PER_ROUND: usize = 100;
+
 /// One step of the coordinator for `rollout`, at `now_ms`.
 pub fn reconcile(rollout: &Rollout, seen: &Observed, now_ms: u64) -> Decision {
     let spec = &rollout.spec;
@@ -738,6 +743,9 @@ pub fn reconcile(rollout: &Rollout, seen: &Observed, now_ms: u64) -> Decision {
             })
             .count();
         for host in members {
+            if assign.len() >= MAX_NEW_PER_ROUND {
+                break;
+            }
             if p.hosts.contains_key(host) || !seen.alive.contains(host) {
                 continue;
             }
@@ -879,6 +887,11 @@ fn roll_back(
             continue;
         };
         if !got_it {
+            continue;
+        }
+        if !part.reverting && assign.len() >= MAX_NEW_PER_ROUND {
+            // The next round sends the rest back.
+            waiting = true;
             continue;
         }
         if !part.reverting {

@@ -1,4 +1,5 @@
 //! The coordinator's decisions on a fake clock.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 
@@ -395,4 +396,15 @@ fn nobody_running_the_app_aborts() {
     let mut r = rollout(spec("100%"));
     step(&mut r, &Observed::default(), 0);
     assert_eq!(r.progress.phase, Phase::Aborted);
+}
+
+#[test]
+fn a_large_wave_is_assigned_a_hundred_hosts_a_round() {
+    let mut r = rollout(spec("100%"));
+    let seen = fleet(250);
+    assert_eq!(step(&mut r, &seen, 0).len(), MAX_NEW_PER_ROUND);
+    assert_eq!(step(&mut r, &seen, 1).len(), MAX_NEW_PER_ROUND);
+    assert_eq!(step(&mut r, &seen, 2).len(), 50);
+    assert!(step(&mut r, &seen, 3).is_empty());
+    assert_eq!(r.progress.hosts.len(), 250);
 }
