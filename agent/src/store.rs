@@ -141,16 +141,21 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
             .mode(sled::Mode::HighThroughput)
             .open();
         match opened {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if lock_held(&e) && std::time::Instant::now() < deadline => {
                 tracing::warn!(dir = %dir.display(), "the state store is locked by another process; waiting");
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             other => return Ok(other?),
         }
     }
+}
+
+/// Whether an open failed only because another process holds the lock.
+/// sled reports that as `ErrorKind::Other` with the lock's `WouldBlock`
+/// only in its message, so both are recognised.
+fn lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock")
 }
 
 /// The sled database and its trees.
@@ -535,6 +540,29 @@ mod tests {
             EventKind::MarkedGood
         );
         assert!(s.app("other").unwrap().is_none());
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_another_holder_lets_go_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            // Let go only once the second open has been refused at least once.
+            rx.recv().unwrap();
+            drop(first);
+        });
+        let path = dir.path().to_path_buf();
+        let second = std::thread::spawn(move || Store::open(&path));
+        // The second open is refused (and retrying) while the first holds it.
+        let refused = sled::Config::new().path(dir.path()).open();
+        let Err(sled::Error::Io(e)) = refused else {
+            panic!("a held store opened twice");
+        };
+        assert!(lock_held(&e), "{e}");
+        tx.send(()).unwrap();
+        holder.join().unwrap();
+        second.join().unwrap().unwrap();
     }
 
     #[test]
