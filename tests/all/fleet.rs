@@ -432,6 +432,10 @@ fn fleet_without_a_quorum_local_rollback_still_works_and_the_outbox_reports_it_l
     // Two of three members down: no quorum.
     etcd.stop_member(1);
     etcd.stop_member(2);
+    // The canary's agent knows it is cut off (its session found no quorum).
+    wait_until("the canary's agent cut off", || {
+        hosts[0].agent.log().contains("fleet session ended")
+    });
     // The canary fails now; its agent rolls back by itself.
     fail_on(&hosts[0], "2.0");
     wait_until("the canary rolled back locally", || {

@@ -94,6 +94,16 @@ async fn session(
     };
     timed(client.put(keys.host(&host), encode(&info), leased())).await?;
     timed(client.put(keys.known_host(&host), encode(&info), None)).await?;
+    // What changed since the last status this host published (while cut
+    // off, or while this session was being set up) is history the outbox
+    // keeps; a first session has nothing to report.
+    if !last.is_empty() {
+        for (app, st) in statuses(fleet) {
+            if last.get(&app) != Some(&st) {
+                keep_in_outbox(fleet, &app, &st);
+            }
+        }
+    }
     last.clear();
     publish(fleet, &mut client, lease, last).await?;
     flush_outbox(fleet, &mut client, lease).await?;
