@@ -191,6 +191,9 @@ pub struct AppConfig {
     /// Releases keep the source's permission bits as they are (group and
     /// other write, setuid, setgid, sticky), instead of losing those.
     pub keep_modes: bool,
+    /// Unchanged files of a new release may be hard links to the previous
+    /// release's where the file system has no reflinks (`link_unchanged`).
+    pub link_unchanged: bool,
     /// Health checks, in config order.
     pub checks: Vec<CheckConfig>,
     /// Rollback hooks, in config order.
@@ -587,6 +590,7 @@ struct RawApp {
     restart_timeout: Option<String>,
     restart_env: Option<RawEnv>,
     keep_modes: Option<bool>,
+    link_unchanged: Option<bool>,
     #[serde(default)]
     checks: Vec<RawCheck>,
     #[serde(default)]
@@ -1169,6 +1173,7 @@ impl Validator<'_> {
             )?,
             restart_env,
             keep_modes: raw.keep_modes.unwrap_or(false),
+            link_unchanged: raw.link_unchanged.unwrap_or(false),
             checks,
             hooks,
             snapshot: raw.snapshot.iter().map(|p| self.resolve(p)).collect(),

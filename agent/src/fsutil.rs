@@ -348,6 +348,21 @@ impl Drop for TempTree {
     }
 }
 
+/// Makes `dst` (empty, opened for writing) a copy of `src`: a reflink (shared
+/// extents, copy-on-write) where the file system supports it, else a copy
+/// (`copy_file_range` in the kernel). Says whether it was a reflink.
+pub(crate) fn clone_or_copy(src: &mut File, dst: &mut File) -> io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    if reflink_copy::reflink_file(&*src, &*dst).is_ok() {
+        return Ok(true);
+    }
+    dst.set_len(0)?;
+    dst.seek(SeekFrom::Start(0))?;
+    src.seek(SeekFrom::Start(0))?;
+    io::copy(src, dst)?;
+    Ok(false)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -496,7 +496,7 @@ fn copy_in(path: &Path, n: usize, tmp: &Path) -> Result<Entry, SnapshotError> {
         .mode(0o600)
         .open(&dst_path)
         .map_err(io_err("create", &dst_path))?;
-    clone_or_copy(&mut src, &mut dst).map_err(file_err("copy", path))?;
+    crate::fsutil::clone_or_copy(&mut src, &mut dst).map_err(file_err("copy", path))?;
     // Size and digest of what was stored, read back from the copy.
     dst.seek(SeekFrom::Start(0))
         .map_err(io_err("read back", &dst_path))?;
@@ -512,19 +512,6 @@ fn copy_in(path: &Path, n: usize, tmp: &Path) -> Result<Entry, SnapshotError> {
         uid: meta.uid(),
         gid: meta.gid(),
     })
-}
-
-/// Makes `dst` (empty, opened for writing) a copy of `src`: a reflink (shared
-/// extents, copy-on-write) where the filesystem supports it, else a byte copy.
-fn clone_or_copy(src: &mut File, dst: &mut File) -> io::Result<()> {
-    if reflink_copy::reflink_file(src, dst).is_ok() {
-        return Ok(());
-    }
-    dst.set_len(0)?;
-    dst.seek(SeekFrom::Start(0))?;
-    src.seek(SeekFrom::Start(0))?;
-    io::copy(src, dst)?;
-    Ok(())
 }
 
 /// Size and sha256 (lowercase hex) of everything `r` yields.
@@ -691,7 +678,8 @@ fn restore_file(dir: &Path, entry: &Entry, stored: &Path) -> Result<(), Snapshot
     };
     let result = (|| {
         let mut src = open_nofollow(stored).map_err(io_err("open", stored))?;
-        clone_or_copy(&mut src, &mut out).map_err(file_err("write a temporary copy of", live))?;
+        crate::fsutil::clone_or_copy(&mut src, &mut out)
+            .map_err(file_err("write a temporary copy of", live))?;
         // What is about to be renamed into place is what the manifest describes.
         out.seek(SeekFrom::Start(0))
             .map_err(file_err("read back the temporary copy of", live))?;

@@ -728,6 +728,7 @@ impl Supervisor {
             done_rx,
             limits: StageLimits {
                 keep_modes: p.cfg.keep_modes,
+                link_unchanged: p.cfg.link_unchanged,
                 ..StageLimits::default()
             },
             cfg: p.cfg,
@@ -1268,14 +1269,10 @@ impl Supervisor {
             );
             blocking(move || dir.stage_opened(&src, opened, &v, &limits)).await
         };
-        let manifest = staged
-            .and_then(|_| {
-                crate::failpoint::hit("deploy.after-stage");
-                crate::release::read_manifest(&self.dir.release_path(&version), &version)
-            })?
-            .unwrap_or_default();
-        let path = self.dir.release_path(&version);
-        let digest = blocking(move || crate::release::tree_digest(&path)).await?;
+        let staged = staged?;
+        crate::failpoint::hit("deploy.after-stage");
+        let manifest = crate::release::read_manifest(&staged.path, &version)?.unwrap_or_default();
+        let digest = staged.digest;
         if let Some(want) = meta.digest.as_ref().filter(|want| **want != digest) {
             // The copy goes with the refusal: these are not the bits asked for.
             return Err(ReleaseError::Source {
@@ -1831,6 +1828,7 @@ impl Supervisor {
     async fn reload(&mut self, cfg: AppConfig, checks: Vec<LoadedCheck>, hooks: Vec<LoadedHook>) {
         lock_parts(&self.parts).renew(cfg.clone(), checks.clone(), hooks.clone());
         self.limits.keep_modes = cfg.keep_modes;
+        self.limits.link_unchanged = cfg.link_unchanged;
         self.cfg = cfg;
         self.hooks = Arc::new(hooks);
         self.checks = checks;

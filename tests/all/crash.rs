@@ -164,7 +164,12 @@ pub(crate) fn check_what_users_see(agent: &Agent, root: &Path, ctx: &str, keep: 
     );
     let bound = keep.max(2);
     let intents = agent.path().join("state/intents");
-    let releases = listing(&root.join("releases"));
+    // Releases only: their file indexes (`.index-<version>`) are checked
+    // where the layout is.
+    let releases: Vec<_> = listing(&root.join("releases"))
+        .into_iter()
+        .filter(|n| !n.starts_with(".index-"))
+        .collect();
     for snap in listing(&agent.path().join("state/snapshots/shop")) {
         assert!(!snap.starts_with('.'), "{ctx}: snapshot temporary {snap}");
         assert!(
@@ -357,7 +362,11 @@ pub(crate) fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<(St
         let link1 = current_link(root, ctx);
         let s1 = agent.json(&["status", "shop"]);
         let root_entries = names(root);
-        let disk_entries = names(&releases_dir);
+        // The file index beside each release (`.index-<version>`) is not a
+        // release; one without its release is a leftover.
+        let (indexes, disk_entries): (Vec<_>, Vec<_>) = names(&releases_dir)
+            .into_iter()
+            .partition(|n| n.starts_with(".index-"));
         let listed = agent.json(&["releases", "shop"]);
         let s2 = agent.json(&["status", "shop"]);
         let link2 = current_link(root, ctx);
@@ -394,6 +403,14 @@ pub(crate) fn check_consistent(agent: &Agent, root: &Path, ctx: &str) -> Vec<(St
         assert!(
             tmp_links.is_empty(),
             "{ctx}: temporary links left in the root: {tmp_links:?}"
+        );
+        let orphans: Vec<_> = indexes
+            .iter()
+            .filter(|i| !disk_entries.iter().any(|v| **i == format!(".index-{v}")))
+            .collect();
+        assert!(
+            orphans.is_empty(),
+            "{ctx}: file indexes without their release: {orphans:?}"
         );
         let hidden: Vec<_> = disk_entries.iter().filter(|n| n.starts_with('.')).collect();
         assert!(

@@ -666,3 +666,52 @@ fn stage_puts_a_release_beside_the_active_one_without_activating_it() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(current(&root), "1.1.0");
 }
+
+#[test]
+fn with_link_unchanged_a_new_release_shares_the_active_ones_unchanged_files() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let app = FakeApp::start(&root);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("assets")).unwrap();
+    std::fs::write(src.join("assets/catalog.bin"), vec![3u8; 256 * 1024]).unwrap();
+    std::fs::write(src.join("app.txt"), "one").unwrap();
+    std::fs::write(src.join("release.json"), r#"{"health": 200}"#).unwrap();
+    let agent = Agent::process_in(
+        dir,
+        &shop_config(app.port, "300ms", "link_unchanged = true"),
+    );
+    let out = agent.deploy(s(&src), "1", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    std::fs::write(src.join("app.txt"), "two").unwrap();
+    let out = agent.deploy(s(&src), "2", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ino = |v: &str, rel: &str| {
+        std::fs::metadata(root.join("releases").join(v).join(rel))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(
+        ino("1", "assets/catalog.bin"),
+        ino("2", "assets/catalog.bin")
+    );
+    assert_ne!(ino("1", "app.txt"), ino("2", "app.txt"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/app.txt")).unwrap(),
+        "two"
+    );
+    // The recorded digest is the tree's.
+    let releases = agent.json(&["releases", "shop"]);
+    let digest = releases["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "2")
+        .map(|r| r["digest"].clone())
+        .unwrap();
+    assert_eq!(
+        digest,
+        rollback_agent::release::tree_digest(&root.join("releases/2")).unwrap()
+    );
+}

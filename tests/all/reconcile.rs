@@ -21,6 +21,7 @@ fn app_config(root: &Path, bake: Duration) -> AppConfig {
         restart_timeout: Duration::from_secs(5),
         restart_env: Vec::new(),
         keep_modes: false,
+        link_unchanged: false,
         checks: Vec::new(),
         hooks: Vec::new(),
         snapshot: Vec::new(),

@@ -11,18 +11,31 @@
 //!
 //! Reads only; must never change the tree.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::share::{hex, Hash, Indexed};
 use super::{io_err, ReleaseError};
 
 /// The digest of the tree at `root`, `sha256:<hex>`.
 pub fn tree_digest(root: &Path) -> Result<String, ReleaseError> {
+    digest_and_index(root, &HashMap::new()).map(|(digest, _)| digest)
+}
+
+/// The digest of the tree at `root`, taking a regular file's content hash
+/// from `known` (by path below `root`) where it is there and reading the
+/// file otherwise; and the index entry of every regular file.
+pub(super) fn digest_and_index(
+    root: &Path,
+    known: &HashMap<PathBuf, Hash>,
+) -> Result<(String, Vec<(PathBuf, Indexed)>), ReleaseError> {
+    let mut index = Vec::new();
     let mut listing = Sha256::new();
     let mut pending = vec![Vec::<u8>::new()];
     let mut entries: Vec<Vec<u8>> = Vec::new();
@@ -57,10 +70,18 @@ pub fn tree_digest(root: &Path) -> Result<String, ReleaseError> {
         } else if meta.is_dir() {
             ('d', Vec::new())
         } else if meta.is_file() {
-            let mut file = File::open(&path).map_err(io_err("open", &path))?;
-            let mut hash = Sha256::new();
-            io::copy(&mut file, &mut hash).map_err(io_err("read", &path))?;
-            ('f', format!("{:x}", hash.finalize()).into_bytes())
+            let rel_path = PathBuf::from(std::ffi::OsStr::from_bytes(&rel));
+            let hash = match known.get(&rel_path) {
+                Some(h) => *h,
+                None => {
+                    let mut file = File::open(&path).map_err(io_err("open", &path))?;
+                    let mut hash = Sha256::new();
+                    io::copy(&mut file, &mut hash).map_err(io_err("read", &path))?;
+                    hash.finalize().into()
+                }
+            };
+            index.push((rel_path, Indexed::of(&meta, hash)));
+            ('f', hex(&hash).into_bytes())
         } else {
             return Err(ReleaseError::Source {
                 path,
@@ -73,7 +94,7 @@ pub fn tree_digest(root: &Path) -> Result<String, ReleaseError> {
         listing.update(&content);
         listing.update(b"\n");
     }
-    Ok(format!("sha256:{:x}", listing.finalize()))
+    Ok((format!("sha256:{:x}", listing.finalize()), index))
 }
 
 #[cfg(test)]

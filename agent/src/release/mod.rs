@@ -43,6 +43,7 @@ use std::path::{Component, Path, PathBuf};
 
 mod digest;
 mod manifest;
+mod share;
 mod stage;
 mod version;
 
@@ -142,6 +143,20 @@ pub struct StageLimits {
     /// `keep_modes`); by default group and other write, setuid, setgid and
     /// sticky bits are dropped.
     pub keep_modes: bool,
+    /// Unchanged files may be hard links to the previous release's (the
+    /// app's `link_unchanged`) where the file system has no reflinks.
+    pub link_unchanged: bool,
+}
+
+/// A release just staged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// `releases/<version>`.
+    pub path: PathBuf,
+    /// Its content digest (see [`tree_digest`]).
+    pub digest: String,
+    /// Files shared with the release it follows, and their bytes.
+    pub shared: (u64, u64),
 }
 
 impl Default for StageLimits {
@@ -150,6 +165,7 @@ impl Default for StageLimits {
             max_entries: 100_000,
             max_bytes: 8 * 1024 * 1024 * 1024,
             keep_modes: false,
+            link_unchanged: false,
         }
     }
 }
@@ -363,7 +379,7 @@ impl AppDir {
         v: &Version,
         limits: &StageLimits,
     ) -> Result<PathBuf, ReleaseError> {
-        self.stage_opened(source, None, v, limits)
+        self.stage_opened(source, None, v, limits).map(|s| s.path)
     }
 
     /// `stage`, reading the source through `opened` when given (a
@@ -375,7 +391,7 @@ impl AppDir {
         opened: Option<fs::File>,
         v: &Version,
         limits: &StageLimits,
-    ) -> Result<PathBuf, ReleaseError> {
+    ) -> Result<Staged, ReleaseError> {
         let kind = classify_source(source, opened.as_ref())?;
         self.ensure_layout()?;
         let target = self.release_path(v);
@@ -413,22 +429,50 @@ impl AppDir {
         // Every failure, a full disk included, drops the guard: the partial work goes.
         let staging = TempTree::create(&releases, STAGING_PREFIX, 0o700)
             .map_err(io_err("create staging directory in", &releases))?;
-        let mut stager = Stager::new(staging.path(), limits, source, opened, kind);
+        // The active release is the one whose unchanged files are shared.
+        let base = self
+            .current()
+            .ok()
+            .flatten()
+            .and_then(|cur| share::Base::open(&releases, &cur));
+        let mut stager = Stager::new(staging.path(), limits, source, opened, kind, base);
         match kind {
             SourceKind::Dir => stager.copy_dir()?,
             SourceKind::Archive(codec) => stager.unpack(codec)?,
         }
         stager.verify_links()?;
         stager.finish_dirs()?;
-        publish(staging.path(), &target, v)?;
+        let (digest, index) = digest::digest_and_index(staging.path(), &stager.hashes)?;
+        let index_tmp = releases.join(format!("{STAGING_PREFIX}index-{v}"));
+        share::write_index(&index_tmp, &share::index_path(&releases, v), &index)
+            .map_err(io_err("write the file index", &index_tmp))?;
+        // One sync of the file system instead of one per file: the tree and
+        // its index are durable before the release is published.
+        let synced = std::fs::File::open(staging.path())
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from));
+        if let Err(e) = synced {
+            let _ = fs::remove_file(share::index_path(&releases, v));
+            return Err(io_err("sync the file system of", staging.path())(e));
+        }
+        let shared = stager.shared;
+        drop(stager);
+        if let Err(e) = publish(staging.path(), &target, v) {
+            let _ = fs::remove_file(share::index_path(&releases, v));
+            return Err(e);
+        }
         staging.keep();
         if let Err(e) = fsync_dir(&releases) {
             // Published but not durable: take it back so that an error means "not staged".
             discard_published(&releases, &target);
             return Err(e);
         }
-        tracing::info!(version = %v, path = %target.display(), source = %source.display(), "release staged");
-        Ok(target)
+        tracing::info!(version = %v, path = %target.display(), source = %source.display(),
+            shared_files = shared.0, shared_bytes = shared.1, "release staged");
+        Ok(Staged {
+            path: target,
+            digest,
+            shared,
+        })
     }
 
     /// Atomically points `current` at `releases/<v>`: creates the symlink
@@ -503,6 +547,18 @@ impl AppDir {
             remove_tree(&p).map_err(io_err("remove", &p))?;
             removed.push(p);
         }
+        // An index whose release is gone (a crash before it was published).
+        for p in read_names(&releases, &[share::INDEX_PREFIX])? {
+            let release = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(share::INDEX_PREFIX))
+                .map(|n| releases.join(n));
+            if release.is_some_and(|r| !is_real_dir(&r)) {
+                fs::remove_file(&p).map_err(io_err("remove", &p))?;
+                removed.push(p);
+            }
+        }
         if removed.len() > before {
             fsync_dir(&releases)?;
         }
@@ -545,6 +601,12 @@ impl AppDir {
         .map_err(io_err("move away for removal", &path))?;
         fsync_dir(&releases)?;
         remove_tree(&trash).map_err(io_err("remove", &trash))?;
+        let index = share::index_path(&releases, v);
+        match fs::remove_file(&index) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &index)(e)),
+        }
         fsync_dir(&releases)?;
         tracing::info!(version = %v, "release removed");
         Ok(())

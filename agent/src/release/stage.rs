@@ -3,19 +3,23 @@
 //!
 //! Owns what may enter a release (no `..`, no absolute paths, no links
 //! leaving it, no devices or fifos, sizes within `StageLimits`) and the
-//! fsyncs that make a staged tree durable. Must never write outside the
-//! staging directory it is given, nor publish it (`AppDir::stage` does).
+//! hashes of what it wrote; an unchanged file (same size, mode and content
+//! as in the release it follows) is shared with that release instead of
+//! written again (`share`). Durability is the caller's one `syncfs`, not a
+//! fsync per file. Must never write outside the staging directory it is
+//! given, nor publish it (`AppDir::stage` does).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::share::{Base, Hash, Shared};
 use super::*;
 
 /// Most symlinks followed while checking where a link inside a release leads.
@@ -142,7 +146,7 @@ pub(super) fn open_below(root: &File, rel: &Path) -> io::Result<std::os::fd::Own
 
 /// The regular file `name` in `dir`, opened without following a symlink and
 /// without blocking on a fifo.
-fn open_file_below(dir: &std::os::fd::OwnedFd, name: &OsStr) -> io::Result<File> {
+pub(super) fn open_file_below(dir: &std::os::fd::OwnedFd, name: &OsStr) -> io::Result<File> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
@@ -392,7 +396,7 @@ pub(super) fn copy_content(
     to: &mut dyn Write,
     max: u64,
 ) -> Result<u64, CopyError> {
-    let mut buf = [0u8; 32 * 1024];
+    let mut buf = [0u8; 128 * 1024];
     let mut total = 0u64;
     while total < max {
         let want = usize::try_from(max - total).map_or(buf.len(), |m| m.min(buf.len()));
@@ -432,6 +436,12 @@ pub(super) struct Stager<'a> {
     dirs: BTreeMap<PathBuf, u32>,
     /// Symlinks created (relative path, name to report).
     links: Vec<(PathBuf, String)>,
+    /// The release this one follows, whose unchanged files it shares.
+    base: Option<Base>,
+    /// The SHA-256 of every regular file staged, by relative path.
+    pub(super) hashes: HashMap<PathBuf, Hash>,
+    /// Files shared with `base`, and their bytes.
+    pub(super) shared: (u64, u64),
 }
 
 impl<'a> Stager<'a> {
@@ -441,6 +451,7 @@ impl<'a> Stager<'a> {
         source: &'a Path,
         opened: Option<File>,
         kind: SourceKind,
+        base: Option<Base>,
     ) -> Self {
         let mut dirs = BTreeMap::new();
         dirs.insert(PathBuf::new(), 0o755);
@@ -454,6 +465,9 @@ impl<'a> Stager<'a> {
             bytes: 0,
             dirs,
             links: Vec::new(),
+            base,
+            hashes: HashMap::new(),
+            shared: (0, 0),
         }
     }
 
@@ -598,7 +612,17 @@ impl<'a> Stager<'a> {
                         return Err(self.refuse(&name, "it is no longer a regular file"));
                     }
                     let mode = meta.permissions().mode() & self.mode_mask();
-                    self.write_file(&rel, &name, &mut file, mode, meta.modified().ok())?;
+                    let mtime = meta.modified().ok();
+                    if !self.share_unchanged_source(
+                        &rel,
+                        &name,
+                        &mut file,
+                        meta.len(),
+                        mode,
+                        mtime,
+                    )? {
+                        self.write_file(&rel, &name, &mut file, mode, mtime)?;
+                    }
                 } else if kind == SFlag::S_IFLNK {
                     let target = nix::fcntl::readlinkat(dir.as_fd(), file_name.as_os_str())
                         .map_err(|e| io_err("read symlink", &src)(e.into()))?;
@@ -619,7 +643,8 @@ impl<'a> Stager<'a> {
     }
 
     /// Creates regular file `rel` from `content` (counting its bytes against the
-    /// limit), with permission bits `mode`, and fsyncs it.
+    /// limit), with permission bits `mode`, and keeps its hash. Not synced:
+    /// the caller syncs the whole tree once.
     fn write_file(
         &mut self,
         rel: &Path,
@@ -636,24 +661,122 @@ impl<'a> Stager<'a> {
             .open(&dst)
             .map_err(io_err("create file", &dst))?;
         let budget = self.limits.max_bytes.saturating_sub(self.bytes);
-        // A full disk shows up here (or at the fsync below) as ENOSPC: an Io error
-        // naming the file, after which `stage` removes the staging directory.
-        let copied =
-            copy_content(content, &mut file, budget.saturating_add(1)).map_err(|e| match e {
+        // A full disk shows up here (or at the caller's sync) as ENOSPC: an
+        // Io error naming the file, after which `stage` removes the staging
+        // directory.
+        let mut hashing = HashingReader::new(content);
+        let copied = copy_content(&mut hashing, &mut file, budget.saturating_add(1)).map_err(
+            |e| match e {
                 CopyError::Read(e) => self.read_failed(name, e),
                 CopyError::Write(e) => io_err("write file", &dst)(e),
-            })?;
+            },
+        )?;
         if copied > budget {
             return Err(self.over_size(name));
         }
         self.bytes += copied;
+        let hash = hashing.finish();
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err("set permissions of", &dst))?;
         if let Some(t) = mtime {
             // Best effort: keeping modification times helps caches, it is not required.
             let _ = file.set_modified(t);
         }
-        file.sync_all().map_err(io_err("fsync file", &dst))
+        drop(file);
+        self.hashes.insert(rel.to_path_buf(), hash);
+        Ok(())
+    }
+
+    /// For a directory source: when the release this one follows has `rel`
+    /// with the same size, mode and content as `file`, shares it and says
+    /// so; otherwise leaves `file` at its start for an ordinary copy.
+    fn share_unchanged_source(
+        &mut self,
+        rel: &Path,
+        name: &str,
+        file: &mut File,
+        size: u64,
+        mode: u32,
+        mtime: Option<SystemTime>,
+    ) -> Result<bool, ReleaseError> {
+        let Some(mut found) = self
+            .base
+            .as_ref()
+            .and_then(|b| b.candidate(rel, size, mode))
+        else {
+            return Ok(false);
+        };
+        if size > self.limits.max_bytes.saturating_sub(self.bytes) {
+            return Err(self.over_size(name));
+        }
+        let (hash, read) = super::share::hash_reader(file, size.saturating_add(1))
+            .map_err(|e| self.read_failed(name, e))?;
+        if read != size || hash != found.hash {
+            file.rewind().map_err(|e| self.read_failed(name, e))?;
+            return Ok(false);
+        }
+        self.place_shared(&mut found, rel, mode, mtime)?;
+        self.bytes += size;
+        self.hashes.insert(rel.to_path_buf(), hash);
+        Ok(true)
+    }
+
+    /// For an archive entry just written: when the release this one follows
+    /// has the same file, the copy gives way to the shared one.
+    fn share_unchanged_written(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        mtime: Option<SystemTime>,
+    ) -> Result<(), ReleaseError> {
+        let Some(hash) = self.hashes.get(rel).copied() else {
+            return Ok(());
+        };
+        let dst = self.staging.join(rel);
+        let size = fs::symlink_metadata(&dst)
+            .map_err(io_err("inspect", &dst))?
+            .len();
+        let Some(mut found) = self
+            .base
+            .as_ref()
+            .and_then(|b| b.candidate(rel, size, mode))
+        else {
+            return Ok(());
+        };
+        if found.hash != hash {
+            return Ok(());
+        }
+        fs::remove_file(&dst).map_err(io_err("replace", &dst))?;
+        self.place_shared(&mut found, rel, mode, mtime)
+    }
+
+    /// Puts the previous release's file at `rel` (see `share`).
+    fn place_shared(
+        &mut self,
+        found: &mut super::share::Candidate,
+        rel: &Path,
+        mode: u32,
+        mtime: Option<SystemTime>,
+    ) -> Result<(), ReleaseError> {
+        let dst = self.staging.join(rel);
+        let name = rel.file_name().unwrap_or_default();
+        let how = found
+            .share(name, &dst, self.limits.link_unchanged)
+            .map_err(io_err("share unchanged file as", &dst))?;
+        if how != Shared::HardLink {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&dst)
+                .map_err(io_err("open", &dst))?;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err("set permissions of", &dst))?;
+            if let Some(t) = mtime {
+                let _ = file.set_modified(t);
+            }
+        }
+        self.shared.0 += 1;
+        self.shared.1 += found.size;
+        Ok(())
     }
 
     /// Makes sure every parent of `rel` is a real directory inside the staging
@@ -784,6 +907,7 @@ impl<'a> Stager<'a> {
                     .ok()
                     .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
                 self.write_file(&rel, &name, &mut entry, mode, mtime)?;
+                self.share_unchanged_written(&rel, mode, mtime)?;
             } else if ty.is_dir() {
                 let mode = mode()?;
                 if !rel.as_os_str().is_empty() {
@@ -850,6 +974,9 @@ impl<'a> Stager<'a> {
                 let dst = self.staging.join(&rel);
                 fs::hard_link(self.staging.join(&target_rel), &dst)
                     .map_err(io_err("create hard link", &dst))?;
+                if let Some(h) = self.hashes.get(&target_rel).copied() {
+                    self.hashes.insert(rel, h);
+                }
             } else if ty.is_character_special() || ty.is_block_special() {
                 return Err(self.refuse(&name, "device files are not allowed in a release"));
             } else if ty.is_fifo() {
@@ -900,15 +1027,42 @@ impl<'a> Stager<'a> {
         Ok(())
     }
 
-    /// Gives every directory its final mode and fsyncs it, deepest first.
+    /// Gives every directory its final mode, deepest first (synced with the
+    /// rest of the tree by the caller).
     pub(super) fn finish_dirs(&self) -> Result<(), ReleaseError> {
         for (rel, mode) in self.dirs.iter().rev() {
             let p = self.staging.join(rel);
             let dir = File::open(&p).map_err(io_err("open directory", &p))?;
             dir.set_permissions(fs::Permissions::from_mode(*mode))
                 .map_err(io_err("set permissions of", &p))?;
-            dir.sync_all().map_err(io_err("fsync directory", &p))?;
         }
         Ok(())
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<'r> {
+    inner: &'r mut dyn Read,
+    hasher: sha2::Sha256,
+}
+
+impl<'r> HashingReader<'r> {
+    fn new(inner: &'r mut dyn Read) -> Self {
+        HashingReader {
+            inner,
+            hasher: sha2::Digest::new(),
+        }
+    }
+
+    fn finish(self) -> Hash {
+        sha2::Digest::finalize(self.hasher).into()
+    }
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
     }
 }

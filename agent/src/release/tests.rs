@@ -58,11 +58,17 @@ fn mode_of(p: &Path) -> u32 {
 }
 
 /// Names under releases/ starting with '.'.
+/// Hidden entries of `releases/` other than the file index of a release
+/// that exists: leftovers.
 fn hidden_entries(app: &AppDir) -> Vec<String> {
     fs::read_dir(app.releases_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
+        .filter(|n| {
+            !n.strip_prefix(share::INDEX_PREFIX)
+                .is_some_and(|v| app.releases_dir().join(v).is_dir())
+        })
         .collect()
 }
 
@@ -1188,4 +1194,181 @@ fn directories_below_the_source_are_never_reached_through_a_link() {
         ),
         "{err}"
     );
+}
+
+/// A source tree of three files (one large), a link and a directory.
+fn shareable_source(dir: &Path) {
+    fs::create_dir_all(dir.join("lib")).unwrap();
+    fs::write(dir.join("app.py"), "print('v1')\n").unwrap();
+    fs::write(dir.join("lib/big.bin"), vec![7u8; 300 * 1024]).unwrap();
+    fs::write(dir.join("run"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(dir.join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("lib/big.bin", dir.join("data")).unwrap();
+}
+
+/// Limits of an app with `link_unchanged = true`.
+fn linked() -> StageLimits {
+    StageLimits {
+        link_unchanged: true,
+        ..StageLimits::default()
+    }
+}
+
+fn ino(app: &AppDir, version: &str, rel: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(app.release_path(&v(version)).join(rel))
+        .unwrap()
+        .ino()
+}
+
+#[test]
+fn a_new_release_shares_its_unchanged_files_with_the_active_one() {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    let first = app.stage_opened(&src, None, &v("1"), &linked).unwrap();
+    assert_eq!(first.shared, (0, 0), "nothing to share with yet");
+    app.activate(&v("1")).unwrap();
+
+    // One file changed, one mode changed: the rest is the same inode.
+    fs::write(src.join("app.py"), "print('v2')\n").unwrap();
+    fs::set_permissions(src.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+    let second = app.stage_opened(&src, None, &v("2"), &linked).unwrap();
+    assert_eq!(second.shared, (1, 300 * 1024), "{second:?}");
+    assert_eq!(ino(&app, "1", "lib/big.bin"), ino(&app, "2", "lib/big.bin"));
+    assert_ne!(ino(&app, "1", "app.py"), ino(&app, "2", "app.py"));
+    assert_ne!(ino(&app, "1", "run"), ino(&app, "2", "run"));
+    assert_eq!(mode_of(&app.release_path(&v("2")).join("run")), 0o700);
+    assert_eq!(mode_of(&app.release_path(&v("1")).join("run")), 0o755);
+    assert_eq!(
+        fs::read_to_string(app.release_path(&v("2")).join("app.py")).unwrap(),
+        "print('v2')\n"
+    );
+    // The digest given is the tree's, whatever was shared.
+    assert_eq!(second.digest, tree_digest(&second.path).unwrap());
+    assert_eq!(first.digest, tree_digest(&first.path).unwrap());
+    assert_ne!(first.digest, second.digest);
+
+    // Without link_unchanged a file system without reflinks copies: never
+    // the same inode, the same bytes.
+    app.activate(&v("2")).unwrap();
+    let third = app
+        .stage_opened(&src, None, &v("3"), &StageLimits::default())
+        .unwrap();
+    assert_ne!(ino(&app, "2", "lib/big.bin"), ino(&app, "3", "lib/big.bin"));
+    assert_eq!(
+        fs::read(app.release_path(&v("3")).join("lib/big.bin")).unwrap(),
+        vec![7u8; 300 * 1024]
+    );
+    assert_eq!(third.digest, second.digest);
+    assert!(
+        hidden_entries(&app).is_empty(),
+        "{:?}",
+        hidden_entries(&app)
+    );
+}
+
+#[test]
+fn a_missing_or_stale_index_is_never_trusted() {
+    use std::os::unix::fs::MetadataExt;
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    app.stage(&src, &v("1"), &StageLimits::default()).unwrap();
+    app.activate(&v("1")).unwrap();
+    // Without an index the files are hashed: still shared.
+    fs::remove_file(app.releases_dir().join(".index-1")).unwrap();
+    app.stage(&src, &v("2"), &linked).unwrap();
+    assert_eq!(ino(&app, "1", "lib/big.bin"), ino(&app, "2", "lib/big.bin"));
+
+    // The active release changed in place, with the same size and
+    // modification time: its index no longer describes it, so it is not
+    // taken for the source's file.
+    app.activate(&v("1")).unwrap();
+    let old = app.release_path(&v("1")).join("lib/big.bin");
+    let mtime = fs::metadata(&old).unwrap().modified().unwrap();
+    let before = fs::metadata(&old).unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&old, vec![9u8; 300 * 1024]).unwrap();
+    File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(fs::metadata(&old).unwrap().len(), before.len());
+    assert_eq!(fs::metadata(&old).unwrap().mtime(), before.mtime());
+    app.stage(&src, &v("3"), &linked).unwrap();
+    assert_ne!(ino(&app, "1", "lib/big.bin"), ino(&app, "3", "lib/big.bin"));
+    assert_eq!(
+        fs::read(app.release_path(&v("3")).join("lib/big.bin")).unwrap(),
+        vec![7u8; 300 * 1024]
+    );
+    // A damaged index is no worse than none.
+    fs::write(
+        app.releases_dir().join(".index-1"),
+        b"garbage\0\xff\xfe 1 2\0",
+    )
+    .unwrap();
+    fs::write(&old, vec![7u8; 300 * 1024]).unwrap();
+    app.stage(&src, &v("4"), &linked).unwrap();
+    assert_eq!(ino(&app, "1", "lib/big.bin"), ino(&app, "4", "lib/big.bin"));
+}
+
+#[test]
+fn archives_share_their_unchanged_entries_too() {
+    let (tmp, app) = app();
+    let build = |body: &'static [u8]| {
+        move |b: &mut TarBuilder| {
+            for (name, data) in [("app.py", body), ("lib/big.bin", &[5u8; 200 * 1024][..])] {
+                let mut h = Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append_data(&mut h, name, data).unwrap();
+            }
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Link);
+            h.set_size(0);
+            h.set_cksum();
+            b.append_link(&mut h, "lib/same.bin", "lib/big.bin")
+                .unwrap();
+        }
+    };
+    let one = tmp.path().join("one.tar.gz");
+    let two = tmp.path().join("two.tar.zst");
+    write_archive(&one, build(b"v1"));
+    write_archive(&two, build(b"v2"));
+    let linked = linked();
+    app.stage(&one, &v("1"), &linked).unwrap();
+    app.activate(&v("1")).unwrap();
+    let staged = app.stage_opened(&two, None, &v("2"), &linked).unwrap();
+    assert_eq!(ino(&app, "1", "lib/big.bin"), ino(&app, "2", "lib/big.bin"));
+    assert_ne!(ino(&app, "1", "app.py"), ino(&app, "2", "app.py"));
+    assert_eq!(staged.digest, tree_digest(&staged.path).unwrap());
+    assert!(
+        hidden_entries(&app).is_empty(),
+        "{:?}",
+        hidden_entries(&app)
+    );
+}
+
+#[test]
+fn a_release_takes_its_index_with_it_and_orphans_are_leftovers() {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    app.stage(&src, &v("1"), &StageLimits::default()).unwrap();
+    app.stage(&src, &v("2"), &StageLimits::default()).unwrap();
+    let index = |n: &str| app.releases_dir().join(format!(".index-{n}"));
+    assert!(index("1").is_file() && index("2").is_file());
+    app.remove(&v("1")).unwrap();
+    assert!(!index("1").exists());
+    // An index left by a crash before its release was published.
+    fs::write(index("9"), b"").unwrap();
+    let removed = app.clean_leftovers().unwrap();
+    assert_eq!(removed, vec![index("9")]);
+    assert!(index("2").is_file());
 }

@@ -1,0 +1,260 @@
+//! What a new release shares with the one it follows: the file index kept
+//! beside each release (`releases/.index-<version>`: size, mode, inode,
+//! times and SHA-256 of every regular file, written when it is staged), the
+//! unchanged check (same size, mode and content hash) and the sharing
+//! itself: a reflink (`FICLONE`) where the file system has them, else a hard
+//! link when the app allows it (`link_unchanged`), else a kernel-side copy
+//! (`copy_file_range`).
+//!
+//! The index is a cache, never the truth: an entry whose file changed since
+//! (another size, inode, modification or change time) or that cannot be
+//! read is not trusted, and the file is hashed instead. Must never write
+//! into the previous release (only read it and link to it).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::stage::{open_below, open_file_below};
+use super::Version;
+
+/// Names of the index files in `releases/`: `.index-<version>`.
+pub(super) const INDEX_PREFIX: &str = ".index-";
+/// Largest index read (a release of 100,000 files has one of about 15 MiB).
+const MAX_INDEX: u64 = 64 * 1024 * 1024;
+
+/// A file's SHA-256.
+pub(super) type Hash = [u8; 32];
+
+/// What the index says of one regular file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Indexed {
+    pub hash: Hash,
+    pub size: u64,
+    pub mode: u32,
+    pub ino: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Indexed {
+    pub(super) fn of(meta: &fs::Metadata, hash: Hash) -> Self {
+        Indexed {
+            hash,
+            size: meta.len(),
+            mode: meta.mode() & 0o7777,
+            ino: meta.ino(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether `meta` is still the file this entry describes.
+    fn still(&self, meta: &fs::Metadata) -> bool {
+        let now = Indexed::of(meta, self.hash);
+        now == *self
+    }
+}
+
+/// The path of release `v`'s index.
+pub(super) fn index_path(releases: &Path, v: &Version) -> PathBuf {
+    releases.join(format!("{INDEX_PREFIX}{}", v.as_str()))
+}
+
+/// Reads an index; a missing or unreadable one is empty, a damaged record
+/// is skipped (nothing in it is trusted without a match on the file).
+pub(super) fn read_index(path: &Path) -> HashMap<PathBuf, Indexed> {
+    let mut bytes = Vec::new();
+    let read = File::open(path).and_then(|f| f.take(MAX_INDEX).read_to_end(&mut bytes));
+    if read.is_err() {
+        return HashMap::new();
+    }
+    bytes.split(|b| *b == 0).filter_map(parse_record).collect()
+}
+
+/// One record: `<hex sha256> <size> <mode> <ino> <mtime> <ctime> <path>`,
+/// times as `<seconds>.<nanoseconds>`.
+fn parse_record(rec: &[u8]) -> Option<(PathBuf, Indexed)> {
+    let mut parts = rec.splitn(7, |b| *b == b' ');
+    let mut field = || std::str::from_utf8(parts.next()?).ok().map(str::to_owned);
+    let hex = field()?;
+    let size = field()?.parse().ok()?;
+    let mode = u32::from_str_radix(&field()?, 8).ok()?;
+    let ino = field()?.parse().ok()?;
+    let time = |t: String| -> Option<(i64, i64)> {
+        let (s, ns) = t.split_once('.')?;
+        Some((s.parse().ok()?, ns.parse().ok()?))
+    };
+    let mtime = time(field()?)?;
+    let ctime = time(field()?)?;
+    let path = parts.next()?;
+    if path.is_empty() || hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    let entry = Indexed {
+        hash,
+        size,
+        mode,
+        ino,
+        mtime,
+        ctime,
+    };
+    Some((PathBuf::from(OsStr::from_bytes(path)), entry))
+}
+
+/// Writes an index in one piece: to `tmp`, renamed to `target` (made
+/// durable with the release by the caller's `syncfs`).
+pub(super) fn write_index(
+    tmp: &Path,
+    target: &Path,
+    entries: &[(PathBuf, Indexed)],
+) -> io::Result<()> {
+    let mut text = Vec::with_capacity(entries.len() * 160);
+    for (path, e) in entries {
+        write!(
+            text,
+            "{} {} {:o} {} {}.{} {}.{} ",
+            hex(&e.hash),
+            e.size,
+            e.mode,
+            e.ino,
+            e.mtime.0,
+            e.mtime.1,
+            e.ctime.0,
+            e.ctime.1
+        )?;
+        text.extend_from_slice(path.as_os_str().as_bytes());
+        text.push(0);
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(&text)?;
+    drop(f);
+    fs::rename(tmp, target)
+}
+
+/// Lower-case hex of a hash.
+pub(super) fn hex(hash: &Hash) -> String {
+    use std::fmt::Write as _;
+    hash.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The SHA-256 of everything `r` yields, at most `max` bytes (the count is
+/// returned too, so that the caller can tell a larger file).
+pub(super) fn hash_reader(r: &mut dyn Read, max: u64) -> io::Result<(Hash, u64)> {
+    let mut hasher = Sha256::new();
+    let n = io::copy(&mut r.take(max), &mut hasher)?;
+    Ok((hasher.finalize().into(), n))
+}
+
+/// How an unchanged file came into the new release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shared {
+    /// Its extents are the previous release's (`FICLONE`).
+    Reflink,
+    /// It is the previous release's inode (`link_unchanged`).
+    HardLink,
+    /// Copied in the kernel from the previous release.
+    Copy,
+}
+
+/// The release a new one follows, opened for reading.
+pub(super) struct Base {
+    root: File,
+    index: HashMap<PathBuf, Indexed>,
+}
+
+impl Base {
+    /// Release `v` in `releases/`, with its index (possibly empty).
+    pub(super) fn open(releases: &Path, v: &Version) -> Option<Base> {
+        let root = File::open(releases.join(v.as_str())).ok()?;
+        Some(Base {
+            root,
+            index: read_index(&index_path(releases, v)),
+        })
+    }
+
+    /// The previous release's `rel` when it is a regular file of `size`
+    /// bytes and permission bits `mode`: its open descriptor, its
+    /// directory's and its hash (from the index when the index still
+    /// describes it, else read now). `None` when it cannot be the same file.
+    pub(super) fn candidate(&self, rel: &Path, size: u64, mode: u32) -> Option<Candidate> {
+        let name = rel.file_name()?;
+        let dir = open_below(&self.root, rel.parent().unwrap_or(Path::new(""))).ok()?;
+        let mut file = open_file_below(&dir, name).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() != size || meta.mode() & 0o7777 != mode {
+            return None;
+        }
+        let hash = match self.index.get(rel).filter(|e| e.still(&meta)) {
+            Some(e) => e.hash,
+            None => hash_reader(&mut file, size.saturating_add(1)).ok()?.0,
+        };
+        Some(Candidate {
+            dir,
+            file,
+            hash,
+            size,
+        })
+    }
+}
+
+/// A file of the previous release that may be shared.
+pub(super) struct Candidate {
+    dir: OwnedFd,
+    file: File,
+    pub hash: Hash,
+    pub size: u64,
+}
+
+impl Candidate {
+    /// Puts this file at `dst` (which must not exist): a reflink, else a
+    /// hard link if `link_ok`, else a copy. The caller sets the mode and
+    /// times of a reflink or copy.
+    pub(super) fn share(&mut self, name: &OsStr, dst: &Path, link_ok: bool) -> io::Result<Shared> {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dst)?;
+        if !link_ok {
+            return Ok(
+                match crate::fsutil::clone_or_copy(&mut self.file, &mut out)? {
+                    true => Shared::Reflink,
+                    false => Shared::Copy,
+                },
+            );
+        }
+        if reflink_copy::reflink_file(&self.file, &out).is_ok() {
+            return Ok(Shared::Reflink);
+        }
+        drop(out);
+        fs::remove_file(dst)?;
+        nix::unistd::linkat(
+            self.dir.as_fd(),
+            name,
+            nix::fcntl::AT_FDCWD,
+            dst,
+            nix::fcntl::AtFlags::empty(),
+        )?;
+        Ok(Shared::HardLink)
+    }
+}
