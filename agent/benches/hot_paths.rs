@@ -9,6 +9,12 @@
 //! - plugin load: from the compiled-component cache (warm) vs compiling
 //!   (cold), for every plugin in target/plugins.
 //!
+//! - deploy (P9): staging a new version of a tree with one file changed
+//!   (`link_unchanged`), vs `cp -al` + the changed file + `sync`, and the
+//!   disk each takes; a first deploy of the tree vs `cp -a` + `sync`. The
+//!   tree is `BENCH_TREE_MIB` MiB in `BENCH_TREE_FILES` files (520 and
+//!   10,000; smaller for a quick run).
+//!
 //! Run with `make bench` (needs `make plugins` for the second one).
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -290,7 +296,123 @@ fn cache_load() {
     }
 }
 
+/// Bytes of the regular files and directories under `dir` whose inodes
+/// are not in `shared` (what `dir` added on disk), and its inodes.
+fn added_bytes(dir: &Path, shared: &std::collections::HashSet<u64>) -> (u64, Vec<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut inodes) = (0, Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            inodes.push(m.ino());
+            if !shared.contains(&m.ino()) {
+                bytes += m.blocks() * 512;
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+fn sh(script: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{script}");
+}
+
+fn deploy_tree() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (mib, files) = (
+        env("BENCH_TREE_MIB", 520),
+        env("BENCH_TREE_FILES", 10_000).max(1),
+    );
+    let per_file = (mib * 1024 * 1024 / files) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..files {
+        let sub = src.join(format!("d{:03}", i % 100));
+        std::fs::create_dir_all(&sub).unwrap();
+        let mut body = vec![(i % 251) as u8; per_file];
+        body[..8].copy_from_slice(&i.to_le_bytes());
+        std::fs::write(sub.join(format!("f{i}")), body).unwrap();
+    }
+    let changed = src.join("d000/f0");
+    let limits = rollback_agent::release::StageLimits {
+        link_unchanged: true,
+        ..Default::default()
+    };
+    let (mut ours_first, mut ours_next, mut cp_first, mut cp_next) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut ours_disk, mut cp_disk) = (0, 0);
+    for round in 0..3u8 {
+        std::fs::write(&changed, vec![round; per_file]).unwrap();
+        sh("sync");
+        let root = dir.path().join("app");
+        let app = AppDir::new(&root);
+        let (v1, v2) = (Version::parse("1").unwrap(), Version::parse("2").unwrap());
+        let t = Instant::now();
+        app.stage(&src, &v1, &limits).unwrap();
+        ours_first.push(t.elapsed());
+        app.activate(&v1).unwrap();
+        std::fs::write(&changed, vec![round + 100; per_file]).unwrap();
+        sh("sync");
+        let t = Instant::now();
+        app.stage(&src, &v2, &limits).unwrap();
+        ours_next.push(t.elapsed());
+        let (_, old) = added_bytes(&app.release_path(&v1), &Default::default());
+        ours_disk = added_bytes(&app.release_path(&v2), &old.into_iter().collect()).0;
+        std::fs::remove_dir_all(&root).unwrap();
+
+        let base = dir.path().join("cp");
+        std::fs::create_dir_all(&base).unwrap();
+        let (s, b) = (src.display(), base.display());
+        let t = Instant::now();
+        sh(&format!("cp -a {s} {b}/1 && sync"));
+        cp_first.push(t.elapsed());
+        let t = Instant::now();
+        sh(&format!(
+            "cp -al {b}/1 {b}/2 && rm {b}/2/d000/f0 && cp -a {s}/d000/f0 {b}/2/d000/f0 && sync"
+        ));
+        cp_next.push(t.elapsed());
+        let (_, old) = added_bytes(&base.join("1"), &Default::default());
+        cp_disk = added_bytes(&base.join("2"), &old.into_iter().collect()).0;
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+    let label = format!("{mib} MiB / {files} files");
+    report(
+        &format!("deploy, first ({label})"),
+        median(ours_first),
+        median(cp_first),
+        "cp -a + sync",
+    );
+    report(
+        "deploy, 1 file changed",
+        median(ours_next),
+        median(cp_next),
+        "cp -al + file + sync",
+    );
+    println!(
+        "{:<30} {:>10.1} KiB added   cp -al + file: {:>10.1} KiB added",
+        "deploy disk, 1 file changed",
+        ours_disk as f64 / 1024.0,
+        cp_disk as f64 / 1024.0
+    );
+}
+
 fn main() {
+    deploy_tree();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

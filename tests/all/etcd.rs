@@ -39,22 +39,31 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Starts the three members and waits until they are healthy.
+    /// Starts the three members and waits until they are healthy. A member
+    /// that exits at once (its port taken meanwhile by another test) makes
+    /// a new cluster on other ports, three times at most.
     pub fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut etcd = Etcd {
-            dir,
-            clients,
-            peers,
-            members: vec![None, None, None],
-        };
-        for i in 0..3 {
-            etcd.start_member(i, "new");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let dir = tempfile::tempdir().unwrap();
+            let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let mut etcd = Etcd {
+                dir,
+                clients,
+                peers,
+                members: vec![None, None, None],
+            };
+            for i in 0..3 {
+                etcd.start_member(i, "new");
+            }
+            match etcd.healthy_within(Duration::from_secs(60)) {
+                Ok(()) => return etcd,
+                Err(why) if tries < 3 && why.contains("exited") => continue,
+                Err(why) => panic!("etcd did not become healthy: {why}"),
+            }
         }
-        etcd.wait_healthy();
-        etcd
     }
 
     /// Starts member `i` (`state`: `new` or `existing`).
@@ -122,22 +131,47 @@ impl Etcd {
     }
 
     /// Waits until every running member answers `GET /health` with true.
-    pub fn wait_healthy(&self) {
-        let until = Instant::now() + Duration::from_secs(60);
+    pub fn wait_healthy(&mut self) {
+        if let Err(why) = self.healthy_within(Duration::from_secs(60)) {
+            panic!("etcd did not become healthy: {why}");
+        }
+    }
+
+    /// `wait_healthy`, or why not (a member that exited, with its log).
+    fn healthy_within(&mut self, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
         loop {
+            for i in 0..3 {
+                if let Some(Some(status)) = self.members[i]
+                    .as_mut()
+                    .map(|c| c.try_wait().ok().flatten())
+                {
+                    self.members[i] = None;
+                    return Err(format!("member m{i} exited ({status}): {}", self.log(i)));
+                }
+            }
             let all = (0..3)
                 .filter(|i| self.members[*i].is_some())
                 .all(|i| http_get(self.clients[i], "/health").contains("\"true\""));
             if all {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < until,
-                "etcd did not become healthy: see {}",
-                self.dir.path().display()
-            );
+            if Instant::now() >= until {
+                return Err(format!(
+                    "not within {limit:?}: {}",
+                    (0..3).map(|i| self.log(i)).collect::<Vec<_>>().join("\n")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last lines of member `i`'s log.
+    fn log(&self, i: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("m{i}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 }
 

@@ -281,7 +281,11 @@ fn metadata_retention_and_archive_formats() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort();
-    assert_eq!(on_disk, ["2", "4"], "the oldest release was pruned");
+    assert_eq!(
+        on_disk,
+        [".index-2", ".index-4", "2", "4"],
+        "the oldest release was pruned, its file index with it"
+    );
     let listed: Vec<String> = agent.json(&["releases", "shop"])["releases"]
         .as_array()
         .unwrap()
