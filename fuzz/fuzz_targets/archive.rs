@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 1000,
         max_bytes: 4 << 20,
         keep_modes: false,
+        link_unchanged: false,
     };
     match p.app.stage(&p.archive, &version, &limits) {
         Ok(_) => p.app.remove(&version).expect("the release can be removed"),
