@@ -537,29 +537,100 @@ impl Sandbox {
     }
 }
 
-/// Advances the engine's epoch while the host or any plugin it loaded is
-/// alive. Plugins hold the token too, so that a call still running while the
-/// host goes away keeps reaching its deadline (and yielding) instead of
+/// Advances the engine's epoch while a plugin call runs, and sleeps (no
+/// wake-ups at all) while none does. The thread lives while the host or any
+/// plugin it loaded is alive, and while a call still runs after they went,
+/// so that such a call keeps reaching its deadline (and yielding) instead of
 /// spinning forever on a worker thread.
 #[derive(Clone)]
 struct EpochTicker {
-    _alive: Arc<()>,
+    owners: Arc<TickerOwners>,
+}
+
+/// What the ticker thread waits on: calls in flight, whether every owner is
+/// gone, and (for tests) how often it ticked and whether it is parked.
+#[derive(Default)]
+struct TickerState {
+    calls: usize,
+    gone: bool,
+    ticks: u64,
+    parked: bool,
+}
+
+struct TickerShared {
+    state: std::sync::Mutex<TickerState>,
+    wake: std::sync::Condvar,
+}
+
+impl TickerShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TickerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Held by the host and its plugins; the last one dropped lets the thread end.
+struct TickerOwners(Arc<TickerShared>);
+
+impl Drop for TickerOwners {
+    fn drop(&mut self) {
+        self.0.lock().gone = true;
+        self.0.wake.notify_all();
+    }
+}
+
+/// One call in flight: the epoch advances while any exists.
+struct Ticking(Arc<TickerShared>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.lock().calls -= 1;
+    }
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> Result<EpochTicker, PluginError> {
-        let alive = Arc::new(());
-        let watch = Arc::downgrade(&alive);
+        let shared = Arc::new(TickerShared {
+            state: Default::default(),
+            wake: std::sync::Condvar::new(),
+        });
+        let thread = shared.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
-            .spawn(move || {
-                while watch.strong_count() > 0 {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+            .spawn(move || loop {
+                {
+                    let mut st = thread.lock();
+                    while st.calls == 0 && !st.gone {
+                        st.parked = true;
+                        st = thread.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    st.parked = false;
+                    if st.calls == 0 {
+                        return; // every owner is gone and no call runs
+                    }
+                    st.ticks += 1;
                 }
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
             })
             .map_err(|e| PluginError::Engine(format!("cannot start epoch thread: {e}")))?;
-        Ok(EpochTicker { _alive: alive })
+        Ok(EpochTicker {
+            owners: Arc::new(TickerOwners(shared)),
+        })
+    }
+
+    /// Marks a call in flight until the guard is dropped.
+    fn ticking(&self) -> Ticking {
+        let shared = self.owners.0.clone();
+        shared.lock().calls += 1;
+        shared.wake.notify_all();
+        Ticking(shared)
+    }
+
+    /// (ticks so far, whether the thread is parked): for tests.
+    #[cfg(test)]
+    fn observe(&self) -> (u64, bool) {
+        let st = self.owners.0.lock();
+        (st.ticks, st.parked)
     }
 }
 
@@ -625,7 +696,7 @@ impl Pre {
 /// A compiled plugin, ready to be instantiated per call.
 pub struct Plugin {
     pre: Pre,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
     path: PathBuf,
     digest: String,
     from_cache: bool,
@@ -834,7 +905,7 @@ impl PluginHost {
             path: path.to_path_buf(),
             digest,
             from_cache,
-            _ticker: self.ticker.clone(),
+            ticker: self.ticker.clone(),
         })
     }
 }
@@ -1042,6 +1113,8 @@ impl Plugin {
             Some(turn) => Some(turn.clone().lock_owned().await),
             None => None,
         };
+        // The epoch advances for this call's deadline only while it runs.
+        let _ticking = self.ticker.ticking();
         let started = Instant::now();
         let grants = sandbox.grants();
         let timeout = grants.timeout;
@@ -1224,4 +1297,42 @@ fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod ticker_tests {
+    use super::*;
+
+    fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_epoch_ticker_parks_while_no_call_runs() {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true);
+        let ticker = EpochTicker::start(Engine::new(&cfg).unwrap()).unwrap();
+        until("parked at start", || ticker.observe().1);
+        let idle = ticker.observe().0;
+        // A call in flight: it ticks.
+        let call = ticker.ticking();
+        until("ticks during a call", || ticker.observe().0 >= idle + 3);
+        // Two at once, one ends: it goes on ticking for the other.
+        let other = ticker.ticking();
+        drop(call);
+        let now = ticker.observe().0;
+        until("ticks for the other call", || ticker.observe().0 >= now + 3);
+        drop(other);
+        // None left: parked again, ticks no more while parked.
+        until("parked after the calls", || ticker.observe().1);
+        let parked = ticker.observe().0;
+        let clone = ticker.clone();
+        drop(ticker);
+        assert_eq!(clone.observe(), (parked, true));
+    }
 }
