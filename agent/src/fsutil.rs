@@ -1,6 +1,6 @@
 //! Small filesystem primitives shared by the modules that write to disk
 //! (`release`, `snapshot`, `watch`): directory fsync, unique temporary names, no-replace
-//! renames, tree removal.
+//! renames, tree removal, reflink-or-copy, the SHA-256 of a file's content.
 //!
 //! Must never decide anything: it returns `io::Result`s; callers name the
 //! operation and path with [`IoError`] (one error for every module's file
@@ -346,6 +346,27 @@ impl Drop for TempTree {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove a temporary directory");
         }
     }
+}
+
+/// A SHA-256.
+pub(crate) type Sha256Sum = [u8; 32];
+
+/// The SHA-256 of everything `r` yields, at most `max` bytes, and how many
+/// bytes that was (so that a caller can tell a file larger than it expects).
+pub(crate) fn sha256_of(r: &mut dyn io::Read, max: u64) -> io::Result<(Sha256Sum, u64)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let n = io::copy(&mut io::Read::take(r, max), &mut hasher)?;
+    Ok((hasher.finalize().into(), n))
+}
+
+/// Lower-case hex of a SHA-256.
+pub(crate) fn hex(sum: &Sha256Sum) -> String {
+    use std::fmt::Write as _;
+    sum.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Makes `dst` (empty, opened for writing) a copy of `src`: a reflink (shared

@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::release::{ReleaseError, Version};
 
@@ -516,20 +515,8 @@ fn copy_in(path: &Path, n: usize, tmp: &Path) -> Result<Entry, SnapshotError> {
 
 /// Size and sha256 (lowercase hex) of everything `r` yields.
 fn digest(r: &mut dyn Read) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, format!("{:x}", hasher.finalize())))
+    let (sum, total) = crate::fsutil::sha256_of(r, u64::MAX)?;
+    Ok((total, crate::fsutil::hex(&sum)))
 }
 
 /// Refuses `f` unless its content has the size and sha256 `entry` records.
@@ -831,6 +818,7 @@ mod tests {
     }
 
     fn sha_hex(data: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
         format!("{:x}", Sha256::digest(data))
     }
 

@@ -60,12 +60,7 @@ pub(super) async fn run(fleet: Arc<Fleet>) {
         // Cut off: local changes go to the outbox until the next session.
         let until = tokio::time::Instant::now() + backoff;
         while tokio::time::Instant::now() < until {
-            for (app, st) in statuses(&fleet) {
-                if last.get(&app) != Some(&st) {
-                    keep_in_outbox(&fleet, &app, &st);
-                    last.insert(app, st);
-                }
-            }
+            keep_changes(&fleet, &mut last);
             tokio::time::sleep(STATUS_EVERY).await;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -98,11 +93,7 @@ async fn session(
     // off, or while this session was being set up) is history the outbox
     // keeps; a first session has nothing to report.
     if !last.is_empty() {
-        for (app, st) in statuses(fleet) {
-            if last.get(&app) != Some(&st) {
-                keep_in_outbox(fleet, &app, &st);
-            }
-        }
+        keep_changes(fleet, last);
     }
     last.clear();
     publish(fleet, &mut client, lease, last).await?;
@@ -258,6 +249,17 @@ fn statuses(fleet: &Fleet) -> BTreeMap<String, HostApp> {
         );
     }
     out
+}
+
+/// Keeps in the outbox every status that differs from `last`, and makes it
+/// the last.
+fn keep_changes(fleet: &Fleet, last: &mut BTreeMap<String, HostApp>) {
+    for (app, st) in statuses(fleet) {
+        if last.get(&app) != Some(&st) {
+            keep_in_outbox(fleet, &app, &st);
+            last.insert(app, st);
+        }
+    }
 }
 
 fn keep_in_outbox(fleet: &Fleet, app: &str, st: &HostApp) {

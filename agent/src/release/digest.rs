@@ -13,14 +13,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::share::{hex, Hash, Indexed};
+use super::share::{hex, sha256_of, Hash, Indexed};
 use super::{io_err, ReleaseError};
 
 /// The digest of the tree at `root`, `sha256:<hex>`.
@@ -75,9 +74,9 @@ pub(super) fn digest_and_index(
                 Some(h) => *h,
                 None => {
                     let mut file = File::open(&path).map_err(io_err("open", &path))?;
-                    let mut hash = Sha256::new();
-                    io::copy(&mut file, &mut hash).map_err(io_err("read", &path))?;
-                    hash.finalize().into()
+                    sha256_of(&mut file, u64::MAX)
+                        .map_err(io_err("read", &path))?
+                        .0
                 }
             };
             index.push((rel_path, Indexed::of(&meta, hash)));

@@ -602,11 +602,7 @@ impl AppDir {
         fsync_dir(&releases)?;
         remove_tree(&trash).map_err(io_err("remove", &trash))?;
         let index = share::index_path(&releases, v);
-        match fs::remove_file(&index) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &index)(e)),
-        }
+        remove_tree(&index).map_err(io_err("remove", &index))?;
         fsync_dir(&releases)?;
         tracing::info!(version = %v, "release removed");
         Ok(())

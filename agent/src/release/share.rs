@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+pub(super) use crate::fsutil::{hex, sha256_of, Sha256Sum as Hash};
 
 use super::stage::{open_below, open_file_below};
 use super::Version;
@@ -29,9 +29,6 @@ use super::Version;
 pub(super) const INDEX_PREFIX: &str = ".index-";
 /// Largest index read (a release of 100,000 files has one of about 15 MiB).
 const MAX_INDEX: u64 = 64 * 1024 * 1024;
-
-/// A file's SHA-256.
-pub(super) type Hash = [u8; 32];
 
 /// What the index says of one regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,23 +145,6 @@ pub(super) fn write_index(
     fs::rename(tmp, target)
 }
 
-/// Lower-case hex of a hash.
-pub(super) fn hex(hash: &Hash) -> String {
-    use std::fmt::Write as _;
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// The SHA-256 of everything `r` yields, at most `max` bytes (the count is
-/// returned too, so that the caller can tell a larger file).
-pub(super) fn hash_reader(r: &mut dyn Read, max: u64) -> io::Result<(Hash, u64)> {
-    let mut hasher = Sha256::new();
-    let n = io::copy(&mut r.take(max), &mut hasher)?;
-    Ok((hasher.finalize().into(), n))
-}
-
 /// How an unchanged file came into the new release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Shared {
@@ -206,7 +186,7 @@ impl Base {
         }
         let hash = match self.index.get(rel).filter(|e| e.still(&meta)) {
             Some(e) => e.hash,
-            None => hash_reader(&mut file, size.saturating_add(1)).ok()?.0,
+            None => sha256_of(&mut file, size.saturating_add(1)).ok()?.0,
         };
         Some(Candidate {
             dir,

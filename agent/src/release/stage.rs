@@ -709,7 +709,7 @@ impl<'a> Stager<'a> {
         if size > self.limits.max_bytes.saturating_sub(self.bytes) {
             return Err(self.over_size(name));
         }
-        let (hash, read) = super::share::hash_reader(file, size.saturating_add(1))
+        let (hash, read) = super::share::sha256_of(file, size.saturating_add(1))
             .map_err(|e| self.read_failed(name, e))?;
         if read != size || hash != found.hash {
             file.rewind().map_err(|e| self.read_failed(name, e))?;
