@@ -587,7 +587,7 @@ impl Started {
             task.abort();
         }
         let _ = std::fs::remove_file(&config.agent.socket);
-        store.flush()?;
+        store.save_unsaved()?;
         Ok(())
     }
 }

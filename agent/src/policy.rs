@@ -7,9 +7,10 @@
 //! It is pure: results and instants in, a verdict out. No I/O, no clocks of
 //! its own, no knowledge of plugins or the disk, so that every rule is tested
 //! exhaustively with plain unit tests. Also which releases `keep_releases`
-//! prunes (`prune_plan`): versions in, versions out.
+//! prunes (`prune_plan`): versions in, versions out, and when a check
+//! result is worth a durable write (`save_check_now`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::release::Version;
 
@@ -290,11 +291,47 @@ pub fn prune_plan(
         .collect()
 }
 
+/// How long a check's unchanged outcome goes without a durable write.
+pub const CHECK_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a check result must be written durably now: its outcome differs
+/// from the one last written for that check (`saved`, `None` if never), or
+/// the app's check results were last written `CHECK_SAVE_EVERY` or more ago
+/// (`saved_at`, `None` if never). Otherwise it is kept in memory only: a
+/// passing check whose state did not change writes nothing.
+pub fn save_check_now(
+    saved: Option<Outcome>,
+    outcome: Outcome,
+    saved_at: Option<Instant>,
+    now: Instant,
+) -> bool {
+    saved != Some(outcome)
+        || saved_at.is_none_or(|at| now.saturating_duration_since(at) >= CHECK_SAVE_EVERY)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn a_check_result_is_written_on_a_change_of_outcome_or_once_a_minute() {
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        // Never written: written.
+        assert!(save_check_now(None, Pass, None, t0));
+        assert!(save_check_now(None, Pass, Some(t0), later(1)));
+        // Same outcome within the minute: kept in memory.
+        assert!(!save_check_now(Some(Pass), Pass, Some(t0), later(1)));
+        assert!(!save_check_now(Some(Fail), Fail, Some(t0), later(59)));
+        // A change of outcome, either way, at once.
+        assert!(save_check_now(Some(Pass), Fail, Some(t0), later(1)));
+        assert!(save_check_now(Some(Fail), Pass, Some(t0), later(1)));
+        assert!(save_check_now(Some(Pass), Inconclusive, Some(t0), later(1)));
+        // A minute without a write: written even if unchanged.
+        assert!(save_check_now(Some(Pass), Pass, Some(t0), later(60)));
+        assert!(save_check_now(Some(Pass), Pass, None, later(1)));
+    }
     use Outcome::*;
 
     fn run(fail_after: u32, outcomes: &[Outcome]) -> Health {

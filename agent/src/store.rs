@@ -170,6 +170,9 @@ pub struct Store {
     feed: crate::live::Feed,
     /// Whether writes fail, and the events waiting for them to work again.
     health: std::sync::Arc<Health>,
+    /// App records newer than their stored form, held in memory only (check
+    /// results that changed no outcome); reads see these first.
+    unsaved: std::sync::Arc<std::sync::Mutex<BTreeMap<String, App>>>,
 }
 
 /// Most events kept in memory while the store cannot be written.
@@ -275,6 +278,7 @@ impl Store {
             db,
             feed: crate::live::Feed::default(),
             health: Default::default(),
+            unsaved: Default::default(),
         })
     }
 
@@ -318,8 +322,23 @@ impl Store {
         Ok(())
     }
 
-    /// The app's record, if it was ever written.
+    /// Writes the records held only in memory ([`Store::keep_app`]) and
+    /// flushes (at shutdown).
+    pub fn save_unsaved(&self) -> Result<()> {
+        let unsaved = std::mem::take(&mut *lock(&self.unsaved));
+        for app in unsaved.values() {
+            let key = app.name.as_bytes();
+            self.apps
+                .insert(key, encode(key, &AppRow::from(app.clone()))?)?;
+        }
+        self.flush()
+    }
+
+    /// The app's record, if it was ever written (or kept).
     pub fn app(&self, name: &str) -> Result<Option<App>> {
+        if let Some(app) = lock(&self.unsaved).get(name) {
+            return Ok(Some(app.clone()));
+        }
         self.apps
             .get(name.as_bytes())?
             .map(|v| decode::<AppRow>(name.as_bytes(), &v).map(App::from))
@@ -328,19 +347,32 @@ impl Store {
 
     /// Every app record, by name.
     pub fn apps(&self) -> Result<Vec<App>> {
-        self.apps
+        let unsaved = lock(&self.unsaved).clone();
+        let mut apps: Vec<App> = self
+            .apps
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
                 decode::<AppRow>(&k, &v).map(App::from)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        for app in &mut apps {
+            if let Some(newer) = unsaved.get(&app.name) {
+                *app = newer.clone();
+            }
+        }
+        let stored: std::collections::BTreeSet<String> =
+            apps.iter().map(|a| a.name.clone()).collect();
+        apps.extend(unsaved.into_values().filter(|a| !stored.contains(&a.name)));
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(apps)
     }
 
     /// Writes the app's record durably.
     pub fn put_app(&self, mut app: App) -> Result<()> {
         app.updated_at_ms = now_ms();
         let key = app.name.as_bytes().to_vec();
+        lock(&self.unsaved).remove(&app.name);
         let row = AppRow::from(app);
         let r = (|| {
             self.apps.insert(&key, encode(&key, &row)?)?;
@@ -354,9 +386,17 @@ impl Store {
     /// Writes the app's record without waiting for the disk (for check results).
     pub fn put_app_lazy(&self, app: &App) -> Result<()> {
         let key = app.name.as_bytes();
+        lock(&self.unsaved).remove(&app.name);
         self.apps
             .insert(key, encode(key, &AppRow::from(app.clone()))?)?;
         Ok(())
+    }
+
+    /// Keeps the app's record in memory only: readers see it, nothing is
+    /// written (a check result that changed no outcome). The next
+    /// [`Store::put_app`] or [`Store::put_app_lazy`] of the app writes it.
+    pub fn keep_app(&self, app: &App) {
+        lock(&self.unsaved).insert(app.name.clone(), app.clone());
     }
 
     /// One release's record.
@@ -540,6 +580,63 @@ mod tests {
             EventKind::MarkedGood
         );
         assert!(s.app("other").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_kept_record_is_read_at_once_but_written_only_when_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = |summary: &str| CheckStatus {
+            outcome: Outcome::Pass,
+            summary: summary.into(),
+            at_ms: 1,
+            duration_ms: 1,
+            consecutive_failures: 0,
+            runs: 1,
+            http_retries: 0,
+            metrics: Default::default(),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut app = App::new("shop");
+            app.checks.insert("http".into(), pass("written"));
+            s.put_app(app.clone()).unwrap();
+            app.checks.insert("http".into(), pass("kept"));
+            s.keep_app(&app);
+            let mut other = App::new("cart");
+            other.checks.insert("http".into(), pass("kept"));
+            s.keep_app(&other);
+            // Readers see the newest record, stored or kept.
+            assert_eq!(
+                s.app("shop").unwrap().unwrap().checks["http"].summary,
+                "kept"
+            );
+            let names: Vec<_> = s.apps().unwrap().into_iter().map(|a| a.name).collect();
+            assert_eq!(names, ["cart", "shop"]);
+            s.flush().unwrap();
+        }
+        {
+            // Nothing kept reached the disk.
+            let s = Store::open(dir.path()).unwrap();
+            let app = s.app("shop").unwrap().unwrap();
+            assert_eq!(app.checks["http"].summary, "written");
+            assert!(s.app("cart").unwrap().is_none());
+            // A later write replaces what was kept; shutdown saves the rest.
+            let mut app2 = app.clone();
+            app2.checks.insert("http".into(), pass("kept again"));
+            s.keep_app(&app2);
+            s.put_app_lazy(&app).unwrap();
+            assert_eq!(
+                s.app("shop").unwrap().unwrap().checks["http"].summary,
+                "written"
+            );
+            s.keep_app(&app2);
+            s.save_unsaved().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.app("shop").unwrap().unwrap().checks["http"].summary,
+            "kept again"
+        );
     }
 
     #[test]

@@ -553,6 +553,10 @@ pub struct Supervisor {
     failure: Option<CommandError>,
     /// The check result being fed to the machine (its text and figures).
     report: Option<(CallReport, u64)>,
+    /// Each check's outcome as last written durably, and when check
+    /// results were last written (results in between stay in memory).
+    saved_outcomes: std::collections::BTreeMap<String, Outcome>,
+    checks_saved_at: Option<Instant>,
     /// The releases the current watch (its generation) tells its checks about.
     watch_info: Option<(u64, ReleaseInfo, Option<ReleaseInfo>)>,
     waiters: Vec<Reply<DeployOutcome>>,
@@ -722,6 +726,8 @@ impl Supervisor {
             source: None,
             failure: None,
             report: None,
+            saved_outcomes: Default::default(),
+            checks_saved_at: None,
             watch_info: None,
             waiters: Vec::new(),
             done_tx,
@@ -758,7 +764,20 @@ impl Supervisor {
             now_ms() + until.saturating_duration_since(Instant::now()).as_millis() as u64
         });
         crate::metrics::global().state(&self.cfg.name, self.rec.state.as_str());
-        self.store.put_app(self.rec.clone())
+        self.store.put_app(self.rec.clone())?;
+        self.checks_saved();
+        Ok(())
+    }
+
+    /// Notes that the record's check results as they are now were written.
+    fn checks_saved(&mut self) {
+        self.saved_outcomes = self
+            .rec
+            .checks
+            .iter()
+            .map(|(name, c)| (name.clone(), c.outcome))
+            .collect();
+        self.checks_saved_at = Some(Instant::now());
     }
 
     /// Bookkeeping after the disk already changed: a store that cannot be
@@ -1512,14 +1531,20 @@ impl Supervisor {
         );
         // While the store cannot be written, every result tries a durable
         // save: the first that works writes the queued events too.
+        let saved = self.saved_outcomes.get(&check.name).copied();
         let r = if self.store.unwritable().is_some() {
-            self.store.put_app(self.rec.clone())
+            self.store.put_app(self.rec.clone()).map(|()| true)
+        } else if crate::policy::save_check_now(
+            saved,
+            outcome,
+            self.checks_saved_at,
+            Instant::now(),
+        ) {
+            self.store.put_app_lazy(&self.rec).map(|()| true)
         } else {
-            self.store.put_app_lazy(&self.rec)
+            self.store.keep_app(&self.rec);
+            Ok(false)
         };
-        if let Err(e) = r {
-            tracing::error!(app = %self.cfg.name, "cannot record check result: {e}");
-        }
         let version = self.machine.watching().map(|w| w.0).unwrap_or_default();
         self.store
             .feed()
@@ -1532,6 +1557,11 @@ impl Supervisor {
                 at_ms,
                 duration_ms,
             ));
+        match r {
+            Ok(true) => self.checks_saved(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(app = %self.cfg.name, "cannot record check result: {e}"),
+        }
     }
 
     /// Removes the oldest releases beyond `keep_releases` (and their

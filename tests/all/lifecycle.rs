@@ -410,3 +410,57 @@ fn an_app_whose_state_cannot_be_repaired_does_not_stop_the_others() {
         "{kinds:?}"
     );
 }
+
+/// Name, length and modification time of every file of the state store.
+fn store_files(state: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![state.join("db")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_passing_check_whose_outcome_does_not_change_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    let state = dir.path().join("state");
+    let app = FakeApp::start(&root);
+    let agent = Agent::start_in(dir, &shop_config(app.port, "300ms", ""));
+    let good = example_release("1.0.0");
+    assert_eq!(agent.deploy(s(&good), "1.0.0", true).code, 0);
+    let runs = |s: &serde_json::Value| s["checks"]["health"]["runs"].as_u64().unwrap_or(0);
+    let first = agent.wait_for_status("healthy with a passing check", |s| {
+        s["state"] == "healthy" && s["checks"]["health"]["outcome"] == "pass" && runs(s) >= 2
+    });
+    // Marking the release good was written and flushed; from here on only
+    // unchanged passing results come.
+    let before = store_files(&state);
+    let seen = agent.wait_for_status("ten more passing runs", |s| runs(s) >= runs(&first) + 10);
+    // The results are visible at once, though not written.
+    assert_eq!(seen["checks"]["health"]["outcome"], "pass");
+    assert_eq!(
+        store_files(&state),
+        before,
+        "ten passing results with no change of outcome wrote to the store"
+    );
+
+    // A change of outcome is written at once.
+    set_health(&root, "1.0.0", 500);
+    agent.wait_for_status("a failing check", |s| {
+        s["checks"]["health"]["outcome"] == "fail"
+    });
+    wait_until("the failure written to the store", || {
+        store_files(&state) != before
+    });
+}
