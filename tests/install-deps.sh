@@ -4,7 +4,8 @@
 #          it imports (libprotobuf-dev, only recommended by the compiler),
 #          both used by etcd-client's build
 #   test:  the etcd binary for the fleet tests (Debian's etcd-server), taken
-#          out of its package into target/etcd so that no service starts
+#          out of its package into target/etcd so that no service starts;
+#          openssl, whose s_server is the HTTPS peer of the TLS tests
 # As root it installs them; otherwise it names the one command to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +43,12 @@ if [ "$want" = test ] && [ -z "${ETCD_BIN:-}" ] && ! command -v etcd >/dev/null 
     (cd target/etcd-download && apt-get update -qq && apt-get download -qq etcd-server)
     dpkg-deb -x target/etcd-download/etcd-server_*.deb target/etcd
     rm -rf target/etcd-download
+fi
+
+if [ "$want" = test ] && ! command -v openssl >/dev/null 2>&1; then
+    as_root "openssl (for the TLS tests)" "apt-get update && apt-get install -y openssl"
+    echo "installing openssl"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends openssl
 fi

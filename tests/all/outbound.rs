@@ -151,3 +151,137 @@ fn plain_http_needs_an_ip_a_loopback_name_or_an_http_rule() {
         "{out:?}"
     );
 }
+
+/// `openssl s_server -www` on 127.0.0.1 with a certificate for that
+/// address, signed by a fresh test CA (`ca`); killed on drop.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let done = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (Debian's openssl package)");
+    assert!(done.success(), "openssl {args:?}");
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca_args = ["req", "-x509", "-days", "2", "-subj", "/CN=test CA"];
+        let ca_out = ["-keyout", "ca.key", "-out", "ca.pem"];
+        openssl(d, &[&ca_args[..], &ec, &ca_out].concat());
+        let csr = [
+            "req",
+            "-new",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "csr.pem",
+        ];
+        openssl(d, &[&csr[..], &ec].concat());
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "csr.pem",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "cert.pem",
+            ],
+        );
+        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+        let port = free_port();
+        let child = std::process::Command::new("openssl")
+            .args(["s_server", "-www", "-quiet", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("s_server listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsServer {
+            child,
+            port,
+            ca: dir.path().join("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_is_verified_against_the_system_roots() {
+    let server = TlsServer::start();
+    let url = format!("https://127.0.0.1:{}/", server.port);
+    let hosts = [format!("127.0.0.1:{}", server.port)];
+    let run = |env: &[(&str, &str)]| {
+        plugin_test_with_env(
+            "http-probe",
+            &hosts,
+            &[("url", url.as_str())],
+            &[],
+            &[],
+            env,
+        )
+    };
+    // A certificate no root vouches for: the request never happens.
+    let out = run(&[]);
+    assert_ne!(
+        out.code, 0,
+        "an untrusted certificate was accepted: {out:?}"
+    );
+    let text = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(text.contains("certificate"), "{out:?}");
+    // The same server once its CA is a root (SSL_CERT_FILE names the
+    // system's roots): the check passes over TLS.
+    let ca = server.ca.display().to_string();
+    let out = run(&[("SSL_CERT_FILE", ca.as_str())]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

@@ -5,7 +5,7 @@
 //! `/health` stays 200 (1.1.0).
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,14 +66,6 @@ fn start_fake(log: &Path) -> (Py, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in the fake's first line {line:?}"));
     (Py(child), port)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` on 127.0.0.1:port, `None` while nothing listens.

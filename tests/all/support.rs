@@ -718,10 +718,16 @@ pub struct Ctl {
 }
 
 pub fn ctl_with(socket: &Path, args: &[&str]) -> Ctl {
+    ctl_with_env(socket, args, &[])
+}
+
+/// `ctl_with`, with these variables added to rollbackctl's environment.
+pub fn ctl_with_env(socket: &Path, args: &[&str], env: &[(&str, &str)]) -> Ctl {
     let out: Output = Command::new(ROLLBACKCTL)
         .arg("--socket")
         .arg(socket)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -742,6 +748,18 @@ pub fn plugin_test(
     secrets: &[(&str, &str)],
     extra: &[&str],
 ) -> Ctl {
+    plugin_test_with_env(name, hosts, config, secrets, extra, &[])
+}
+
+/// `plugin_test` with these variables added to its environment.
+pub fn plugin_test_with_env(
+    name: &str,
+    hosts: &[String],
+    config: &[(&str, &str)],
+    secrets: &[(&str, &str)],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Ctl {
     let mut args = vec![
         "plugin".to_string(),
         "test".to_string(),
@@ -760,7 +778,16 @@ pub fn plugin_test(
     }
     args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ctl_with(Path::new("/nonexistent/agent.sock"), &args)
+    ctl_with_env(Path::new("/nonexistent/agent.sock"), &args, env)
+}
+
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes `<dir>/src/<version>/` with `files` and returns its path.

@@ -469,7 +469,9 @@ impl Sandbox {
     ) -> Result<Arc<Sandbox>, PluginError> {
         // Redirects are followed by the host itself (`host::send`), which
         // checks each target and drops credentials across origins.
+        let tls = outbound::tls().map_err(PluginError::Http)?;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
             .referer(false)
             .dns_resolver(Arc::new(outbound::Resolver))

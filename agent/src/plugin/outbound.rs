@@ -7,14 +7,41 @@
 //! is followed (method, body, and the credentials a redirect to another
 //! origin loses), and a resolver that refuses names resolving only to
 //! link-local addresses (169.254.0.0/16, fe80::/10: cloud metadata services).
+//! Also the TLS settings every entry's client shares (`tls`): the system's
+//! CA roots are read and parsed once per agent, not once per entry.
 //!
 //! Must never let a guest choose a virtual host, a framing or a proxy, and
 //! never decide the allow-list itself (`url_allowed` does).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode};
+
+/// The TLS client settings of every plugin entry: the platform's CA roots
+/// (verified as reqwest's own platform verifier does), HTTP/1.1 only. Built
+/// on first use and shared: a system store is thousands of files, and
+/// reading it per entry made start-up cost grow with the entries.
+pub(super) fn tls() -> Result<rustls::ClientConfig, String> {
+    static TLS: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
+            .map_err(|e| format!("the system's CA certificates: {e}"))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    })
+    .clone()
+}
 
 /// Most headers a guest may set on one request.
 pub const MAX_HEADERS: usize = 64;
