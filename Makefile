@@ -51,6 +51,7 @@ fuzz:
 bench: plugins
 	tests/install-deps.sh test
 	$(CARGO) bench -p rollback-agent --bench hot_paths
+	$(CARGO) bench -p rollback-agent --bench agent
 	$(CARGO) bench -p rollback-agent --bench fleet
 
 ## ---------------------------------------------------------------------------

@@ -406,6 +406,10 @@ pub struct Started {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Most events one pruning pass removes before the next is scheduled (a
+/// pass holds a blocking thread, not the runtime).
+const PRUNE_BATCH: usize = 10_000;
+
 /// Brings the agent up, in start-up order, without a socket: a bad plugin
 /// refuses to start before the store is touched.
 pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> {
@@ -481,7 +485,8 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> 
         tasks.push(fleet.start());
         running.fleet = Some(fleet);
     }
-    // Events are kept `history_retention` (at least 30 days), then pruned.
+    // Events are kept `history_retention` (at least 30 days), then pruned,
+    // off the runtime and in bounded batches.
     let retention = config.agent.history_retention;
     tasks.push({
         let store = store.clone();
@@ -490,10 +495,32 @@ pub async fn start(config: Config, options: Options) -> anyhow::Result<Started> 
             loop {
                 every.tick().await;
                 let cutoff = crate::store::now_ms().saturating_sub(retention.as_millis() as u64);
-                match store.prune_events(cutoff) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "pruned old events"),
-                    Err(e) => tracing::error!("cannot prune events: {e}"),
+                let mut removed = 0;
+                loop {
+                    let store = store.clone();
+                    let pass = tokio::task::spawn_blocking(move || {
+                        store.prune_events(cutoff, PRUNE_BATCH)
+                    })
+                    .await;
+                    match pass {
+                        Ok(Ok(p)) => {
+                            removed += p.removed;
+                            if p.removed < PRUNE_BATCH {
+                                break;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!("cannot prune events: {e}");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!("event pruning failed: {e}");
+                            break;
+                        }
+                    }
+                }
+                if removed > 0 {
+                    tracing::info!(removed, "pruned old events");
                 }
             }
         })

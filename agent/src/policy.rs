@@ -10,7 +10,7 @@
 //! prunes (`prune_plan`): versions in, versions out, and when a check
 //! result is worth a durable write (`save_check_now`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::release::Version;
 
@@ -291,48 +291,36 @@ pub fn prune_plan(
         .collect()
 }
 
-/// How long a check's unchanged outcome goes without a durable write.
-pub const CHECK_SAVE_EVERY: Duration = Duration::from_secs(60);
-
-/// Whether a check result must be written durably now: its outcome differs
-/// from the one last written for that check (`saved`, `None` if never), or
-/// the app's check results were last written `CHECK_SAVE_EVERY` or more ago
-/// (`saved_at`, `None` if never). Otherwise it is kept in memory only: a
-/// passing check whose state did not change writes nothing.
-pub fn save_check_now(
-    saved: Option<Outcome>,
-    outcome: Outcome,
-    saved_at: Option<Instant>,
-    now: Instant,
-) -> bool {
+/// Whether a check result must be written durably now: only when its
+/// outcome differs from the one last written for that check (`saved`,
+/// `None` if never). A result that repeats the outcome is kept in memory:
+/// nothing reads the store while the agent is down, and a restarted agent
+/// runs every check again at once, so writing it would buy nothing.
+pub fn save_check_now(saved: Option<Outcome>, outcome: Outcome) -> bool {
     saved != Some(outcome)
-        || saved_at.is_none_or(|at| now.saturating_duration_since(at) >= CHECK_SAVE_EVERY)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use Outcome::*;
 
     #[test]
-    fn a_check_result_is_written_on_a_change_of_outcome_or_once_a_minute() {
-        let t0 = Instant::now();
-        let later = |s| t0 + Duration::from_secs(s);
-        // Never written: written.
-        assert!(save_check_now(None, Pass, None, t0));
-        assert!(save_check_now(None, Pass, Some(t0), later(1)));
-        // Same outcome within the minute: kept in memory.
-        assert!(!save_check_now(Some(Pass), Pass, Some(t0), later(1)));
-        assert!(!save_check_now(Some(Fail), Fail, Some(t0), later(59)));
-        // A change of outcome, either way, at once.
-        assert!(save_check_now(Some(Pass), Fail, Some(t0), later(1)));
-        assert!(save_check_now(Some(Fail), Pass, Some(t0), later(1)));
-        assert!(save_check_now(Some(Pass), Inconclusive, Some(t0), later(1)));
-        // A minute without a write: written even if unchanged.
-        assert!(save_check_now(Some(Pass), Pass, Some(t0), later(60)));
-        assert!(save_check_now(Some(Pass), Pass, None, later(1)));
+    fn a_check_result_is_written_only_on_a_change_of_outcome() {
+        assert!(save_check_now(None, Pass), "never written: written");
+        assert!(!save_check_now(Some(Pass), Pass));
+        assert!(!save_check_now(Some(Fail), Fail));
+        for (was, now) in [
+            (Pass, Fail),
+            (Fail, Pass),
+            (Pass, Inconclusive),
+            (Error, Warn),
+        ] {
+            assert!(save_check_now(Some(was), now), "{was:?} -> {now:?}");
+        }
     }
-    use Outcome::*;
 
     fn run(fail_after: u32, outcomes: &[Outcome]) -> Health {
         let mut t = CheckTracker::new(Rule::Consecutive(fail_after), OnError::Fail);

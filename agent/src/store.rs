@@ -126,6 +126,16 @@ row!(Release <-> ReleaseRow {
     commit, tag, message, digest
 } maps {});
 
+/// The most memory sled's page cache holds (its default is 1 GiB, which a
+/// long history filled): the agent's working set is its apps and the
+/// newest events, a small part of the log.
+const CACHE_BYTES: u64 = 8 << 20;
+
+/// How often sled's flusher makes unflushed writes (plugin kv, a check's
+/// change of outcome) durable: each round wakes a thread, and an idle agent
+/// should sleep; everything that must survive a crash is flushed at once.
+const FLUSH_EVERY_MS: u64 = 2_000;
+
 /// How long start-up waits for the database lock. Right after a `kill -9`
 /// of the agent the lock can still be held for a moment (the kill tests
 /// saw a restart refused about half the time without this wait).
@@ -139,6 +149,8 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
         let opened = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open();
         match opened {
             Err(sled::Error::Io(e)) if lock_held(&e) && std::time::Instant::now() < deadline => {
@@ -173,6 +185,15 @@ pub struct Store {
     /// App records newer than their stored form, held in memory only (check
     /// results that changed no outcome); reads see these first.
     unsaved: std::sync::Arc<std::sync::Mutex<BTreeMap<String, App>>>,
+}
+
+/// What one [`Store::prune_events`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events removed.
+    pub removed: usize,
+    /// Events read (those removed and, per app, the one that ended its pass).
+    pub read: usize,
 }
 
 /// Most events kept in memory while the store cannot be written.
@@ -478,51 +499,99 @@ impl Store {
         }
     }
 
+    /// Appends events durably, in order, with one flush; returns them with
+    /// their ids. For a batch (a history brought over from another store,
+    /// a benchmark's); `record` is the way for one event.
+    pub fn record_all(&self, mut events: Vec<Event>) -> Result<Vec<Event>> {
+        self.write_queued();
+        self.insert_events(&mut events, true)?;
+        Ok(events)
+    }
+
     /// Writes one event; `publish` it to the live feed once written.
     fn insert_event(&self, mut event: Event, publish: bool) -> Result<Event> {
+        self.insert_events(std::slice::from_mut(&mut event), publish)?;
+        Ok(event)
+    }
+
+    /// Writes `events` (giving each its id) and flushes once; `publish`
+    /// them to the live feed once written.
+    fn insert_events(&self, events: &mut [Event], publish: bool) -> Result<()> {
         let r = (|| {
-            event.id = self.db.generate_id()?;
-            let mut key = app_prefix(&event.app);
-            key.extend_from_slice(&event.id.to_be_bytes());
-            self.events.insert(&key, encode(&key, &event)?)?;
+            for event in events.iter_mut() {
+                event.id = self.db.generate_id()?;
+                let mut key = app_prefix(&event.app);
+                key.extend_from_slice(&event.id.to_be_bytes());
+                self.events.insert(&key, encode(&key, &*event)?)?;
+            }
             self.flush()
         })();
         self.wrote(r)?;
         if publish {
-            self.feed.publish(crate::live::LiveEvent::recorded(&event));
+            for event in events.iter() {
+                self.feed.publish(crate::live::LiveEvent::recorded(event));
+            }
         }
-        Ok(event)
+        Ok(())
     }
 
-    /// Writes queued events, oldest first, until one fails.
+    /// Writes queued events, oldest first, in one batch; all stay queued
+    /// if it fails.
     fn write_queued(&self) {
-        loop {
-            let Some(event) = lock(&self.health.queued).pop_front() else {
-                return;
-            };
-            // Published when it happened; only written now.
-            if self.insert_event(event.clone(), false).is_err() {
-                lock(&self.health.queued).push_front(event);
-                return;
+        let mut queued: Vec<Event> = lock(&self.health.queued).drain(..).collect();
+        if queued.is_empty() {
+            return;
+        }
+        // Published when they happened; only written now.
+        if self.insert_events(&mut queued, false).is_err() {
+            let mut q = lock(&self.health.queued);
+            for event in queued.into_iter().rev() {
+                q.push_front(event);
             }
         }
     }
 
-    /// Removes events older than `cutoff_ms` (any app); returns how many.
-    pub fn prune_events(&self, cutoff_ms: u64) -> Result<usize> {
-        let mut removed = 0;
-        for kv in self.events.iter() {
-            let (k, v) = kv?;
-            let event: Event = decode(&k, &v)?;
-            if event.at_ms < cutoff_ms {
-                self.events.remove(&k)?;
-                removed += 1;
-            }
+    /// Removes events older than `cutoff_ms` (any app), at most `budget` of
+    /// them. Incremental, never a scan of the whole log: an app's event ids
+    /// grow with time, so its oldest come first and its first event at or
+    /// after the cutoff ends its pass; the next app is found by seeking past
+    /// the last one's keys. It reads the events it removes and one more per
+    /// app. `Pruned::removed == budget` means there may be more.
+    pub fn prune_events(&self, cutoff_ms: u64, budget: usize) -> Result<Pruned> {
+        /// The one field pruning needs (the rest of an event is not decoded).
+        #[derive(Deserialize)]
+        struct At {
+            at_ms: u64,
         }
-        if removed > 0 {
+        let mut pruned = Pruned::default();
+        let mut from: Vec<u8> = Vec::new();
+        'apps: while let Some(first) = self.events.range(from.as_slice()..).next() {
+            let (key, _) = first?;
+            let Some(end) = key.iter().position(|b| *b == 0) else {
+                // Not an event key (never written by this store): step over it.
+                from = key.to_vec();
+                from.push(0);
+                continue;
+            };
+            for kv in self.events.scan_prefix(&key[..=end]) {
+                let (k, v) = kv?;
+                pruned.read += 1;
+                if decode::<At>(&k, &v)?.at_ms >= cutoff_ms {
+                    break;
+                }
+                if pruned.removed >= budget {
+                    break 'apps;
+                }
+                self.events.remove(&k)?;
+                pruned.removed += 1;
+            }
+            from = key[..end].to_vec();
+            from.push(1);
+        }
+        if pruned.removed > 0 {
             self.flush()?;
         }
-        Ok(removed)
+        Ok(pruned)
     }
 
     /// The app's events, newest first, at most `limit`.
@@ -742,11 +811,50 @@ mod tests {
             .unwrap();
         s.record(Event::new("other", Actor::agent(), EventKind::Activated))
             .unwrap();
-        assert_eq!(s.prune_events(2_000).unwrap(), 1);
+        assert_eq!(s.prune_events(2_000, 100).unwrap().removed, 1);
         let h = s.history("shop", 10).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].kind, EventKind::Activated);
-        assert_eq!(s.prune_events(2_000).unwrap(), 0);
+        assert_eq!(s.prune_events(2_000, 100).unwrap().removed, 0);
+    }
+
+    #[test]
+    fn pruning_reads_only_what_it_removes_and_one_event_per_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let at = |app: &str, at_ms| {
+            let mut e = Event::new(app, Actor::agent(), EventKind::CheckFailed);
+            e.at_ms = at_ms;
+            s.record(e).unwrap();
+        };
+        // "shop" is a prefix of "shop2": each is pruned on its own.
+        for app in ["cart", "shop", "shop2"] {
+            for t in 0..5 {
+                at(app, 1_000 + t);
+            }
+            for t in 0..200 {
+                at(app, 10_000 + t);
+            }
+        }
+        // A budget stops a pass early and the next goes on.
+        let first = s.prune_events(5_000, 7).unwrap();
+        assert_eq!(first.removed, 7);
+        let rest = s.prune_events(5_000, 100).unwrap();
+        assert_eq!(rest.removed, 8);
+        // 8 removed, then one recent event read for each of the 3 apps
+        // (600 recent events are never looked at).
+        assert!(rest.read <= 8 + 3, "{rest:?}");
+        for app in ["cart", "shop", "shop2"] {
+            assert_eq!(s.history(app, 1_000).unwrap().len(), 200, "{app}");
+        }
+        let none = s.prune_events(5_000, 100).unwrap();
+        assert_eq!(
+            none,
+            Pruned {
+                removed: 0,
+                read: 3
+            }
+        );
     }
 
     #[test]

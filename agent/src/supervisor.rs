@@ -553,10 +553,9 @@ pub struct Supervisor {
     failure: Option<CommandError>,
     /// The check result being fed to the machine (its text and figures).
     report: Option<(CallReport, u64)>,
-    /// Each check's outcome as last written durably, and when check
-    /// results were last written (results in between stay in memory).
+    /// Each check's outcome as last written durably (results that repeat
+    /// it stay in memory).
     saved_outcomes: std::collections::BTreeMap<String, Outcome>,
-    checks_saved_at: Option<Instant>,
     /// The releases the current watch (its generation) tells its checks about.
     watch_info: Option<(u64, ReleaseInfo, Option<ReleaseInfo>)>,
     waiters: Vec<Reply<DeployOutcome>>,
@@ -727,7 +726,6 @@ impl Supervisor {
             failure: None,
             report: None,
             saved_outcomes: Default::default(),
-            checks_saved_at: None,
             watch_info: None,
             waiters: Vec::new(),
             done_tx,
@@ -777,7 +775,6 @@ impl Supervisor {
             .iter()
             .map(|(name, c)| (name.clone(), c.outcome))
             .collect();
-        self.checks_saved_at = Some(Instant::now());
     }
 
     /// Bookkeeping after the disk already changed: a store that cannot be
@@ -1534,12 +1531,7 @@ impl Supervisor {
         let saved = self.saved_outcomes.get(&check.name).copied();
         let r = if self.store.unwritable().is_some() {
             self.store.put_app(self.rec.clone()).map(|()| true)
-        } else if crate::policy::save_check_now(
-            saved,
-            outcome,
-            self.checks_saved_at,
-            Instant::now(),
-        ) {
+        } else if crate::policy::save_check_now(saved, outcome) {
             self.store.put_app_lazy(&self.rec).map(|()| true)
         } else {
             self.store.keep_app(&self.rec);
