@@ -15,6 +15,10 @@
 //!   spawn to `READY=1`, RSS after a `history` query and its time, vs 1,000
 //!   events.
 //!
+//! - P1: `Activate` over the socket (a Varlink call, two releases in turn,
+//!   medians of interleaved rounds), vs a bare symlink + rename + fsync of
+//!   the directory.
+//!
 //! `BENCH_SECONDS` sets each measuring window (20; smaller for a quick run).
 //! Needs `make plugins` (http-probe). Run with `make bench`.
 
@@ -537,6 +541,62 @@ fn p8(server: &Server) {
     );
 }
 
+/// One Varlink call on a connected socket; its reply, without the NUL.
+fn call(s: &mut std::os::unix::net::UnixStream, method: &str, params: &str) -> String {
+    let msg = format!("{{\"method\":\"io.rollback.Agent.{method}\",\"parameters\":{params}}}\0");
+    s.write_all(msg.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        s.read_exact(&mut byte).unwrap();
+        if byte[0] == 0 {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    String::from_utf8(reply).unwrap()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn p1(server: &Server) {
+    let d = Daemon::start(|dir| {
+        let text = config(dir, 1, 0, "1h", server.port);
+        std::fs::create_dir_all(dir.join("apps/app0/releases/1.1.0")).unwrap();
+        text
+    });
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(d.dir.path().join("control.sock")).unwrap();
+    let bare_root = d.dir.path().join("bare");
+    std::fs::create_dir_all(&bare_root).unwrap();
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let v = if i % 2 == 0 { "1.1.0" } else { "1.0.0" };
+        let t = Instant::now();
+        let reply = call(
+            &mut sock,
+            "Activate",
+            &format!("{{\"app\":\"app0\",\"version\":\"{v}\"}}"),
+        );
+        ours.push(t.elapsed());
+        assert!(!reply.contains("\"error\""), "{reply}");
+        let t = Instant::now();
+        let tmp = bare_root.join("current.tmp");
+        std::os::unix::fs::symlink(format!("releases/{v}"), &tmp).unwrap();
+        std::fs::rename(&tmp, bare_root.join("current")).unwrap();
+        std::fs::File::open(&bare_root).unwrap().sync_all().unwrap();
+        bare.push(t.elapsed());
+    }
+    let (o, b) = (median(ours), median(bare));
+    println!(
+        "P1 Activate over the socket: {o:.1?}   symlink + rename + fsync: {b:.1?}   ratio {:.2}x   (goal: 1.5x)",
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
 fn main() {
     if std::env::var_os("BENCH_HTTP_SERVER").is_some() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -552,6 +612,7 @@ fn main() {
         return;
     }
     let server = Server::start();
+    p1(&server);
     start(&server);
     p7(&server);
     p6(&server);

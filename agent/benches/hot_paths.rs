@@ -348,6 +348,9 @@ fn deploy_tree() {
         body[..8].copy_from_slice(&i.to_le_bytes());
         std::fs::write(sub.join(format!("f{i}")), body).unwrap();
     }
+    // A build's output has settled by the time it is deployed: files changed
+    // within the last 2 s are never trusted from metadata alone.
+    std::thread::sleep(Duration::from_millis(2100));
     let changed = src.join("d000/f0");
     let limits = rollback_agent::release::StageLimits {
         link_unchanged: true,

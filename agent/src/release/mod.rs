@@ -157,6 +157,9 @@ pub struct Staged {
     pub digest: String,
     /// Files shared with the release it follows, and their bytes.
     pub shared: (u64, u64),
+    /// Bytes read from the source's regular files (a directory's files
+    /// unchanged since the last deploy from it are not read).
+    pub read: u64,
 }
 
 impl Default for StageLimits {
@@ -392,6 +395,19 @@ impl AppDir {
         v: &Version,
         limits: &StageLimits,
     ) -> Result<Staged, ReleaseError> {
+        self.stage_opened_at(source, opened, v, limits, std::time::SystemTime::now())
+    }
+
+    /// `stage_opened` at `now` (the clock that decides which source files
+    /// have settled long enough to be remembered for the next deploy).
+    pub(crate) fn stage_opened_at(
+        &self,
+        source: &Path,
+        opened: Option<fs::File>,
+        v: &Version,
+        limits: &StageLimits,
+        now: std::time::SystemTime,
+    ) -> Result<Staged, ReleaseError> {
         let kind = classify_source(source, opened.as_ref())?;
         self.ensure_layout()?;
         let target = self.release_path(v);
@@ -435,7 +451,7 @@ impl AppDir {
             .ok()
             .flatten()
             .and_then(|cur| share::Base::open(&releases, &cur));
-        let mut stager = Stager::new(staging.path(), limits, source, opened, kind, base);
+        let mut stager = Stager::new(staging.path(), limits, source, opened, kind, base, now);
         match kind {
             SourceKind::Dir => stager.copy_dir()?,
             SourceKind::Archive(codec) => stager.unpack(codec)?,
@@ -444,8 +460,14 @@ impl AppDir {
         stager.finish_dirs()?;
         let (digest, index) = digest::digest_and_index(staging.path(), &stager.hashes)?;
         let index_tmp = releases.join(format!("{STAGING_PREFIX}index-{v}"));
-        share::write_index(&index_tmp, &share::index_path(&releases, v), &index)
-            .map_err(io_err("write the file index", &index_tmp))?;
+        let sources = stager.sources.as_ref().map(|(dev, f)| (*dev, f.as_slice()));
+        share::write_index(
+            &index_tmp,
+            &share::index_path(&releases, v),
+            &index,
+            sources,
+        )
+        .map_err(io_err("write the file index", &index_tmp))?;
         // One sync of the file system instead of one per file: the tree and
         // its index are durable before the release is published.
         let synced = std::fs::File::open(staging.path())
@@ -454,7 +476,7 @@ impl AppDir {
             let _ = fs::remove_file(share::index_path(&releases, v));
             return Err(io_err("sync the file system of", staging.path())(e));
         }
-        let shared = stager.shared;
+        let (shared, read) = (stager.shared, stager.read);
         drop(stager);
         if let Err(e) = publish(staging.path(), &target, v) {
             let _ = fs::remove_file(share::index_path(&releases, v));
@@ -467,11 +489,12 @@ impl AppDir {
             return Err(e);
         }
         tracing::info!(version = %v, path = %target.display(), source = %source.display(),
-            shared_files = shared.0, shared_bytes = shared.1, "release staged");
+            shared_files = shared.0, shared_bytes = shared.1, read_bytes = read, "release staged");
         Ok(Staged {
             path: target,
             digest,
             shared,
+            read,
         })
     }
 

@@ -8,8 +8,14 @@
 //!
 //! The index is a cache, never the truth: an entry whose file changed since
 //! (another size, inode, modification or change time) or that cannot be
-//! read is not trusted, and the file is hashed instead. Must never write
-//! into the previous release (only read it and link to it).
+//! read is not trusted, and the file is hashed instead. The index of a
+//! release staged from a directory also says what that directory's files
+//! were when they were read (device, inode, size, mode, times, hash): the
+//! next deploy from it takes the hash of a source file whose metadata still
+//! match instead of reading it (the quick check of git and rsync; files
+//! changed less than `RACY` before a deploy are never remembered, since a
+//! later change within their times' granularity would not show). Must
+//! never write into the previous release (only read it and link to it).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -27,8 +33,15 @@ use super::Version;
 
 /// Names of the index files in `releases/`: `.index-<version>`.
 pub(super) const INDEX_PREFIX: &str = ".index-";
-/// Largest index read (a release of 100,000 files has one of about 15 MiB).
+/// Largest index read (a release of 100,000 files has one of about 30 MiB
+/// with its source's records).
 const MAX_INDEX: u64 = 64 * 1024 * 1024;
+/// The record that starts the source's part of an index: `source-files <dev>`.
+const SOURCE_MARK: &[u8] = b"source-files";
+/// How long before a deploy a source file must have last changed for the
+/// next deploy to trust its recorded hash (coarser than any file system's
+/// timestamp granularity).
+pub(super) const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the index says of one regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,15 +78,50 @@ pub(super) fn index_path(releases: &Path, v: &Version) -> PathBuf {
     releases.join(format!("{INDEX_PREFIX}{}", v.as_str()))
 }
 
+/// What an index file holds.
+#[derive(Debug, Default)]
+pub(super) struct IndexFile {
+    /// The release's regular files.
+    pub files: HashMap<PathBuf, Indexed>,
+    /// When it was staged from a directory: that directory's device and its
+    /// regular files as they were read.
+    pub sources: Option<(u64, HashMap<PathBuf, Indexed>)>,
+}
+
 /// Reads an index; a missing or unreadable one is empty, a damaged record
-/// is skipped (nothing in it is trusted without a match on the file).
-pub(super) fn read_index(path: &Path) -> HashMap<PathBuf, Indexed> {
+/// is skipped (nothing in it is trusted without a match on the file), and a
+/// damaged source mark drops the source's part.
+pub(super) fn read_index(path: &Path) -> IndexFile {
     let mut bytes = Vec::new();
     let read = File::open(path).and_then(|f| f.take(MAX_INDEX).read_to_end(&mut bytes));
+    let mut out = IndexFile::default();
     if read.is_err() {
-        return HashMap::new();
+        return out;
     }
-    bytes.split(|b| *b == 0).filter_map(parse_record).collect()
+    let mut in_sources = false;
+    for rec in bytes.split(|b| *b == 0) {
+        if let Some(rest) = rec.strip_prefix(SOURCE_MARK) {
+            in_sources = true;
+            out.sources = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|d| d.trim().parse().ok())
+                .map(|dev| (dev, HashMap::new()));
+            continue;
+        }
+        let Some((path, entry)) = parse_record(rec) else {
+            continue;
+        };
+        match (&mut out.sources, in_sources) {
+            (_, false) => {
+                out.files.insert(path, entry);
+            }
+            (Some((_, sources)), true) => {
+                sources.insert(path, entry);
+            }
+            (None, true) => {}
+        }
+    }
+    out
 }
 
 /// One record: `<hex sha256> <size> <mode> <ino> <mtime> <ctime> <path>`,
@@ -111,28 +159,41 @@ fn parse_record(rec: &[u8]) -> Option<(PathBuf, Indexed)> {
 }
 
 /// Writes an index in one piece: to `tmp`, renamed to `target` (made
-/// durable with the release by the caller's `syncfs`).
+/// durable with the release by the caller's `syncfs`); `sources`, the
+/// directory's device and files when the release came from one.
 pub(super) fn write_index(
     tmp: &Path,
     target: &Path,
     entries: &[(PathBuf, Indexed)],
+    sources: Option<(u64, &[(PathBuf, Indexed)])>,
 ) -> io::Result<()> {
-    let mut text = Vec::with_capacity(entries.len() * 160);
-    for (path, e) in entries {
-        write!(
-            text,
-            "{} {} {:o} {} {}.{} {}.{} ",
-            hex(&e.hash),
-            e.size,
-            e.mode,
-            e.ino,
-            e.mtime.0,
-            e.mtime.1,
-            e.ctime.0,
-            e.ctime.1
-        )?;
-        text.extend_from_slice(path.as_os_str().as_bytes());
+    let count = entries.len() + sources.map_or(0, |s| s.1.len());
+    let mut text = Vec::with_capacity(count * 160);
+    let records = |text: &mut Vec<u8>, entries: &[(PathBuf, Indexed)]| -> io::Result<()> {
+        for (path, e) in entries {
+            write!(
+                text,
+                "{} {} {:o} {} {}.{} {}.{} ",
+                hex(&e.hash),
+                e.size,
+                e.mode,
+                e.ino,
+                e.mtime.0,
+                e.mtime.1,
+                e.ctime.0,
+                e.ctime.1
+            )?;
+            text.extend_from_slice(path.as_os_str().as_bytes());
+            text.push(0);
+        }
+        Ok(())
+    };
+    records(&mut text, entries)?;
+    if let Some((dev, files)) = sources {
+        text.extend_from_slice(SOURCE_MARK);
+        write!(text, " {dev}")?;
         text.push(0);
+        records(&mut text, files)?;
     }
     let mut f = OpenOptions::new()
         .write(true)
@@ -159,7 +220,10 @@ pub(super) enum Shared {
 /// The release a new one follows, opened for reading.
 pub(super) struct Base {
     root: File,
-    index: HashMap<PathBuf, Indexed>,
+    index: IndexFile,
+    /// The directory of the last candidate: files come directory by
+    /// directory, so most lookups reuse it instead of walking the path.
+    last_dir: std::cell::RefCell<Option<(PathBuf, std::sync::Arc<OwnedFd>)>>,
 }
 
 impl Base {
@@ -169,6 +233,7 @@ impl Base {
         Some(Base {
             root,
             index: read_index(&index_path(releases, v)),
+            last_dir: Default::default(),
         })
     }
 
@@ -178,13 +243,24 @@ impl Base {
     /// describes it, else read now). `None` when it cannot be the same file.
     pub(super) fn candidate(&self, rel: &Path, size: u64, mode: u32) -> Option<Candidate> {
         let name = rel.file_name()?;
-        let dir = open_below(&self.root, rel.parent().unwrap_or(Path::new(""))).ok()?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let dir = {
+            let mut last = self.last_dir.borrow_mut();
+            match &*last {
+                Some((p, fd)) if p == parent => fd.clone(),
+                _ => {
+                    let fd = std::sync::Arc::new(open_below(&self.root, parent).ok()?);
+                    *last = Some((parent.to_path_buf(), fd.clone()));
+                    fd
+                }
+            }
+        };
         let mut file = open_file_below(&dir, name).ok()?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() || meta.len() != size || meta.mode() & 0o7777 != mode {
             return None;
         }
-        let hash = match self.index.get(rel).filter(|e| e.still(&meta)) {
+        let hash = match self.index.files.get(rel).filter(|e| e.still(&meta)) {
             Some(e) => e.hash,
             None => sha256_of(&mut file, size.saturating_add(1)).ok()?.0,
         };
@@ -197,9 +273,22 @@ impl Base {
     }
 }
 
+impl Base {
+    /// The hash of source file `rel` when the directory this release was
+    /// staged from had it with exactly these metadata (`meta`, read from
+    /// the open source file): the file has not changed since it was read.
+    pub(super) fn known_source(&self, rel: &Path, meta: &fs::Metadata) -> Option<Hash> {
+        let (dev, sources) = self.index.sources.as_ref()?;
+        if meta.dev() != *dev {
+            return None;
+        }
+        sources.get(rel).filter(|e| e.still(meta)).map(|e| e.hash)
+    }
+}
+
 /// A file of the previous release that may be shared.
 pub(super) struct Candidate {
-    dir: OwnedFd,
+    dir: std::sync::Arc<OwnedFd>,
     file: File,
     pub hash: Hash,
     pub size: u64,

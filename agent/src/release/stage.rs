@@ -15,11 +15,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::share::{Base, Hash, Shared};
+use super::share::{Base, Hash, Indexed, Shared};
 use super::*;
 
 /// Most symlinks followed while checking where a link inside a release leads.
@@ -442,6 +442,12 @@ pub(super) struct Stager<'a> {
     pub(super) hashes: HashMap<PathBuf, Hash>,
     /// Files shared with `base`, and their bytes.
     pub(super) shared: (u64, u64),
+    /// Bytes read from the source's regular files.
+    pub(super) read: u64,
+    /// A directory source's device and its regular files as they were read
+    /// (those settled before `settled_before`), for the next deploy.
+    pub(super) sources: Option<(u64, Vec<(PathBuf, Indexed)>)>,
+    settled_before: (i64, i64),
 }
 
 impl<'a> Stager<'a> {
@@ -452,7 +458,13 @@ impl<'a> Stager<'a> {
         opened: Option<File>,
         kind: SourceKind,
         base: Option<Base>,
+        now: SystemTime,
     ) -> Self {
+        let settled = now
+            .checked_sub(super::share::RACY)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let mut dirs = BTreeMap::new();
         dirs.insert(PathBuf::new(), 0o755);
         Stager {
@@ -468,6 +480,27 @@ impl<'a> Stager<'a> {
             base,
             hashes: HashMap::new(),
             shared: (0, 0),
+            read: 0,
+            sources: None,
+            settled_before: (settled.as_secs() as i64, i64::from(settled.subsec_nanos())),
+        }
+    }
+
+    /// Remembers source file `rel` (its metadata as read, its hash) for the
+    /// next deploy, unless it changed too recently to be trusted later.
+    fn remember_source(&mut self, rel: &Path, meta: &fs::Metadata) {
+        let Some((dev, files)) = self.sources.as_mut() else {
+            return;
+        };
+        let Some(hash) = self.hashes.get(rel) else {
+            return;
+        };
+        let entry = Indexed::of(meta, *hash);
+        if meta.dev() == *dev
+            && entry.mtime < self.settled_before
+            && entry.ctime < self.settled_before
+        {
+            files.push((rel.to_path_buf(), entry));
         }
     }
 
@@ -553,6 +586,7 @@ impl<'a> Stager<'a> {
         }
         self.dirs
             .insert(PathBuf::new(), meta.permissions().mode() & self.mode_mask());
+        self.sources = Some((meta.dev(), Vec::new()));
         let mut stack = vec![PathBuf::new()];
         while let Some(rel_dir) = stack.pop() {
             let src_dir = src_root.join(&rel_dir);
@@ -613,16 +647,17 @@ impl<'a> Stager<'a> {
                     }
                     let mode = meta.permissions().mode() & self.mode_mask();
                     let mtime = meta.modified().ok();
+                    let known = self.base.as_ref().and_then(|b| b.known_source(&rel, &meta));
                     if !self.share_unchanged_source(
                         &rel,
                         &name,
                         &mut file,
-                        meta.len(),
-                        mode,
-                        mtime,
+                        (meta.len(), mode, mtime),
+                        known,
                     )? {
                         self.write_file(&rel, &name, &mut file, mode, mtime)?;
                     }
+                    self.remember_source(&rel, &meta);
                 } else if kind == SFlag::S_IFLNK {
                     let target = nix::fcntl::readlinkat(dir.as_fd(), file_name.as_os_str())
                         .map_err(|e| io_err("read symlink", &src)(e.into()))?;
@@ -675,6 +710,7 @@ impl<'a> Stager<'a> {
             return Err(self.over_size(name));
         }
         self.bytes += copied;
+        self.read += copied;
         let hash = hashing.finish();
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_err("set permissions of", &dst))?;
@@ -689,15 +725,16 @@ impl<'a> Stager<'a> {
 
     /// For a directory source: when the release this one follows has `rel`
     /// with the same size, mode and content as `file`, shares it and says
-    /// so; otherwise leaves `file` at its start for an ordinary copy.
+    /// so; otherwise leaves `file` at its start for an ordinary copy. The
+    /// content is `known` (the hash the last deploy read, its metadata
+    /// unchanged since) or read and hashed now.
     fn share_unchanged_source(
         &mut self,
         rel: &Path,
         name: &str,
         file: &mut File,
-        size: u64,
-        mode: u32,
-        mtime: Option<SystemTime>,
+        (size, mode, mtime): (u64, u32, Option<SystemTime>),
+        known: Option<Hash>,
     ) -> Result<bool, ReleaseError> {
         let Some(mut found) = self
             .base
@@ -709,8 +746,15 @@ impl<'a> Stager<'a> {
         if size > self.limits.max_bytes.saturating_sub(self.bytes) {
             return Err(self.over_size(name));
         }
-        let (hash, read) = super::share::sha256_of(file, size.saturating_add(1))
-            .map_err(|e| self.read_failed(name, e))?;
+        let (hash, read) = match known {
+            Some(hash) => (hash, size),
+            None => {
+                let (hash, read) = super::share::sha256_of(file, size.saturating_add(1))
+                    .map_err(|e| self.read_failed(name, e))?;
+                self.read += read;
+                (hash, read)
+            }
+        };
         if read != size || hash != found.hash {
             file.rewind().map_err(|e| self.read_failed(name, e))?;
             return Ok(false);

@@ -1372,3 +1372,100 @@ fn a_release_takes_its_index_with_it_and_orphans_are_leftovers() {
     assert_eq!(removed, vec![index("9")]);
     assert!(index("2").is_file());
 }
+
+/// The size in bytes of `shareable_source`'s regular files.
+const SHAREABLE_BYTES: u64 = 12 + 300 * 1024 + 10;
+
+#[test]
+fn a_directory_deployed_again_is_read_only_where_it_changed() {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    // Staged "later": every source file has settled and is remembered.
+    let later = || std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    let first = app
+        .stage_opened_at(&src, None, &v("1"), &linked, later())
+        .unwrap();
+    assert_eq!(
+        first.read, SHAREABLE_BYTES,
+        "a first deploy reads everything"
+    );
+    app.activate(&v("1")).unwrap();
+
+    // Nothing changed: nothing is read, everything is shared.
+    let second = app
+        .stage_opened_at(&src, None, &v("2"), &linked, later())
+        .unwrap();
+    assert_eq!(second.read, 0, "{second:?}");
+    assert_eq!(second.shared.0, 3, "{second:?}");
+    assert_eq!(second.digest, first.digest);
+    app.activate(&v("2")).unwrap();
+
+    // One file rewritten with the same size and its old modification time:
+    // its change time gives it away and it alone is read (hashed to compare
+    // with the active release's, then copied), and the new bytes are what
+    // the release holds.
+    let old = fs::metadata(src.join("app.py"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(src.join("app.py"), "print('v3')\n").unwrap();
+    File::options()
+        .write(true)
+        .open(src.join("app.py"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let third = app
+        .stage_opened_at(&src, None, &v("3"), &linked, later())
+        .unwrap();
+    assert_eq!(third.read, 2 * 12, "{third:?}");
+    assert_eq!(
+        fs::read_to_string(app.release_path(&v("3")).join("app.py")).unwrap(),
+        "print('v3')\n"
+    );
+    assert_eq!(third.digest, tree_digest(&third.path).unwrap());
+    assert_ne!(third.digest, second.digest);
+}
+
+#[test]
+fn source_files_changed_just_before_a_deploy_are_read_again_next_time() {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    // Staged now: the files changed within the last moments, so the next
+    // deploy cannot trust their times and reads them again.
+    app.stage_opened(&src, None, &v("1"), &linked).unwrap();
+    app.activate(&v("1")).unwrap();
+    let second = app.stage_opened(&src, None, &v("2"), &linked).unwrap();
+    assert_eq!(second.read, SHAREABLE_BYTES, "{second:?}");
+    assert_eq!(second.shared.0, 3, "still shared, after reading");
+}
+
+#[test]
+fn a_damaged_source_index_only_costs_a_read() {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    let later = || std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    app.stage_opened_at(&src, None, &v("1"), &linked, later())
+        .unwrap();
+    app.activate(&v("1")).unwrap();
+    // A garbage device in the source mark: the source's part is dropped.
+    let index = app.releases_dir().join(".index-1");
+    let mut bytes = fs::read(&index).unwrap();
+    let mark = bytes
+        .windows(12)
+        .position(|w| w == b"source-files")
+        .unwrap();
+    bytes[mark + 13] = b'x';
+    fs::write(&index, &bytes).unwrap();
+    let second = app
+        .stage_opened_at(&src, None, &v("2"), &linked, later())
+        .unwrap();
+    assert_eq!(second.read, SHAREABLE_BYTES, "{second:?}");
+    assert_eq!(second.digest, tree_digest(&second.path).unwrap());
+}
