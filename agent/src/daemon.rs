@@ -81,7 +81,8 @@ impl Compiled {
         &self,
         store: &Store,
         turn: Option<Arc<tokio::sync::Mutex<()>>>,
-    ) -> anyhow::Result<Arc<Sandbox>> {
+        client: &crate::plugin::HttpClient,
+    ) -> Arc<Sandbox> {
         // Entries of one app that name the same kv_scope share one store
         // (e.g. two checks refreshing one rotating marketplace token).
         let space = match &self.entry.kv_scope {
@@ -105,10 +106,7 @@ impl Compiled {
             memory_limit: self.entry.memory_limit,
             max_response_bytes: self.entry.max_response_bytes,
         };
-        Ok(match turn {
-            Some(turn) => Sandbox::new_shared(grants, kv, turn)?,
-            None => Sandbox::new(grants, kv)?,
-        })
+        Sandbox::with_client(grants, kv, turn, client.clone())
     }
 
     fn view(&self) -> PluginView {
@@ -220,6 +218,8 @@ async fn compile(host: &Arc<PluginHost>, config: &Config) -> anyhow::Result<Vec<
 /// Gives each compiled entry its sandbox and groups them per app.
 fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
     let mut loaded: Loaded = BTreeMap::new();
+    // One HTTP client (one connection pool, one TLS setup) for every entry.
+    let client = crate::plugin::http_client()?;
     // One turn per (app, kv_scope): entries sharing a store run one at a time.
     let mut turns: BTreeMap<(&str, &str), Arc<tokio::sync::Mutex<()>>> = BTreeMap::new();
     for c in compiled {
@@ -228,7 +228,7 @@ fn load(compiled: &[Compiled], store: &Store) -> anyhow::Result<Loaded> {
             .kv_scope
             .as_deref()
             .map(|scope| turns.entry((c.app.as_str(), scope)).or_default().clone());
-        let sandbox = c.sandbox(store, turn)?;
+        let sandbox = c.sandbox(store, turn, &client);
         let (checks, hooks) = loaded.entry(c.app.clone()).or_default();
         match &c.role {
             Role::Check {

@@ -433,6 +433,30 @@ struct LogBudget {
     dropped: u32,
 }
 
+/// The HTTP client plugin requests go through: redirects left to the host
+/// (`host::send` checks each target and drops credentials across origins),
+/// no proxy, no referer, the resolver that refuses link-local targets, the
+/// shared TLS settings. Cheap to clone (one connection pool); what a
+/// request may do is decided per entry, before it is sent.
+#[derive(Clone)]
+pub struct HttpClient(reqwest::Client);
+
+/// Builds an [`HttpClient`]: one per agent (the daemon shares it between
+/// all entries), or one per sandbox built with [`Sandbox::new`].
+pub fn http_client() -> Result<HttpClient, PluginError> {
+    let tls = outbound::tls().map_err(PluginError::Http)?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .dns_resolver(Arc::new(outbound::Resolver))
+        .user_agent(concat!("rollback-agent/", env!("CARGO_PKG_VERSION")))
+        .no_proxy()
+        .build()
+        .map(HttpClient)
+        .map_err(|e| PluginError::Http(e.to_string()))
+}
+
 /// A plugin entry's grants plus what enforces them: the HTTP client (with
 /// the allow-list on redirects), its kv space and its log budget.
 pub struct Sandbox {
@@ -462,26 +486,17 @@ impl Sandbox {
         Sandbox::build(grants, kv, Some(turn))
     }
 
-    fn build(
+    /// `new` or `new_shared` (with a `turn`) with `client`, an
+    /// [`http_client`] shared by the entries of one agent.
+    pub fn with_client(
         grants: Grants,
         kv: Arc<dyn Kv>,
         turn: Option<Arc<tokio::sync::Mutex<()>>>,
-    ) -> Result<Arc<Sandbox>, PluginError> {
-        // Redirects are followed by the host itself (`host::send`), which
-        // checks each target and drops credentials across origins.
-        let tls = outbound::tls().map_err(PluginError::Http)?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .dns_resolver(Arc::new(outbound::Resolver))
-            .user_agent(concat!("rollback-agent/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| PluginError::Http(e.to_string()))?;
-        Ok(Arc::new(Sandbox {
+        client: HttpClient,
+    ) -> Arc<Sandbox> {
+        Arc::new(Sandbox {
             grants,
-            client,
+            client: client.0,
             kv,
             log_budget: Mutex::new(LogBudget {
                 window_start: Instant::now(),
@@ -489,7 +504,15 @@ impl Sandbox {
                 dropped: 0,
             }),
             turn,
-        }))
+        })
+    }
+
+    fn build(
+        grants: Grants,
+        kv: Arc<dyn Kv>,
+        turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    ) -> Result<Arc<Sandbox>, PluginError> {
+        Ok(Sandbox::with_client(grants, kv, turn, http_client()?))
     }
 
     /// The grants this sandbox enforces.
