@@ -97,13 +97,12 @@ fn status(active: &str, good: &str, rollout: Option<&str>, outcome: Option<Outco
 }
 
 async fn revision(client: &mut Client) -> i64 {
-    client
-        .get("/", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision()
+    let (got, _) = retry("revision", || {
+        let mut c = client.clone();
+        async move { c.get("/", None).await }
+    })
+    .await;
+    got.header().unwrap().revision()
 }
 
 /// An etcd call retried across a leader change or a dropped connection, as
@@ -264,10 +263,11 @@ async fn one_size(urls: &[String], n: usize) -> Figures {
     let mut read_bytes = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        let got = client
-            .get(keys.statuses(), Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let (got, _) = retry("bare read", || {
+            let (mut c, k) = (client.clone(), keys.statuses());
+            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await;
         reads.push(t.elapsed());
         read_bytes = got
             .kvs()
@@ -279,13 +279,11 @@ async fn one_size(urls: &[String], n: usize) -> Figures {
     let bare_read = reads[reads.len() / 2];
 
     // The simulated hosts answer their assignments as members do.
-    let mut watch = client
-        .watch(
-            keys.assignments("shop"),
-            Some(WatchOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let (mut watch, _) = retry("watch", || {
+        let (mut c, k) = (client.clone(), keys.assignments("shop"));
+        async move { c.watch(k, Some(WatchOptions::new().with_prefix())).await }
+    })
+    .await;
     let sim = {
         let (c, keys) = (client.clone(), keys.clone());
         tokio::spawn(async move {
@@ -361,14 +359,12 @@ async fn one_size(urls: &[String], n: usize) -> Figures {
     };
     let started = Instant::now();
     let k0 = keepalives.load(Ordering::Relaxed);
-    client
-        .put(
-            keys.rollout("shop"),
-            serde_json::to_vec(&rollout).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
+    let body = serde_json::to_vec(&rollout).unwrap();
+    retry("start the rollout", || {
+        let (mut c, k, v) = (client.clone(), keys.rollout("shop"), body.clone());
+        async move { c.put(k, v, None).await }
+    })
+    .await;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let (got, _) = retry("rollout", || {
@@ -404,13 +400,14 @@ async fn one_size(urls: &[String], n: usize) -> Figures {
     for lease in leases {
         let _ = client.lease_revoke(lease).await;
     }
-    client
-        .delete(
-            keys.all(),
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    retry("clean up", || {
+        let (mut c, k) = (client.clone(), keys.all());
+        async move {
+            c.delete(k, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                .await
+        }
+    })
+    .await;
     Figures {
         hosts: n,
         rollout: took,
