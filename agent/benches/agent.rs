@@ -222,29 +222,8 @@ impl Daemon {
         out.stdout
     }
 
-    /// Waits until each of `checks` checks has a result (its first outcome,
-    /// which is written, falls before any window).
-    fn wait_all_ran(&self, checks: usize) {
-        loop {
-            let v: serde_json::Value =
-                serde_json::from_slice(&self.ctl(&["status", "--json"])).unwrap();
-            let ran = v["apps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a["checks"].as_object().into_iter().flatten())
-                .filter(|(_, c)| c["runs"].as_u64().unwrap_or(0) > 0)
-                .count();
-            if ran >= checks {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// How many check runs the agent has done, summed over apps and checks
-    /// (`rollbackctl status --json`).
-    fn runs(&self) -> u64 {
+    /// The run count of every check of every app (`rollbackctl status --json`).
+    fn check_runs(&self) -> Vec<u64> {
         let v: serde_json::Value =
             serde_json::from_slice(&self.ctl(&["status", "--json"])).unwrap();
         v["apps"]
@@ -253,7 +232,20 @@ impl Daemon {
             .flatten()
             .flat_map(|a| a["checks"].as_object().into_iter().flatten())
             .map(|(_, c)| c["runs"].as_u64().unwrap_or(0))
-            .sum()
+            .collect()
+    }
+
+    /// Waits until each of `checks` checks has a result (its first outcome,
+    /// which is written, falls before any window).
+    fn wait_all_ran(&self, checks: usize) {
+        while self.check_runs().iter().filter(|r| **r > 0).count() < checks {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// How many check runs the agent has done, summed over apps and checks.
+    fn runs(&self) -> u64 {
+        self.check_runs().iter().sum()
     }
 }
 

@@ -348,9 +348,7 @@ impl Store {
     pub fn save_unsaved(&self) -> Result<()> {
         let unsaved = std::mem::take(&mut *lock(&self.unsaved));
         for app in unsaved.values() {
-            let key = app.name.as_bytes();
-            self.apps
-                .insert(key, encode(key, &AppRow::from(app.clone()))?)?;
+            self.put_app_lazy(app)?;
         }
         self.flush()
     }
@@ -368,25 +366,18 @@ impl Store {
 
     /// Every app record, by name.
     pub fn apps(&self) -> Result<Vec<App>> {
-        let unsaved = lock(&self.unsaved).clone();
-        let mut apps: Vec<App> = self
+        let mut apps: BTreeMap<String, App> = self
             .apps
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                decode::<AppRow>(&k, &v).map(App::from)
+                let app = App::from(decode::<AppRow>(&k, &v)?);
+                Ok((app.name.clone(), app))
             })
             .collect::<Result<_>>()?;
-        for app in &mut apps {
-            if let Some(newer) = unsaved.get(&app.name) {
-                *app = newer.clone();
-            }
-        }
-        let stored: std::collections::BTreeSet<String> =
-            apps.iter().map(|a| a.name.clone()).collect();
-        apps.extend(unsaved.into_values().filter(|a| !stored.contains(&a.name)));
-        apps.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(apps)
+        // Kept records are newer than their stored form (or have none yet).
+        apps.extend(lock(&self.unsaved).clone());
+        Ok(apps.into_values().collect())
     }
 
     /// Writes the app's record durably.
@@ -500,8 +491,8 @@ impl Store {
     }
 
     /// Appends events durably, in order, with one flush; returns them with
-    /// their ids. For a batch (a history brought over from another store,
-    /// a benchmark's); `record` is the way for one event.
+    /// their ids. For a batch (the agent benchmark fills a history with
+    /// it); `record` is the way for one event.
     pub fn record_all(&self, mut events: Vec<Event>) -> Result<Vec<Event>> {
         self.write_queued();
         self.insert_events(&mut events, true)?;

@@ -271,9 +271,7 @@ impl Base {
             size,
         })
     }
-}
 
-impl Base {
     /// The hash of source file `rel` when the directory this release was
     /// staged from had it with exactly these metadata (`meta`, read from
     /// the open source file): the file has not changed since it was read.

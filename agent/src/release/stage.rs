@@ -712,12 +712,7 @@ impl<'a> Stager<'a> {
         self.bytes += copied;
         self.read += copied;
         let hash = hashing.finish();
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("set permissions of", &dst))?;
-        if let Some(t) = mtime {
-            // Best effort: keeping modification times helps caches, it is not required.
-            let _ = file.set_modified(t);
-        }
+        set_mode_and_time(&file, &dst, mode, mtime)?;
         drop(file);
         self.hashes.insert(rel.to_path_buf(), hash);
         Ok(())
@@ -812,11 +807,7 @@ impl<'a> Stager<'a> {
                 .write(true)
                 .open(&dst)
                 .map_err(io_err("open", &dst))?;
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(io_err("set permissions of", &dst))?;
-            if let Some(t) = mtime {
-                let _ = file.set_modified(t);
-            }
+            set_mode_and_time(&file, &dst, mode, mtime)?;
         }
         self.shared.0 += 1;
         self.shared.1 += found.size;
@@ -1082,6 +1073,23 @@ impl<'a> Stager<'a> {
         }
         Ok(())
     }
+}
+
+/// Gives a staged file (open for writing, at `dst`) its permission bits and,
+/// best effort, its modification time (keeping it helps caches; it is not
+/// required).
+fn set_mode_and_time(
+    file: &File,
+    dst: &Path,
+    mode: u32,
+    mtime: Option<SystemTime>,
+) -> Result<(), ReleaseError> {
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err("set permissions of", dst))?;
+    if let Some(t) = mtime {
+        let _ = file.set_modified(t);
+    }
+    Ok(())
 }
 
 /// A reader that hashes what passes through it.

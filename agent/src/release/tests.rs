@@ -1373,6 +1373,11 @@ fn a_release_takes_its_index_with_it_and_orphans_are_leftovers() {
     assert!(index("2").is_file());
 }
 
+/// A clock past the moment every file just written has settled.
+fn later() -> std::time::SystemTime {
+    std::time::SystemTime::now() + std::time::Duration::from_secs(10)
+}
+
 /// The size in bytes of `shareable_source`'s regular files.
 const SHAREABLE_BYTES: u64 = 12 + 300 * 1024 + 10;
 
@@ -1383,7 +1388,6 @@ fn a_directory_deployed_again_is_read_only_where_it_changed() {
     shareable_source(&src);
     let linked = linked();
     // Staged "later": every source file has settled and is remembered.
-    let later = || std::time::SystemTime::now() + std::time::Duration::from_secs(10);
     let first = app
         .stage_opened_at(&src, None, &v("1"), &linked, later())
         .unwrap();
@@ -1450,7 +1454,6 @@ fn a_damaged_source_index_only_costs_a_read() {
     let src = tmp.path().join("src");
     shareable_source(&src);
     let linked = linked();
-    let later = || std::time::SystemTime::now() + std::time::Duration::from_secs(10);
     app.stage_opened_at(&src, None, &v("1"), &linked, later())
         .unwrap();
     app.activate(&v("1")).unwrap();
