@@ -15,11 +15,17 @@
 //!   spawn to `READY=1`, RSS after a `history` query and its time, vs 1,000
 //!   events.
 //!
+//! - P2: a release whose check fails (every 50 ms, `fail_after = 3`):
+//!   from the moment the server wrote the 3rd failing answer to `current`
+//!   naming the previous release again (medians of rounds), vs a bare
+//!   symlink + rename + fsync of the directory.
+//!
 //! - P1: `Activate` over the socket (a Varlink call, two releases in turn,
 //!   medians of interleaved rounds), vs a bare symlink + rename + fsync of
 //!   the directory.
 //!
-//! `BENCH_SECONDS` sets each measuring window (20; smaller for a quick run).
+//! `BENCH_SECONDS` sets each measuring window (20; smaller for a quick run);
+//! `BENCH_ONLY` (e.g. `P1,P2`) runs only the rows it names.
 //! Needs `make plugins` (http-probe). Run with `make bench`.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -29,15 +35,27 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const ROLLBACKD: &str = env!("CARGO_BIN_EXE_rollbackd");
 const ROLLBACKCTL: &str = env!("CARGO_BIN_EXE_rollbackctl");
 
-/// Answers `GET` with a small 200 on kept-alive connections (a thread each).
-fn serve(listener: TcpListener) -> ! {
+/// What the server answers: 200, or 503 while `failing` (noting when each
+/// 503 was written, for P2).
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    failed_at: Mutex<Vec<Instant>>,
+}
+
+/// Answers `GET` with a small 200 (or 503, see [`Health`]) on kept-alive
+/// connections (a thread each).
+fn serve(listener: TcpListener, health: Arc<Health>) -> ! {
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
+        let health = health.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             let mut have = Vec::new();
@@ -49,13 +67,21 @@ fn serve(listener: TcpListener) -> ! {
                 have.extend_from_slice(&buf[..n]);
                 while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
                     have.drain(..end + 4);
-                    let body = "{\"status\":\"ok\"}";
+                    let failing = health.failing.load(Ordering::SeqCst);
+                    let (status, body) = if failing {
+                        ("503 Service Unavailable", "{\"status\":\"down\"}")
+                    } else {
+                        ("200 OK", "{\"status\":\"ok\"}")
+                    };
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     if s.write_all(reply.as_bytes()).is_err() {
                         return;
+                    }
+                    if failing {
+                        health.failed_at.lock().unwrap().push(Instant::now());
                     }
                 }
             }
@@ -575,16 +601,99 @@ fn p1(server: &Server) {
         );
         ours.push(t.elapsed());
         assert!(!reply.contains("\"error\""), "{reply}");
-        let t = Instant::now();
-        let tmp = bare_root.join("current.tmp");
-        std::os::unix::fs::symlink(format!("releases/{v}"), &tmp).unwrap();
-        std::fs::rename(&tmp, bare_root.join("current")).unwrap();
-        std::fs::File::open(&bare_root).unwrap().sync_all().unwrap();
-        bare.push(t.elapsed());
+        bare.push(bare_swap(&bare_root, &format!("releases/{v}")));
     }
     let (o, b) = (median(ours), median(bare));
     println!(
         "P1 Activate over the socket: {o:.1?}   symlink + rename + fsync: {b:.1?}   ratio {:.2}x   (goal: 1.5x)",
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+/// The bare swap of P1 and P2's baseline: symlink, rename over
+/// `current`, fsync of the directory.
+fn bare_swap(root: &Path, target: &str) -> Duration {
+    let t = Instant::now();
+    let tmp = root.join("current.tmp");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, root.join("current")).unwrap();
+    std::fs::File::open(root).unwrap().sync_all().unwrap();
+    t.elapsed()
+}
+
+fn current(root: &Path) -> PathBuf {
+    std::fs::read_link(root.join("current")).unwrap()
+}
+
+/// Polls `current` (every 100 µs) until it names `target`; when it did.
+fn wait_current(root: &Path, target: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if current(root) == Path::new(target) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "current never named {target}");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn p2() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let health = Arc::new(Health::default());
+    let served = health.clone();
+    std::thread::spawn(move || serve(listener, served));
+    let d = Daemon::start(|dir| {
+        let root = dir.join("apps/app0");
+        std::fs::create_dir_all(root.join("releases/1.0.0")).unwrap();
+        std::os::unix::fs::symlink("releases/1.0.0", root.join("current")).unwrap();
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/app.txt"), "v").unwrap();
+        format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nsocket = \"{0}/control.sock\"\n\n\
+             [apps.app0]\nroot = \"{1}\"\nbake = \"1h\"\n\n\
+             [[apps.app0.checks]]\nname = \"c0\"\nplugin = \"{2}\"\ninterval = \"50ms\"\nfail_after = 3\n\
+             allow_hosts = [\"127.0.0.1:{port}\"]\nconfig = {{ url = \"http://127.0.0.1:{port}/health\" }}\n",
+            dir.display(),
+            root.display(),
+            http_probe().display()
+        )
+    });
+    let root = d.dir.path().join("apps/app0");
+    let src = d.dir.path().join("src");
+    let bare_root = d.dir.path().join("bare");
+    std::fs::create_dir_all(&bare_root).unwrap();
+    let rounds = 10;
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for i in 1..=rounds {
+        health.failing.store(false, Ordering::SeqCst);
+        health.failed_at.lock().unwrap().clear();
+        let version = format!("1.{i}.0");
+        // `--wait` returns once the bake is decided: here, rolled back.
+        let mut deploy = Command::new(ROLLBACKCTL)
+            .arg("--socket")
+            .arg(d.dir.path().join("control.sock"))
+            .args(["deploy", "app0"])
+            .arg(&src)
+            .args(["--version", &version, "--wait"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_current(&root, &format!("releases/{version}"));
+        health.failing.store(true, Ordering::SeqCst);
+        let swapped = wait_current(&root, "releases/1.0.0");
+        // The release rolled back to is healthy again at once.
+        health.failing.store(false, Ordering::SeqCst);
+        let third = health.failed_at.lock().unwrap().get(2).copied();
+        deploy.wait().unwrap();
+        let third = third.expect("the swap came before three failed checks");
+        ours.push(swapped.saturating_duration_since(third));
+        bare.push(bare_swap(&bare_root, &format!("releases/{version}")));
+    }
+    let (o, b) = (median(ours), median(bare));
+    println!(
+        "P2 3rd failed check to the swap: {o:.1?} (median of {rounds})   symlink + rename + fsync: {b:.1?}   ratio {:.2}x   (goal: under 20 ms)",
         o.as_secs_f64() / b.as_secs_f64()
     );
 }
@@ -594,7 +703,7 @@ fn main() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         println!("{}", listener.local_addr().unwrap().port());
         std::io::stdout().flush().unwrap();
-        serve(listener);
+        serve(listener, Arc::default());
     }
     if !http_probe().exists() {
         println!(
@@ -603,10 +712,26 @@ fn main() {
         );
         return;
     }
+    // BENCH_ONLY=P1,P8 runs only those rows.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |row: &str| only.is_empty() || only.split(',').any(|r| r.trim() == row);
     let server = Server::start();
-    p1(&server);
-    start(&server);
-    p7(&server);
-    p6(&server);
-    p8(&server);
+    if run("P1") {
+        p1(&server);
+    }
+    if run("P2") {
+        p2();
+    }
+    if run("START") {
+        start(&server);
+    }
+    if run("P7") {
+        p7(&server);
+    }
+    if run("P6") {
+        p6(&server);
+    }
+    if run("P8") {
+        p8(&server);
+    }
 }

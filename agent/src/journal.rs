@@ -4,7 +4,10 @@
 //! Owns that directory. Every write reaches stable storage before it
 //! returns (the file is fsynced, renamed over the old one, and the directory
 //! fsynced), because crash recovery relies on it and the store's own flush
-//! (`sync_file_range`) does not flush the device's write cache. Kept apart
+//! (`sync_file_range`) does not flush the device's write cache. Clearing is
+//! not fsynced: a removal that a power loss undoes brings back a finished
+//! operation, whose recovery finds its swap done (`current`) and at most
+//! repeats its last journaled step, a restart of what `current` names. Kept apart
 //! from the store so that a store that cannot be written does not stop a
 //! rollback from being journaled.
 //!
@@ -91,7 +94,7 @@ impl Journal {
     pub fn clear(&self, app: &str) -> Result<(), JournalError> {
         let path = self.path(app);
         match std::fs::remove_file(&path) {
-            Ok(()) => crate::fsutil::fsync_dir(&self.dir),
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         }

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -185,6 +186,25 @@ pub struct Store {
     /// App records newer than their stored form, held in memory only (check
     /// results that changed no outcome); reads see these first.
     unsaved: std::sync::Arc<std::sync::Mutex<BTreeMap<String, App>>>,
+    /// This handle's held flushes ([`Store::hold_flushes`]); not shared
+    /// with its clones.
+    hold: Hold,
+}
+
+/// Flushes a handle holds back until [`Store::commit`]: one flush (one
+/// fsync) for the records of a whole lifecycle step instead of one each.
+#[derive(Default)]
+struct Hold {
+    on: AtomicBool,
+    owed: AtomicBool,
+}
+
+impl Clone for Hold {
+    /// A clone flushes on its own: a task handed the store never waits for
+    /// a commit that its giver owes.
+    fn clone(&self) -> Hold {
+        Hold::default()
+    }
 }
 
 /// What one [`Store::prune_events`] pass did.
@@ -205,6 +225,8 @@ struct Health {
     unwritable: std::sync::Mutex<Option<String>>,
     /// Events that could not be written yet, oldest first.
     queued: std::sync::Mutex<std::collections::VecDeque<Event>>,
+    /// Flushes of the log that reached the disk's sync (each an fsync).
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 /// One plugin entry's key-value space (tree `kv`, keys `app NUL entry NUL key`).
@@ -300,6 +322,7 @@ impl Store {
             feed: crate::live::Feed::default(),
             health: Default::default(),
             unsaved: Default::default(),
+            hold: Hold::default(),
         })
     }
 
@@ -337,10 +360,50 @@ impl Store {
         &self.feed
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable; on a handle holding its
+    /// flushes, only notes that a flush is owed. A store that failed its
+    /// last write is flushed at once all the same, so that each write finds
+    /// out whether the disk took it (and queues its events if not).
     pub fn flush(&self) -> Result<()> {
+        if self.hold.on.load(Relaxed) && self.unwritable().is_none() {
+            self.hold.owed.store(true, Relaxed);
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.health.flushes.fetch_add(1, Relaxed);
         self.db.flush()?;
         Ok(())
+    }
+
+    /// How many times the store was flushed to disk so far (by any handle).
+    pub fn flushes(&self) -> u64 {
+        self.health.flushes.load(Relaxed)
+    }
+
+    /// From now on this handle's writes are durable only at the next
+    /// [`Store::commit`] (or [`Store::release_flushes`]). For a caller that
+    /// writes several records of one step and has a journal to redo the
+    /// step should it crash before the commit.
+    pub fn hold_flushes(&self) {
+        self.hold.on.store(true, Relaxed);
+    }
+
+    /// Makes what this handle wrote durable, if a flush is owed (one fsync).
+    pub fn commit(&self) -> Result<()> {
+        if self.hold.owed.swap(false, Relaxed) {
+            let r = self.sync();
+            self.wrote(r)?;
+        }
+        Ok(())
+    }
+
+    /// Ends [`Store::hold_flushes`]: commits, and flushes at once again.
+    pub fn release_flushes(&self) -> Result<()> {
+        self.hold.on.store(false, Relaxed);
+        self.commit()
     }
 
     /// Writes the records held only in memory ([`Store::keep_app`]) and
@@ -640,6 +703,53 @@ mod tests {
             EventKind::MarkedGood
         );
         assert!(s.app("other").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_held_handle_flushes_once_at_its_commit_and_its_clones_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.hold_flushes();
+        let before = s.flushes();
+        let mut app = App::new("shop");
+        app.active = Some("1.0.0".into());
+        s.put_app(app).unwrap();
+        s.put_release(&release("shop", "1.0.0", ReleaseState::Active))
+            .unwrap();
+        s.record(Event::new("shop", Actor::agent(), EventKind::Activated).version("1.0.0"))
+            .unwrap();
+        assert_eq!(s.flushes(), before, "held: nothing flushed yet");
+        // Readers see the writes at once.
+        assert_eq!(
+            s.app("shop").unwrap().unwrap().active.as_deref(),
+            Some("1.0.0")
+        );
+        assert_eq!(s.history("shop", 1).unwrap()[0].kind, EventKind::Activated);
+        // A clone is not held.
+        let other = s.clone();
+        other
+            .put_release(&release("shop", "0.9.0", ReleaseState::Good))
+            .unwrap();
+        assert_eq!(s.flushes(), before + 1, "the clone flushed at once");
+        s.commit().unwrap();
+        assert_eq!(s.flushes(), before + 2, "one flush for the three records");
+        s.commit().unwrap();
+        assert_eq!(s.flushes(), before + 2, "nothing owed: no flush");
+        s.put_release(&release("shop", "1.0.0", ReleaseState::Good))
+            .unwrap();
+        s.release_flushes().unwrap();
+        assert_eq!(s.flushes(), before + 3);
+        s.put_release(&release("shop", "1.0.0", ReleaseState::Good))
+            .unwrap();
+        assert_eq!(
+            s.flushes(),
+            before + 4,
+            "released: each write flushes again"
+        );
+        drop((s, other));
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.releases("shop").unwrap().len(), 2);
+        assert_eq!(s.history("shop", 1).unwrap()[0].kind, EventKind::Activated);
     }
 
     #[test]

@@ -800,6 +800,13 @@ impl Supervisor {
             return;
         };
         intent.done(step);
+        // Recovery reads whether the swap happened from `current`, and a
+        // crash between the last restart and the end of the operation
+        // repeats that restart, as a crash just before this write would:
+        // neither needs a journal write (two fsyncs) of its own.
+        if *step == Step::Swap || (*step == Step::Restart && intent.steps.is_empty()) {
+            return;
+        }
         if let Err(e) = self.journal.save(&self.cfg.name, intent) {
             tracing::error!(app = %self.cfg.name, "{e}");
         }
@@ -1124,7 +1131,21 @@ impl Supervisor {
 
     /// Feeds `input` to the machine and performs what it says, feeding each
     /// effect's result back, until the machine has nothing left to do.
+    ///
+    /// The store's flushes are held meanwhile (group commit): what the
+    /// effects write is made durable in one flush before the journal ends
+    /// the operation, before a step that waits on the world (a copy, a
+    /// hook, a restart), and when the machine is done, after its reply.
+    /// A crash before such a commit loses only records that the journal's
+    /// redo and the start-up reconciliation with `current` write again.
     async fn drive(&mut self, input: Input) {
+        self.store.hold_flushes();
+        self.drive_held(input).await;
+        let r = self.store.release_flushes();
+        self.log_err(r);
+    }
+
+    async fn drive_held(&mut self, input: Input) {
         let mut next = Some(input);
         while let Some(input) = next.take() {
             let facts = Known {
@@ -1143,6 +1164,19 @@ impl Supervisor {
 
     /// Performs one effect; returns its result for the machine, if it has one.
     async fn perform(&mut self, effect: Effect) -> Option<Input> {
+        if matches!(
+            effect,
+            Effect::End
+                | Effect::Stage { .. }
+                | Effect::Vet { .. }
+                | Effect::Restore { .. }
+                | Effect::Restart { .. }
+                | Effect::Discard { .. }
+                | Effect::Prune
+        ) {
+            let r = self.store.commit();
+            self.log_err(r);
+        }
         match effect {
             Effect::Begin(intent) => return Some(Input::Journaled(self.begin_op(intent))),
             Effect::StepDone(step) => self.step_done(&step),

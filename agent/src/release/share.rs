@@ -26,6 +26,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::sys::stat::{FileStat, SFlag};
+
 pub(super) use crate::fsutil::{hex, sha256_of, Sha256Sum as Hash};
 
 use super::stage::{open_below, open_file_below};
@@ -66,10 +68,25 @@ impl Indexed {
         }
     }
 
+    /// The same from a `stat(2)` record (a directory listing's `fstatat`).
+    pub(super) fn of_stat(st: &FileStat, hash: Hash) -> Self {
+        Indexed {
+            hash,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mode: st.st_mode & 0o7777,
+            ino: st.st_ino,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
     /// Whether `meta` is still the file this entry describes.
     fn still(&self, meta: &fs::Metadata) -> bool {
-        let now = Indexed::of(meta, self.hash);
-        now == *self
+        Indexed::of(meta, self.hash) == *self
+    }
+
+    fn still_stat(&self, st: &FileStat) -> bool {
+        Indexed::of_stat(st, self.hash) == *self
     }
 }
 
@@ -224,6 +241,9 @@ pub(super) struct Base {
     /// The directory of the last candidate: files come directory by
     /// directory, so most lookups reuse it instead of walking the path.
     last_dir: std::cell::RefCell<Option<(PathBuf, std::sync::Arc<OwnedFd>)>>,
+    /// Cleared when a reflink failed: the file system has none, and hard
+    /// links need no trial file (created and removed) each.
+    reflinks: std::rc::Rc<std::cell::Cell<bool>>,
 }
 
 impl Base {
@@ -234,13 +254,15 @@ impl Base {
             root,
             index: read_index(&index_path(releases, v)),
             last_dir: Default::default(),
+            reflinks: std::rc::Rc::new(std::cell::Cell::new(true)),
         })
     }
 
     /// The previous release's `rel` when it is a regular file of `size`
-    /// bytes and permission bits `mode`: its open descriptor, its
-    /// directory's and its hash (from the index when the index still
-    /// describes it, else read now). `None` when it cannot be the same file.
+    /// bytes and permission bits `mode`: its directory's descriptor and its
+    /// hash (from the index when the index still describes it, else read
+    /// now; only then is the file opened here). `None` when it cannot be
+    /// the same file.
     pub(super) fn candidate(&self, rel: &Path, size: u64, mode: u32) -> Option<Candidate> {
         let name = rel.file_name()?;
         let parent = rel.parent().unwrap_or(Path::new(""));
@@ -255,17 +277,32 @@ impl Base {
                 }
             }
         };
-        let mut file = open_file_below(&dir, name).ok()?;
-        let meta = file.metadata().ok()?;
-        if !meta.is_file() || meta.len() != size || meta.mode() & 0o7777 != mode {
+        let st =
+            nix::sys::stat::fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()?;
+        let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+        if !regular || u64::try_from(st.st_size).ok()? != size || st.st_mode & 0o7777 != mode {
             return None;
         }
-        let hash = match self.index.files.get(rel).filter(|e| e.still(&meta)) {
-            Some(e) => e.hash,
-            None => sha256_of(&mut file, size.saturating_add(1)).ok()?.0,
+        let indexed = self.index.files.get(rel).filter(|e| e.still_stat(&st));
+        let (hash, file) = match indexed {
+            Some(e) => (e.hash, None),
+            None => {
+                let mut file = open_file_below(&dir, name).ok()?;
+                let meta = file.metadata().ok()?;
+                if !meta.is_file() || meta.len() != size || meta.mode() & 0o7777 != mode {
+                    return None;
+                }
+                (
+                    sha256_of(&mut file, size.saturating_add(1)).ok()?.0,
+                    Some(file),
+                )
+            }
         };
         Some(Candidate {
+            reflinks: self.reflinks.clone(),
             dir,
+            name: name.to_os_string(),
             file,
             hash,
             size,
@@ -282,21 +319,48 @@ impl Base {
         }
         sources.get(rel).filter(|e| e.still(meta)).map(|e| e.hash)
     }
+
+    /// The same from the `stat(2)` of the source's listing, so that an
+    /// unchanged file is shared without being opened.
+    pub(super) fn known_source_stat(&self, rel: &Path, st: &FileStat) -> Option<Hash> {
+        let (dev, sources) = self.index.sources.as_ref()?;
+        if st.st_dev != *dev {
+            return None;
+        }
+        sources
+            .get(rel)
+            .filter(|e| e.still_stat(st))
+            .map(|e| e.hash)
+    }
 }
 
 /// A file of the previous release that may be shared.
 pub(super) struct Candidate {
+    /// The base's: whether reflinks may work here.
+    reflinks: std::rc::Rc<std::cell::Cell<bool>>,
     dir: std::sync::Arc<OwnedFd>,
-    file: File,
+    name: std::ffi::OsString,
+    /// Open only if it had to be read for its hash.
+    file: Option<File>,
     pub hash: Hash,
     pub size: u64,
 }
 
 impl Candidate {
+    fn file(&mut self) -> io::Result<&mut File> {
+        match &mut self.file {
+            Some(f) => Ok(f),
+            slot => Ok(slot.insert(open_file_below(&self.dir, &self.name)?)),
+        }
+    }
+
     /// Puts this file at `dst` (which must not exist): a reflink, else a
     /// hard link if `link_ok`, else a copy. The caller sets the mode and
     /// times of a reflink or copy.
-    pub(super) fn share(&mut self, name: &OsStr, dst: &Path, link_ok: bool) -> io::Result<Shared> {
+    pub(super) fn share(&mut self, dst: &Path, link_ok: bool) -> io::Result<Shared> {
+        if link_ok && !self.reflinks.get() {
+            return self.link(dst);
+        }
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -304,20 +368,25 @@ impl Candidate {
             .open(dst)?;
         if !link_ok {
             return Ok(
-                match crate::fsutil::clone_or_copy(&mut self.file, &mut out)? {
+                match crate::fsutil::clone_or_copy(self.file()?, &mut out)? {
                     true => Shared::Reflink,
                     false => Shared::Copy,
                 },
             );
         }
-        if reflink_copy::reflink_file(&self.file, &out).is_ok() {
+        if reflink_copy::reflink_file(&*self.file()?, &out).is_ok() {
             return Ok(Shared::Reflink);
         }
+        self.reflinks.set(false);
         drop(out);
         fs::remove_file(dst)?;
+        self.link(dst)
+    }
+
+    fn link(&self, dst: &Path) -> io::Result<Shared> {
         nix::unistd::linkat(
             self.dir.as_fd(),
-            name,
+            self.name.as_os_str(),
             nix::fcntl::AT_FDCWD,
             dst,
             nix::fcntl::AtFlags::empty(),

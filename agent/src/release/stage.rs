@@ -488,15 +488,15 @@ impl<'a> Stager<'a> {
 
     /// Remembers source file `rel` (its metadata as read, its hash) for the
     /// next deploy, unless it changed too recently to be trusted later.
-    fn remember_source(&mut self, rel: &Path, meta: &fs::Metadata) {
-        let Some((dev, files)) = self.sources.as_mut() else {
+    fn remember_source(&mut self, rel: &Path, dev: u64, entry: impl FnOnce(Hash) -> Indexed) {
+        let Some((source_dev, files)) = self.sources.as_mut() else {
             return;
         };
         let Some(hash) = self.hashes.get(rel) else {
             return;
         };
-        let entry = Indexed::of(meta, *hash);
-        if meta.dev() == *dev
+        let entry = entry(*hash);
+        if dev == *source_dev
             && entry.mtime < self.settled_before
             && entry.ctime < self.settled_before
         {
@@ -632,6 +632,9 @@ impl<'a> Stager<'a> {
                     self.dirs.insert(rel.clone(), mode);
                     stack.push(rel);
                 } else if kind == SFlag::S_IFREG {
+                    if self.share_known_source(&rel, &name, &st)? {
+                        continue;
+                    }
                     // O_NONBLOCK: a file swapped for a fifo cannot block us;
                     // the descriptor's own type is what counts.
                     let mut file = open_file_below(&dir, &file_name).map_err(|e| {
@@ -651,13 +654,13 @@ impl<'a> Stager<'a> {
                     if !self.share_unchanged_source(
                         &rel,
                         &name,
-                        &mut file,
+                        Some(&mut file),
                         (meta.len(), mode, mtime),
                         known,
                     )? {
                         self.write_file(&rel, &name, &mut file, mode, mtime)?;
                     }
-                    self.remember_source(&rel, &meta);
+                    self.remember_source(&rel, meta.dev(), |hash| Indexed::of(&meta, hash));
                 } else if kind == SFlag::S_IFLNK {
                     let target = nix::fcntl::readlinkat(dir.as_fd(), file_name.as_os_str())
                         .map_err(|e| io_err("read symlink", &src)(e.into()))?;
@@ -675,6 +678,36 @@ impl<'a> Stager<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A source file whose `stat` (from the listing) matches what the last
+    /// deploy read, and which the previous release has unchanged, is
+    /// shared without opening it: its content cannot have changed without
+    /// its change time. Says whether it was.
+    fn share_known_source(
+        &mut self,
+        rel: &Path,
+        name: &str,
+        st: &nix::sys::stat::FileStat,
+    ) -> Result<bool, ReleaseError> {
+        let Some(hash) = self
+            .base
+            .as_ref()
+            .and_then(|b| b.known_source_stat(rel, st))
+        else {
+            return Ok(false);
+        };
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let mode = st.st_mode & self.mode_mask();
+        let mtime = u32::try_from(st.st_mtime_nsec)
+            .ok()
+            .zip(u64::try_from(st.st_mtime).ok())
+            .map(|(ns, s)| SystemTime::UNIX_EPOCH + std::time::Duration::new(s, ns));
+        if !self.share_unchanged_source(rel, name, None, (size, mode, mtime), Some(hash))? {
+            return Ok(false);
+        }
+        self.remember_source(rel, st.st_dev, |hash| Indexed::of_stat(st, hash));
+        Ok(true)
     }
 
     /// Creates regular file `rel` from `content` (counting its bytes against the
@@ -723,11 +756,12 @@ impl<'a> Stager<'a> {
     /// so; otherwise leaves `file` at its start for an ordinary copy. The
     /// content is `known` (the hash the last deploy read, its metadata
     /// unchanged since) or read and hashed now.
+    /// `file` is `None` only with a `known` hash (the file was not opened).
     fn share_unchanged_source(
         &mut self,
         rel: &Path,
         name: &str,
-        file: &mut File,
+        file: Option<&mut File>,
         (size, mode, mtime): (u64, u32, Option<SystemTime>),
         known: Option<Hash>,
     ) -> Result<bool, ReleaseError> {
@@ -741,17 +775,20 @@ impl<'a> Stager<'a> {
         if size > self.limits.max_bytes.saturating_sub(self.bytes) {
             return Err(self.over_size(name));
         }
-        let (hash, read) = match known {
-            Some(hash) => (hash, size),
-            None => {
+        let (hash, read, file) = match (known, file) {
+            (Some(hash), file) => (hash, size, file),
+            (None, Some(file)) => {
                 let (hash, read) = super::share::sha256_of(file, size.saturating_add(1))
                     .map_err(|e| self.read_failed(name, e))?;
                 self.read += read;
-                (hash, read)
+                (hash, read, Some(file))
             }
+            (None, None) => return Ok(false),
         };
         if read != size || hash != found.hash {
-            file.rewind().map_err(|e| self.read_failed(name, e))?;
+            if let Some(file) = file {
+                file.rewind().map_err(|e| self.read_failed(name, e))?;
+            }
             return Ok(false);
         }
         self.place_shared(&mut found, rel, mode, mtime)?;
@@ -798,9 +835,8 @@ impl<'a> Stager<'a> {
         mtime: Option<SystemTime>,
     ) -> Result<(), ReleaseError> {
         let dst = self.staging.join(rel);
-        let name = rel.file_name().unwrap_or_default();
         let how = found
-            .share(name, &dst, self.limits.link_unchanged)
+            .share(&dst, self.limits.link_unchanged)
             .map_err(io_err("share unchanged file as", &dst))?;
         if how != Shared::HardLink {
             let file = OpenOptions::new()

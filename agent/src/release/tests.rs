@@ -1206,6 +1206,19 @@ fn shareable_source(dir: &Path) {
     symlink("lib/big.bin", dir.join("data")).unwrap();
 }
 
+/// A shareable source staged as release 1 "later" (every file settled and
+/// remembered) and activated; with `link_unchanged`.
+fn deployed_once() -> (tempfile::TempDir, AppDir, PathBuf, StageLimits) {
+    let (tmp, app) = app();
+    let src = tmp.path().join("src");
+    shareable_source(&src);
+    let linked = linked();
+    app.stage_opened_at(&src, None, &v("1"), &linked, later())
+        .unwrap();
+    app.activate(&v("1")).unwrap();
+    (tmp, app, src, linked)
+}
+
 /// Limits of an app with `link_unchanged = true`.
 fn linked() -> StageLimits {
     StageLimits {
@@ -1434,6 +1447,40 @@ fn a_directory_deployed_again_is_read_only_where_it_changed() {
 }
 
 #[test]
+fn an_unchanged_source_file_is_shared_without_being_opened() {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (_tmp, app, src, linked) = deployed_once();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx).unwrap();
+    watcher.watch(&src, RecursiveMode::Recursive).unwrap();
+    let second = app
+        .stage_opened_at(&src, None, &v("2"), &linked, later())
+        .unwrap();
+    assert_eq!((second.read, second.shared.0), (0, 3), "{second:?}");
+    // inotify keeps order: every open the staging made arrives before the
+    // creation of this marker.
+    let marker = src.join("marker");
+    fs::write(&marker, "m").unwrap();
+    let mut opened = Vec::new();
+    loop {
+        let event = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the marker's events")
+            .unwrap();
+        if event.paths.contains(&marker) {
+            break;
+        }
+        if matches!(
+            event.kind,
+            EventKind::Access(notify::event::AccessKind::Open(_))
+        ) {
+            opened.extend(event.paths.into_iter().filter(|p| p.is_file()));
+        }
+    }
+    assert!(opened.is_empty(), "source files opened: {opened:?}");
+}
+
+#[test]
 fn source_files_changed_just_before_a_deploy_are_read_again_next_time() {
     let (tmp, app) = app();
     let src = tmp.path().join("src");
@@ -1450,13 +1497,7 @@ fn source_files_changed_just_before_a_deploy_are_read_again_next_time() {
 
 #[test]
 fn a_damaged_source_index_only_costs_a_read() {
-    let (tmp, app) = app();
-    let src = tmp.path().join("src");
-    shareable_source(&src);
-    let linked = linked();
-    app.stage_opened_at(&src, None, &v("1"), &linked, later())
-        .unwrap();
-    app.activate(&v("1")).unwrap();
+    let (_tmp, app, src, linked) = deployed_once();
     // A garbage device in the source mark: the source's part is dropped.
     let index = app.releases_dir().join(".index-1");
     let mut bytes = fs::read(&index).unwrap();
