@@ -42,15 +42,15 @@ use std::time::{Duration, Instant};
 const ROLLBACKD: &str = env!("CARGO_BIN_EXE_rollbackd");
 const ROLLBACKCTL: &str = env!("CARGO_BIN_EXE_rollbackctl");
 
-/// What the server answers: 200, or 503 while `failing` (noting when each
-/// 503 was written, for P2).
+/// What the server answers: 200, or 500 while `failing` (noting when each
+/// 500 was written, for P2).
 #[derive(Default)]
 struct Health {
     failing: AtomicBool,
     failed_at: Mutex<Vec<Instant>>,
 }
 
-/// Answers `GET` with a small 200 (or 503, see [`Health`]) on kept-alive
+/// Answers `GET` with a small 200 (or 500, see [`Health`]) on kept-alive
 /// connections (a thread each).
 fn serve(listener: TcpListener, health: Arc<Health>) -> ! {
     for stream in listener.incoming() {
@@ -68,8 +68,10 @@ fn serve(listener: TcpListener, health: Arc<Health>) -> ! {
                 while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
                     have.drain(..end + 4);
                     let failing = health.failing.load(Ordering::SeqCst);
+                    // 500, not 503: the host retries a 503 (with backoff)
+                    // within the same check.
                     let (status, body) = if failing {
-                        ("503 Service Unavailable", "{\"status\":\"down\"}")
+                        ("500 Internal Server Error", "{\"status\":\"down\"}")
                     } else {
                         ("200 OK", "{\"status\":\"ok\"}")
                     };
@@ -168,10 +170,24 @@ fn config(dir: &Path, apps: usize, checks: usize, interval: &str, port: u16) -> 
 }
 
 /// Fills `<dir>/state/db` with `n` events of 10 apps, recent enough that
-/// none is pruned.
+/// none is pruned, and the records an agent that ran them leaves (each app
+/// healthy on 1.0.0, which is good).
 fn fill_history(dir: &Path, n: usize) {
-    use rollback_agent::store::{Actor, Event, EventKind, Store};
+    use rollback_agent::store::{
+        Actor, App, AppState, Event, EventKind, Release, ReleaseState, Store,
+    };
     let store = Store::open(&dir.join("state/db")).unwrap();
+    for a in 0..10 {
+        let name = format!("app{a}");
+        let mut app = App::new(&name);
+        app.state = AppState::Healthy;
+        app.active = Some("1.0.0".into());
+        app.last_good = Some("1.0.0".into());
+        store.put_app(app).unwrap();
+        let mut release = Release::new(&name, "1.0.0", ReleaseState::Good);
+        release.source = Some("found on disk".into());
+        store.put_release(&release).unwrap();
+    }
     let mut left = n;
     while left > 0 {
         let batch = left.min(10_000);

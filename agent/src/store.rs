@@ -648,6 +648,19 @@ impl Store {
         Ok(pruned)
     }
 
+    /// The app's newest event of `kind` among its newest `within` events;
+    /// reads only up to it.
+    pub fn last_event(&self, app: &str, kind: EventKind, within: usize) -> Result<Option<Event>> {
+        for kv in self.events.scan_prefix(app_prefix(app)).rev().take(within) {
+            let (k, v) = kv?;
+            let event: Event = decode(&k, &v)?;
+            if event.kind == kind {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+
     /// The app's events, newest first, at most `limit`.
     pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Event>> {
         self.events
@@ -867,6 +880,19 @@ mod tests {
         assert_eq!(versions, ["4", "3", "2"], "newest first");
         assert!(h.windows(2).all(|w| w[0].id > w[1].id));
         assert!(h.iter().all(|e| e.app == "shop"));
+        // The newest of a kind, looked for among the newest few only.
+        s.record(Event::new("shop", Actor::agent(), EventKind::Staged))
+            .unwrap();
+        let last = s.last_event("shop", EventKind::Activated, 10).unwrap();
+        assert_eq!(last.unwrap().version.as_deref(), Some("4"));
+        assert!(s
+            .last_event("shop", EventKind::Activated, 1)
+            .unwrap()
+            .is_none());
+        assert!(s
+            .last_event("shop2", EventKind::Activated, 100)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -994,9 +994,7 @@ impl Supervisor {
         if let Some(v) = current.as_ref().filter(|_| check_activated) {
             let last = self
                 .store
-                .history(self.app(), 10_000)?
-                .into_iter()
-                .find(|e| e.kind == EventKind::Activated);
+                .last_event(self.app(), EventKind::Activated, 10_000)?;
             if last.as_ref().and_then(|e| e.version.as_deref()) != Some(v.as_str()) {
                 let ev = self
                     .event(Actor::agent(), EventKind::Activated)
