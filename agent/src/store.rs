@@ -227,6 +227,10 @@ struct Health {
     queued: std::sync::Mutex<std::collections::VecDeque<Event>>,
     /// Flushes of the log that reached the disk's sync (each an fsync).
     flushes: std::sync::atomic::AtomicU64,
+    /// Held while events are appended: an append rewrites its app's last
+    /// chunk, which two writers at once would each rewrite without the
+    /// other's event.
+    appending: std::sync::Mutex<()>,
 }
 
 /// One plugin entry's key-value space (tree `kv`, keys `app NUL entry NUL key`).
@@ -293,6 +297,29 @@ fn app_prefix(app: &str) -> Vec<u8> {
     let mut k = app.as_bytes().to_vec();
     k.push(0);
     k
+}
+
+/// Events of one app stored together in one value (a JSON array), keyed by
+/// the first one's id. sled splits its leaves at 16 entries whatever their
+/// size, so one value per event made its page table grow with the history
+/// (a million events: 100,000 pages, 20 MiB of memory and a slow open).
+const CHUNK: usize = 16;
+
+/// The key of the chunk whose first event is `id`.
+fn event_key(app: &str, id: u64) -> Vec<u8> {
+    let mut key = app_prefix(app);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// A stored chunk: a JSON array, or one event as stores before chunks wrote
+/// them (a chunk of one). `T` is `Event`, or the part of it a reader needs.
+fn decode_chunk<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<Vec<T>> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        decode(key, bytes)
+    } else {
+        decode(key, bytes).map(|one| vec![one])
+    }
 }
 
 fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>> {
@@ -572,12 +599,7 @@ impl Store {
     /// them to the live feed once written.
     fn insert_events(&self, events: &mut [Event], publish: bool) -> Result<()> {
         let r = (|| {
-            for event in events.iter_mut() {
-                event.id = self.db.generate_id()?;
-                let mut key = app_prefix(&event.app);
-                key.extend_from_slice(&event.id.to_be_bytes());
-                self.events.insert(&key, encode(&key, &*event)?)?;
-            }
+            self.append_events(events)?;
             self.flush()
         })();
         self.wrote(r)?;
@@ -585,6 +607,56 @@ impl Store {
             for event in events.iter() {
                 self.feed.publish(crate::live::LiveEvent::recorded(event));
             }
+        }
+        Ok(())
+    }
+
+    /// Gives each event its id and adds it to its app's last chunk, or
+    /// starts a chunk when that one is full (not flushed).
+    fn append_events(&self, events: &mut [Event]) -> Result<()> {
+        /// An app's last chunk: its key, its events, whether it changed.
+        struct Open {
+            key: Vec<u8>,
+            events: Vec<Event>,
+            changed: bool,
+        }
+        let _one_writer = lock(&self.health.appending);
+        let mut open: BTreeMap<String, Open> = BTreeMap::new();
+        for event in events.iter_mut() {
+            event.id = self.db.generate_id()?;
+            let chunk = match open.entry(event.app.clone()) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let last = self.events.scan_prefix(app_prefix(&event.app)).next_back();
+                    let (key, events) = match last {
+                        Some(kv) => {
+                            let (k, bytes) = kv?;
+                            let events = decode_chunk(&k, &bytes)?;
+                            (k.to_vec(), events)
+                        }
+                        None => (Vec::new(), Vec::new()),
+                    };
+                    v.insert(Open {
+                        key,
+                        events,
+                        changed: false,
+                    })
+                }
+            };
+            if chunk.key.is_empty() || chunk.events.len() >= CHUNK {
+                if chunk.changed {
+                    self.events
+                        .insert(&chunk.key, encode(&chunk.key, &chunk.events)?)?;
+                }
+                chunk.key = event_key(&event.app, event.id);
+                chunk.events.clear();
+            }
+            chunk.events.push(event.clone());
+            chunk.changed = true;
+        }
+        for chunk in open.values().filter(|c| c.changed) {
+            self.events
+                .insert(&chunk.key, encode(&chunk.key, &chunk.events)?)?;
         }
         Ok(())
     }
@@ -619,6 +691,7 @@ impl Store {
         }
         let mut pruned = Pruned::default();
         let mut from: Vec<u8> = Vec::new();
+        let _one_writer = lock(&self.health.appending);
         'apps: while let Some(first) = self.events.range(from.as_slice()..).next() {
             let (key, _) = first?;
             let Some(end) = key.iter().position(|b| *b == 0) else {
@@ -629,15 +702,26 @@ impl Store {
             };
             for kv in self.events.scan_prefix(&key[..=end]) {
                 let (k, v) = kv?;
-                pruned.read += 1;
-                if decode::<At>(&k, &v)?.at_ms >= cutoff_ms {
-                    break;
+                let times: Vec<At> = decode_chunk(&k, &v)?;
+                pruned.read += times.len();
+                let old = times.iter().take_while(|t| t.at_ms < cutoff_ms).count();
+                let take = old.min(budget - pruned.removed);
+                if take == times.len() {
+                    self.events.remove(&k)?;
+                } else if take > 0 {
+                    // The chunk keeps its key: its first event is newer, and
+                    // still older than the next chunk's.
+                    let mut events: Vec<Event> = decode_chunk(&k, &v)?;
+                    events.drain(..take);
+                    self.events.insert(&k, encode(&k, &events)?)?;
                 }
-                if pruned.removed >= budget {
+                pruned.removed += take;
+                if take < old {
                     break 'apps;
                 }
-                self.events.remove(&k)?;
-                pruned.removed += 1;
+                if old < times.len() {
+                    break;
+                }
             }
             from = key[..end].to_vec();
             from.push(1);
@@ -651,9 +735,8 @@ impl Store {
     /// The app's newest event of `kind` among its newest `within` events;
     /// reads only up to it.
     pub fn last_event(&self, app: &str, kind: EventKind, within: usize) -> Result<Option<Event>> {
-        for kv in self.events.scan_prefix(app_prefix(app)).rev().take(within) {
-            let (k, v) = kv?;
-            let event: Event = decode(&k, &v)?;
+        for event in self.newest_first(app).take(within) {
+            let event = event?;
             if event.kind == kind {
                 return Ok(Some(event));
             }
@@ -661,17 +744,26 @@ impl Store {
         Ok(None)
     }
 
-    /// The app's events, newest first, at most `limit`.
-    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Event>> {
+    /// The app's events, newest first, decoded a chunk at a time as the
+    /// caller goes on.
+    fn newest_first(&self, app: &str) -> impl Iterator<Item = Result<Event>> {
         self.events
             .scan_prefix(app_prefix(app))
             .rev()
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
+            .flat_map(|kv| {
+                let chunk = kv
+                    .map_err(StoreError::from)
+                    .and_then(|(k, v)| decode_chunk::<Event>(&k, &v));
+                match chunk {
+                    Ok(events) => events.into_iter().rev().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                }
             })
-            .collect()
+    }
+
+    /// The app's events, newest first, at most `limit`.
+    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Event>> {
+        self.newest_first(app).take(limit).collect()
     }
 }
 
@@ -946,7 +1038,7 @@ mod tests {
     }
 
     #[test]
-    fn pruning_reads_only_what_it_removes_and_one_event_per_app() {
+    fn pruning_reads_only_what_it_removes_and_one_chunk_per_app() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let at = |app: &str, at_ms| {
@@ -968,19 +1060,50 @@ mod tests {
         assert_eq!(first.removed, 7);
         let rest = s.prune_events(5_000, 100).unwrap();
         assert_eq!(rest.removed, 8);
-        // 8 removed, then one recent event read for each of the 3 apps
-        // (600 recent events are never looked at).
-        assert!(rest.read <= 8 + 3, "{rest:?}");
+        // Per app, only the chunk that ends its pass is read (600 recent
+        // events in later chunks are never looked at).
+        assert!(rest.read <= 3 * CHUNK, "{rest:?}");
         for app in ["cart", "shop", "shop2"] {
-            assert_eq!(s.history(app, 1_000).unwrap().len(), 200, "{app}");
+            let h = s.history(app, 1_000).unwrap();
+            assert_eq!(h.len(), 200, "{app}");
+            assert!(h.iter().all(|e| e.at_ms >= 10_000), "{app}");
         }
         let none = s.prune_events(5_000, 100).unwrap();
+        assert_eq!(none.removed, 0);
+        assert!(none.read <= 3 * CHUNK, "{none:?}");
+    }
+
+    #[test]
+    fn events_are_stored_in_chunks_and_older_single_rows_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // Two events as a store before chunks wrote them: one value each.
+        for version in ["0.1", "0.2"] {
+            let mut e = Event::new("shop", Actor::agent(), EventKind::Activated).version(version);
+            e.id = s.db.generate_id().unwrap();
+            let key = event_key("shop", e.id);
+            s.events.insert(&key, encode(&key, &e).unwrap()).unwrap();
+        }
+        let events: Vec<Event> = (0..40)
+            .map(|i| Event::new("shop", Actor::agent(), EventKind::Staged).version(i.to_string()))
+            .collect();
+        let written = s.record_all(events).unwrap();
+        assert!(written.windows(2).all(|w| w[0].id < w[1].id));
+        // The last old row takes events until it is full, then come chunks
+        // of CHUNK: [0.1], [0.2 + 15], [16], [9].
+        assert_eq!(s.events.len(), 4);
+        let h = s.history("shop", 100).unwrap();
+        assert_eq!(h.len(), 42);
+        assert!(h.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+        assert_eq!(h[0].version.as_deref(), Some("39"));
+        assert_eq!(h[41].version.as_deref(), Some("0.1"));
+        let last = s.last_event("shop", EventKind::Activated, 100).unwrap();
+        assert_eq!(last.unwrap().version.as_deref(), Some("0.2"));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
         assert_eq!(
-            none,
-            Pruned {
-                removed: 0,
-                read: 3
-            }
+            s.history("shop", 5).unwrap()[0].version.as_deref(),
+            Some("39")
         );
     }
 
