@@ -766,6 +766,12 @@ fn engine_config(pool_memory: Option<u64>) -> wasmtime::Config {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .decommit_batch_size(16);
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        // Explicit bounds checks instead of guard pages and signal
+        // handlers: a memory the guest grew during a call is then not
+        // protected again when its slot is reused, which cost an mprotect
+        // and a TLB shootdown of every core per call (a quarter of the CPU
+        // per check).
+        cfg.signals_based_traps(false).memory_guard_size(0);
     }
     cfg
 }
