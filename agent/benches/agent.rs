@@ -153,7 +153,8 @@ fn config(dir: &Path, apps: usize, checks: usize, interval: &str, port: u16) -> 
     );
     for a in 0..apps {
         let root = dir.join(format!("apps/app{a}"));
-        // A release already active: adopted at start-up, checked at once.
+        // A release already active: adopted at start-up, checked once an
+        // interval has passed.
         std::fs::create_dir_all(root.join("releases/1.0.0")).unwrap();
         std::os::unix::fs::symlink("releases/1.0.0", root.join("current")).unwrap();
         c.push_str(&format!("[apps.app{a}]\nroot = \"{}\"\n", root.display()));
